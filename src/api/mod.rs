@@ -1,0 +1,144 @@
+//! HTTP: the router and the layers every request passes through.
+//!
+//! A request goes: CORS → request log → panic guard → route → [`ruma::Ruma`] extractor
+//! (token, size limit, JSON checks, parse) → handler in `client/` → services.
+//!
+//! **Invariant:** handlers never touch storage; they call services.
+
+pub mod client;
+pub mod ruma;
+pub mod synapse_admin;
+
+use std::{sync::Arc, time::Instant};
+
+use ::ruma::api::error::ErrorKind;
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use http::{HeaderName, Method, StatusCode, header};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    cors::{Any, CorsLayer},
+};
+
+use self::{
+    client::{account, device, discovery, profile, session},
+    ruma::RouterExt,
+};
+use crate::{Error, service::Services};
+
+/// Every route this server answers.
+pub fn router(services: Arc<Services>) -> Router {
+    Router::new()
+        // Discovery
+        .ruma_route(discovery::get_supported_versions)
+        .ruma_route(discovery::discover_homeserver)
+        .ruma_route(discovery::discover_server)
+        .ruma_route(discovery::get_capabilities)
+        // Sessions
+        .ruma_route(session::get_login_types)
+        .ruma_route(session::login)
+        .ruma_route(session::logout)
+        .ruma_route(session::logout_all)
+        // Accounts
+        .ruma_route(account::register)
+        .ruma_route(account::get_username_availability)
+        .ruma_route(account::check_registration_token_validity)
+        .ruma_route(account::whoami)
+        .ruma_route(account::change_password)
+        .ruma_route(account::deactivate)
+        // Devices
+        .ruma_route(device::get_devices)
+        .ruma_route(device::get_device)
+        .ruma_route(device::update_device)
+        .ruma_route(device::delete_device)
+        .ruma_route(device::delete_devices)
+        // Profiles
+        .ruma_route(profile::get_profile)
+        .ruma_route(profile::get_profile_field)
+        .ruma_route(profile::set_profile_field)
+        .ruma_route(profile::delete_profile_field)
+        // Administration
+        .route(
+            "/_synapse/admin/v1/register",
+            get(synapse_admin::get_nonce).post(synapse_admin::register),
+        )
+        .fallback(unrecognized)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read (and limited) by our extractors, from `max_request_size`.
+        .layer(DefaultBodyLimit::disable())
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(log_request))
+        .layer(cors())
+        .with_state(services)
+}
+
+/// Web clients (Element Web) call from another origin (client-server API, "Web Browser
+/// Clients"): any origin, the methods and headers the spec lists.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            HeaderName::from_static("x-requested-with"),
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+        ])
+}
+
+async fn unrecognized() -> Error {
+    Error::new(ErrorKind::Unrecognized, "Unrecognized request.")
+}
+
+async fn method_not_allowed() -> Error {
+    Error::with_status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::Unrecognized,
+        "Method not allowed.",
+    )
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    // The panic message itself was printed by the panic hook.
+    tracing::error!("a request handler panicked");
+    Error::internal("handler panicked").into_response()
+}
+
+/// Logs method, path, status and time of every request. Never the query string (it may
+/// carry `access_token`) and never a body (passwords).
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    if response.status().is_server_error() {
+        tracing::warn!(%method, %path, status, micros, "request failed");
+    } else {
+        tracing::info!(%method, %path, status, micros, "request");
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn router_builds_without_conflicting_routes() {
+        let config = crate::config::tests_support::config();
+        let services = Services::build(config, crate::storage::Db::memory()).unwrap();
+        let _ = router(services);
+    }
+}

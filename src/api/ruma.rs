@@ -1,0 +1,272 @@
+//! The bridge between axum and ruma: the [`Ruma`] extractor (authentication, body limits,
+//! JSON checks, parsing into the ruma request type), the [`RumaResponse`] wrapper, and
+//! [`RouterExt::ruma_route`], which mounts a handler on every path and method its ruma
+//! endpoint metadata lists.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{FromRequest, FromRequestParts, Path, Request},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, on},
+};
+use bytes::Bytes;
+use http::{Method, header, request::Parts};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use ruma::{
+    OwnedDeviceId, OwnedUserId,
+    api::{
+        IncomingRequest, OutgoingResponse,
+        auth_scheme::{
+            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional,
+            NoAccessToken, NoAuthentication,
+        },
+        error::{ErrorKind, FromHttpRequestError},
+        path_builder::PathBuilder,
+    },
+};
+use serde::de::DeserializeOwned;
+
+use crate::{Error, Result, service::Services};
+
+/// Whether an endpoint needs an access token, as its ruma metadata says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TokenRule {
+    Required,
+    Optional,
+    Ignored,
+}
+
+/// Maps ruma's authentication schemes onto [`TokenRule`].
+pub trait AuthRule {
+    const RULE: TokenRule;
+}
+impl AuthRule for AccessToken {
+    const RULE: TokenRule = TokenRule::Required;
+}
+impl AuthRule for AccessTokenOptional {
+    const RULE: TokenRule = TokenRule::Optional;
+}
+impl AuthRule for NoAccessToken {
+    const RULE: TokenRule = TokenRule::Ignored;
+}
+impl AuthRule for NoAuthentication {
+    const RULE: TokenRule = TokenRule::Ignored;
+}
+// Application services are not supported yet: their tokens are treated as user tokens on
+// endpoints that need one, and ignored elsewhere (e.g. `/login`).
+impl AuthRule for AppserviceToken {
+    const RULE: TokenRule = TokenRule::Required;
+}
+impl AuthRule for AppserviceTokenOptional {
+    const RULE: TokenRule = TokenRule::Ignored;
+}
+
+/// A parsed, authenticated request of ruma type `T`.
+pub struct Ruma<T> {
+    pub body: T,
+    /// The user and device the access token belongs to, when one was given and checked.
+    pub sender: Option<(OwnedUserId, OwnedDeviceId)>,
+}
+
+impl<T> Ruma<T> {
+    /// The authenticated user and device; an error if the request carried no token.
+    pub fn sender(&self) -> Result<(&OwnedUserId, &OwnedDeviceId)> {
+        self.sender
+            .as_ref()
+            .map(|(user, device)| (user, device))
+            .ok_or_else(|| Error::new(ErrorKind::MissingToken, "Missing access token."))
+    }
+}
+
+/// The access token from `Authorization: Bearer …` or the deprecated `access_token` query
+/// parameter (client-server API, "Using access tokens").
+fn access_token(parts: &Parts) -> Result<Option<&str>> {
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty());
+        return token.map(Some).ok_or_else(|| {
+            Error::new(
+                ErrorKind::MissingToken,
+                "The Authorization header is not a Bearer token.",
+            )
+        });
+    }
+    Ok(parts.uri.query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("access_token="))
+            .filter(|t| !t.is_empty())
+    }))
+}
+
+async fn authenticate(
+    services: &Services,
+    parts: &Parts,
+    rule: TokenRule,
+) -> Result<Option<(OwnedUserId, OwnedDeviceId)>> {
+    if rule == TokenRule::Ignored {
+        return Ok(None);
+    }
+    match access_token(parts)? {
+        None if rule == TokenRule::Required => {
+            Err(Error::new(ErrorKind::MissingToken, "Missing access token."))
+        }
+        None => Ok(None),
+        Some(token) => match services.devices.authenticate(token)? {
+            Some(sender) => Ok(Some(sender)),
+            None => Err(Error::unknown_token("Unknown access token.")),
+        },
+    }
+}
+
+/// Reads the body, refusing more than `max_request_size` bytes with 413 `M_TOO_LARGE`, and
+/// a body that is not JSON with 400 `M_NOT_JSON`. An empty body reads as `{}` (except for
+/// GET), which is what clients mean when they send nothing to a POST endpoint.
+async fn read_json_body(services: &Services, parts: &Parts, body: Body) -> Result<Bytes> {
+    let limit = services.config.max_request_size as usize;
+    let too_large = || Error::new(ErrorKind::TooLarge, "The request body is too large.");
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok());
+    if declared
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Err(_) => return Err(Error::bad_json("The request body could not be read.")),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(if parts.method == Method::GET {
+            Bytes::new()
+        } else {
+            Bytes::from_static(b"{}")
+        });
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+        return Err(Error::new(
+            ErrorKind::NotJson,
+            "The request body is not valid JSON.",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// ruma's parse errors: bad query or path → `M_INVALID_PARAM`, bad body → `M_BAD_JSON`.
+fn parse_error(error: FromHttpRequestError) -> Error {
+    match error {
+        FromHttpRequestError::Deserialization(error) => {
+            let text = error.to_string();
+            if text.contains("query") || text.contains("path") {
+                Error::invalid_param(format!("Invalid parameter: {text}"))
+            } else {
+                Error::bad_json(format!("Invalid request: {text}"))
+            }
+        }
+        FromHttpRequestError::MethodMismatch { .. } => Error::with_status(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Unrecognized,
+            "Method not allowed for this endpoint.",
+        ),
+        other => Error::bad_json(format!("Invalid request: {other}")),
+    }
+}
+
+impl<T> FromRequest<Arc<Services>> for Ruma<T>
+where
+    T: IncomingRequest + Send,
+    T::Authentication: AuthRule,
+{
+    type Rejection = Error;
+
+    async fn from_request(request: Request, services: &Arc<Services>) -> Result<Self> {
+        let (mut parts, body) = request.into_parts();
+        let Path(path_args): Path<Vec<String>> = Path::from_request_parts(&mut parts, services)
+            .await
+            .map_err(|_| Error::invalid_param("Invalid path parameter."))?;
+        let sender = authenticate(services, &parts, T::Authentication::RULE).await?;
+        let bytes = read_json_body(services, &parts, body).await?;
+        let http_request = http::Request::from_parts(parts, bytes);
+        let body = T::try_from_http_request(http_request, &path_args).map_err(parse_error)?;
+        Ok(Self { body, sender })
+    }
+}
+
+/// A plain JSON body for the few endpoints ruma has no type for (Synapse's admin API), with
+/// the same limits and errcodes as [`Ruma`].
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<Services>> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, services: &Arc<Services>) -> Result<Self> {
+        let (parts, body) = request.into_parts();
+        let bytes = read_json_body(services, &parts, body).await?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|error| Error::bad_json(format!("Invalid request: {error}")))
+    }
+}
+
+/// A ruma response, serialised with its status and headers.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<Vec<u8>>() {
+            Ok(response) => response.map(Body::from).into_response(),
+            Err(error) => {
+                Error::internal(format!("response serialisation: {error}")).into_response()
+            }
+        }
+    }
+}
+
+/// Mounting handlers by their ruma request type.
+pub trait RouterExt {
+    /// Routes every path in `T`'s metadata, with `T`'s method, to `handler`.
+    fn ruma_route<T, H, Fut>(self, handler: H) -> Self
+    where
+        T: IncomingRequest + Send + 'static,
+        T::Authentication: AuthRule,
+        H: FnOnce(axum::extract::State<Arc<Services>>, Ruma<T>) -> Fut
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        Fut: Future<Output = Result<RumaResponse<T::OutgoingResponse>>> + Send + 'static,
+        T::OutgoingResponse: OutgoingResponse + Send;
+}
+
+impl RouterExt for Router<Arc<Services>> {
+    fn ruma_route<T, H, Fut>(mut self, handler: H) -> Self
+    where
+        T: IncomingRequest + Send + 'static,
+        T::Authentication: AuthRule,
+        H: FnOnce(axum::extract::State<Arc<Services>>, Ruma<T>) -> Fut
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        Fut: Future<Output = Result<RumaResponse<T::OutgoingResponse>>> + Send + 'static,
+        T::OutgoingResponse: OutgoingResponse + Send,
+    {
+        let filter =
+            MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
+        for path in T::PATH_BUILDER.all_paths() {
+            self = self.route(path, on(filter, handler.clone()));
+        }
+        self
+    }
+}

@@ -1,0 +1,178 @@
+//! `conduit user …`: account administration on the database of a *stopped* server.
+//!
+//! sled locks the database directory, so while the server runs these commands fail with a
+//! message saying so instead of corrupting anything.
+
+use clap::Subcommand;
+use ruma::OwnedUserId;
+
+use crate::{
+    config::Config,
+    crypto,
+    service::Services,
+    storage::{Db, StorageError},
+};
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account. Prints a generated password unless --password is given.
+    Create {
+        /// The user name (localpart), e.g. `alice`.
+        name: String,
+        /// Make the account a server admin (the first account always is).
+        #[arg(long)]
+        admin: bool,
+        /// The password; visible to other local users in the process list, so prefer the
+        /// generated one.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Set a new password (generated unless --password is given) and log out all devices.
+    ResetPassword {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Deactivate an account for good: it can never log in again and its name stays taken.
+    Deactivate { name: String },
+    /// List all accounts.
+    List,
+}
+
+fn generated_password() -> String {
+    crypto::random_string(
+        24,
+        b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789",
+    )
+}
+
+/// Opens the database, explaining the lock error in the words an admin needs.
+pub fn open_database(config: &Config) -> Result<Db, String> {
+    Db::open_sled(&config.database_path, config.db_cache_capacity_bytes()).map_err(|error| {
+        match error {
+            StorageError::Locked(path) => format!(
+                "the database at {path} is in use: the conduit server seems to be running. \
+             Stop it first; these commands work on a stopped server."
+            ),
+            other => format!(
+                "cannot open the database at {}: {other}",
+                config.database_path.display()
+            ),
+        }
+    })
+}
+
+fn existing_user(services: &Services, name: &str) -> Result<OwnedUserId, String> {
+    let user_id = services
+        .registration
+        .user_id_from_login(name, &services.config)
+        .ok_or_else(|| {
+            format!(
+                "`{name}` is not a user name on {}",
+                services.config.server_name
+            )
+        })?;
+    match services
+        .users
+        .account(&user_id)
+        .map_err(|e| e.to_string())?
+    {
+        Some(account) if !account.deactivated => Ok(user_id),
+        Some(_) => Err(format!("{user_id} is deactivated")),
+        None => Err(format!("{user_id} does not exist")),
+    }
+}
+
+/// Runs one command; the `Ok` text is printed to standard output.
+pub async fn run(command: UserCommand, config: Config) -> Result<String, String> {
+    let db = open_database(&config)?;
+    let services = Services::build(config, db.clone()).map_err(|e| e.to_string())?;
+    let output = match command {
+        UserCommand::Create {
+            name,
+            admin,
+            password,
+        } => {
+            let user_id = services
+                .registration
+                .new_user_id(Some(&name), &services.config)
+                .map_err(|e| e.to_string())?;
+            let (password, shown) = match password {
+                Some(password) => (password, None),
+                None => {
+                    let password = generated_password();
+                    (password.clone(), Some(password))
+                }
+            };
+            let admin = services
+                .users
+                .create(&user_id, Some(password), admin, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut out = format!("created {user_id}{}", if admin { " (admin)" } else { "" });
+            if let Some(password) = shown {
+                out.push_str(&format!("\npassword: {password}"));
+            }
+            out
+        }
+        UserCommand::ResetPassword { name, password } => {
+            let user_id = existing_user(&services, &name)?;
+            let (password, shown) = match password {
+                Some(password) => (password, None),
+                None => {
+                    let password = generated_password();
+                    (password.clone(), Some(password))
+                }
+            };
+            services
+                .users
+                .set_password(&user_id, password)
+                .await
+                .map_err(|e| e.to_string())?;
+            services
+                .devices
+                .remove_all(&user_id, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut out = format!("new password set for {user_id}; all its devices are logged out");
+            if let Some(password) = shown {
+                out.push_str(&format!("\npassword: {password}"));
+            }
+            out
+        }
+        UserCommand::Deactivate { name } => {
+            let user_id = existing_user(&services, &name)?;
+            services
+                .users
+                .deactivate(&user_id, false)
+                .await
+                .map_err(|e| e.to_string())?;
+            services
+                .devices
+                .remove_all(&user_id, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            format!("deactivated {user_id}")
+        }
+        UserCommand::List => {
+            let mut out = String::new();
+            for (user_id, account) in services.users.list().map_err(|e| e.to_string())? {
+                let mut flags = Vec::new();
+                if account.admin {
+                    flags.push("admin");
+                }
+                if account.deactivated {
+                    flags.push("deactivated");
+                }
+                out.push_str(user_id.as_str());
+                if !flags.is_empty() {
+                    out.push_str(&format!(" ({})", flags.join(", ")));
+                }
+                out.push('\n');
+            }
+            out.trim_end().to_owned()
+        }
+    };
+    db.flush_blocking().map_err(|e| e.to_string())?;
+    Ok(output)
+}

@@ -1,0 +1,461 @@
+//! Configuration: built-in defaults, then the TOML file's `[global]` table, then `CONDUIT_*`
+//! environment variables, following Conduit's key names so existing configs keep working.
+//!
+//! Loading is two-staged: figment merges the sources into [`Config`] (serde checks types and
+//! required keys), then [`Config::validate`] checks what serde cannot. Every failure becomes
+//! one line naming the key; unknown keys are returned as warnings, not errors.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+    value::{Dict, Value},
+};
+use ruma::OwnedServerName;
+use serde::{Deserialize, Serialize};
+
+/// Everything under `[global]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Config {
+    pub server_name: OwnedServerName,
+    #[serde(default = "default_database_backend")]
+    pub database_backend: String,
+    #[serde(default = "default_database_path")]
+    pub database_path: PathBuf,
+    /// sled's page cache, in MiB. sled's own default (1 GiB) is far too much for a Pi.
+    #[serde(default = "default_db_cache_capacity_mb")]
+    pub db_cache_capacity_mb: f64,
+    #[serde(default = "default_address")]
+    pub address: IpAddr,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Largest accepted request body, in bytes.
+    #[serde(default = "default_max_request_size")]
+    pub max_request_size: u32,
+    #[serde(default)]
+    pub allow_registration: bool,
+    #[serde(default)]
+    pub registration_token: Option<String>,
+    #[serde(default)]
+    pub registration_shared_secret: Option<String>,
+    #[serde(default = "default_true")]
+    pub allow_federation: bool,
+    #[serde(default = "default_trusted_servers")]
+    pub trusted_servers: Vec<OwnedServerName>,
+    /// A `tracing` filter, e.g. `warn,conduit=info`.
+    #[serde(default = "default_log")]
+    pub log: String,
+    #[serde(default)]
+    pub well_known: WellKnown,
+    #[serde(default)]
+    pub turn_uris: Vec<String>,
+    #[serde(default)]
+    pub turn_secret: Option<String>,
+    #[serde(default)]
+    pub turn_username: Option<String>,
+    #[serde(default)]
+    pub turn_password: Option<String>,
+    /// Lifetime of TURN credentials, in seconds.
+    #[serde(default = "default_turn_ttl")]
+    pub turn_ttl: u64,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct WellKnown {
+    /// Base URL clients should use, served at `/.well-known/matrix/client`.
+    pub client: Option<String>,
+    /// `host[:port]` other servers should use, served at `/.well-known/matrix/server`.
+    pub server: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain.
+    pub certs: PathBuf,
+    /// PEM file with the private key.
+    pub key: PathBuf,
+}
+
+fn default_database_backend() -> String {
+    "sled".to_owned()
+}
+fn default_database_path() -> PathBuf {
+    PathBuf::from("/var/lib/conduit")
+}
+fn default_db_cache_capacity_mb() -> f64 {
+    32.0
+}
+fn default_address() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn default_port() -> u16 {
+    6167
+}
+fn default_max_request_size() -> u32 {
+    20 * 1024 * 1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_trusted_servers() -> Vec<OwnedServerName> {
+    vec![ruma::server_name!("matrix.org").to_owned()]
+}
+fn default_log() -> String {
+    "warn,conduit=info".to_owned()
+}
+fn default_turn_ttl() -> u64 {
+    24 * 60 * 60
+}
+
+/// Keys this server reads. Anything else under `[global]` is warned about.
+const KNOWN_KEYS: &[&str] = &[
+    "server_name",
+    "database_backend",
+    "database_path",
+    "db_cache_capacity_mb",
+    "address",
+    "port",
+    "max_request_size",
+    "allow_registration",
+    "registration_token",
+    "registration_shared_secret",
+    "allow_federation",
+    "trusted_servers",
+    "log",
+    "well_known",
+    "turn_uris",
+    "turn_secret",
+    "turn_username",
+    "turn_password",
+    "turn_ttl",
+    "tls",
+];
+
+/// Settings for `conduit --dev`: a throw-away server on localhost that anyone on this
+/// machine can register on. They sit below the file and the environment, so both still win.
+fn dev_defaults() -> Dict {
+    let mut dict = Dict::new();
+    dict.insert("server_name".into(), Value::from("localhost"));
+    dict.insert("database_path".into(), Value::from("./conduit-dev-data"));
+    dict.insert("allow_registration".into(), Value::from(true));
+    dict
+}
+
+/// A configuration that could not be loaded; its `Display` is one line naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(String);
+
+/// A loaded configuration and the warnings found while loading it.
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Loads the configuration. `path` is the TOML file (optional: environment variables
+    /// alone are enough); `dev` adds the `--dev` defaults at the lowest priority.
+    pub fn load(path: Option<&Path>, dev: bool) -> Result<Loaded, ConfigError> {
+        let mut figment = Figment::new();
+        if dev {
+            figment = figment.merge(Serialized::default("global", dev_defaults()));
+        }
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {} not found",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(environment());
+        Self::from_figment(&figment)
+    }
+
+    fn from_figment(figment: &Figment) -> Result<Loaded, ConfigError> {
+        let warnings = unknown_keys(figment)
+            .into_iter()
+            .map(|key| format!("unknown config key `global.{key}` is ignored"))
+            .collect();
+        let config: Config = figment.extract_inner("global").map_err(describe)?;
+        config.validate()?;
+        Ok(Loaded { config, warnings })
+    }
+
+    /// Checks what the types alone do not.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.database_backend != "sled" {
+            return Err(ConfigError(format!(
+                "global.database_backend: `{}` is not supported; the only backend is \"sled\"",
+                self.database_backend
+            )));
+        }
+        if !(self.db_cache_capacity_mb.is_finite() && self.db_cache_capacity_mb > 0.0) {
+            return Err(ConfigError(
+                "global.db_cache_capacity_mb: must be a positive number".into(),
+            ));
+        }
+        if self.max_request_size < 1024 {
+            return Err(ConfigError(
+                "global.max_request_size: must be at least 1024 bytes".into(),
+            ));
+        }
+        if self
+            .registration_token
+            .as_deref()
+            .is_some_and(str::is_empty)
+        {
+            return Err(ConfigError(
+                "global.registration_token: must not be empty".into(),
+            ));
+        }
+        if self
+            .registration_shared_secret
+            .as_deref()
+            .is_some_and(str::is_empty)
+        {
+            return Err(ConfigError(
+                "global.registration_shared_secret: must not be empty".into(),
+            ));
+        }
+        if let Some(client) = &self.well_known.client
+            && !(client.starts_with("https://") || client.starts_with("http://"))
+        {
+            return Err(ConfigError(
+                "global.well_known.client: must be an http(s) URL".into(),
+            ));
+        }
+        if self.turn_ttl == 0 {
+            return Err(ConfigError(
+                "global.turn_ttl: must be at least 1 second".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// sled's cache size in bytes.
+    pub fn db_cache_capacity_bytes(&self) -> u64 {
+        (self.db_cache_capacity_mb * 1024.0 * 1024.0) as u64
+    }
+}
+
+/// `CONDUIT_*` variables under `global`. Nested tables accept Conduit's flat names
+/// (`CONDUIT_WELL_KNOWN_CLIENT`, `CONDUIT_TLS_CERTS`) and `__` as a separator
+/// (`CONDUIT_WELL_KNOWN__CLIENT`). `CONDUIT_CONFIG` names the file and is not a key.
+fn environment() -> Env {
+    Env::prefixed("CONDUIT_").ignore(&["CONFIG"]).map(|key| {
+        let key = key.as_str().to_ascii_lowercase().replace("__", ".");
+        let key = ["well_known", "tls"]
+            .iter()
+            .find_map(|table| {
+                key.strip_prefix(&format!("{table}_"))
+                    .map(|rest| format!("{table}.{rest}"))
+            })
+            .unwrap_or(key);
+        format!("global.{key}").into()
+    })
+}
+
+fn unknown_keys(figment: &Figment) -> BTreeSet<String> {
+    let known: BTreeSet<&str> = KNOWN_KEYS.iter().copied().collect();
+    match figment.find_value("global") {
+        Ok(Value::Dict(_, dict)) => dict
+            .keys()
+            .filter(|key| !known.contains(key.as_str()))
+            .cloned()
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// Turns figment's error into one line: `global.port: invalid type: …`.
+fn describe(error: figment::Error) -> ConfigError {
+    let lines: Vec<String> = error
+        .into_iter()
+        .map(|error| {
+            let mut path = error.path.join(".");
+            if let figment::error::Kind::MissingField(field) = &error.kind {
+                path = if path.is_empty() {
+                    format!("global.{field}")
+                } else {
+                    format!("{path}.{field}")
+                };
+                return format!("{path}: is required but not set");
+            }
+            if path.is_empty() {
+                path = "global".to_owned();
+            }
+            format!("{path}: {}", error.kind)
+        })
+        .collect();
+    ConfigError(lines.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Jail;
+
+    use super::*;
+
+    fn load(toml: &str) -> Result<Loaded, ConfigError> {
+        Config::from_figment(
+            &Figment::new()
+                .merge(Toml::string(toml))
+                .merge(environment()),
+        )
+    }
+
+    #[test]
+    fn defaults_apply() {
+        Jail::expect_with(|_| {
+            let config = load("[global]\nserver_name = \"example.org\"")
+                .unwrap()
+                .config;
+            assert_eq!(config.server_name, "example.org");
+            assert_eq!(config.port, 6167);
+            assert_eq!(config.address, IpAddr::V4(Ipv4Addr::LOCALHOST));
+            assert!(!config.allow_registration);
+            assert_eq!(config.database_backend, "sled");
+            assert_eq!(config.db_cache_capacity_bytes(), 32 << 20);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_server_name_names_the_key() {
+        Jail::expect_with(|_| {
+            let error = load("[global]\nport = 1").err().unwrap().to_string();
+            assert!(error.contains("global.server_name"), "{error}");
+            assert!(!error.contains('\n'), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        Jail::expect_with(|_| {
+            let error = load("[global]\nserver_name = \"a.b\"\nport = \"many\"")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains("global.port"), "{error}");
+            let error = load("[global]\nserver_name = \"not a name!\"")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains("global.server_name"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_file_including_nested_tables() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CONDUIT_PORT", "7000");
+            jail.set_env("CONDUIT_ALLOW_REGISTRATION", "true");
+            jail.set_env("CONDUIT_WELL_KNOWN_CLIENT", "https://matrix.example.org");
+            jail.set_env("CONDUIT_WELL_KNOWN__SERVER", "matrix.example.org:443");
+            jail.set_env("CONDUIT_TLS_CERTS", "/c.pem");
+            jail.set_env("CONDUIT_TLS_KEY", "/k.pem");
+            let config = load("[global]\nserver_name = \"example.org\"\nport = 1")
+                .unwrap()
+                .config;
+            assert_eq!(config.port, 7000);
+            assert!(config.allow_registration);
+            assert_eq!(
+                config.well_known.client.as_deref(),
+                Some("https://matrix.example.org")
+            );
+            assert_eq!(
+                config.well_known.server.as_deref(),
+                Some("matrix.example.org:443")
+            );
+            let tls = config.tls.unwrap();
+            assert_eq!(
+                (tls.certs, tls.key),
+                (PathBuf::from("/c.pem"), PathBuf::from("/k.pem"))
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_alone_is_enough() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CONDUIT_SERVER_NAME", "env.example");
+            let config = Config::load(None, false).unwrap().config;
+            assert_eq!(config.server_name, "env.example");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_warned_about() {
+        Jail::expect_with(|_| {
+            let loaded =
+                load("[global]\nserver_name = \"a.b\"\nenable_lightning_bolt = true").unwrap();
+            assert_eq!(loaded.warnings.len(), 1);
+            assert!(loaded.warnings[0].contains("global.enable_lightning_bolt"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unsupported_backend_is_refused() {
+        Jail::expect_with(|_| {
+            let error = load("[global]\nserver_name = \"a.b\"\ndatabase_backend = \"rocksdb\"")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains("global.database_backend"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dev_mode_needs_no_settings_and_the_file_still_wins() {
+        Jail::expect_with(|jail| {
+            let config = Config::load(None, true).unwrap().config;
+            assert_eq!(config.server_name, "localhost");
+            assert!(config.allow_registration);
+            jail.create_file("c.toml", "[global]\nallow_registration = false")?;
+            let config = Config::load(Some(Path::new("c.toml")), true)
+                .unwrap()
+                .config;
+            assert!(!config.allow_registration);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn example_config_loads() {
+        Jail::expect_with(|_| {
+            let example = include_str!("../conduit.toml.example");
+            let loaded = load(example).unwrap();
+            assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+            Ok(())
+        });
+    }
+}
+
+/// A minimal valid configuration for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+
+    pub fn config() -> Config {
+        let toml = "[global]\nserver_name = \"example.org\"\nallow_registration = true";
+        Figment::new()
+            .merge(Toml::string(toml))
+            .extract_inner("global")
+            .unwrap()
+    }
+}

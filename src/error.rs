@@ -1,0 +1,230 @@
+//! The one error type. Every failure a request can meet ends here, and one `match` in
+//! [`Error::into_response`] turns it into the Matrix error body with the spec's status
+//! (client-server API, "Standard error response").
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use ruma::api::{
+    OutgoingResponse,
+    client::uiaa::{UiaaInfo, UiaaResponse},
+    error::{
+        Error as RumaError, ErrorBody, ErrorKind, LimitExceededErrorData, RetryAfter,
+        StandardErrorBody, UnknownTokenErrorData,
+    },
+};
+
+use crate::storage::StorageError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Matrix error: an `errcode`, a message for humans, and the HTTP status.
+    #[error("{kind:?}: {message}")]
+    Matrix {
+        status: StatusCode,
+        kind: ErrorKind,
+        message: String,
+    },
+    /// User-interactive authentication is (still) required: 401 with the flows.
+    #[error("user-interactive authentication required")]
+    Uiaa(Box<UiaaInfo>),
+    /// The store failed. Logged in full, answered as `M_UNKNOWN`.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A bug or an unexpected failure. Logged in full, answered as `M_UNKNOWN`.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An error of `kind` with the status the spec gives that errcode.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let status = default_status(&kind);
+        Self::Matrix {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn with_status(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::Matrix {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, message)
+    }
+
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadJson, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidParam, message)
+    }
+
+    pub fn unknown_token(message: impl Into<String>) -> Self {
+        Self::new(
+            ErrorKind::UnknownToken(UnknownTokenErrorData::new()),
+            message,
+        )
+    }
+
+    pub fn limit_exceeded(retry_after: Duration) -> Self {
+        let mut data = LimitExceededErrorData::new();
+        data.retry_after = Some(RetryAfter::Delay(retry_after));
+        Self::new(
+            ErrorKind::LimitExceeded(data),
+            "Too many attempts; try again later",
+        )
+    }
+
+    /// An errcode the spec defines but ruma has no variant for (e.g. `M_PROFILE_TOO_LARGE`),
+    /// answered with 400.
+    pub fn custom(errcode: &str, message: impl Into<String>) -> Self {
+        let kind: ErrorKind = serde_json::from_value(serde_json::json!({ "errcode": errcode }))
+            .expect("any errcode string deserialises into ErrorKind");
+        Self::with_status(StatusCode::BAD_REQUEST, kind, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(message.into())
+    }
+
+    /// The errcode and status this error is answered with (for logs and tests).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Matrix { status, .. } => *status,
+            Self::Uiaa(_) => StatusCode::UNAUTHORIZED,
+            Self::Storage(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn into_ruma(self) -> UiaaResponse {
+        let (status, kind, message) = match self {
+            Self::Uiaa(info) => return UiaaResponse::AuthResponse(*info),
+            Self::Matrix {
+                status,
+                kind,
+                message,
+            } => (status, kind, message),
+            Self::Storage(error) => {
+                tracing::error!(%error, "storage failure while handling a request");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorKind::Unknown,
+                    "Internal server error".into(),
+                )
+            }
+            Self::Internal(error) => {
+                tracing::error!(%error, "internal error while handling a request");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorKind::Unknown,
+                    "Internal server error".into(),
+                )
+            }
+        };
+        UiaaResponse::MatrixError(RumaError::new(
+            status,
+            ErrorBody::Standard(StandardErrorBody::new(kind, message)),
+        ))
+    }
+}
+
+/// The status each errcode is answered with where the spec does not say otherwise
+/// (client-server API, "Common error codes").
+fn default_status(kind: &ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Forbidden
+        | ErrorKind::UserDeactivated
+        | ErrorKind::GuestAccessForbidden
+        | ErrorKind::ThreepidDenied => StatusCode::FORBIDDEN,
+        ErrorKind::MissingToken | ErrorKind::UnknownToken(_) | ErrorKind::Unauthorized => {
+            StatusCode::UNAUTHORIZED
+        }
+        ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
+        ErrorKind::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match self.into_ruma().try_into_http_response::<Vec<u8>>() {
+            Ok(response) => response.map(axum::body::Body::from).into_response(),
+            Err(error) => {
+                tracing::error!(%error, "could not serialise an error response");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(error: Error) -> (StatusCode, serde_json::Value, http::HeaderMap) {
+        let response = error.into_response();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap(), headers)
+    }
+
+    #[tokio::test]
+    async fn matrix_error_has_errcode_and_status() {
+        let (status, body, _) = body_of(Error::forbidden("no")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["errcode"], "M_FORBIDDEN");
+        assert_eq!(body["error"], "no");
+    }
+
+    #[tokio::test]
+    async fn limit_exceeded_carries_retry_after() {
+        let (status, body, headers) = body_of(Error::limit_exceeded(Duration::from_secs(3))).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
+        assert_eq!(body["retry_after_ms"], 3000);
+        assert_eq!(headers.get(http::header::RETRY_AFTER).unwrap(), "3");
+    }
+
+    #[tokio::test]
+    async fn custom_errcode_is_kept() {
+        let (status, body, _) = body_of(Error::custom("M_PROFILE_TOO_LARGE", "big")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["errcode"], "M_PROFILE_TOO_LARGE");
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_details() {
+        let (status, body, _) = body_of(Error::internal("secret detail")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["errcode"], "M_UNKNOWN");
+        assert!(!body.to_string().contains("secret detail"));
+    }
+
+    #[tokio::test]
+    async fn unknown_token_is_401_and_not_soft_logout() {
+        let (status, body, _) = body_of(Error::unknown_token("gone")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
+        assert_eq!(body["soft_logout"], false);
+    }
+}

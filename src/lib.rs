@@ -1,0 +1,24 @@
+//! # conduit: a lightweight Matrix homeserver
+//!
+//! # Layout
+//! - [`config`]: figment loading of `conduit.toml` + `CONDUIT_*` into a validated `Config`.
+//! - [`server`]: serve a bound listener (plain or TLS) until shutdown, then flush.
+//! - [`api`]: the router, the `Ruma<T>` extractor, and one handler file per spec area.
+//! - [`service`]: the Matrix logic; each service owns its trees and makes writes durable.
+//! - [`storage`]: the key-value trait, sled and in-memory backends, typed tables.
+//! - [`crypto`]: tokens, digests, password hashing.
+//! - [`cli`]: the `conduit user …` administration commands.
+//! - [`error`]: the one error type and its mapping to Matrix errors.
+//!
+//! Calls go `api → service → storage`, never back. `ARCHITECTURE.md` has the full map.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod server;
+pub mod service;
+pub mod storage;
+
+pub use error::{Error, Result};

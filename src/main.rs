@@ -1,0 +1,143 @@
+//! The `conduit` binary: parse the command line, load the configuration, then either serve
+//! or run an administration command.
+
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use conduit::{
+    cli::{self, UserCommand},
+    config::Config,
+    server,
+    service::Services,
+};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// A lightweight Matrix homeserver.
+#[derive(Parser)]
+#[command(name = "conduit", version)]
+struct Args {
+    /// The configuration file (TOML, keys under [global]). Defaults to $CONDUIT_CONFIG;
+    /// without either, CONDUIT_* environment variables alone configure the server.
+    #[arg(long, short, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Try-out mode: server name `localhost`, data in ./conduit-dev-data, registration open.
+    /// The config file and CONDUIT_* variables still override these.
+    #[arg(long, global = true)]
+    dev: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage accounts (works while the server is stopped).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let path = args.config.or_else(|| {
+        std::env::var_os("CONDUIT_CONFIG")
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    });
+    let loaded = match Config::load(path.as_deref(), args.dev) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("conduit: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = match args.command {
+        Some(_) => EnvFilter::try_new("warn"),
+        None => EnvFilter::try_new(&loaded.config.log),
+    };
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("conduit: configuration error: global.log: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    if args.dev {
+        tracing::warn!("development mode: anyone who can reach this server may register");
+    }
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("conduit: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match args.command {
+        None => runtime.block_on(serve(loaded.config)),
+        Some(Command::User(command)) => {
+            runtime
+                .block_on(cli::run(command, loaded.config))
+                .map(|output| {
+                    if !output.is_empty() {
+                        println!("{output}");
+                    }
+                })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("conduit: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let tls = match &config.tls {
+        Some(tls) => Some(server::tls_acceptor(&tls.certs, &tls.key)?),
+        None => None,
+    };
+    let db = cli::open_database(&config)?;
+    let address = SocketAddr::new(config.address, config.port);
+    let services = Services::build(config, db).map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("listening on {scheme}://{local}");
+    server::run(listener, tls, services, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,287 @@
+//! Devices and their access tokens.
+//!
+//! Trees:
+//! - `userdeviceid_device`: `user_id 0xFF device_id` → [`Device`] (JSON), including the
+//!   digest of the device's current access token so it can be revoked with the device.
+//! - `tokendigest_userdeviceid`: SHA-256 of an access token → `user_id 0xFF device_id`.
+//!   Tokens themselves are never stored: a stolen database yields no usable token.
+
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Error, Result, crypto,
+    service::users::now_ms,
+    storage::{Batch, Db, Table, Tree},
+};
+
+const USERDEVICEID_DEVICE: &str = "userdeviceid_device";
+const TOKENDIGEST_USERDEVICEID: &str = "tokendigest_userdeviceid";
+const SEPARATOR: u8 = 0xFF;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Device {
+    pub display_name: Option<String>,
+    /// Hex SHA-256 of the device's access token.
+    token_digest: String,
+    pub created_ts: u64,
+}
+
+pub struct Devices {
+    db: Db,
+    devices: Table<Device>,
+    tokens: std::sync::Arc<dyn Tree>,
+}
+
+fn device_key(user_id: &UserId, device_id: &DeviceId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(user_id.as_bytes().len() + 1 + device_id.as_bytes().len());
+    key.extend_from_slice(user_id.as_bytes());
+    key.push(SEPARATOR);
+    key.extend_from_slice(device_id.as_bytes());
+    key
+}
+
+fn user_prefix(user_id: &UserId) -> Vec<u8> {
+    let mut prefix = user_id.as_bytes().to_vec();
+    prefix.push(SEPARATOR);
+    prefix
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect()
+}
+
+/// A new device id: ten upper-case letters, as Synapse and Conduit make them.
+pub fn random_device_id() -> OwnedDeviceId {
+    crypto::random_string(10, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ").into()
+}
+
+impl Devices {
+    pub fn new(db: &Db) -> Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            devices: db.table(USERDEVICEID_DEVICE)?,
+            tokens: db.tree(TOKENDIGEST_USERDEVICEID)?,
+        })
+    }
+
+    /// Creates the device, or gives an existing one a fresh token (revoking the old one).
+    /// `display_name` only names a new device. Returns the device id and the access token.
+    pub async fn login(
+        &self,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+    ) -> Result<(OwnedDeviceId, String)> {
+        let device_id = device_id.unwrap_or_else(random_device_id);
+        let key = device_key(user_id, &device_id);
+        let token = crypto::random_token();
+        let digest = crypto::token_digest(&token);
+
+        let mut batch = Batch::new();
+        let device = match self.devices.get(&key)? {
+            Some(mut existing) => {
+                if let Some(old) = unhex(&existing.token_digest) {
+                    batch.remove(&*self.tokens, old);
+                }
+                existing.token_digest = hex(&digest);
+                existing
+            }
+            None => Device {
+                display_name,
+                token_digest: hex(&digest),
+                created_ts: now_ms(),
+            },
+        };
+        batch.insert_json(&self.devices, key.clone(), &device);
+        batch.insert(&*self.tokens, digest.to_vec(), key);
+        self.db.apply(&batch)?;
+        self.db.persist().await?;
+        Ok((device_id, token))
+    }
+
+    /// The user and device an access token belongs to, if it is live.
+    pub fn authenticate(&self, token: &str) -> Result<Option<(OwnedUserId, OwnedDeviceId)>> {
+        let Some(key) = self.tokens.get(&crypto::token_digest(token))? else {
+            return Ok(None);
+        };
+        let split = key.iter().position(|&b| b == SEPARATOR);
+        let parsed = split.and_then(|at| {
+            let user_id = std::str::from_utf8(&key[..at]).ok()?;
+            let device_id = std::str::from_utf8(&key[at + 1..]).ok()?;
+            Some((
+                OwnedUserId::try_from(user_id).ok()?,
+                OwnedDeviceId::from(device_id),
+            ))
+        });
+        parsed
+            .map(Some)
+            .ok_or_else(|| Error::internal("invalid key in tokendigest_userdeviceid"))
+    }
+
+    pub fn get(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<Device>> {
+        Ok(self.devices.get(&device_key(user_id, device_id))?)
+    }
+
+    /// All of a user's devices, by device id.
+    pub fn list(&self, user_id: &UserId) -> Result<Vec<(OwnedDeviceId, Device)>> {
+        let prefix = user_prefix(user_id);
+        self.devices
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, device) = entry?;
+                let device_id = std::str::from_utf8(&key[prefix.len()..])
+                    .map_err(|_| Error::internal("invalid device id key"))?;
+                Ok((OwnedDeviceId::from(device_id), device))
+            })
+            .collect()
+    }
+
+    pub async fn rename(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        let key = device_key(user_id, device_id);
+        let mut device = self
+            .devices
+            .get(&key)?
+            .ok_or_else(|| Error::not_found("No such device."))?;
+        device.display_name = display_name;
+        self.devices.insert(&key, &device)?;
+        self.db.persist().await?;
+        Ok(())
+    }
+
+    /// Removes devices and revokes their tokens at once. Unknown ids are skipped.
+    pub async fn remove(&self, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
+        let mut batch = Batch::new();
+        for device_id in device_ids {
+            let key = device_key(user_id, device_id);
+            if let Some(device) = self.devices.get(&key)? {
+                self.remove_into(&mut batch, key, &device);
+            }
+        }
+        self.db.apply(&batch)?;
+        self.db.persist().await?;
+        Ok(())
+    }
+
+    /// Removes all of a user's devices except `keep`.
+    pub async fn remove_all(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<()> {
+        let mut batch = Batch::new();
+        for (device_id, device) in self.list(user_id)? {
+            if Some(&*device_id) != keep {
+                self.remove_into(&mut batch, device_key(user_id, &device_id), &device);
+            }
+        }
+        self.db.apply(&batch)?;
+        self.db.persist().await?;
+        Ok(())
+    }
+
+    fn remove_into(&self, batch: &mut Batch, key: Vec<u8>, device: &Device) {
+        if let Some(digest) = unhex(&device.token_digest) {
+            batch.remove(&*self.tokens, digest);
+        }
+        batch.remove(self.devices.tree(), key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{device_id, user_id};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn login_authenticate_and_revoke() {
+        let devices = Devices::new(&Db::memory()).unwrap();
+        let alice = user_id!("@alice:example.org");
+        let (device, token) = devices
+            .login(alice, None, Some("Phone".into()))
+            .await
+            .unwrap();
+        assert_eq!(device.as_str().len(), 10);
+        assert_eq!(
+            devices.authenticate(&token).unwrap(),
+            Some((alice.to_owned(), device.clone()))
+        );
+        assert_eq!(
+            devices
+                .get(alice, &device)
+                .unwrap()
+                .unwrap()
+                .display_name
+                .as_deref(),
+            Some("Phone")
+        );
+        devices
+            .remove(alice, std::slice::from_ref(&device))
+            .await
+            .unwrap();
+        assert_eq!(devices.authenticate(&token).unwrap(), None);
+        assert!(devices.list(alice).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn relogin_with_same_device_replaces_token_and_keeps_name() {
+        let devices = Devices::new(&Db::memory()).unwrap();
+        let alice = user_id!("@alice:example.org");
+        let id = device_id!("KEEPME").to_owned();
+        let (_, first) = devices
+            .login(alice, Some(id.clone()), Some("Laptop".into()))
+            .await
+            .unwrap();
+        let (_, second) = devices
+            .login(alice, Some(id.clone()), Some("Other".into()))
+            .await
+            .unwrap();
+        assert_eq!(devices.authenticate(&first).unwrap(), None);
+        assert!(devices.authenticate(&second).unwrap().is_some());
+        assert_eq!(
+            devices
+                .get(alice, &id)
+                .unwrap()
+                .unwrap()
+                .display_name
+                .as_deref(),
+            Some("Laptop")
+        );
+        assert_eq!(devices.list(alice).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn remove_all_keeps_one_and_other_users_untouched() {
+        let devices = Devices::new(&Db::memory()).unwrap();
+        let alice = user_id!("@alice:example.org");
+        let alicia = user_id!("@alice:example.orgx");
+        let (keep, keep_token) = devices.login(alice, None, None).await.unwrap();
+        let (_, gone_token) = devices.login(alice, None, None).await.unwrap();
+        let (_, other_token) = devices.login(alicia, None, None).await.unwrap();
+        devices.remove_all(alice, Some(&keep)).await.unwrap();
+        assert!(devices.authenticate(&keep_token).unwrap().is_some());
+        assert!(devices.authenticate(&gone_token).unwrap().is_none());
+        assert!(devices.authenticate(&other_token).unwrap().is_some());
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(
+            unhex(&hex(&[0, 1, 254, 255])).unwrap(),
+            vec![0, 1, 254, 255]
+        );
+        assert_eq!(unhex("zz"), None);
+    }
+}

@@ -1,0 +1,42 @@
+//! Services hold the Matrix logic. Each owns its trees and their key layouts, and makes its
+//! writes durable (`Db::persist`) before returning, so handlers never touch storage.
+//!
+//! **Invariant:** no service imports `axum`; errors are [`crate::Error`], which knows the
+//! Matrix errcodes but not how a response is written.
+
+pub mod devices;
+pub mod rate_limit;
+pub mod registration;
+pub mod uiaa;
+pub mod users;
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{Result, config::Config, storage::Db};
+
+/// All services, built once at start and shared (via `Arc`) with every handler.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub users: users::Users,
+    pub devices: devices::Devices,
+    pub uiaa: uiaa::Uiaa,
+    pub registration: registration::Registration,
+    /// Failed password attempts per user: `/login` and the password UIA stage.
+    pub password_failures: rate_limit::FailureLimiter,
+}
+
+impl Services {
+    pub fn build(config: Config, db: Db) -> Result<Arc<Self>> {
+        let config = Arc::new(config);
+        Ok(Arc::new(Self {
+            users: users::Users::new(&db, config.server_name.clone())?,
+            devices: devices::Devices::new(&db)?,
+            uiaa: uiaa::Uiaa::new(),
+            registration: registration::Registration::new(),
+            password_failures: rate_limit::FailureLimiter::new(5, Duration::from_secs(60), 10_000),
+            config,
+            db,
+        }))
+    }
+}

@@ -1,0 +1,175 @@
+//! An in-memory backend for unit tests: one `BTreeMap` per tree under one lock, which makes
+//! batches trivially atomic. Not durable, and not used by the binary.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::Bound,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::{Batch, BatchOp, KeyValue, KvIter, StorageResult, Store, Tree};
+
+type Trees = HashMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>>;
+type Watchers = Vec<(&'static str, Vec<u8>, oneshot::Sender<()>)>;
+
+#[derive(Default)]
+struct Shared {
+    trees: RwLock<Trees>,
+    watchers: Mutex<Watchers>,
+}
+
+impl Shared {
+    fn notify(&self, tree: &'static str, key: &[u8]) {
+        let mut watchers = self.watchers.lock().expect("watchers lock");
+        let mut index = 0;
+        while index < watchers.len() {
+            let (watched_tree, prefix, _) = &watchers[index];
+            if *watched_tree == tree && key.starts_with(prefix) {
+                let (_, _, sender) = watchers.swap_remove(index);
+                let _ = sender.send(());
+            } else {
+                index += 1;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+impl Store for MemoryStore {
+    fn open_tree(&self, name: &'static str) -> StorageResult<Arc<dyn Tree>> {
+        self.shared
+            .trees
+            .write()
+            .expect("trees lock")
+            .entry(name)
+            .or_default();
+        Ok(Arc::new(MemoryTree {
+            name,
+            shared: Arc::clone(&self.shared),
+        }))
+    }
+
+    fn apply_batch(&self, batch: &Batch) -> StorageResult<()> {
+        {
+            let mut trees = self.shared.trees.write().expect("trees lock");
+            for op in batch.ops() {
+                match op {
+                    BatchOp::Insert { tree, key, value } => {
+                        trees
+                            .entry(tree)
+                            .or_default()
+                            .insert(key.clone(), value.clone());
+                    }
+                    BatchOp::Remove { tree, key } => {
+                        trees.entry(tree).or_default().remove(key);
+                    }
+                }
+            }
+        }
+        for op in batch.ops() {
+            match op {
+                BatchOp::Insert { tree, key, .. } | BatchOp::Remove { tree, key } => {
+                    self.shared.notify(tree, key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> StorageResult<()> {
+        Ok(())
+    }
+}
+
+struct MemoryTree {
+    name: &'static str,
+    shared: Arc<Shared>,
+}
+
+impl MemoryTree {
+    /// Copies the selected entries out, so no lock is held while the caller iterates.
+    fn collect(
+        &self,
+        select: impl FnOnce(&BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<KeyValue>,
+    ) -> KvIter<'_> {
+        let trees = self.shared.trees.read().expect("trees lock");
+        let entries = trees.get(self.name).map(select).unwrap_or_default();
+        Box::new(entries.into_iter().map(Ok))
+    }
+}
+
+impl Tree for MemoryTree {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn get(&self, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        let trees = self.shared.trees.read().expect("trees lock");
+        Ok(trees.get(self.name).and_then(|tree| tree.get(key).cloned()))
+    }
+
+    fn insert(&self, key: &[u8], value: &[u8]) -> StorageResult<()> {
+        self.shared
+            .trees
+            .write()
+            .expect("trees lock")
+            .entry(self.name)
+            .or_default()
+            .insert(key.to_vec(), value.to_vec());
+        self.shared.notify(self.name, key);
+        Ok(())
+    }
+
+    fn remove(&self, key: &[u8]) -> StorageResult<()> {
+        self.shared
+            .trees
+            .write()
+            .expect("trees lock")
+            .entry(self.name)
+            .or_default()
+            .remove(key);
+        self.shared.notify(self.name, key);
+        Ok(())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> KvIter<'_> {
+        let prefix = prefix.to_vec();
+        self.collect(move |tree| {
+            tree.range::<Vec<u8>, _>((Bound::Included(&prefix), Bound::Unbounded))
+                .take_while(|(key, _)| key.starts_with(&prefix))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        })
+    }
+
+    fn iter_from(&self, from: &[u8], backwards: bool) -> KvIter<'_> {
+        let from = from.to_vec();
+        self.collect(move |tree| {
+            let copy = |(key, value): (&Vec<u8>, &Vec<u8>)| (key.clone(), value.clone());
+            if backwards {
+                tree.range::<Vec<u8>, _>(..=&from).rev().map(copy).collect()
+            } else {
+                tree.range::<Vec<u8>, _>(&from..).map(copy).collect()
+            }
+        })
+    }
+
+    fn watch_prefix(&self, prefix: &[u8]) -> BoxFuture<'static, ()> {
+        let (sender, receiver) = oneshot::channel();
+        self.shared.watchers.lock().expect("watchers lock").push((
+            self.name,
+            prefix.to_vec(),
+            sender,
+        ));
+        Box::pin(async move {
+            let _ = receiver.await;
+        })
+    }
+}
