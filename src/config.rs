@@ -185,7 +185,12 @@ impl Config {
             .into_iter()
             .map(|key| format!("unknown config key `global.{key}` is ignored"))
             .collect();
-        let config: Config = figment.extract_inner("global").map_err(describe)?;
+        /// The file's layout: everything lives under `[global]`.
+        #[derive(Deserialize)]
+        struct Root {
+            global: Config,
+        }
+        let config = figment.extract::<Root>().map_err(describe)?.global;
         config.validate()?;
         Ok(Loaded { config, warnings })
     }
@@ -300,6 +305,8 @@ fn describe(error: figment::Error) -> ConfigError {
 }
 
 #[cfg(test)]
+// `Jail::expect_with` closures must return figment's (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use figment::Jail;
 

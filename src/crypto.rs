@@ -63,6 +63,22 @@ pub fn verify_password(password: &str, stored_hash: &str) -> bool {
     })
 }
 
+/// Lower-case hexadecimal.
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses hexadecimal (either case); `None` for odd lengths or other characters.
+pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Compares two byte strings in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -99,6 +115,14 @@ mod tests {
     fn token_digest_is_stable_and_not_the_token() {
         assert_eq!(token_digest("abc"), token_digest("abc"));
         assert_ne!(token_digest("abc"), token_digest("abd"));
+    }
+
+    #[test]
+    fn hex_round_trip_and_rejects() {
+        assert_eq!(hex_encode(&[0, 1, 254, 255]), "0001feff");
+        assert_eq!(hex_decode("0001FEff"), Some(vec![0, 1, 254, 255]));
+        assert_eq!(hex_decode("0"), None);
+        assert_eq!(hex_decode("zz"), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use ruma::{
             AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional,
             NoAccessToken, NoAuthentication,
         },
-        error::{ErrorKind, FromHttpRequestError},
+        error::{DeserializationError, ErrorKind, FromHttpRequestError},
         path_builder::PathBuilder,
     },
 };
@@ -166,14 +166,14 @@ async fn read_json_body(services: &Services, parts: &Parts, body: Body) -> Resul
 /// ruma's parse errors: bad query or path → `M_INVALID_PARAM`, bad body → `M_BAD_JSON`.
 fn parse_error(error: FromHttpRequestError) -> Error {
     match error {
-        FromHttpRequestError::Deserialization(error) => {
-            let text = error.to_string();
-            if text.contains("query") || text.contains("path") {
-                Error::invalid_param(format!("Invalid parameter: {text}"))
-            } else {
-                Error::bad_json(format!("Invalid request: {text}"))
-            }
+        FromHttpRequestError::Deserialization(DeserializationError::Json(error)) => {
+            Error::bad_json(format!("Invalid request body: {error}"))
         }
+        FromHttpRequestError::Deserialization(
+            error @ (DeserializationError::Query(_)
+            | DeserializationError::Ident(_)
+            | DeserializationError::Header(_)),
+        ) => Error::invalid_param(format!("Invalid parameter: {error}")),
         FromHttpRequestError::MethodMismatch { .. } => Error::with_status(
             http::StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Unrecognized,

@@ -73,16 +73,6 @@ fn mac_message(request: &RegisterRequest) -> Vec<u8> {
     message
 }
 
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// `GET /_synapse/admin/v1/register`: a single-use nonce, valid for 60 seconds.
 pub async fn get_nonce(State(services): State<Arc<Services>>) -> Result<Json<NonceResponse>> {
     shared_secret(&services)?;
@@ -105,7 +95,8 @@ pub async fn register(
         ));
     }
     let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
-    let mac = decode_hex(&request.mac).ok_or_else(|| Error::forbidden("HMAC incorrect."))?;
+    let mac = crate::crypto::hex_decode(&request.mac)
+        .ok_or_else(|| Error::forbidden("HMAC incorrect."))?;
     hmac::verify(&key, &mac_message(&request), &mac)
         .map_err(|_| Error::forbidden("HMAC incorrect."))?;
     if request.password.is_empty() || request.password.contains('\0') {
@@ -156,12 +147,5 @@ mod tests {
             ..request
         };
         assert_eq!(mac_message(&request), b"n\0u\0p\0admin\0bot");
-    }
-
-    #[test]
-    fn hex_decoding() {
-        assert_eq!(decode_hex("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(decode_hex("0"), None);
-        assert_eq!(decode_hex("zz"), None);
     }
 }

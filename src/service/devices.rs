@@ -47,20 +47,6 @@ fn user_prefix(user_id: &UserId) -> Vec<u8> {
     prefix
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-        })
-        .collect()
-}
-
 /// A new device id: ten upper-case letters, as Synapse and Conduit make them.
 pub fn random_device_id() -> OwnedDeviceId {
     crypto::random_string(10, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ").into()
@@ -91,15 +77,15 @@ impl Devices {
         let mut batch = Batch::new();
         let device = match self.devices.get(&key)? {
             Some(mut existing) => {
-                if let Some(old) = unhex(&existing.token_digest) {
+                if let Some(old) = crypto::hex_decode(&existing.token_digest) {
                     batch.remove(&*self.tokens, old);
                 }
-                existing.token_digest = hex(&digest);
+                existing.token_digest = crypto::hex_encode(&digest);
                 existing
             }
             None => Device {
                 display_name,
-                token_digest: hex(&digest),
+                token_digest: crypto::hex_encode(&digest),
                 created_ts: now_ms(),
             },
         };
@@ -192,7 +178,7 @@ impl Devices {
     }
 
     fn remove_into(&self, batch: &mut Batch, key: Vec<u8>, device: &Device) {
-        if let Some(digest) = unhex(&device.token_digest) {
+        if let Some(digest) = crypto::hex_decode(&device.token_digest) {
             batch.remove(&*self.tokens, digest);
         }
         batch.remove(self.devices.tree(), key);
@@ -274,14 +260,5 @@ mod tests {
         assert!(devices.authenticate(&keep_token).unwrap().is_some());
         assert!(devices.authenticate(&gone_token).unwrap().is_none());
         assert!(devices.authenticate(&other_token).unwrap().is_some());
-    }
-
-    #[test]
-    fn hex_round_trip() {
-        assert_eq!(
-            unhex(&hex(&[0, 1, 254, 255])).unwrap(),
-            vec![0, 1, 254, 255]
-        );
-        assert_eq!(unhex("zz"), None);
     }
 }

@@ -1,0 +1,261 @@
+//! Starting and stopping the real server, and small HTTP helpers.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use matrix_sdk::Client;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const SERVER_NAME: &str = "localhost";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `conduit` process with its own database directory.
+pub struct TestServer {
+    child: Option<Child>,
+    pub url: String,
+    data: Arc<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_conduit")
+}
+
+/// A command for the binary with a clean, test-only environment.
+pub fn command(data: &Path, env: &[(String, String)]) -> Command {
+    let mut command = Command::new(binary());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CONDUIT_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("CONDUIT_SERVER_NAME", SERVER_NAME)
+        .env("CONDUIT_DATABASE_PATH", data)
+        .env("CONDUIT_ADDRESS", "127.0.0.1")
+        .env("CONDUIT_PORT", "0")
+        .env("CONDUIT_ALLOW_REGISTRATION", "true")
+        .env("CONDUIT_LOG", "warn,conduit=info")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    command
+}
+
+impl TestServer {
+    /// Starts a server with open registration and no other settings.
+    pub fn start() -> Self {
+        Self::with_env(&[])
+    }
+
+    /// Starts a server with extra `CONDUIT_*` settings.
+    pub fn with_env(env: &[(&str, &str)]) -> Self {
+        let env: Vec<_> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let data = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let mut server = Self {
+            child: None,
+            url: String::new(),
+            data,
+            env,
+            log: Default::default(),
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    fn spawn(&mut self) {
+        let mut child = command(self.data.path(), &self.env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start conduit");
+        let (sender, receiver) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sender = sender.clone();
+            let log = Arc::clone(&self.log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(at) = line.find("listening on ") {
+                        let _ = sender.send(line[at + "listening on ".len()..].trim().to_owned());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        match receiver.recv_timeout(START_TIMEOUT) {
+            Ok(url) => self.url = url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "conduit did not start; output:\n{}",
+                    self.log.lock().unwrap().join("\n")
+                );
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// Everything the server printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        assert!(status.expect("run kill").success());
+        child.wait().expect("reap")
+    }
+
+    /// Starts the server again on the same database.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        self.spawn();
+    }
+
+    /// Runs `conduit ARGS` (an admin command) against this server's database.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        command(self.data.path(), &self.env)
+            .args(args)
+            .output()
+            .expect("run conduit")
+    }
+
+    /// A matrix-sdk client for this server, not logged in.
+    pub async fn client(&self) -> Client {
+        Client::builder()
+            .homeserver_url(&self.url)
+            .build()
+            .await
+            .expect("build matrix-sdk client")
+    }
+
+    /// Sends a request with an optional token and JSON body; returns status and JSON.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = http().request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("HTTP request");
+        let status = response.status();
+        let text = response.text().await.expect("response body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    /// Registers `name` through the dummy UIA flow; returns the access token.
+    pub async fn register(&self, name: &str, password: &str) -> String {
+        let body = json!({
+            "username": name, "password": password, "auth": { "type": "m.login.dummy" }
+        });
+        let (status, json) = self
+            .request(
+                Method::POST,
+                "/_matrix/client/v3/register",
+                None,
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        json["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    /// Logs in with a password; returns status and body.
+    pub async fn login(&self, name: &str, password: &str) -> (StatusCode, Value) {
+        let body = json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": name },
+            "password": password,
+        });
+        self.request(Method::POST, "/_matrix/client/v3/login", None, Some(body))
+            .await
+    }
+
+    /// `GET /whoami` with `token`.
+    pub async fn whoami(&self, token: &str) -> (StatusCode, Value) {
+        self.request(
+            Method::GET,
+            "/_matrix/client/v3/account/whoami",
+            Some(token),
+            None,
+        )
+        .await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
+}
+
+/// Asserts a Matrix error: status and errcode.
+#[track_caller]
+pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, errcode: &str) {
+    assert_eq!(response.0, status, "body: {}", response.1);
+    assert_eq!(response.1["errcode"], errcode, "body: {}", response.1);
+    assert!(
+        response.1["error"].is_string(),
+        "error message missing: {}",
+        response.1
+    );
+}
+
+/// `m.login.password` UIA auth data for `user`.
+pub fn password_auth(user: &str, password: &str) -> matrix_sdk::ruma::api::client::uiaa::AuthData {
+    use matrix_sdk::ruma::api::client::uiaa::{
+        AuthData, MatrixUserIdentifier, Password, UserIdentifier,
+    };
+    let identifier = UserIdentifier::Matrix(MatrixUserIdentifier::new(user.to_owned()));
+    AuthData::Password(Password::new(identifier, password.to_owned()))
+}

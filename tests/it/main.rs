@@ -1,0 +1,12 @@
+//! Black-box tests: each starts the real `conduit` binary on 127.0.0.1 with a free port and
+//! a temporary sled directory, then drives it over HTTP with matrix-sdk (the library Element
+//! X is built on) and, for error paths, with raw HTTP.
+
+mod account;
+mod admin;
+mod devices;
+mod durability;
+mod errors;
+mod harness;
+mod process;
+mod profile;
