@@ -231,6 +231,13 @@ impl Config {
                 "global.registration_shared_secret: must not be empty".into(),
             ));
         }
+        if let Some(server) = &self.well_known.server
+            && ruma::OwnedServerName::try_from(server.as_str()).is_err()
+        {
+            return Err(ConfigError(format!(
+                "global.well_known.server: `{server}` is not a valid host[:port]"
+            )));
+        }
         if let Some(client) = &self.well_known.client
             && !(client.starts_with("https://") || client.starts_with("http://"))
         {
@@ -255,18 +262,56 @@ impl Config {
 /// `CONDUIT_*` variables under `global`. Nested tables accept Conduit's flat names
 /// (`CONDUIT_WELL_KNOWN_CLIENT`, `CONDUIT_TLS_CERTS`) and `__` as a separator
 /// (`CONDUIT_WELL_KNOWN__CLIENT`). `CONDUIT_CONFIG` names the file and is not a key.
-fn environment() -> Env {
-    Env::prefixed("CONDUIT_").ignore(&["CONFIG"]).map(|key| {
-        let key = key.as_str().to_ascii_lowercase().replace("__", ".");
-        let key = ["well_known", "tls"]
-            .iter()
-            .find_map(|table| {
-                key.strip_prefix(&format!("{table}_"))
-                    .map(|rest| format!("{table}.{rest}"))
-            })
-            .unwrap_or(key);
-        format!("global.{key}").into()
-    })
+///
+/// figment reads variable values as TOML-ish data, so `CONDUIT_REGISTRATION_TOKEN=007123`
+/// would become the number 7123. Keys whose type is a string therefore take the variable's
+/// raw text, layered above the parsed value.
+fn environment() -> Figment {
+    let mut figment = Figment::new().merge(
+        Env::prefixed("CONDUIT_")
+            .ignore(&["CONFIG"])
+            .map(|key| env_key(key.as_str()).into()),
+    );
+    for (name, value) in std::env::vars() {
+        let Some(rest) = name.strip_prefix("CONDUIT_") else {
+            continue;
+        };
+        let key = env_key(rest);
+        if STRING_KEYS.contains(&&key["global.".len()..]) {
+            figment = figment.merge(Serialized::default(&key, value));
+        }
+    }
+    figment
+}
+
+/// Keys of string (or path) type, whose environment values are never reinterpreted.
+const STRING_KEYS: &[&str] = &[
+    "server_name",
+    "database_backend",
+    "database_path",
+    "registration_token",
+    "registration_shared_secret",
+    "log",
+    "turn_secret",
+    "turn_username",
+    "turn_password",
+    "well_known.client",
+    "well_known.server",
+    "tls.certs",
+    "tls.key",
+];
+
+/// `WELL_KNOWN_CLIENT` / `WELL_KNOWN__CLIENT` → `global.well_known.client`.
+fn env_key(name: &str) -> String {
+    let key = name.to_ascii_lowercase().replace("__", ".");
+    let key = ["well_known", "tls"]
+        .iter()
+        .find_map(|table| {
+            key.strip_prefix(&format!("{table}_"))
+                .map(|rest| format!("{table}.{rest}"))
+        })
+        .unwrap_or(key);
+    format!("global.{key}")
 }
 
 fn unknown_keys(figment: &Figment) -> BTreeSet<String> {
@@ -390,6 +435,33 @@ mod tests {
                 (tls.certs, tls.key),
                 (PathBuf::from("/c.pem"), PathBuf::from("/k.pem"))
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn numeric_looking_secrets_stay_strings() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CONDUIT_REGISTRATION_TOKEN", "007123");
+            jail.set_env("CONDUIT_REGISTRATION_SHARED_SECRET", "1.50");
+            jail.set_env("CONDUIT_TURN_PASSWORD", "true");
+            let config = load("[global]\nserver_name = \"a.b\"").unwrap().config;
+            assert_eq!(config.registration_token.as_deref(), Some("007123"));
+            assert_eq!(config.registration_shared_secret.as_deref(), Some("1.50"));
+            assert_eq!(config.turn_password.as_deref(), Some("true"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_well_known_server_is_refused_at_start() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CONDUIT_WELL_KNOWN_SERVER", "not a host");
+            let error = load("[global]\nserver_name = \"a.b\"")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains("global.well_known.server"), "{error}");
             Ok(())
         });
     }

@@ -31,8 +31,12 @@ use self::{
 };
 use crate::{Error, service::Services};
 
-/// Every route this server answers.
+/// Every route this server answers, behind the common layers.
 pub fn router(services: Arc<Services>) -> Router {
+    with_layers(routes()).with_state(services)
+}
+
+fn routes() -> Router<Arc<Services>> {
     Router::new()
         // Discovery
         .ruma_route(discovery::get_supported_versions)
@@ -67,6 +71,11 @@ pub fn router(services: Arc<Services>) -> Router {
             "/_synapse/admin/v1/register",
             get(synapse_admin::get_nonce).post(synapse_admin::register),
         )
+}
+
+/// The layers every request passes through, outermost last.
+fn with_layers(routes: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    routes
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read (and limited) by our extractors, from `max_request_size`.
@@ -74,7 +83,6 @@ pub fn router(services: Arc<Services>) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(log_request))
         .layer(cors())
-        .with_state(services)
 }
 
 /// Web clients (Element Web) call from another origin (client-server API, "Web Browser
@@ -133,12 +141,42 @@ async fn log_request(request: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
     use super::*;
+
+    fn services() -> Arc<Services> {
+        let config = crate::config::tests_support::config();
+        Services::build(config, crate::storage::Db::memory()).unwrap()
+    }
+
+    async fn call(app: &Router, path: &str) -> (StatusCode, serde_json::Value) {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
 
     #[test]
     fn router_builds_without_conflicting_routes() {
-        let config = crate::config::tests_support::config();
-        let services = Services::build(config, crate::storage::Db::memory()).unwrap();
-        let _ = router(services);
+        let _ = router(services());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gives_500_and_the_router_keeps_serving() {
+        async fn boom() -> &'static str {
+            panic!("deliberate test panic")
+        }
+        let app = with_layers(routes().route("/boom", get(boom))).with_state(services());
+        let (status, body) = call(&app, "/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["errcode"], "M_UNKNOWN");
+        let (status, body) = call(&app, "/_matrix/client/versions").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["versions"].is_array());
     }
 }

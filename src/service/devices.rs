@@ -29,6 +29,9 @@ pub struct Device {
 
 pub struct Devices {
     db: Db,
+    /// Serialises read-modify-writes of device records, so two logins with the same device
+    /// id cannot leave a token the device no longer records (and so would never revoke).
+    write_lock: tokio::sync::Mutex<()>,
     devices: Table<Device>,
     tokens: std::sync::Arc<dyn Tree>,
 }
@@ -56,6 +59,7 @@ impl Devices {
     pub fn new(db: &Db) -> Result<Self> {
         Ok(Self {
             db: db.clone(),
+            write_lock: tokio::sync::Mutex::new(()),
             devices: db.table(USERDEVICEID_DEVICE)?,
             tokens: db.tree(TOKENDIGEST_USERDEVICEID)?,
         })
@@ -74,6 +78,7 @@ impl Devices {
         let token = crypto::random_token();
         let digest = crypto::token_digest(&token);
 
+        let guard = self.write_lock.lock().await;
         let mut batch = Batch::new();
         let device = match self.devices.get(&key)? {
             Some(mut existing) => {
@@ -92,6 +97,7 @@ impl Devices {
         batch.insert_json(&self.devices, key.clone(), &device);
         batch.insert(&*self.tokens, digest.to_vec(), key);
         self.db.apply(&batch)?;
+        drop(guard);
         self.db.persist().await?;
         Ok((device_id, token))
     }
@@ -140,18 +146,22 @@ impl Devices {
         display_name: Option<String>,
     ) -> Result<()> {
         let key = device_key(user_id, device_id);
-        let mut device = self
-            .devices
-            .get(&key)?
-            .ok_or_else(|| Error::not_found("No such device."))?;
-        device.display_name = display_name;
-        self.devices.insert(&key, &device)?;
+        {
+            let _guard = self.write_lock.lock().await;
+            let mut device = self
+                .devices
+                .get(&key)?
+                .ok_or_else(|| Error::not_found("No such device."))?;
+            device.display_name = display_name;
+            self.devices.insert(&key, &device)?;
+        }
         self.db.persist().await?;
         Ok(())
     }
 
     /// Removes devices and revokes their tokens at once. Unknown ids are skipped.
     pub async fn remove(&self, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
+        let guard = self.write_lock.lock().await;
         let mut batch = Batch::new();
         for device_id in device_ids {
             let key = device_key(user_id, device_id);
@@ -160,12 +170,14 @@ impl Devices {
             }
         }
         self.db.apply(&batch)?;
+        drop(guard);
         self.db.persist().await?;
         Ok(())
     }
 
     /// Removes all of a user's devices except `keep`.
     pub async fn remove_all(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<()> {
+        let guard = self.write_lock.lock().await;
         let mut batch = Batch::new();
         for (device_id, device) in self.list(user_id)? {
             if Some(&*device_id) != keep {
@@ -173,6 +185,7 @@ impl Devices {
             }
         }
         self.db.apply(&batch)?;
+        drop(guard);
         self.db.persist().await?;
         Ok(())
     }

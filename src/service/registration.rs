@@ -8,6 +8,7 @@ use std::{
 
 use ruma::{OwnedUserId, UserId, api::error::ErrorKind};
 
+use super::rate_limit::FailureLimiter;
 use crate::{Error, Result, config::Config, crypto};
 
 /// How long a shared-secret registration nonce is valid (Synapse: 60 s).
@@ -15,9 +16,23 @@ const NONCE_LIFETIME: Duration = Duration::from_secs(60);
 /// At most this many unused nonces are kept; older ones are dropped first.
 const MAX_NONCES: usize = 1_000;
 
-#[derive(Default)]
+/// Wrong registration tokens tolerated per minute, server-wide. The token is one shared
+/// secret, so guesses are counted together wherever they come from.
+const MAX_TOKEN_FAILURES: u32 = 5;
+const TOKEN_FAILURE_KEY: &str = "registration_token";
+
 pub struct Registration {
     nonces: Mutex<HashMap<String, Instant>>,
+    token_failures: FailureLimiter,
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        Self {
+            nonces: Mutex::default(),
+            token_failures: FailureLimiter::new(MAX_TOKEN_FAILURES, Duration::from_secs(60), 1),
+        }
+    }
 }
 
 /// Checks a requested localpart (appendices, "User Identifiers", since v1.8): not empty,
@@ -65,6 +80,19 @@ impl Registration {
             UserId::parse_with_server_name(name.to_lowercase(), &config.server_name).ok()?
         };
         (user_id.server_name() == config.server_name).then_some(user_id)
+    }
+
+    /// Whether `given` is the configured registration token. Wrong guesses are limited
+    /// (`M_LIMIT_EXCEEDED`), so the token cannot be brute-forced.
+    pub fn check_token(&self, given: &str, expected: &str) -> Result<bool> {
+        if let Err(wait) = self.token_failures.check(TOKEN_FAILURE_KEY) {
+            return Err(Error::limit_exceeded(wait));
+        }
+        let valid = crypto::constant_time_eq(given.as_bytes(), expected.as_bytes());
+        if !valid {
+            self.token_failures.record_failure(TOKEN_FAILURE_KEY);
+        }
+        Ok(valid)
     }
 
     /// A fresh single-use nonce for `/_synapse/admin/v1/register`.
@@ -123,6 +151,23 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn wrong_tokens_are_limited() {
+        let registration = Registration::new();
+        assert!(registration.check_token("right", "right").unwrap());
+        for _ in 0..MAX_TOKEN_FAILURES {
+            assert!(!registration.check_token("guess", "right").unwrap());
+        }
+        let error = registration.check_token("right", "right").unwrap_err();
+        assert!(matches!(
+            error,
+            Error::Matrix {
+                kind: ErrorKind::LimitExceeded(_),
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl Uiaa {
         match (&stage, auth) {
             (Stage::Dummy, AuthData::Dummy(_)) => Ok(()),
             (Stage::RegistrationToken(expected), AuthData::RegistrationToken(given)) => {
-                if crypto::constant_time_eq(given.token.as_bytes(), expected.as_bytes()) {
+                if services.registration.check_token(&given.token, expected)? {
                     Ok(())
                 } else {
                     let failure = StandardErrorBody::new(

@@ -52,9 +52,15 @@ pub struct Users {
     server_name: OwnedServerName,
     accounts: Table<Account>,
     profiles: Table<Profile>,
-    /// Serialises account creation: "does it exist?" + "insert" must not interleave, and
-    /// the first account (which becomes admin) must be exactly one.
-    create_lock: Mutex<()>,
+    /// Serialises every read-modify-write of accounts and profiles: "does it exist?" +
+    /// "insert" must not interleave (the first account, which becomes admin, must be exactly
+    /// one), and a password change must not write back an account a deactivation just
+    /// changed. Account writes are rare, so one lock is enough. It is released before
+    /// `persist`, which covers every write made before it is called.
+    write_lock: Mutex<()>,
+    /// A hash of a random password, checked when a login names an unknown user so that the
+    /// answer takes as long as for a real one (no timing oracle for account existence).
+    dummy_hash: std::sync::OnceLock<String>,
 }
 
 pub fn now_ms() -> u64 {
@@ -77,7 +83,8 @@ impl Users {
             server_name,
             accounts: db.table(USERID_ACCOUNT)?,
             profiles: db.table(USERID_PROFILE)?,
-            create_lock: Mutex::new(()),
+            write_lock: Mutex::new(()),
+            dummy_hash: std::sync::OnceLock::new(),
         })
     }
 
@@ -107,7 +114,7 @@ impl Users {
             Some(password) => Some(hash_password(password).await?),
             None => None,
         };
-        let _guard = self.create_lock.lock().await;
+        let guard = self.write_lock.lock().await;
         if self.exists(user_id)? {
             return Err(Error::new(
                 ErrorKind::UserInUse,
@@ -136,6 +143,7 @@ impl Users {
         profile.insert("displayname".to_owned(), JsonValue::String(displayname));
         batch.insert_json(&self.profiles, user_id.as_bytes(), &profile);
         self.db.apply(&batch)?;
+        drop(guard);
         self.db.persist().await?;
         Ok(admin)
     }
@@ -143,6 +151,14 @@ impl Users {
     /// Checks a password. CPU-heavy work runs off the async threads.
     pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<PasswordCheck> {
         let Some(account) = self.account(user_id)? else {
+            let dummy = self
+                .dummy_hash
+                .get_or_init(|| crypto::hash_password(&crypto::random_token()))
+                .clone();
+            let password = password.to_owned();
+            tokio::task::spawn_blocking(move || crypto::verify_password(&password, &dummy))
+                .await
+                .map_err(|e| Error::internal(format!("password check task failed: {e}")))?;
             return Ok(PasswordCheck::NoSuchUser);
         };
         if account.deactivated {
@@ -164,24 +180,30 @@ impl Users {
 
     pub async fn set_password(&self, user_id: &UserId, password: String) -> Result<()> {
         let hash = hash_password(password).await?;
-        let mut account = self.active_account(user_id)?;
-        account.password_hash = Some(hash);
-        self.accounts.insert(user_id.as_bytes(), &account)?;
+        {
+            let _guard = self.write_lock.lock().await;
+            let mut account = self.active_account(user_id)?;
+            account.password_hash = Some(hash);
+            self.accounts.insert(user_id.as_bytes(), &account)?;
+        }
         self.db.persist().await?;
         Ok(())
     }
 
     /// Marks the account deactivated and removes its password. The caller removes devices.
     pub async fn deactivate(&self, user_id: &UserId, erase_profile: bool) -> Result<()> {
-        let mut account = self.active_account(user_id)?;
-        account.deactivated = true;
-        account.password_hash = None;
-        let mut batch = Batch::new();
-        batch.insert_json(&self.accounts, user_id.as_bytes(), &account);
-        if erase_profile {
-            batch.remove(self.profiles.tree(), user_id.as_bytes());
+        {
+            let _guard = self.write_lock.lock().await;
+            let mut account = self.active_account(user_id)?;
+            account.deactivated = true;
+            account.password_hash = None;
+            let mut batch = Batch::new();
+            batch.insert_json(&self.accounts, user_id.as_bytes(), &account);
+            if erase_profile {
+                batch.remove(self.profiles.tree(), user_id.as_bytes());
+            }
+            self.db.apply(&batch)?;
         }
-        self.db.apply(&batch)?;
         self.db.persist().await?;
         Ok(())
     }
@@ -235,6 +257,7 @@ impl Users {
                 "Profile keys are at most 255 bytes.",
             ));
         }
+        let guard = self.write_lock.lock().await;
         let mut profile = self
             .profile(user_id)?
             .ok_or_else(|| Error::not_found("No such user."))?;
@@ -256,6 +279,7 @@ impl Users {
             ));
         }
         self.profiles.insert(user_id.as_bytes(), &profile)?;
+        drop(guard);
         self.db.persist().await?;
         Ok(())
     }

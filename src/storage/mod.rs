@@ -30,6 +30,12 @@ pub enum StorageError {
     /// The database was written by a newer version of this program.
     #[error("the database has schema version {found}, but this build only knows up to {known}")]
     TooNew { found: u64, known: u64 },
+    /// The directory holds a database this program did not create (Conduit's own, say).
+    #[error(
+        "the database was not created by this server (no schema version, but data present); \
+         Conduit and Synapse databases cannot be opened: point database_path at a new directory"
+    )]
+    Foreign,
     /// A stored value could not be decoded.
     #[error("corrupt value in tree {tree}: {detail}")]
     Corrupt { tree: &'static str, detail: String },
@@ -299,6 +305,9 @@ impl Db {
                 }
             })?),
         };
+        if found == 0 && global.iter_from(b"", false).next().transpose()?.is_some() {
+            return Err(StorageError::Foreign);
+        }
         if found > SCHEMA_VERSION {
             return Err(StorageError::TooNew {
                 found,

@@ -146,6 +146,24 @@ fn newer_schema_is_refused() {
 }
 
 #[test]
+fn foreign_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What Conduit leaves: a `global` tree with its own version key, no schema_version.
+        let db = ::sled::open(dir.path()).unwrap();
+        db.open_tree("global")
+            .unwrap()
+            .insert(b"version", &13u64.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        Db::open_sled(dir.path(), 8 << 20),
+        Err(StorageError::Foreign)
+    ));
+}
+
+#[test]
 fn second_open_of_sled_is_refused_while_first_is_open() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Db::open_sled(dir.path(), 8 << 20).unwrap();

@@ -282,17 +282,22 @@ async fn registration_rules() {
 
 #[tokio::test]
 async fn registration_is_off_by_default() {
-    let server = TestServer::with_env(&[("CONDUIT_ALLOW_REGISTRATION", "false")]);
+    let server = TestServer::with_env(&[
+        ("CONDUIT_ALLOW_REGISTRATION", "false"),
+        ("CONDUIT_REGISTRATION_TOKEN", "007123"),
+    ]);
     let body = json!({ "username": "ivan", "password": "pw", "auth": { "type": "m.login.dummy" } });
+    let register = server.request(
+        Method::POST,
+        "/_matrix/client/v3/register",
+        None,
+        Some(body),
+    );
+    assert_error(&register.await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    // With registration closed no token is valid, so the check itself is refused.
+    let validity = "/_matrix/client/v1/register/m.login.registration_token/validity?token=007123";
     assert_error(
-        &server
-            .request(
-                Method::POST,
-                "/_matrix/client/v3/register",
-                None,
-                Some(body),
-            )
-            .await,
+        &server.request(Method::GET, validity, None, None).await,
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );

@@ -110,12 +110,18 @@ pub async fn check_registration_token_validity(
     State(services): State<Arc<Services>>,
     request: Ruma<check_registration_token_validity::v1::Request>,
 ) -> Result<RumaResponse<check_registration_token_validity::v1::Response>> {
-    let Some(expected) = services.config.registration_token.as_deref() else {
-        return Err(Error::forbidden(
-            "Registration tokens are not used on this server.",
-        ));
+    // Spec: 403 when registration is closed, since then no token is valid.
+    let expected = match services.config.registration_token.as_deref() {
+        Some(expected) if services.config.allow_registration => expected,
+        _ => {
+            return Err(Error::forbidden(
+                "Registration with a token is not possible here.",
+            ));
+        }
     };
-    let valid = crate::crypto::constant_time_eq(request.body.token.as_bytes(), expected.as_bytes());
+    let valid = services
+        .registration
+        .check_token(&request.body.token, expected)?;
     Ok(RumaResponse(
         check_registration_token_validity::v1::Response::new(valid),
     ))
