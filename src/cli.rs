@@ -124,14 +124,13 @@ pub async fn run(command: UserCommand, config: Config) -> Result<String, String>
                     (password.clone(), Some(password))
                 }
             };
-            services
-                .users
-                .set_password(&user_id, password)
-                .await
+            let logout = services
+                .devices
+                .removal(&user_id, None)
                 .map_err(|e| e.to_string())?;
             services
-                .devices
-                .remove_all(&user_id, None)
+                .users
+                .set_password(&user_id, password, logout)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut out = format!("new password set for {user_id}; all its devices are logged out");
@@ -142,14 +141,13 @@ pub async fn run(command: UserCommand, config: Config) -> Result<String, String>
         }
         UserCommand::Deactivate { name } => {
             let user_id = existing_user(&services, &name)?;
-            services
-                .users
-                .deactivate(&user_id, false)
-                .await
+            let logout = services
+                .devices
+                .removal(&user_id, None)
                 .map_err(|e| e.to_string())?;
             services
-                .devices
-                .remove_all(&user_id, None)
+                .users
+                .deactivate(&user_id, false, logout)
                 .await
                 .map_err(|e| e.to_string())?;
             format!("deactivated {user_id}")

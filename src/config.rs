@@ -272,13 +272,17 @@ fn environment() -> Figment {
             .ignore(&["CONFIG"])
             .map(|key| env_key(key.as_str()).into()),
     );
-    for (name, value) in std::env::vars() {
+    // `vars_os`: a non-UTF-8 variable elsewhere in the environment must not stop us.
+    for (name, value) in std::env::vars_os() {
+        let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+            continue;
+        };
         let Some(rest) = name.strip_prefix("CONDUIT_") else {
             continue;
         };
         let key = env_key(rest);
         if STRING_KEYS.contains(&&key["global.".len()..]) {
-            figment = figment.merge(Serialized::default(&key, value));
+            figment = figment.merge(Serialized::default(&key, value.to_owned()));
         }
     }
     figment
@@ -316,14 +320,24 @@ fn env_key(name: &str) -> String {
 
 fn unknown_keys(figment: &Figment) -> BTreeSet<String> {
     let known: BTreeSet<&str> = KNOWN_KEYS.iter().copied().collect();
-    match figment.find_value("global") {
-        Ok(Value::Dict(_, dict)) => dict
-            .keys()
-            .filter(|key| !known.contains(key.as_str()))
-            .cloned()
-            .collect(),
-        _ => BTreeSet::new(),
+    let nested = |table: &str, keys: &[&str], out: &mut BTreeSet<String>| {
+        if let Ok(Value::Dict(_, dict)) = figment.find_value(&format!("global.{table}")) {
+            for key in dict.keys().filter(|key| !keys.contains(&key.as_str())) {
+                out.insert(format!("{table}.{key}"));
+            }
+        }
+    };
+    let mut unknown = BTreeSet::new();
+    if let Ok(Value::Dict(_, dict)) = figment.find_value("global") {
+        unknown.extend(
+            dict.keys()
+                .filter(|key| !known.contains(key.as_str()))
+                .cloned(),
+        );
     }
+    nested("well_known", &["client", "server"], &mut unknown);
+    nested("tls", &["certs", "key"], &mut unknown);
+    unknown
 }
 
 /// Turns figment's error into one line: `global.port: invalid type: …`.
@@ -331,19 +345,33 @@ fn describe(error: figment::Error) -> ConfigError {
     let lines: Vec<String> = error
         .into_iter()
         .map(|error| {
-            let mut path = error.path.join(".");
+            let path = error.path.join(".");
             if let figment::error::Kind::MissingField(field) = &error.kind {
-                path = if path.is_empty() {
-                    format!("global.{field}")
+                // No `[global]` at all means no server name either.
+                let field = if path.is_empty() && field == "global" {
+                    "server_name"
                 } else {
-                    format!("{path}.{field}")
+                    field
                 };
-                return format!("{path}: is required but not set");
+                let path = if path.is_empty() {
+                    "global".to_owned()
+                } else {
+                    path
+                };
+                return format!("{path}.{field}: is required but not set");
             }
-            if path.is_empty() {
-                path = "global".to_owned();
-            }
-            format!("{path}: {}", error.kind)
+            let path = if path.is_empty() {
+                "global".to_owned()
+            } else {
+                path
+            };
+            // A TOML syntax error carries a multi-line excerpt; keep the message on one line.
+            let message = error
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            format!("{path}: {message}")
         })
         .collect();
     ConfigError(lines.join("; "))
@@ -483,6 +511,35 @@ mod tests {
                 load("[global]\nserver_name = \"a.b\"\nenable_lightning_bolt = true").unwrap();
             assert_eq!(loaded.warnings.len(), 1);
             assert!(loaded.warnings[0].contains("global.enable_lightning_bolt"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn nested_unknown_keys_are_warned_about() {
+        Jail::expect_with(|_| {
+            let toml = "[global]\nserver_name = \"a.b\"\n[global.tls]\ncert = \"/x\"\nkey = \"/y\"";
+            let warnings = Config::from_figment(&Figment::new().merge(Toml::string(toml)))
+                .map(|loaded| loaded.warnings)
+                .unwrap_or_else(|e| vec![e.to_string()]);
+            assert!(
+                warnings.iter().any(|w| w.contains("tls.cert")),
+                "{warnings:?}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn toml_syntax_errors_are_one_line() {
+        Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[global]\nserver_name = \"a.b\"\nport = = 3\n")?;
+            let error = Config::load(Some(Path::new("bad.toml")), false)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(!error.contains('\n'), "{error}");
+            assert!(error.contains("bad.toml"), "{error}");
             Ok(())
         });
     }

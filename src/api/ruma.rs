@@ -120,8 +120,16 @@ async fn authenticate(
         }
         None => Ok(None),
         Some(token) => match services.devices.authenticate(token)? {
-            Some(sender) => Ok(Some(sender)),
-            None => Err(Error::unknown_token("Unknown access token.")),
+            // A deactivated account's tokens are dead even if a racing login made one.
+            Some(sender)
+                if services
+                    .users
+                    .account(&sender.0)?
+                    .is_some_and(|account| !account.deactivated) =>
+            {
+                Ok(Some(sender))
+            }
+            _ => Err(Error::unknown_token("Unknown access token.")),
         },
     }
 }
@@ -168,6 +176,14 @@ fn parse_error(error: FromHttpRequestError) -> Error {
     match error {
         FromHttpRequestError::Deserialization(DeserializationError::Json(error)) => {
             Error::bad_json(format!("Invalid request body: {error}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(error))
+            if error.to_string().contains("missing field") =>
+        {
+            Error::new(
+                ErrorKind::MissingParam,
+                format!("Missing parameter: {error}"),
+            )
         }
         FromHttpRequestError::Deserialization(
             error @ (DeserializationError::Query(_)

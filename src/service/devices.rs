@@ -152,7 +152,10 @@ impl Devices {
                 .devices
                 .get(&key)?
                 .ok_or_else(|| Error::not_found("No such device."))?;
-            device.display_name = display_name;
+            // Spec: "If not given, the display name is unchanged."
+            if display_name.is_some() {
+                device.display_name = display_name;
+            }
             self.devices.insert(&key, &device)?;
         }
         self.db.persist().await?;
@@ -177,17 +180,22 @@ impl Devices {
 
     /// Removes all of a user's devices except `keep`.
     pub async fn remove_all(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<()> {
-        let guard = self.write_lock.lock().await;
+        let batch = self.removal(user_id, keep)?;
+        self.db.apply(&batch)?;
+        self.db.persist().await?;
+        Ok(())
+    }
+
+    /// The writes that remove all of a user's devices (except `keep`) and their tokens, for
+    /// a caller to apply together with its own change (password, deactivation).
+    pub fn removal(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<Batch> {
         let mut batch = Batch::new();
         for (device_id, device) in self.list(user_id)? {
             if Some(&*device_id) != keep {
                 self.remove_into(&mut batch, device_key(user_id, &device_id), &device);
             }
         }
-        self.db.apply(&batch)?;
-        drop(guard);
-        self.db.persist().await?;
-        Ok(())
+        Ok(batch)
     }
 
     fn remove_into(&self, batch: &mut Batch, key: Vec<u8>, device: &Device) {

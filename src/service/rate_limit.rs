@@ -54,7 +54,10 @@ impl FailureLimiter {
             if entries.len() >= self.capacity
                 && let Some(oldest) = entries
                     .iter()
-                    .min_by_key(|(_, entry)| entry.window_start)
+                    // Never free a blocked key by flooding the map with new ones.
+                    .min_by_key(|(_, entry)| {
+                        (entry.failures >= self.max_failures, entry.window_start)
+                    })
                     .map(|(k, _)| k.clone())
             {
                 entries.remove(&oldest);
@@ -116,6 +119,17 @@ mod tests {
         assert!(limiter.check("alice").is_err());
         std::thread::sleep(Duration::from_millis(30));
         assert!(limiter.check("alice").is_ok());
+    }
+
+    #[test]
+    fn flooding_does_not_unblock_a_blocked_key() {
+        let limiter = FailureLimiter::new(2, Duration::from_secs(60), 3);
+        limiter.record_failure("victim");
+        limiter.record_failure("victim");
+        for n in 0..10 {
+            limiter.record_failure(&format!("spray{n}"));
+        }
+        assert!(limiter.check("victim").is_err());
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub struct Users {
     /// A hash of a random password, checked when a login names an unknown user so that the
     /// answer takes as long as for a real one (no timing oracle for account existence).
     dummy_hash: std::sync::OnceLock<String>,
+    hash_slots: tokio::sync::Semaphore,
 }
 
 pub fn now_ms() -> u64 {
@@ -70,11 +71,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || crypto::hash_password(&password))
-        .await
-        .map_err(|e| Error::internal(format!("password hashing task failed: {e}")))
-}
+/// Password hashes computed at once; more wait (see [`Users::run_argon2`]).
+const MAX_CONCURRENT_HASHES: usize = 2;
+const HASH_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Users {
     pub fn new(db: &Db, server_name: OwnedServerName) -> Result<Self> {
@@ -85,6 +84,7 @@ impl Users {
             profiles: db.table(USERID_PROFILE)?,
             write_lock: Mutex::new(()),
             dummy_hash: std::sync::OnceLock::new(),
+            hash_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_HASHES),
         })
     }
 
@@ -111,7 +111,7 @@ impl Users {
         displayname: Option<String>,
     ) -> Result<bool> {
         let password_hash = match password {
-            Some(password) => Some(hash_password(password).await?),
+            Some(password) => Some(self.hash_password(password).await?),
             None => None,
         };
         let guard = self.write_lock.lock().await;
@@ -149,55 +149,95 @@ impl Users {
     }
 
     /// Checks a password. CPU-heavy work runs off the async threads.
-    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<PasswordCheck> {
-        let Some(account) = self.account(user_id)? else {
-            let dummy = self
-                .dummy_hash
-                .get_or_init(|| crypto::hash_password(&crypto::random_token()))
-                .clone();
-            let password = password.to_owned();
-            tokio::task::spawn_blocking(move || crypto::verify_password(&password, &dummy))
-                .await
-                .map_err(|e| Error::internal(format!("password check task failed: {e}")))?;
-            return Ok(PasswordCheck::NoSuchUser);
-        };
-        if account.deactivated {
-            return Ok(PasswordCheck::Deactivated);
-        }
-        let Some(hash) = account.password_hash else {
-            return Ok(PasswordCheck::Invalid);
-        };
-        let password = password.to_owned();
-        let valid = tokio::task::spawn_blocking(move || crypto::verify_password(&password, &hash))
+    /// Runs argon2 work off the async threads, at most [`MAX_CONCURRENT_HASHES`] at once:
+    /// each run needs about 19 MiB, so unbounded parallel logins could exhaust a Pi's memory.
+    /// A request that waits longer than [`HASH_QUEUE_WAIT`] gets 429.
+    async fn run_argon2<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let permit = tokio::time::timeout(HASH_QUEUE_WAIT, self.hash_slots.acquire())
             .await
-            .map_err(|e| Error::internal(format!("password check task failed: {e}")))?;
-        Ok(if valid {
-            PasswordCheck::Valid
-        } else {
-            PasswordCheck::Invalid
+            .map_err(|_| Error::limit_exceeded(std::time::Duration::from_secs(1)))?
+            .map_err(|_| Error::internal("hash semaphore closed"))?;
+        let result = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Error::internal(format!("password hashing task failed: {e}")));
+        drop(permit);
+        result
+    }
+
+    async fn hash_password(&self, password: String) -> Result<String> {
+        self.run_argon2(move || crypto::hash_password(&password))
+            .await
+    }
+
+    /// Checks a password. Unknown, deactivated and password-less accounts are checked
+    /// against a dummy hash, so every answer takes as long (no timing oracle).
+    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<PasswordCheck> {
+        let account = self.account(user_id)?;
+        let stored = account
+            .as_ref()
+            .filter(|a| !a.deactivated)
+            .and_then(|a| a.password_hash.clone());
+        let dummy = self.dummy_hash.get().cloned();
+        let password = password.to_owned();
+        let (valid, made_dummy) = self
+            .run_argon2(move || match stored {
+                Some(hash) => (crypto::verify_password(&password, &hash), None),
+                None => {
+                    let dummy =
+                        dummy.unwrap_or_else(|| crypto::hash_password(&crypto::random_token()));
+                    crypto::verify_password(&password, &dummy);
+                    (false, Some(dummy))
+                }
+            })
+            .await?;
+        if let Some(dummy) = made_dummy {
+            let _ = self.dummy_hash.set(dummy);
+        }
+        Ok(match account {
+            None => PasswordCheck::NoSuchUser,
+            Some(account) if account.deactivated => PasswordCheck::Deactivated,
+            Some(_) if valid => PasswordCheck::Valid,
+            Some(_) => PasswordCheck::Invalid,
         })
     }
 
-    pub async fn set_password(&self, user_id: &UserId, password: String) -> Result<()> {
-        let hash = hash_password(password).await?;
+    /// Sets a new password, applying `extra` (e.g. revoking other devices) in the same
+    /// atomic batch, so a crash cannot keep sessions the user meant to end.
+    pub async fn set_password(
+        &self,
+        user_id: &UserId,
+        password: String,
+        mut extra: Batch,
+    ) -> Result<()> {
+        let hash = self.hash_password(password).await?;
         {
             let _guard = self.write_lock.lock().await;
             let mut account = self.active_account(user_id)?;
             account.password_hash = Some(hash);
-            self.accounts.insert(user_id.as_bytes(), &account)?;
+            extra.insert_json(&self.accounts, user_id.as_bytes(), &account);
+            self.db.apply(&extra)?;
         }
         self.db.persist().await?;
         Ok(())
     }
 
-    /// Marks the account deactivated and removes its password. The caller removes devices.
-    pub async fn deactivate(&self, user_id: &UserId, erase_profile: bool) -> Result<()> {
+    /// Marks the account deactivated and removes its password, applying `extra` (the
+    /// removal of every device and token) in the same atomic batch.
+    pub async fn deactivate(
+        &self,
+        user_id: &UserId,
+        erase_profile: bool,
+        extra: Batch,
+    ) -> Result<()> {
         {
             let _guard = self.write_lock.lock().await;
             let mut account = self.active_account(user_id)?;
             account.deactivated = true;
             account.password_hash = None;
-            let mut batch = Batch::new();
+            let mut batch = extra;
             batch.insert_json(&self.accounts, user_id.as_bytes(), &account);
             if erase_profile {
                 batch.remove(self.profiles.tree(), user_id.as_bytes());
@@ -339,7 +379,10 @@ mod tests {
             users.check_password(alice, "two").await.unwrap(),
             PasswordCheck::Invalid
         );
-        users.set_password(alice, "two".into()).await.unwrap();
+        users
+            .set_password(alice, "two".into(), Batch::new())
+            .await
+            .unwrap();
         assert_eq!(
             users.check_password(alice, "two").await.unwrap(),
             PasswordCheck::Valid
@@ -359,7 +402,7 @@ mod tests {
             .create(alice, Some("pw".into()), false, None)
             .await
             .unwrap();
-        users.deactivate(alice, true).await.unwrap();
+        users.deactivate(alice, true, Batch::new()).await.unwrap();
         assert_eq!(
             users.check_password(alice, "pw").await.unwrap(),
             PasswordCheck::Deactivated

@@ -17,6 +17,7 @@ type Watchers = Vec<(&'static str, Vec<u8>, oneshot::Sender<()>)>;
 
 #[derive(Default)]
 struct Shared {
+    next_id: std::sync::atomic::AtomicU64,
     trees: RwLock<Trees>,
     watchers: Mutex<Watchers>,
 }
@@ -85,6 +86,14 @@ impl Store for MemoryStore {
 
     fn flush(&self) -> StorageResult<()> {
         Ok(())
+    }
+
+    fn next_id(&self) -> StorageResult<u64> {
+        Ok(self
+            .shared
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1)
     }
 }
 

@@ -60,6 +60,9 @@ pub trait Store: Send + Sync + 'static {
     fn apply_batch(&self, batch: &Batch) -> StorageResult<()>;
     /// Blocks until everything written so far is on stable storage.
     fn flush(&self) -> StorageResult<()>;
+    /// A number larger than any this store returned before, even across crashes (it may
+    /// skip values). Orders timelines and makes sync tokens.
+    fn next_id(&self) -> StorageResult<u64>;
 }
 
 /// One ordered map of byte keys to byte values.
@@ -259,16 +262,13 @@ impl Db {
     /// Group commit: whoever holds the lock flushes everything written so far; callers that
     /// queued behind it find their writes already covered and return without flushing again.
     pub async fn persist(&self) -> StorageResult<()> {
-        let seen = self
-            .flush
-            .started
-            .load(std::sync::atomic::Ordering::Acquire);
+        let seen = self.flush.started.load(std::sync::atomic::Ordering::SeqCst);
         let _guard = self.flush.lock.lock().await;
         // A flush that *started* after we read `seen` began after our writes, so covers them.
         if self
             .flush
             .completed
-            .load(std::sync::atomic::Ordering::Acquire)
+            .load(std::sync::atomic::Ordering::SeqCst)
             > seen
         {
             return Ok(());
@@ -276,7 +276,7 @@ impl Db {
         let epoch = self
             .flush
             .started
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || store.flush())
@@ -284,8 +284,13 @@ impl Db {
             .map_err(|e| StorageError::Backend(format!("flush task failed: {e}")))??;
         self.flush
             .completed
-            .store(epoch, std::sync::atomic::Ordering::Release);
+            .store(epoch, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    /// A new, strictly increasing number (see [`Store::next_id`]).
+    pub fn next_id(&self) -> StorageResult<u64> {
+        self.store.next_id()
     }
 
     /// Flushes synchronously; for shutdown and the command line.

@@ -86,6 +86,11 @@ impl Store for SledStore {
         self.db.flush()?;
         Ok(())
     }
+
+    fn next_id(&self) -> StorageResult<u64> {
+        // sled persists a high-water mark ahead of use, so ids never repeat after a crash.
+        Ok(self.db.generate_id()? + 1)
+    }
 }
 
 use sled::Transactional;

@@ -114,6 +114,22 @@ fn typed_table_round_trip_and_corruption() {
 }
 
 #[test]
+fn next_id_increases_and_survives_reopen() {
+    with_each_backend(|db| {
+        let a = db.next_id().unwrap();
+        let b = db.next_id().unwrap();
+        assert!(a >= 1 && b > a);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let last = {
+        let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+        (0..100).fold(0, |_, _| db.next_id().unwrap())
+    };
+    let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+    assert!(db.next_id().unwrap() > last);
+}
+
+#[test]
 fn schema_version_is_written() {
     with_each_backend(|db| {
         let version = db

@@ -119,6 +119,53 @@ async fn matrix_sdk_logs_in_and_out() {
 }
 
 #[tokio::test]
+async fn logout_all_revokes_every_token() {
+    let server = TestServer::start();
+    let first = server.register("hank", "pw pw pw").await;
+    let (_, second) = server.login("hank", "pw pw pw").await;
+    let second = second["access_token"].as_str().unwrap().to_owned();
+    let other = server.register("ida", "pw pw pw").await;
+    let (status, _) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/logout/all",
+            Some(&second),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for token in [&first, &second] {
+        assert_error(
+            &server.whoami(token).await,
+            StatusCode::UNAUTHORIZED,
+            "M_UNKNOWN_TOKEN",
+        );
+    }
+    assert_eq!(
+        server.whoami(&other).await.0,
+        StatusCode::OK,
+        "other users are untouched"
+    );
+    let (_, list) = {
+        let (_, fresh) = server.login("hank", "pw pw pw").await;
+        let fresh = fresh["access_token"].as_str().unwrap().to_owned();
+        server
+            .request(
+                Method::GET,
+                "/_matrix/client/v3/devices",
+                Some(&fresh),
+                None,
+            )
+            .await
+    };
+    assert_eq!(
+        list["devices"].as_array().unwrap().len(),
+        1,
+        "only the new login's device: {list}"
+    );
+}
+
+#[tokio::test]
 async fn login_variants_and_failures() {
     let server = TestServer::start();
     server.register("carol", "correct horse").await;

@@ -129,6 +129,17 @@ async fn shared_secret_registration_like_register_new_matrix_user() {
         )
     };
 
+    // Somebody else is the first account (and so an admin whatever the flag says), so that
+    // the admin flag below is what makes yvonne an admin, and zack is not one.
+    for (name, admin) in [("first", false), ("zack", false)] {
+        let n = nonce(&server).await;
+        let body = json!({
+            "nonce": n, "username": name, "password": "pw", "admin": admin,
+            "mac": synapse_mac(secret, &n, name, "pw", admin),
+        });
+        assert_eq!(post(body).await.0, StatusCode::OK);
+    }
+
     let n = nonce(&server).await;
     let body = json!({
         "nonce": n, "username": "yvonne", "password": "pw pw pw", "admin": true,
@@ -168,6 +179,10 @@ async fn shared_secret_registration_like_register_new_matrix_user() {
     assert!(server.stop().success());
     let list = stdout(&server.admin(&["user", "list"]));
     assert!(list.contains("@yvonne:localhost (admin)"), "{list}");
+    assert!(
+        list.lines().any(|line| line == "@zack:localhost"),
+        "admin: false is not an admin:\n{list}"
+    );
     assert!(!list.contains("zed"), "{list}");
 }
 

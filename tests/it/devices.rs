@@ -140,7 +140,7 @@ async fn delete_single_device_over_http() {
         "M_UNKNOWN_TOKEN",
     );
 
-    // Gone now: 404 for get, rename and delete.
+    // Gone now: 404 for get and rename; deleting again is fine ("removed previously").
     assert_error(
         &server.request(Method::GET, &path, Some(&keep), None).await,
         StatusCode::NOT_FOUND,
@@ -158,12 +158,47 @@ async fn delete_single_device_over_http() {
         StatusCode::NOT_FOUND,
         "M_NOT_FOUND",
     );
-    assert_error(
-        &server
-            .request(Method::DELETE, &path, Some(&keep), Some(auth))
-            .await,
-        StatusCode::NOT_FOUND,
-        "M_NOT_FOUND",
+    let (status, json) = server
+        .request(Method::DELETE, &path, Some(&keep), Some(auth))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+}
+
+#[tokio::test]
+async fn renaming_without_a_name_keeps_it() {
+    let server = TestServer::start();
+    let token = server.register("quentin", "pw pw pw").await;
+    let (_, me) = server
+        .request(
+            Method::GET,
+            "/_matrix/client/v3/account/whoami",
+            Some(&token),
+            None,
+        )
+        .await;
+    let path = format!(
+        "/_matrix/client/v3/devices/{}",
+        me["device_id"].as_str().unwrap()
+    );
+    let named = json!({ "display_name": "Desk" });
+    assert_eq!(
+        server
+            .request(Method::PUT, &path, Some(&token), Some(named))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server
+            .request(Method::PUT, &path, Some(&token), Some(json!({})))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, device) = server.request(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(
+        device["display_name"], "Desk",
+        "spec: if not given, the name is unchanged"
     );
 }
 

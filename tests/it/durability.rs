@@ -50,6 +50,56 @@ async fn acknowledged_writes_survive_sigkill() {
     assert_eq!(name["displayname"], "Victor 19");
 }
 
+/// Revocations are security-relevant: a logout, a device deletion and a deactivation must
+/// hold after a crash right after their 200.
+#[tokio::test]
+async fn revocations_survive_sigkill() {
+    let mut server = TestServer::start();
+    let first = server.register("yusuf", "pw pw pw").await;
+    let (_, second) = server.login("yusuf", "pw pw pw").await;
+    let second = second["access_token"].as_str().unwrap().to_owned();
+    let (status, _) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/logout",
+            Some(&first),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.kill9();
+    server.restart();
+    assert_eq!(
+        server.whoami(&first).await.0,
+        StatusCode::UNAUTHORIZED,
+        "logout held"
+    );
+    assert_eq!(server.whoami(&second).await.0, StatusCode::OK);
+
+    let deactivate = json!({ "auth": { "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": "yusuf" }, "password": "pw pw pw" } });
+    let (status, json) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/account/deactivate",
+            Some(&second),
+            Some(deactivate),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    server.kill9();
+    server.restart();
+    assert_eq!(
+        server.whoami(&second).await.0,
+        StatusCode::UNAUTHORIZED,
+        "deactivation held"
+    );
+    assert_eq!(
+        server.login("yusuf", "pw pw pw").await.0,
+        StatusCode::FORBIDDEN
+    );
+}
+
 #[tokio::test]
 async fn registration_survives_sigkill_and_a_clean_stop_flushes() {
     let mut server = TestServer::start();

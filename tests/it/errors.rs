@@ -183,19 +183,37 @@ async fn cors_headers_for_web_clients() {
 
 #[tokio::test]
 async fn tokens_and_passwords_never_reach_the_log() {
-    let server = TestServer::start();
+    // Everything this crate logs, at every level, on success and error paths.
+    let server = TestServer::with_env(&[("CONDUIT_LOG", "trace")]);
     let token = server.register("uma", "very-secret-password").await;
     server.whoami(&token).await;
     let path = format!("/_matrix/client/v3/account/whoami?access_token={token}");
     server.request(Method::GET, &path, None, None).await;
+    server.login("uma", "wrong-secret-password").await;
+    let change = json!({
+        "new_password": "another-secret-password",
+        "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "uma" },
+                  "password": "very-secret-password" }
+    });
+    server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/account/password",
+            Some(&token),
+            Some(change),
+        )
+        .await;
     let log = server.log();
     assert!(
         log.contains("/_matrix/client/v3/account/whoami"),
         "requests are logged:\n{log}"
     );
     assert!(!log.contains(&token), "a token was logged");
-    assert!(
-        !log.contains("very-secret-password"),
-        "a password was logged"
-    );
+    for secret in [
+        "very-secret-password",
+        "wrong-secret-password",
+        "another-secret-password",
+    ] {
+        assert!(!log.contains(secret), "a password was logged");
+    }
 }

@@ -75,6 +75,11 @@ async fn config_file_is_read_and_environment_wins() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json["m.homeserver"]["base_url"], "https://file.example");
     server.register("abby", "pw pw pw").await; // env's allow_registration=true wins
+    let (_, me) = server.login("abby", "pw pw pw").await;
+    assert_eq!(
+        me["user_id"], "@abby:localhost",
+        "the environment's server_name wins"
+    );
     assert!(
         server.log().contains("global.made_up_key"),
         "unknown keys are warned about"

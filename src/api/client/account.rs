@@ -20,6 +20,9 @@ use crate::{
     service::{Services, uiaa::Stage},
 };
 
+/// Longer passwords are refused (as Synapse does), so hashing cost stays bounded.
+const MAX_PASSWORD_BYTES: usize = 512;
+
 /// `POST /_matrix/client/v3/register`
 ///
 /// Closed (403) unless `allow_registration` is on. With a `registration_token` configured
@@ -60,6 +63,9 @@ pub async fn register(
         .password
         .filter(|password| !password.is_empty())
         .ok_or_else(|| Error::new(ErrorKind::MissingParam, "A password is required."))?;
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::invalid_param("The password is too long."));
+    }
 
     let admin = services
         .users
@@ -111,17 +117,15 @@ pub async fn check_registration_token_validity(
     request: Ruma<check_registration_token_validity::v1::Request>,
 ) -> Result<RumaResponse<check_registration_token_validity::v1::Response>> {
     // Spec: 403 when registration is closed, since then no token is valid.
-    let expected = match services.config.registration_token.as_deref() {
-        Some(expected) if services.config.allow_registration => expected,
-        _ => {
-            return Err(Error::forbidden(
-                "Registration with a token is not possible here.",
-            ));
-        }
+    if !services.config.allow_registration {
+        return Err(Error::forbidden("Registration is disabled on this server."));
+    }
+    let valid = match services.config.registration_token.as_deref() {
+        Some(expected) => services
+            .registration
+            .check_token(&request.body.token, expected)?,
+        None => false,
     };
-    let valid = services
-        .registration
-        .check_token(&request.body.token, expected)?;
     Ok(RumaResponse(
         check_registration_token_validity::v1::Response::new(valid),
     ))
@@ -158,16 +162,19 @@ pub async fn change_password(
             "The new password must not be empty.",
         ));
     }
+    if body.new_password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::invalid_param("The new password is too long."));
+    }
+    // The other devices are logged out in the same atomic write as the password change.
+    let logout = if body.logout_devices {
+        services.devices.removal(user_id, Some(device_id))?
+    } else {
+        crate::storage::Batch::new()
+    };
     services
         .users
-        .set_password(user_id, body.new_password.clone())
+        .set_password(user_id, body.new_password.clone(), logout)
         .await?;
-    if body.logout_devices {
-        services
-            .devices
-            .remove_all(user_id, Some(device_id))
-            .await?;
-    }
     tracing::info!(%user_id, "password changed");
     Ok(RumaResponse(change_password::v3::Response::new()))
 }
@@ -189,11 +196,12 @@ pub async fn deactivate(
             Stage::Password(user_id),
         )
         .await?;
+    // Every device and token goes in the same atomic write as the deactivation.
+    let logout = services.devices.removal(user_id, None)?;
     services
         .users
-        .deactivate(user_id, request.body.erase)
+        .deactivate(user_id, request.body.erase, logout)
         .await?;
-    services.devices.remove_all(user_id, None).await?;
     tracing::info!(%user_id, "account deactivated");
     Ok(RumaResponse(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,
