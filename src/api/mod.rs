@@ -26,7 +26,9 @@ use tower_http::{
 };
 
 use self::{
-    client::{account, device, discovery, profile, session},
+    client::{
+        account, alias, device, discovery, membership, message, profile, room, session, state, sync,
+    },
     ruma::RouterExt,
 };
 use crate::{Error, service::Services};
@@ -66,6 +68,30 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(profile::get_profile_field)
         .ruma_route(profile::set_profile_field)
         .ruma_route(profile::delete_profile_field)
+        // Rooms
+        .ruma_route(room::create_room)
+        .ruma_route(room::get_room_event)
+        .ruma_route(room::joined_rooms)
+        .ruma_route(membership::join_room_by_id)
+        .ruma_route(membership::join_room_by_id_or_alias)
+        .ruma_route(membership::invite_user)
+        .ruma_route(membership::leave_room)
+        .ruma_route(membership::forget_room)
+        .ruma_route(membership::kick_user)
+        .ruma_route(membership::ban_user)
+        .ruma_route(membership::unban_user)
+        .ruma_route(membership::knock_room)
+        .ruma_route(membership::joined_members)
+        .ruma_route(membership::get_member_events)
+        .ruma_route(message::send_message_event)
+        .ruma_route(message::get_message_events)
+        .ruma_route(state::send_state_event)
+        .ruma_route(state::get_state_events)
+        .ruma_route(state::get_state_event_for_key)
+        .ruma_route(alias::create_alias)
+        .ruma_route(alias::get_alias)
+        .ruma_route(alias::delete_alias)
+        .ruma_route(sync::sync_events)
         // Administration
         .route(
             "/_synapse/admin/v1/register",

@@ -249,6 +249,9 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
     }
 }
 
+/// The last path segment of endpoints that take a state key.
+const STATE_KEY_SEGMENT: &str = "/{state_key}";
+
 /// Mounting handlers by their ruma request type.
 pub trait RouterExt {
     /// Routes every path in `T`'s metadata, with `T`'s method, to `handler`.
@@ -282,6 +285,12 @@ impl RouterExt for Router<Arc<Services>> {
             MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
         for path in T::PATH_BUILDER.all_paths() {
             self = self.route(path, on(filter, handler.clone()));
+            // An empty state key makes a path end in `/` or lose its last segment; clients
+            // send both forms (`/state/m.room.name/`, `/state/m.room.name`).
+            if let Some(prefix) = path.strip_suffix(STATE_KEY_SEGMENT) {
+                self = self.route(prefix, on(filter, handler.clone()));
+                self = self.route(&format!("{prefix}/"), on(filter, handler.clone()));
+            }
         }
         self
     }

@@ -5,8 +5,12 @@
 //! Matrix errcodes but not how a response is written.
 
 pub mod devices;
+pub mod notify;
 pub mod rate_limit;
 pub mod registration;
+pub mod rooms;
+pub mod server_keys;
+pub mod sync;
 pub mod uiaa;
 pub mod users;
 
@@ -22,6 +26,8 @@ pub struct Services {
     pub devices: devices::Devices,
     pub uiaa: uiaa::Uiaa,
     pub registration: registration::Registration,
+    pub server_keys: Arc<server_keys::ServerKeys>,
+    pub rooms: rooms::Rooms,
     /// Failed password attempts per user: `/login` and the password UIA stage.
     pub password_failures: rate_limit::FailureLimiter,
 }
@@ -29,7 +35,10 @@ pub struct Services {
 impl Services {
     pub fn build(config: Config, db: Db) -> Result<Arc<Self>> {
         let config = Arc::new(config);
+        let server_keys = Arc::new(server_keys::ServerKeys::load_or_generate(&db)?);
         Ok(Arc::new(Self {
+            rooms: rooms::Rooms::new(&db, config.server_name.clone(), Arc::clone(&server_keys))?,
+            server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,
             devices: devices::Devices::new(&db)?,
             uiaa: uiaa::Uiaa::new(),

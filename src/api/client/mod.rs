@@ -2,7 +2,13 @@
 //! [`Ruma`](super::ruma::Ruma) request, calls services, and builds the ruma response.
 
 pub mod account;
+pub mod alias;
 pub mod device;
 pub mod discovery;
+pub mod membership;
+pub mod message;
 pub mod profile;
+pub mod room;
 pub mod session;
+pub mod state;
+pub mod sync;

@@ -1,0 +1,251 @@
+//! Membership: join (by id, by id or alias), invite, leave, forget, kick, ban, unban, knock,
+//! and the member lists (`joined_members`, `members`).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::extract::State;
+use ruma::{
+    OwnedRoomId, OwnedRoomOrAliasId, RoomId,
+    api::client::{
+        knock::knock_room,
+        membership::{
+            ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+            join_room_by_id_or_alias, joined_members, kick_user, leave_room, unban_user,
+        },
+    },
+    events::room::member::MembershipState,
+};
+
+use super::room::{member_profile, require_joined};
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse},
+    service::Services,
+};
+
+/// A room id, or the room a local alias points at.
+fn resolve(services: &Services, target: &OwnedRoomOrAliasId) -> Result<OwnedRoomId> {
+    match OwnedRoomId::try_from(target.as_str()) {
+        Ok(room_id) => Ok(room_id),
+        Err(_) => {
+            let alias = ruma::OwnedRoomAliasId::try_from(target.as_str())
+                .map_err(|_| Error::invalid_param("Not a room id or alias."))?;
+            services
+                .rooms
+                .aliases
+                .resolve_local(&alias)?
+                .ok_or_else(|| Error::not_found("Room alias not found."))
+        }
+    }
+}
+
+async fn join(
+    services: &Services,
+    room_id: &RoomId,
+    user: &ruma::UserId,
+    reason: Option<&str>,
+) -> Result<()> {
+    let profile = member_profile(services, user)?;
+    services.rooms.join(room_id, user, &profile, reason).await?;
+    Ok(())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/join`
+pub async fn join_room_by_id(
+    State(services): State<Arc<Services>>,
+    request: Ruma<join_room_by_id::v3::Request>,
+) -> Result<RumaResponse<join_room_by_id::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    join(
+        &services,
+        &request.body.room_id,
+        sender,
+        request.body.reason.as_deref(),
+    )
+    .await?;
+    Ok(RumaResponse(join_room_by_id::v3::Response::new(
+        request.body.room_id.clone(),
+    )))
+}
+
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}`
+pub async fn join_room_by_id_or_alias(
+    State(services): State<Arc<Services>>,
+    request: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let room_id = resolve(&services, &request.body.room_id_or_alias)?;
+    join(&services, &room_id, sender, request.body.reason.as_deref()).await?;
+    Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(
+        room_id,
+    )))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/invite`
+pub async fn invite_user(
+    State(services): State<Arc<Services>>,
+    request: Ruma<invite_user::v3::Request>,
+) -> Result<RumaResponse<invite_user::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = &request.body.recipient else {
+        return Err(Error::forbidden("Third-party invites are not supported."));
+    };
+    let target = &recipient.user_id;
+    if services.users.is_local(target) && !services.users.exists(target)? {
+        return Err(Error::not_found("Unknown user."));
+    }
+    let profile = member_profile(&services, target)?;
+    services
+        .rooms
+        .invite(
+            &request.body.room_id,
+            sender,
+            target,
+            &profile,
+            recipient.reason.as_deref(),
+            false,
+        )
+        .await?;
+    Ok(RumaResponse(invite_user::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/leave`
+pub async fn leave_room(
+    State(services): State<Arc<Services>>,
+    request: Ruma<leave_room::v3::Request>,
+) -> Result<RumaResponse<leave_room::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    services
+        .rooms
+        .leave(&body.room_id, sender, sender, body.reason.as_deref())
+        .await?;
+    Ok(RumaResponse(leave_room::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/forget`
+pub async fn forget_room(
+    State(services): State<Arc<Services>>,
+    request: Ruma<forget_room::v3::Request>,
+) -> Result<RumaResponse<forget_room::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    services.rooms.forget(&request.body.room_id, sender).await?;
+    Ok(RumaResponse(forget_room::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/kick`
+pub async fn kick_user(
+    State(services): State<Arc<Services>>,
+    request: Ruma<kick_user::v3::Request>,
+) -> Result<RumaResponse<kick_user::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    services
+        .rooms
+        .leave(&body.room_id, sender, &body.user_id, body.reason.as_deref())
+        .await?;
+    Ok(RumaResponse(kick_user::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/ban`
+pub async fn ban_user(
+    State(services): State<Arc<Services>>,
+    request: Ruma<ban_user::v3::Request>,
+) -> Result<RumaResponse<ban_user::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    services
+        .rooms
+        .ban(&body.room_id, sender, &body.user_id, body.reason.as_deref())
+        .await?;
+    Ok(RumaResponse(ban_user::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/unban`
+pub async fn unban_user(
+    State(services): State<Arc<Services>>,
+    request: Ruma<unban_user::v3::Request>,
+) -> Result<RumaResponse<unban_user::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    services
+        .rooms
+        .unban(&body.room_id, sender, &body.user_id, body.reason.as_deref())
+        .await?;
+    Ok(RumaResponse(unban_user::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`
+pub async fn knock_room(
+    State(services): State<Arc<Services>>,
+    request: Ruma<knock_room::v3::Request>,
+) -> Result<RumaResponse<knock_room::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let room_id = resolve(&services, &request.body.room_id_or_alias)?;
+    let profile = member_profile(&services, sender)?;
+    services
+        .rooms
+        .knock(&room_id, sender, &profile, request.body.reason.as_deref())
+        .await?;
+    Ok(RumaResponse(knock_room::v3::Response::new(room_id)))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`
+pub async fn joined_members(
+    State(services): State<Arc<Services>>,
+    request: Ruma<joined_members::v3::Request>,
+) -> Result<RumaResponse<joined_members::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let room_id = &request.body.room_id;
+    require_joined(&services, room_id, sender)?;
+    let mut joined = BTreeMap::new();
+    for (user_id, membership) in services.rooms.members(room_id)? {
+        if membership != MembershipState::Join {
+            continue;
+        }
+        let mut member = joined_members::v3::RoomMember::new();
+        if let Some(event) = services.rooms.current_state_event(
+            room_id,
+            &"m.room.member".into(),
+            user_id.as_str(),
+        )? {
+            member.display_name = event.content_str("displayname");
+            member.avatar_url = event.content_str("avatar_url").map(Into::into);
+        }
+        joined.insert(user_id, member);
+    }
+    Ok(RumaResponse(joined_members::v3::Response::new(joined)))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/members`, with `membership` and
+/// `not_membership` filters. (`at` is accepted; the current state is used.)
+pub async fn get_member_events(
+    State(services): State<Arc<Services>>,
+    request: Ruma<get_member_events::v3::Request>,
+) -> Result<RumaResponse<get_member_events::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    require_joined(&services, &body.room_id, sender)?;
+    let mut chunk = Vec::new();
+    for (user_id, membership) in services.rooms.members(&body.room_id)? {
+        if body
+            .membership
+            .as_ref()
+            .is_some_and(|wanted| *wanted != membership)
+            || body
+                .not_membership
+                .as_ref()
+                .is_some_and(|unwanted| *unwanted == membership)
+        {
+            continue;
+        }
+        if let Some(event) = services.rooms.current_state_event(
+            &body.room_id,
+            &"m.room.member".into(),
+            user_id.as_str(),
+        )? {
+            chunk.push(event.to_state_event().cast_unchecked());
+        }
+    }
+    Ok(RumaResponse(get_member_events::v3::Response::new(chunk)))
+}

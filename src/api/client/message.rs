@@ -1,0 +1,186 @@
+//! Messages: `send` (with per-device transaction-id idempotency) and `/messages`
+//! (pagination both ways, with `to`, `limit` and the type/sender/lazy-member filter).
+//!
+//! Pagination tokens are stream positions: token `T` is the boundary just before the event
+//! with count `T`. Backwards from `T` yields counts below `T`; forwards, counts from `T` on.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use axum::extract::State;
+use ruma::{
+    OwnedUserId,
+    api::{
+        Direction,
+        client::{
+            filter::RoomEventFilter,
+            message::{get_message_events, send_message_event},
+        },
+    },
+    events::StateEventType,
+};
+use serde_json::Value as JsonValue;
+
+use super::room::require_joined;
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse},
+    service::{
+        Services,
+        rooms::{
+            append::{NewEvent, Transaction},
+            pdu::Pdu,
+        },
+    },
+};
+
+/// The largest page `/messages` returns.
+const MAX_LIMIT: usize = 1000;
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+pub async fn send_message_event(
+    State(services): State<Arc<Services>>,
+    request: Ruma<send_message_event::v3::Request>,
+) -> Result<RumaResponse<send_message_event::v3::Response>> {
+    let (sender, device) = request.sender()?;
+    let body = &request.body;
+    // The same transaction id from the same device is the same request (spec: "Transaction
+    // identifiers"): answer with the event it created.
+    if let Some(event_id) = services
+        .rooms
+        .txn_event(sender, device, body.txn_id.as_str())?
+    {
+        return Ok(RumaResponse(send_message_event::v3::Response::new(
+            event_id,
+        )));
+    }
+    require_joined(&services, &body.room_id, sender)?;
+    let content: JsonValue = serde_json::from_str(body.body.json().get())
+        .map_err(|e| Error::bad_json(format!("Invalid content: {e}")))?;
+    if !content.is_object() {
+        return Err(Error::bad_json("Event content must be an object."));
+    }
+    let event = NewEvent::message(body.event_type.to_string().as_str(), content);
+    let transaction = Transaction {
+        device_id: device,
+        txn_id: body.txn_id.as_str(),
+    };
+    let pdu = services
+        .rooms
+        .send(&body.room_id, sender, event, Some(transaction))
+        .await?;
+    Ok(RumaResponse(send_message_event::v3::Response::new(
+        pdu.event_id,
+    )))
+}
+
+fn parse_token(token: Option<&str>) -> Result<Option<u64>> {
+    token
+        .map(|token| {
+            token
+                .parse::<u64>()
+                .map_err(|_| Error::invalid_param("Invalid pagination token."))
+        })
+        .transpose()
+}
+
+/// Whether `pdu` passes the filter's `types`, `not_types` and `senders` (with `*` wildcards).
+fn passes(filter: &RoomEventFilter, pdu: &Pdu) -> bool {
+    let kind = pdu.kind.to_string();
+    let matches = |pattern: &String| match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => *pattern == kind,
+    };
+    if filter.not_types.iter().any(matches) {
+        return false;
+    }
+    if filter
+        .types
+        .as_ref()
+        .is_some_and(|types| !types.iter().any(matches))
+    {
+        return false;
+    }
+    if filter.not_senders.contains(&pdu.sender) {
+        return false;
+    }
+    filter
+        .senders
+        .as_ref()
+        .is_none_or(|senders| senders.contains(&pdu.sender))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`
+pub async fn get_message_events(
+    State(services): State<Arc<Services>>,
+    request: Ruma<get_message_events::v3::Request>,
+) -> Result<RumaResponse<get_message_events::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    require_joined(&services, &body.room_id, sender)?;
+    let info = services.rooms.existing(&body.room_id)?;
+    let limit = usize::try_from(body.limit)
+        .unwrap_or(MAX_LIMIT)
+        .clamp(1, MAX_LIMIT);
+    let to = parse_token(body.to.as_deref())?;
+    let filter = &body.filter;
+
+    let (from, mut events) = match body.dir {
+        Direction::Backward => {
+            let from = parse_token(body.from.as_deref())?.unwrap_or(services.rooms.position() + 1);
+            let events = services.rooms.events_before(&info, from, limit)?;
+            (
+                from,
+                events
+                    .into_iter()
+                    .filter(|(count, _)| to.is_none_or(|to| *count >= to))
+                    .collect::<Vec<_>>(),
+            )
+        }
+        Direction::Forward => {
+            let from = parse_token(body.from.as_deref())?.unwrap_or(0);
+            let events = services.rooms.events_from(&info, from, limit)?;
+            (
+                from,
+                events
+                    .into_iter()
+                    .filter(|(count, _)| to.is_none_or(|to| *count < to))
+                    .collect(),
+            )
+        }
+    };
+    let end = match (body.dir, events.last()) {
+        (_, None) => None,
+        (Direction::Backward, Some((count, _))) => Some(count.to_string()),
+        (Direction::Forward, Some((count, _))) => Some((count + 1).to_string()),
+    };
+    // A short page means the start (or the current end) of the room was reached.
+    let end = if events.len() < limit && body.dir == Direction::Backward {
+        None
+    } else {
+        end
+    };
+    events.retain(|(_, pdu)| passes(filter, pdu));
+
+    // Lazy-loaded members: the member events of the senders on this page.
+    let mut state = Vec::new();
+    if !filter.lazy_load_options.is_disabled() {
+        let senders: BTreeSet<OwnedUserId> =
+            events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
+        for user in senders {
+            let member = StateEventType::RoomMember;
+            if let Some(event) =
+                services
+                    .rooms
+                    .current_state_event(&body.room_id, &member, user.as_str())?
+            {
+                state.push(event.to_state_event());
+            }
+        }
+    }
+    let mut response = get_message_events::v3::Response::new();
+    response.start = from.to_string();
+    response.end = end;
+    response.chunk = events.iter().map(|(_, pdu)| pdu.to_room_event()).collect();
+    response.state = state;
+    Ok(RumaResponse(response))
+}

@@ -1,0 +1,184 @@
+//! Rooms: `createRoom`, `GET /rooms/{roomId}/event/{eventId}`, `joined_rooms`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use ruma::{
+    OwnedRoomAliasId, RoomId, RoomVersionId, UserId,
+    api::{
+        client::{
+            membership::joined_rooms,
+            room::{Visibility, create_room, get_room_event},
+        },
+        error::ErrorKind,
+    },
+};
+use serde_json::{Map, Value as JsonValue};
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse},
+    service::{
+        Services,
+        rooms::{
+            append::supported_room_version,
+            create::{CreateRoom, Preset},
+            membership::MemberProfile,
+        },
+    },
+};
+
+/// Rooms are created in version 12 unless the client asks otherwise (as current Synapse).
+pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V12;
+
+/// The display name and avatar to copy into `user_id`'s member events.
+pub fn member_profile(services: &Services, user_id: &UserId) -> Result<MemberProfile> {
+    let profile = services.users.profile(user_id)?.unwrap_or_default();
+    let text = |key: &str| {
+        profile
+            .get(key)
+            .and_then(JsonValue::as_str)
+            .map(str::to_owned)
+    };
+    Ok(MemberProfile {
+        displayname: text("displayname"),
+        avatar_url: text("avatar_url"),
+    })
+}
+
+/// Refuses unless `user_id` is joined to the room. History visibility (`shared`,
+/// `world_readable`, …) is not applied yet: only current members may read.
+pub fn require_joined(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+    if services.rooms.is_joined(room_id, user_id)? {
+        Ok(())
+    } else {
+        Err(Error::forbidden("You are not a member of this room."))
+    }
+}
+
+fn object(raw: &serde_json::value::RawValue, what: &str) -> Result<Map<String, JsonValue>> {
+    match serde_json::from_str(raw.get()) {
+        Ok(JsonValue::Object(map)) => Ok(map),
+        _ => Err(Error::bad_json(format!("{what} must be a JSON object."))),
+    }
+}
+
+/// `POST /_matrix/client/v3/createRoom`
+pub async fn create_room(
+    State(services): State<Arc<Services>>,
+    request: Ruma<create_room::v3::Request>,
+) -> Result<RumaResponse<create_room::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    let version = body.room_version.clone().unwrap_or(DEFAULT_ROOM_VERSION);
+    if !supported_room_version(&version) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedRoomVersion,
+            "This room version is not supported.",
+        ));
+    }
+    let preset = match body.preset.as_ref().map(|preset| preset.as_str()) {
+        Some("private_chat") => Preset::PrivateChat,
+        Some("trusted_private_chat") => Preset::TrustedPrivateChat,
+        Some("public_chat") => Preset::PublicChat,
+        Some(other) => return Err(Error::bad_json(format!("Unknown preset {other}."))),
+        // Spec: without a preset, visibility decides.
+        None if body.visibility == Visibility::Public => Preset::PublicChat,
+        None => Preset::PrivateChat,
+    };
+    let alias = match &body.room_alias_name {
+        Some(name) => {
+            if name.is_empty() || name.contains([':', '#', ' ']) {
+                return Err(Error::new(
+                    ErrorKind::InvalidParam,
+                    "Invalid room_alias_name.",
+                ));
+            }
+            let alias = format!("#{name}:{}", services.config.server_name);
+            Some(
+                OwnedRoomAliasId::try_from(alias)
+                    .map_err(|_| Error::invalid_param("Invalid room_alias_name."))?,
+            )
+        }
+        None => None,
+    };
+    let mut initial_state = Vec::new();
+    for event in &body.initial_state {
+        let event = object(event.json(), "initial_state events")?;
+        let kind = event
+            .get("type")
+            .and_then(JsonValue::as_str)
+            .ok_or_else(|| Error::bad_json("initial_state event without type."))?;
+        let state_key = event
+            .get("state_key")
+            .and_then(JsonValue::as_str)
+            .unwrap_or("");
+        let content = event
+            .get("content")
+            .cloned()
+            .unwrap_or(JsonValue::Object(Map::new()));
+        initial_state.push((kind.to_owned(), state_key.to_owned(), content));
+    }
+    for invitee in &body.invite {
+        if services.users.is_local(invitee) && !services.users.exists(invitee)? {
+            return Err(Error::not_found(format!("Unknown user {invitee}.")));
+        }
+    }
+    let options = CreateRoom {
+        version,
+        preset,
+        creation_content: match &body.creation_content {
+            Some(raw) => object(raw.json(), "creation_content")?,
+            None => Map::new(),
+        },
+        power_level_content_override: match &body.power_level_content_override {
+            Some(raw) => Some(object(raw.json(), "power_level_content_override")?),
+            None => None,
+        },
+        alias,
+        initial_state,
+        name: body.name.clone(),
+        topic: body.topic.clone(),
+        invite: body.invite.clone(),
+        is_direct: body.is_direct,
+        publish: body.visibility == Visibility::Public,
+    };
+    let profile = member_profile(&services, sender)?;
+    let room_id = services.rooms.create_room(sender, profile, options).await?;
+    tracing::info!(%room_id, creator = %sender, "room created");
+    Ok(RumaResponse(create_room::v3::Response::new(room_id)))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
+pub async fn get_room_event(
+    State(services): State<Arc<Services>>,
+    request: Ruma<get_room_event::v3::Request>,
+) -> Result<RumaResponse<get_room_event::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    require_joined(&services, &body.room_id, sender)?;
+    let pdu = services
+        .rooms
+        .pdu(&body.event_id)?
+        .filter(|pdu| pdu.room_id() == body.room_id)
+        .ok_or_else(|| Error::not_found("Event not found."))?;
+    Ok(RumaResponse(get_room_event::v3::Response::new(
+        pdu.to_room_event(),
+    )))
+}
+
+/// `GET /_matrix/client/v3/joined_rooms`
+pub async fn joined_rooms(
+    State(services): State<Arc<Services>>,
+    request: Ruma<joined_rooms::v3::Request>,
+) -> Result<RumaResponse<joined_rooms::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let rooms = services
+        .rooms
+        .rooms_of(sender)?
+        .into_iter()
+        .filter(|(_, entry)| entry.membership == ruma::events::room::member::MembershipState::Join)
+        .map(|(room_id, _)| room_id)
+        .collect();
+    Ok(RumaResponse(joined_rooms::v3::Response::new(rooms)))
+}

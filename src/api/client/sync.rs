@@ -1,0 +1,61 @@
+//! `GET /_matrix/client/v3/sync`: parses the request and hands it to `service::sync`.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::State;
+use ruma::api::client::{filter::FilterDefinition, sync::sync_events};
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse},
+    service::{Services, sync::SyncRequest},
+};
+
+/// The longest a long-poll is held, whatever the client asks.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+const MAX_TIMELINE_LIMIT: usize = 100;
+
+/// `GET /_matrix/client/v3/sync`
+pub async fn sync_events(
+    State(services): State<Arc<Services>>,
+    request: Ruma<sync_events::v3::Request>,
+) -> Result<RumaResponse<sync_events::v3::Response>> {
+    let (user_id, device_id) = request.sender()?;
+    let body = &request.body;
+    let since = body
+        .since
+        .as_deref()
+        .map(|token| {
+            token
+                .parse::<u64>()
+                .map_err(|_| Error::invalid_param("Invalid since token."))
+        })
+        .transpose()?;
+    let timeline_limit = match &body.filter {
+        Some(sync_events::v3::Filter::FilterDefinition(filter)) => limit_of(filter),
+        // Stored filters come later; their defaults apply meanwhile.
+        _ => None,
+    }
+    .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+    .clamp(1, MAX_TIMELINE_LIMIT);
+    let request = SyncRequest {
+        user_id,
+        device_id,
+        since,
+        full_state: body.full_state,
+        timeline_limit,
+        timeout: body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
+    };
+    Ok(RumaResponse(
+        crate::service::sync::sync(&services, request).await?,
+    ))
+}
+
+fn limit_of(filter: &FilterDefinition) -> Option<usize> {
+    filter
+        .room
+        .timeline
+        .limit
+        .and_then(|limit| usize::try_from(limit).ok())
+}

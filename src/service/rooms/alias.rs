@@ -1,0 +1,120 @@
+//! Room aliases and the public room directory.
+//!
+//! Trees:
+//! - `alias_roomid`: alias → room id.
+//! - `roomid_alias`: `room id 0xFF alias` → the user who created the alias.
+//! - `publicroomid`: room id → empty, for rooms listed in the directory.
+
+use std::sync::Arc;
+
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
+
+use super::{pair_key, prefix_key};
+use crate::{
+    Error, Result,
+    storage::{Batch, Db, Tree},
+};
+
+pub struct Aliases {
+    db: Db,
+    alias_room: Arc<dyn Tree>,
+    room_alias: Arc<dyn Tree>,
+    public: Arc<dyn Tree>,
+}
+
+impl Aliases {
+    pub fn new(db: &Db) -> Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            alias_room: db.tree("alias_roomid")?,
+            room_alias: db.tree("roomid_alias")?,
+            public: db.tree("publicroomid")?,
+        })
+    }
+
+    pub fn resolve_local(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
+        Ok(self.alias_room.get(alias.as_bytes())?.and_then(|bytes| {
+            OwnedRoomId::try_from(String::from_utf8_lossy(&bytes).into_owned()).ok()
+        }))
+    }
+
+    /// Points `alias` at `room_id` (the caller checks it is free); not yet persisted.
+    pub fn set(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.insert(
+            &*self.alias_room,
+            alias.as_bytes().to_vec(),
+            room_id.as_bytes().to_vec(),
+        );
+        batch.insert(
+            &*self.room_alias,
+            pair_key(room_id.as_str(), alias.as_str()),
+            creator.as_bytes().to_vec(),
+        );
+        Ok(self.db.apply(&batch)?)
+    }
+
+    /// Who created `alias` (they may delete it), if it exists.
+    pub fn creator(&self, alias: &RoomAliasId) -> Result<Option<(OwnedRoomId, OwnedUserId)>> {
+        let Some(room_id) = self.resolve_local(alias)? else {
+            return Ok(None);
+        };
+        let creator = self
+            .room_alias
+            .get(&pair_key(room_id.as_str(), alias.as_str()))?
+            .and_then(|bytes| {
+                OwnedUserId::try_from(String::from_utf8_lossy(&bytes).into_owned()).ok()
+            })
+            .ok_or_else(|| Error::internal("alias without creator"))?;
+        Ok(Some((room_id, creator)))
+    }
+
+    pub fn remove(&self, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.remove(&*self.alias_room, alias.as_bytes().to_vec());
+        batch.remove(
+            &*self.room_alias,
+            pair_key(room_id.as_str(), alias.as_str()),
+        );
+        Ok(self.db.apply(&batch)?)
+    }
+
+    /// The local aliases of a room.
+    pub fn aliases_of(&self, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
+        let prefix = prefix_key(room_id.as_str());
+        self.room_alias
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, _) = entry?;
+                OwnedRoomAliasId::try_from(
+                    String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                )
+                .map_err(|_| Error::internal("bad alias key"))
+            })
+            .collect()
+    }
+
+    pub fn set_public(&self, room_id: &RoomId, public: bool) -> Result<()> {
+        if public {
+            self.public.insert(room_id.as_bytes(), &[])?;
+        } else {
+            self.public.remove(room_id.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn is_public(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.public.get(room_id.as_bytes())?.is_some())
+    }
+
+    pub fn public_rooms(&self) -> Result<Vec<OwnedRoomId>> {
+        self.public
+            .scan_prefix(b"")
+            .map(|entry| {
+                let (key, _) = entry?;
+                OwnedRoomId::try_from(String::from_utf8_lossy(&key).into_owned())
+                    .map_err(|_| Error::internal("bad public room key"))
+            })
+            .collect()
+    }
+}

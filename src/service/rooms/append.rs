@@ -1,0 +1,365 @@
+//! Creating a local event. Under the room lock: pick `prev_events` (the forward
+//! extremities) and `auth_events` (from the current state, per the room version's auth-event
+//! selection), build the PDU, add the content hash, sign it, derive the event id (reference
+//! hash, rooms v3+), check it against the authorization rules with ruma's state-res, then
+//! store event, state, timeline position, extremities and membership indexes in one batch.
+//! A rejected event is never stored.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, DeviceId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    RoomId, RoomVersionId, UserId,
+    api::error::ErrorKind,
+    events::{StateEventType, TimelineEventType, room::member::MembershipState},
+    signatures::{hash_and_sign_event, reference_hash},
+    state_res::{
+        auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
+    },
+};
+use serde_json::{Value as JsonValue, json};
+
+use super::{
+    MembershipEntry, RoomInfo, Rooms, pair_key,
+    pdu::{Pdu, room_id_from_create_event_id},
+    pdu_id, prefix_key, txn_key,
+};
+use crate::{Error, Result, storage::Batch};
+
+/// What a caller wants to send; the rest of the PDU is filled in here.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub kind: TimelineEventType,
+    pub content: JsonValue,
+    pub state_key: Option<String>,
+    pub redacts: Option<OwnedEventId>,
+}
+
+impl NewEvent {
+    pub fn state(
+        kind: impl Into<TimelineEventType>,
+        state_key: impl Into<String>,
+        content: JsonValue,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            content,
+            state_key: Some(state_key.into()),
+            redacts: None,
+        }
+    }
+
+    pub fn message(kind: impl Into<TimelineEventType>, content: JsonValue) -> Self {
+        Self {
+            kind: kind.into(),
+            content,
+            state_key: None,
+            redacts: None,
+        }
+    }
+}
+
+/// The client transaction an event answers, for idempotent sends.
+pub struct Transaction<'a> {
+    pub device_id: &'a DeviceId,
+    pub txn_id: &'a str,
+}
+
+/// Room versions this server creates and serves. Versions 1 and 2 use the original event
+/// format (event ids chosen by the sender, `[id, hash]` references) and, for version 1,
+/// state resolution v1, which ruma's state-res does not implement; they are not offered.
+pub fn supported_room_version(version: &RoomVersionId) -> bool {
+    matches!(
+        version,
+        RoomVersionId::V3
+            | RoomVersionId::V4
+            | RoomVersionId::V5
+            | RoomVersionId::V6
+            | RoomVersionId::V7
+            | RoomVersionId::V8
+            | RoomVersionId::V9
+            | RoomVersionId::V10
+            | RoomVersionId::V11
+            | RoomVersionId::V12
+    )
+}
+
+fn canonical(value: JsonValue) -> Result<CanonicalJsonObject> {
+    match CanonicalJsonValue::try_from(value) {
+        Ok(CanonicalJsonValue::Object(object)) => Ok(object),
+        Ok(_) => Err(Error::bad_json("Event content must be an object.")),
+        Err(error) => Err(Error::bad_json(format!(
+            "Event is not canonical JSON: {error}"
+        ))),
+    }
+}
+
+impl Rooms {
+    /// Sends `event` into an existing room as `sender` and makes it durable. Returns the
+    /// stored event.
+    pub async fn send(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+        transaction: Option<Transaction<'_>>,
+    ) -> Result<Pdu> {
+        let pdu = {
+            let _guard = self.lock(room_id).await;
+            let info = self.existing(room_id)?;
+            self.append_locked(
+                Some(room_id),
+                &info.version.clone(),
+                Some(info),
+                sender,
+                event,
+                transaction,
+            )?
+        };
+        self.db.persist().await?;
+        Ok(pdu)
+    }
+
+    /// Builds, authorises and stores one event; the caller holds the room lock. `room_id` is
+    /// `None` only for a version-12 create event, whose id names the room.
+    pub(super) fn append_locked(
+        &self,
+        room_id: Option<&RoomId>,
+        version: &RoomVersionId,
+        info: Option<RoomInfo>,
+        sender: &UserId,
+        event: NewEvent,
+        transaction: Option<Transaction<'_>>,
+    ) -> Result<Pdu> {
+        let rules = version
+            .rules()
+            .filter(|_| supported_room_version(version))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::UnsupportedRoomVersion,
+                    "Unsupported room version.",
+                )
+            })?;
+        let state = match &info {
+            Some(info) => (*self.current_state(info)?).clone(),
+            None => BTreeMap::new(),
+        };
+        let prev_events = match room_id {
+            Some(room_id) => self.extremities(room_id)?,
+            None => Vec::new(),
+        };
+        let depth = info.as_ref().map_or(1, |info| info.depth + 1);
+
+        // Auth events: the room version's selection from the current state
+        // (server-server API, "Auth events selection").
+        let content_raw = serde_json::value::to_raw_value(&event.content)
+            .map_err(|e| Error::bad_json(format!("Invalid content: {e}")))?;
+        let auth_types = auth_types_for_event(
+            &event.kind,
+            sender,
+            event.state_key.as_deref(),
+            &content_raw,
+            &rules.authorization,
+        )
+        .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
+        let mut auth_events = Vec::new();
+        for (kind, state_key) in &auth_types {
+            if let Some(short_key) = self.short.get_short_state_key(kind, state_key)?
+                && let Some(short_event) = state.get(&short_key)
+            {
+                auth_events.push(self.short.event_id(*short_event)?);
+            }
+        }
+
+        let mut object = json!({
+            "auth_events": auth_events,
+            "content": event.content,
+            "depth": depth,
+            "origin_server_ts": MilliSecondsSinceUnixEpoch::now(),
+            "prev_events": prev_events,
+            "sender": sender,
+            "type": event.kind,
+        });
+        if let Some(room_id) = room_id {
+            object["room_id"] = room_id.as_str().into();
+        }
+        if let Some(state_key) = &event.state_key {
+            object["state_key"] = state_key.as_str().into();
+        }
+        if let Some(redacts) = &event.redacts {
+            // Since rooms v11 `redacts` lives in the content; before, at the top level.
+            if rules.redaction.keep_room_redaction_redacts {
+                object["content"]["redacts"] = redacts.as_str().into();
+            } else {
+                object["redacts"] = redacts.as_str().into();
+            }
+        }
+        let mut object = canonical(object)?;
+        hash_and_sign_event(
+            self.server_name.as_str(),
+            self.keys.keypair(),
+            &mut object,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::bad_json(format!("Event cannot be signed: {e}")))?;
+        let hash = reference_hash(&object, &rules)
+            .map_err(|e| Error::new(ErrorKind::TooLarge, format!("Event too large: {e}")))?;
+        let event_id = OwnedEventId::try_from(format!("${hash}"))
+            .map_err(|_| Error::internal("reference hash is not an event id"))?;
+        let room_id = match room_id {
+            Some(room_id) => room_id.to_owned(),
+            None => room_id_from_create_event_id(&event_id),
+        };
+
+        // The previous holder of this state key goes into `unsigned` (not signed, not hashed)
+        // so clients can render changes.
+        let state_short_key = match &event.state_key {
+            Some(state_key) => Some(
+                self.short
+                    .short_state_key(&event.kind.to_string().into(), state_key)?,
+            ),
+            None => None,
+        };
+        let replaced = match state_short_key.and_then(|key| state.get(&key)) {
+            Some(short) => self.pdu(&self.short.event_id(*short)?)?,
+            None => None,
+        };
+        let mut stored = object.clone();
+        stored.insert(
+            "event_id".into(),
+            CanonicalJsonValue::String(event_id.to_string()),
+        );
+        if let Some(replaced) = &replaced {
+            let unsigned = json!({
+                "prev_content": replaced.content_value(),
+                "replaces_state": replaced.event_id,
+                "prev_sender": replaced.sender,
+            });
+            stored.insert(
+                "unsigned".into(),
+                CanonicalJsonValue::try_from(unsigned).unwrap_or_default(),
+            );
+        }
+        let bytes = serde_json::to_vec(&stored)
+            .map_err(|e| Error::internal(format!("PDU serialisation: {e}")))?;
+        let pdu: Pdu = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
+
+        // Authorization rules (server-server API, "Checks performed on receipt of a PDU",
+        // steps 4 and 5): against the auth events, and against the current state.
+        let fetch = |id: &ruma::EventId| self.pdu(id).ok().flatten();
+        check_state_independent_auth_rules(&rules.authorization, &pdu, fetch)
+            .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))?;
+        let fetch_state = |kind: &StateEventType, key: &str| {
+            let short_key = self.short.get_short_state_key(kind, key).ok().flatten()?;
+            let short_event = state.get(&short_key)?;
+            self.pdu(&self.short.event_id(*short_event).ok()?)
+                .ok()
+                .flatten()
+        };
+        check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
+            .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))?;
+
+        // Store everything in one batch.
+        let mut batch = Batch::new();
+        let commit = self.commit.lock().expect("commit lock");
+        let count = self.db.next_id()?;
+        let short_room_id = match &info {
+            Some(info) => info.short_room_id,
+            None => self.short.short_room_id(&room_id)?,
+        };
+        let short_event_id = self.short.short_event_id(&event_id)?;
+        let before = info.as_ref().map(|info| info.state_hash);
+        let after = match state_short_key {
+            Some(key) => {
+                let mut new_state = state;
+                new_state.insert(key, short_event_id);
+                self.state.save(&mut batch, before, new_state)?
+            }
+            None => match before {
+                Some(hash) => hash,
+                None => self.state.save(&mut batch, None, BTreeMap::new())?,
+            },
+        };
+        let id = pdu_id(short_room_id, count);
+        batch.insert(&*self.pdus, id.to_vec(), bytes);
+        batch.insert(
+            &*self.eventid_pduid,
+            event_id.as_bytes().to_vec(),
+            id.to_vec(),
+        );
+        let mut hashes = before.unwrap_or(0).to_be_bytes().to_vec();
+        hashes.extend_from_slice(&after.to_be_bytes());
+        batch.insert(
+            &*self.statehashes,
+            short_event_id.to_be_bytes().to_vec(),
+            hashes,
+        );
+        let new_info = RoomInfo {
+            version: version.clone(),
+            short_room_id,
+            state_hash: after,
+            last_count: count,
+            depth,
+        };
+        batch.insert_json(&self.info, room_id.as_bytes().to_vec(), &new_info);
+        for prev in &pdu.prev_events {
+            batch.remove(
+                &*self.extremities,
+                pair_key(room_id.as_str(), prev.as_str()),
+            );
+        }
+        batch.insert(
+            &*self.extremities,
+            pair_key(room_id.as_str(), event_id.as_str()),
+            Vec::new(),
+        );
+        if let Some(transaction) = &transaction {
+            batch.insert(
+                &*self.txn_event,
+                txn_key(sender, transaction.device_id, transaction.txn_id),
+                event_id.as_bytes().to_vec(),
+            );
+            let mut value = prefix_key(transaction.device_id.as_str());
+            value.extend_from_slice(transaction.txn_id.as_bytes());
+            batch.insert(&*self.event_txn, event_id.as_bytes().to_vec(), value);
+        }
+        let mut touched = Vec::new();
+        if pdu.kind == TimelineEventType::RoomMember
+            && let Some(target) = pdu
+                .state_key
+                .as_deref()
+                .and_then(|key| ruma::UserId::parse(key).ok())
+        {
+            let membership = pdu
+                .content_str("membership")
+                .map(|m| MembershipState::from(m.as_str()))
+                .unwrap_or(MembershipState::Leave);
+            batch.insert(
+                &*self.room_users,
+                pair_key(room_id.as_str(), target.as_str()),
+                membership.as_str().as_bytes().to_vec(),
+            );
+            batch.insert_json(
+                &self.user_rooms,
+                pair_key(target.as_str(), room_id.as_str()),
+                &MembershipEntry { membership, count },
+            );
+            touched.push(target);
+        }
+        self.db.apply(&batch)?;
+        self.position
+            .fetch_max(count, std::sync::atomic::Ordering::SeqCst);
+        drop(commit);
+
+        // Wake everyone in the room (and a user whose membership just changed).
+        let members = self.members(&room_id)?;
+        let joined = members
+            .iter()
+            .filter(|(_, membership)| *membership == MembershipState::Join)
+            .map(|(user, _)| user.as_ref());
+        self.notifier
+            .touch(joined.chain(touched.iter().map(|u| u.as_ref())), count);
+        Ok(pdu)
+    }
+}

@@ -1,0 +1,450 @@
+//! Rooms: events (PDUs), the compact state core, timelines and membership indexes.
+//!
+//! - [`pdu`]: the stored event type and its client forms.
+//! - [`short`]: interning of event ids, state keys and room ids.
+//! - [`state`]: state sets stored as diffs with periodic snapshots.
+//! - [`append`]: creating a local event: build, hash, sign, authorise, store (one batch).
+//! - [`create`], [`membership`], [`alias`]: createRoom, membership changes, aliases and the
+//!   public directory, all built on `append`.
+//!
+//! Trees owned here (besides those of `short` and `state`):
+//! - `pduid_pdu`: `short room id (u64) count (u64)` → stored PDU JSON. Timeline order.
+//! - `eventid_pduid`: event id → pdu id.
+//! - `shorteventid_statehashes`: short event id → state hash before (u64, 0 = empty) and
+//!   after (u64) the event.
+//! - `roomid_info`: room id → [`RoomInfo`] (version, current state hash, last count, depth).
+//! - `roomid_extremity`: `room id 0xFF event id` → empty. Forward extremities.
+//! - `userroomid_membership`: `user 0xFF room` → [`MembershipEntry`] (JSON).
+//! - `roomuserid_membership`: `room 0xFF user` → membership string.
+//! - `userdevicetxnid_eventid`: `user 0xFF device 0xFF txn id` → event id (idempotent send).
+//! - `eventid_devicetxnid`: event id → `device 0xFF txn id` (for `unsigned.transaction_id`).
+
+pub mod alias;
+pub mod append;
+pub mod create;
+pub mod membership;
+pub mod pdu;
+pub mod short;
+pub mod state;
+
+use std::{
+    collections::hash_map::DefaultHasher,
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
+
+use ruma::{
+    DeviceId, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
+    RoomVersionId, UserId,
+    events::{StateEventType, room::member::MembershipState},
+};
+use serde::{Deserialize, Serialize};
+
+use self::{
+    pdu::Pdu,
+    short::{ShortIds, ShortRoomId, u64_from},
+    state::{StateHash, StateSet, StateStore},
+};
+use super::{notify::Notifier, server_keys::ServerKeys};
+use crate::{
+    Error, Result,
+    storage::{Db, Table, Tree},
+};
+
+/// Per-room facts read on every append.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct RoomInfo {
+    pub version: RoomVersionId,
+    pub short_room_id: ShortRoomId,
+    /// The current (resolved) state.
+    pub state_hash: StateHash,
+    /// Count of the newest event.
+    pub last_count: u64,
+    /// Largest depth in the room.
+    pub depth: u64,
+}
+
+/// A user's relation to a room, as sync needs it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct MembershipEntry {
+    pub membership: MembershipState,
+    /// Count of the membership event.
+    pub count: u64,
+}
+
+/// Number of room locks. Appends to one room are serialised; different rooms mostly not.
+const LOCK_STRIPES: usize = 64;
+
+pub struct Rooms {
+    db: Db,
+    server_name: OwnedServerName,
+    keys: Arc<ServerKeys>,
+    pub short: ShortIds,
+    pub state: StateStore,
+    pub notifier: Arc<Notifier>,
+    pdus: Arc<dyn Tree>,
+    eventid_pduid: Arc<dyn Tree>,
+    statehashes: Arc<dyn Tree>,
+    info: Table<RoomInfo>,
+    extremities: Arc<dyn Tree>,
+    user_rooms: Table<MembershipEntry>,
+    room_users: Arc<dyn Tree>,
+    txn_event: Arc<dyn Tree>,
+    event_txn: Arc<dyn Tree>,
+    pub aliases: alias::Aliases,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    /// Held from allocating an event's count until its batch is applied, so that every
+    /// count up to [`Rooms::position`] is visible: a sync token never skips an event that
+    /// was still being written. The section is short (no I/O waits; `persist` is outside).
+    commit: std::sync::Mutex<()>,
+    /// The highest count whose event is applied.
+    position: std::sync::atomic::AtomicU64,
+    /// The position at start: every change after it is recorded by the notifier.
+    start_position: u64,
+}
+
+/// `a 0xFF b`.
+pub(crate) fn pair_key(a: &str, b: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(a.len() + 1 + b.len());
+    key.extend_from_slice(a.as_bytes());
+    key.push(0xFF);
+    key.extend_from_slice(b.as_bytes());
+    key
+}
+
+pub(crate) fn prefix_key(a: &str) -> Vec<u8> {
+    let mut key = a.as_bytes().to_vec();
+    key.push(0xFF);
+    key
+}
+
+/// `user 0xFF device 0xFF txn id`.
+pub(crate) fn txn_key(user_id: &UserId, device_id: &DeviceId, txn_id: &str) -> Vec<u8> {
+    let mut key = pair_key(user_id.as_str(), device_id.as_str());
+    key.push(0xFF);
+    key.extend_from_slice(txn_id.as_bytes());
+    key
+}
+
+pub fn pdu_id(short_room_id: ShortRoomId, count: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&short_room_id.to_be_bytes());
+    id[8..].copy_from_slice(&count.to_be_bytes());
+    id
+}
+
+impl Rooms {
+    pub fn new(db: &Db, server_name: OwnedServerName, keys: Arc<ServerKeys>) -> Result<Self> {
+        let start_position = db.next_id()?;
+        Ok(Self {
+            db: db.clone(),
+            server_name,
+            keys,
+            short: ShortIds::new(db)?,
+            state: StateStore::new(db)?,
+            notifier: Arc::new(Notifier::default()),
+            pdus: db.tree("pduid_pdu")?,
+            eventid_pduid: db.tree("eventid_pduid")?,
+            statehashes: db.tree("shorteventid_statehashes")?,
+            info: db.table("roomid_info")?,
+            extremities: db.tree("roomid_extremity")?,
+            user_rooms: db.table("userroomid_membership")?,
+            room_users: db.tree("roomuserid_membership")?,
+            txn_event: db.tree("userdevicetxnid_eventid")?,
+            event_txn: db.tree("eventid_devicetxnid")?,
+            aliases: alias::Aliases::new(db)?,
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            commit: std::sync::Mutex::new(()),
+            // Every count handed out before this start is either applied or was never
+            // acknowledged, so starting above them all is safe.
+            position: std::sync::atomic::AtomicU64::new(start_position),
+            start_position,
+        })
+    }
+
+    /// Whether anything concerning `user_id` happened from stream position `since` on.
+    /// Since start every change is recorded by the notifier; before, we cannot tell.
+    pub fn changed_for(&self, user_id: &UserId, since: u64) -> bool {
+        match self.notifier.last_change(user_id) {
+            Some(last) => last >= since,
+            None => since <= self.start_position,
+        }
+    }
+
+    /// The stream position: every event with a count up to this is stored.
+    pub fn position(&self) -> u64 {
+        self.position.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn server_name(&self) -> &ruma::ServerName {
+        &self.server_name
+    }
+
+    /// Serialises appends to one room.
+    pub async fn lock(&self, room_id: &RoomId) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut hasher = DefaultHasher::new();
+        room_id.hash(&mut hasher);
+        self.locks[hasher.finish() as usize % LOCK_STRIPES]
+            .lock()
+            .await
+    }
+
+    pub fn info(&self, room_id: &RoomId) -> Result<Option<RoomInfo>> {
+        Ok(self.info.get(room_id.as_bytes())?)
+    }
+
+    /// The room's info, or 404 `M_NOT_FOUND`.
+    pub fn existing(&self, room_id: &RoomId) -> Result<RoomInfo> {
+        self.info(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room."))
+    }
+
+    fn decode_pdu(bytes: &[u8]) -> Result<Pdu> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::internal(format!("corrupt stored PDU: {e}")))
+    }
+
+    pub fn pdu_id_of(&self, event_id: &EventId) -> Result<Option<[u8; 16]>> {
+        Ok(self
+            .eventid_pduid
+            .get(event_id.as_bytes())?
+            .and_then(|id| id.try_into().ok()))
+    }
+
+    pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        let Some(id) = self.pdu_id_of(event_id)? else {
+            return Ok(None);
+        };
+        self.pdus
+            .get(&id)?
+            .map(|bytes| Self::decode_pdu(&bytes))
+            .transpose()
+    }
+
+    /// Count (stream position) of a stored event.
+    pub fn count_of(&self, event_id: &EventId) -> Result<Option<u64>> {
+        Ok(self.pdu_id_of(event_id)?.and_then(|id| u64_from(&id[8..])))
+    }
+
+    /// Up to `limit` events before `count` (exclusive), newest first.
+    pub fn events_before(
+        &self,
+        info: &RoomInfo,
+        count: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Pdu)>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let start = pdu_id(info.short_room_id, count - 1);
+        self.collect_events(self.pdus.iter_from(&start, true), info.short_room_id, limit)
+    }
+
+    /// Up to `limit` events from `count` (inclusive) on, oldest first.
+    pub fn events_from(
+        &self,
+        info: &RoomInfo,
+        count: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Pdu)>> {
+        let start = pdu_id(info.short_room_id, count);
+        self.collect_events(
+            self.pdus.iter_from(&start, false),
+            info.short_room_id,
+            limit,
+        )
+    }
+
+    fn collect_events(
+        &self,
+        iter: crate::storage::KvIter<'_>,
+        short_room_id: ShortRoomId,
+        limit: usize,
+    ) -> Result<Vec<(u64, Pdu)>> {
+        let prefix = short_room_id.to_be_bytes();
+        let mut out = Vec::new();
+        for entry in iter {
+            let (key, value) = entry?;
+            if !key.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let count = u64_from(&key[8..]).ok_or_else(|| Error::internal("bad pdu id"))?;
+            out.push((count, Self::decode_pdu(&value)?));
+        }
+        Ok(out)
+    }
+
+    /// State hashes before and after an event.
+    pub fn state_hashes(
+        &self,
+        event_id: &EventId,
+    ) -> Result<Option<(Option<StateHash>, StateHash)>> {
+        let Some(short) = self.short.get_short_event_id(event_id)? else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.statehashes.get(&short.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let before = u64_from(&bytes[..8]).filter(|hash| *hash != 0);
+        let after = u64_from(&bytes[8..]).ok_or_else(|| Error::internal("bad state hashes"))?;
+        Ok(Some((before, after)))
+    }
+
+    pub fn current_state(&self, info: &RoomInfo) -> Result<StateSet> {
+        self.state.load(info.state_hash)
+    }
+
+    /// The event holding `(kind, state_key)` in `state`.
+    pub fn state_event(
+        &self,
+        state: &StateSet,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Pdu>> {
+        let Some(short_key) = self.short.get_short_state_key(kind, state_key)? else {
+            return Ok(None);
+        };
+        match state.get(&short_key) {
+            Some(short_event) => self.pdu(&self.short.event_id(*short_event)?),
+            None => Ok(None),
+        }
+    }
+
+    /// The current state event `(kind, state_key)` of a room.
+    pub fn current_state_event(
+        &self,
+        room_id: &RoomId,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Pdu>> {
+        let Some(info) = self.info(room_id)? else {
+            return Ok(None);
+        };
+        self.state_event(&self.current_state(&info)?, kind, state_key)
+    }
+
+    /// Every event of a state set.
+    pub fn state_events(&self, state: &StateSet) -> Result<Vec<Pdu>> {
+        state
+            .values()
+            .map(|short| {
+                let event_id = self.short.event_id(*short)?;
+                self.pdu(&event_id)?
+                    .ok_or_else(|| Error::internal(format!("state event {event_id} missing")))
+            })
+            .collect()
+    }
+
+    pub fn extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
+        let prefix = prefix_key(room_id.as_str());
+        self.extremities
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, _) = entry?;
+                OwnedEventId::try_from(String::from_utf8_lossy(&key[prefix.len()..]).into_owned())
+                    .map_err(|_| Error::internal("bad extremity key"))
+            })
+            .collect()
+    }
+
+    /// The user's membership in the room, from the index.
+    pub fn membership(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<MembershipState>> {
+        Ok(self
+            .room_users
+            .get(&pair_key(room_id.as_str(), user_id.as_str()))?
+            .map(|bytes| MembershipState::from(String::from_utf8_lossy(&bytes).as_ref())))
+    }
+
+    pub fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+        Ok(self.membership(room_id, user_id)? == Some(MembershipState::Join))
+    }
+
+    /// All members of a room with their membership.
+    pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, MembershipState)>> {
+        let prefix = prefix_key(room_id.as_str());
+        self.room_users
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, value) = entry?;
+                let user = OwnedUserId::try_from(
+                    String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                )
+                .map_err(|_| Error::internal("bad member key"))?;
+                Ok((
+                    user,
+                    MembershipState::from(String::from_utf8_lossy(&value).as_ref()),
+                ))
+            })
+            .collect()
+    }
+
+    /// Every room the user has a membership in, with that membership.
+    pub fn rooms_of(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipEntry)>> {
+        let prefix = prefix_key(user_id.as_str());
+        self.user_rooms
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, value) = entry?;
+                let room = OwnedRoomId::try_from(
+                    String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                )
+                .map_err(|_| Error::internal("bad membership key"))?;
+                Ok((room, value))
+            })
+            .collect()
+    }
+
+    /// Forgets a room the user has left: it disappears from their sync.
+    pub async fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        match self.membership(room_id, user_id)? {
+            Some(MembershipState::Leave | MembershipState::Ban) | None => {}
+            Some(_) => {
+                return Err(Error::with_status(
+                    http::StatusCode::BAD_REQUEST,
+                    ruma::api::error::ErrorKind::Unknown,
+                    "You are still in the room; leave it first.",
+                ));
+            }
+        }
+        self.user_rooms
+            .remove(&pair_key(user_id.as_str(), room_id.as_str()))?;
+        self.db.persist().await?;
+        Ok(())
+    }
+
+    /// The event an earlier send with this transaction id created, if any.
+    pub fn txn_event(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        txn_id: &str,
+    ) -> Result<Option<OwnedEventId>> {
+        Ok(self
+            .txn_event
+            .get(&txn_key(user_id, device_id, txn_id))?
+            .and_then(|bytes| {
+                OwnedEventId::try_from(String::from_utf8_lossy(&bytes).into_owned()).ok()
+            }))
+    }
+
+    /// The transaction id to show `device_id` for its own event.
+    pub fn transaction_id_for(
+        &self,
+        event_id: &EventId,
+        device_id: &DeviceId,
+    ) -> Result<Option<String>> {
+        let Some(bytes) = self.event_txn.get(event_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let prefix = prefix_key(device_id.as_str());
+        Ok(bytes
+            .strip_prefix(prefix.as_slice())
+            .map(|txn| String::from_utf8_lossy(txn).into_owned()))
+    }
+}

@@ -1,0 +1,239 @@
+//! `/sync` (client-server API, "Syncing"): what changed for a user since a token.
+//!
+//! Tokens are stream positions (see `Rooms::position`): `since = T` asks for everything with
+//! a count from `T` on, and `next_batch` is the position after the newest stored event. When
+//! the notifier shows nothing has concerned the user since `T`, the answer is built without
+//! reading a single room. A long-poll waits on the notifier, armed before the check, so an
+//! event arriving in between still wakes it.
+
+use std::{sync::Arc, time::Duration};
+
+use ruma::{
+    DeviceId, OwnedUserId, RoomId, UInt, UserId,
+    api::client::sync::sync_events::v3::{
+        InviteState, InvitedRoom, JoinedRoom, LeftRoom, Response, RoomSummary, State, StateEvents,
+        Timeline,
+    },
+    events::{StateEventType, room::member::MembershipState},
+};
+
+use super::{
+    Services,
+    rooms::{MembershipEntry, RoomInfo, pdu::Pdu},
+};
+use crate::Result;
+
+/// What a client asked for.
+pub struct SyncRequest<'a> {
+    pub user_id: &'a UserId,
+    pub device_id: &'a DeviceId,
+    pub since: Option<u64>,
+    pub full_state: bool,
+    pub timeline_limit: usize,
+    pub timeout: Duration,
+}
+
+/// State an invitee sees (client-server API, "Stripped state").
+const INVITE_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+pub async fn sync(services: &Arc<Services>, request: SyncRequest<'_>) -> Result<Response> {
+    let rooms = &services.rooms;
+    let handle = rooms.notifier.handle(request.user_id);
+    let notified = handle.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+
+    let response = build(services, &request)?;
+    if request.since.is_none() || request.timeout.is_zero() || !is_empty(&response) {
+        return Ok(response);
+    }
+    if tokio::time::timeout(request.timeout, notified)
+        .await
+        .is_err()
+    {
+        return Ok(response);
+    }
+    build(services, &request)
+}
+
+fn is_empty(response: &Response) -> bool {
+    response.rooms.join.is_empty()
+        && response.rooms.invite.is_empty()
+        && response.rooms.leave.is_empty()
+        && response.rooms.knock.is_empty()
+}
+
+fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
+    let rooms = &services.rooms;
+    let position = rooms.position();
+    let mut response = Response::new((position + 1).to_string());
+    if let Some(since) = request.since
+        && !request.full_state
+        && !rooms.changed_for(request.user_id, since)
+    {
+        return Ok(response);
+    }
+    for (room_id, entry) in rooms.rooms_of(request.user_id)? {
+        let Some(info) = rooms.info(&room_id)? else {
+            continue;
+        };
+        let changed_since = |since: u64| entry.count >= since || info.last_count >= since;
+        match entry.membership {
+            MembershipState::Join
+                if request.full_state || request.since.is_none_or(changed_since) =>
+            {
+                let room = joined_room(services, request, &room_id, &info, &entry)?;
+                response.rooms.join.insert(room_id, room);
+            }
+            MembershipState::Invite if request.since.is_none_or(|since| entry.count >= since) => {
+                let room = invited_room(services, &room_id, request.user_id)?;
+                response.rooms.invite.insert(room_id, room);
+            }
+            MembershipState::Leave | MembershipState::Ban => {
+                // Left rooms appear once, in the first incremental sync after leaving.
+                if let Some(since) = request.since
+                    && entry.count >= since
+                {
+                    let mut left = LeftRoom::new();
+                    let events = rooms.events_from(&info, since, request.timeline_limit)?;
+                    left.timeline.events = events
+                        .iter()
+                        .filter(|(count, _)| *count <= entry.count)
+                        .map(|(_, pdu)| pdu.to_sync_event(None))
+                        .collect();
+                    response.rooms.leave.insert(room_id, left);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(response)
+}
+
+fn joined_room(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    room_id: &RoomId,
+    info: &RoomInfo,
+    entry: &MembershipEntry,
+) -> Result<JoinedRoom> {
+    let rooms = &services.rooms;
+    let limit = request.timeline_limit;
+    // Newest first, one more than asked so we know whether the timeline is `limited`.
+    let mut events = rooms.events_before(info, u64::MAX, limit + 1)?;
+    if let Some(since) = request.since {
+        events.retain(|(count, _)| *count >= since);
+    }
+    let limited = events.len() > limit;
+    events.truncate(limit);
+    events.reverse();
+
+    // `state` is the state at the start of the timeline, as a delta from what the client
+    // already has at `since` (everything, if it has nothing or just joined).
+    let start_hash = match events.first() {
+        Some((_, first)) => rooms
+            .state_hashes(&first.event_id)?
+            .and_then(|(before, _)| before),
+        None => Some(info.state_hash),
+    };
+    let since_hash = match request.since {
+        Some(since) if !request.full_state && entry.count < since => {
+            match rooms.events_before(info, since, 1)?.first() {
+                Some((_, last_seen)) => rooms
+                    .state_hashes(&last_seen.event_id)?
+                    .map(|(_, after)| after),
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let mut state_events = Vec::new();
+    if let Some(start_hash) = start_hash {
+        for (_, short_event) in rooms.state.changed(since_hash, start_hash)? {
+            if let Some(pdu) = rooms.pdu(&rooms.short.event_id(short_event)?)? {
+                state_events.push(pdu.to_sync_state_event());
+            }
+        }
+    }
+
+    let mut room = JoinedRoom::new();
+    let mut timeline = Timeline::new();
+    timeline.limited = limited;
+    timeline.prev_batch = events.first().map(|(count, _)| count.to_string());
+    timeline.events = events
+        .iter()
+        .map(|(_, pdu)| {
+            let txn = own_transaction(services, pdu, request.user_id, request.device_id);
+            pdu.to_sync_event(txn.as_deref())
+        })
+        .collect();
+    room.timeline = timeline;
+    let mut state = StateEvents::new();
+    state.events = state_events;
+    room.state = State::Before(state);
+    room.summary = summary(services, room_id, request.user_id)?;
+    Ok(room)
+}
+
+/// The transaction id, for the device that sent the event.
+fn own_transaction(
+    services: &Services,
+    pdu: &Pdu,
+    user_id: &UserId,
+    device_id: &DeviceId,
+) -> Option<String> {
+    if pdu.sender != user_id {
+        return None;
+    }
+    services
+        .rooms
+        .transaction_id_for(&pdu.event_id, device_id)
+        .ok()
+        .flatten()
+}
+
+/// Member counts and heroes (client-server API, "Calculating the display name for a room").
+fn summary(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<RoomSummary> {
+    let members = services.rooms.members(room_id)?;
+    let count = |wanted: MembershipState| members.iter().filter(|(_, m)| *m == wanted).count();
+    let mut summary = RoomSummary::new();
+    summary.joined_member_count = UInt::new(count(MembershipState::Join) as u64);
+    summary.invited_member_count = UInt::new(count(MembershipState::Invite) as u64);
+    summary.heroes = members
+        .iter()
+        .filter(|(user, m)| {
+            user != user_id && matches!(m, MembershipState::Join | MembershipState::Invite)
+        })
+        .map(|(user, _)| user.clone())
+        .take(5)
+        .collect::<Vec<OwnedUserId>>();
+    Ok(summary)
+}
+
+fn invited_room(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<InvitedRoom> {
+    let rooms = &services.rooms;
+    let mut events = Vec::new();
+    for kind in INVITE_STATE_TYPES {
+        if let Some(pdu) = rooms.current_state_event(room_id, &StateEventType::from(*kind), "")? {
+            events.push(pdu.to_stripped_state_event());
+        }
+    }
+    if let Some(pdu) =
+        rooms.current_state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
+    {
+        events.push(pdu.to_stripped_state_event());
+    }
+    let mut state = InviteState::new();
+    state.events = events;
+    let mut room = InvitedRoom::new();
+    room.invite_state = state;
+    Ok(room)
+}
