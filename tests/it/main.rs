@@ -10,3 +10,4 @@ mod errors;
 mod harness;
 mod process;
 mod profile;
+mod rooms;

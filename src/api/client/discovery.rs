@@ -36,11 +36,9 @@ const SUPPORTED_VERSIONS: &[&str] = &[
     "v1.9", "v1.10", "v1.11", "v1.12",
 ];
 
-/// Room versions `/capabilities` advertises (room version 12 is the default, as in current
-/// Synapse).
+/// Room versions `/capabilities` advertises: exactly those `createRoom` accepts
+/// (see `service::rooms::append::supported_room_version`).
 const ROOM_VERSIONS: &[RoomVersionId] = &[
-    RoomVersionId::V1,
-    RoomVersionId::V2,
     RoomVersionId::V3,
     RoomVersionId::V4,
     RoomVersionId::V5,

@@ -1,0 +1,632 @@
+//! Rooms end to end: a club creates a room, invites, joins, chats and pages through history
+//! with matrix-sdk; permissions, aliases, versions and idempotency over raw HTTP.
+
+use std::time::{Duration, Instant};
+
+use matrix_sdk::{
+    Client,
+    config::SyncSettings,
+    room::MessagesOptions,
+    ruma::{
+        OwnedRoomId, RoomOrAliasId, UInt, api::client::room::create_room,
+        events::room::message::RoomMessageEventContent, user_id,
+    },
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, assert_error};
+
+async fn sdk_login(server: &TestServer, name: &str) -> Client {
+    server.register(name, "pw pw pw").await;
+    let client = server.client().await;
+    client
+        .matrix_auth()
+        .login_username(name, "pw pw pw")
+        .send()
+        .await
+        .expect("login");
+    client
+}
+
+fn body_of(event: &matrix_sdk::deserialized_responses::TimelineEvent) -> Option<String> {
+    let json: Value = serde_json::from_str(event.raw().json().get()).ok()?;
+    json["content"]["body"].as_str().map(str::to_owned)
+}
+
+fn quick_sync() -> SyncSettings {
+    SyncSettings::default().timeout(Duration::from_secs(0))
+}
+
+#[tokio::test]
+async fn a_club_chats_and_pages_through_history() {
+    let mut server = TestServer::start();
+    let alice = sdk_login(&server, "alice").await;
+    let bob = sdk_login(&server, "bob").await;
+
+    let mut request = create_room::v3::Request::new();
+    request.name = Some("Amateur radio".to_owned());
+    request.topic = Some("Tuesday nets".to_owned());
+    request.room_alias_name = Some("radio".to_owned());
+    request.invite = vec![user_id!("@bob:localhost").to_owned()];
+    let room = alice.create_room(request).await.expect("createRoom");
+    let room_id: OwnedRoomId = room.room_id().to_owned();
+    assert!(
+        !room_id.as_str().contains(':'),
+        "room version 12 ids have no server part: {room_id}"
+    );
+
+    // Bob sees the invite in his sync, then joins by alias.
+    let sync = bob.sync_once(quick_sync()).await.expect("bob syncs");
+    assert!(
+        sync.rooms.invited.contains_key(&room_id),
+        "the invite arrives through /sync"
+    );
+    let alias = <&RoomOrAliasId>::try_from("#radio:localhost").unwrap();
+    let joined = bob
+        .join_room_by_id_or_alias(alias, &[])
+        .await
+        .expect("join by alias");
+    assert_eq!(joined.room_id(), room_id);
+    let response = joined
+        .send(RoomMessageEventContent::text_plain("73 de bob"))
+        .await
+        .expect("send");
+    let bobs_event = response.response.event_id;
+
+    // Alice receives it, with the room's name, through her sync.
+    let sync = alice.sync_once(quick_sync()).await.expect("alice syncs");
+    let update = sync
+        .rooms
+        .joined
+        .get(&room_id)
+        .expect("room in alice's sync");
+    let bodies: Vec<_> = update.timeline.events.iter().filter_map(body_of).collect();
+    assert!(bodies.contains(&"73 de bob".to_owned()), "{bodies:?}");
+    assert_eq!(
+        alice.get_room(&room_id).unwrap().name().as_deref(),
+        Some("Amateur radio")
+    );
+
+    // Thirty more messages, then page back through all of them in order.
+    let alice_room = alice.get_room(&room_id).unwrap();
+    for n in 0..30 {
+        alice_room
+            .send(RoomMessageEventContent::text_plain(format!("message {n}")))
+            .await
+            .unwrap();
+    }
+    let page_options = |dir_backward: bool, from: Option<String>, limit: u32| {
+        let mut options = if dir_backward {
+            MessagesOptions::backward()
+        } else {
+            MessagesOptions::forward()
+        };
+        options.from = from;
+        options.limit = UInt::from(limit);
+        options
+    };
+    let mut backwards = Vec::new();
+    let mut from = None;
+    for _ in 0..20 {
+        let page = joined
+            .messages(page_options(true, from, 7))
+            .await
+            .expect("/messages backwards");
+        assert!(page.chunk.len() <= 7);
+        backwards.extend(page.chunk.iter().filter_map(body_of));
+        from = page.end;
+        if from.is_none() {
+            break;
+        }
+    }
+    let mut expected: Vec<String> = (0..30).rev().map(|n| format!("message {n}")).collect();
+    expected.push("73 de bob".to_owned());
+    assert_eq!(backwards, expected);
+
+    // Forwards from the start gives the same messages the other way round.
+    let mut forwards = Vec::new();
+    let mut from = Some("0".to_owned());
+    for _ in 0..20 {
+        let page = joined
+            .messages(page_options(false, from, 9))
+            .await
+            .expect("/messages forwards");
+        if page.chunk.is_empty() {
+            break;
+        }
+        forwards.extend(page.chunk.iter().filter_map(body_of));
+        from = page.end;
+    }
+    expected.reverse();
+    assert_eq!(forwards, expected);
+
+    // Everything is still there after a restart.
+    assert!(server.stop().success());
+    server.restart();
+    let (_, login) = server.login("bob", "pw pw pw").await;
+    let token = login["access_token"].as_str().unwrap();
+    let (_, rooms) = server
+        .request(
+            Method::GET,
+            "/_matrix/client/v3/joined_rooms",
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(rooms["joined_rooms"], json!([room_id]));
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/event/{bobs_event}");
+    let (status, event) = server.request(Method::GET, &path, Some(token), None).await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert_eq!(event["content"]["body"], "73 de bob");
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100");
+    let (_, page) = server.request(Method::GET, &path, Some(token), None).await;
+    let count = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .count();
+    assert_eq!(count, 31);
+}
+
+/// Raw-HTTP helpers for the tests below.
+struct User<'a> {
+    server: &'a TestServer,
+    token: String,
+}
+
+impl<'a> User<'a> {
+    async fn new(server: &'a TestServer, name: &str) -> Self {
+        Self {
+            server,
+            token: server.register(name, "pw pw pw").await,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.server
+            .request(
+                method,
+                &format!("/_matrix/client/v3{path}"),
+                Some(&self.token),
+                body,
+            )
+            .await
+    }
+
+    async fn create_room(&self, body: Value) -> String {
+        let (status, json) = self.call(Method::POST, "/createRoom", Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        json["room_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn say(&self, room: &str, text: &str) -> (StatusCode, Value) {
+        let txn = format!("t{}", Instant::now().elapsed().as_nanos() ^ rand_suffix());
+        let path = format!("/rooms/{room}/send/m.room.message/{txn}");
+        self.call(
+            Method::PUT,
+            &path,
+            Some(json!({ "msgtype": "m.text", "body": text })),
+        )
+        .await
+    }
+}
+
+fn rand_suffix() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    u128::from(NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[tokio::test]
+async fn long_poll_wakes_when_a_message_arrives() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, initial) = alice.call(Method::GET, "/sync", None).await;
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    // Nothing new: an incremental sync with no timeout answers at once with no rooms.
+    let (_, empty) = alice
+        .call(Method::GET, &format!("/sync?since={since}&timeout=0"), None)
+        .await;
+    assert!(
+        empty["rooms"]["join"]
+            .as_object()
+            .is_none_or(|rooms| rooms.is_empty()),
+        "{empty}"
+    );
+
+    let started = Instant::now();
+    let poll_path = format!("/sync?since={since}&timeout=20000");
+    let poll = alice.call(Method::GET, &poll_path, None);
+    let send = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        bob.say(&room, "wake up").await
+    };
+    let ((status, woken), (sent, _)) = tokio::join!(poll, send);
+    assert_eq!((status, sent), (StatusCode::OK, StatusCode::OK));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the long-poll was not woken"
+    );
+    let events = woken["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .expect("room in sync")
+        .clone();
+    assert!(
+        events.iter().any(|e| e["content"]["body"] == "wake up"),
+        "{woken}"
+    );
+    assert_ne!(woken["next_batch"], since.as_str());
+}
+
+#[tokio::test]
+async fn authorization_rules_and_power_levels_are_enforced() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+    let room = alice.create_room(json!({ "name": "Committee" })).await; // private: invite only
+
+    // Not a member: cannot read, send or join.
+    assert_error(
+        &bob.say(&room, "hi").await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &bob.call(Method::GET, &format!("/rooms/{room}/messages?dir=b"), None)
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+
+    // Invited, bob joins and talks, but with power level 0 cannot rename the room.
+    let invite = json!({ "user_id": "@bob:localhost" });
+    assert_eq!(
+        alice
+            .call(
+                Method::POST,
+                &format!("/rooms/{room}/invite"),
+                Some(invite.clone())
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(bob.say(&room, "hello").await.0, StatusCode::OK);
+    let rename = json!({ "name": "Bob's room" });
+    assert_error(
+        &bob.call(
+            Method::PUT,
+            &format!("/rooms/{room}/state/m.room.name/"),
+            Some(rename.clone()),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    let (_, name) = bob
+        .call(
+            Method::GET,
+            &format!("/rooms/{room}/state/m.room.name/"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        name["name"], "Committee",
+        "a rejected event changes nothing"
+    );
+    // Bob cannot kick alice; alice can kick bob.
+    let kick_alice = json!({ "user_id": "@alice:localhost" });
+    assert_error(
+        &bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/kick"),
+            Some(kick_alice),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    let kick_bob = json!({ "user_id": "@bob:localhost", "reason": "test" });
+    assert_eq!(
+        alice
+            .call(Method::POST, &format!("/rooms/{room}/kick"), Some(kick_bob))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_error(
+        &bob.say(&room, "still here?").await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+
+    // Ban: even an invite does not let bob back in; unban and a new invite do.
+    let ban = json!({ "user_id": "@bob:localhost" });
+    assert_eq!(
+        alice
+            .call(
+                Method::POST,
+                &format!("/rooms/{room}/ban"),
+                Some(ban.clone())
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_error(
+        &alice
+            .call(
+                Method::POST,
+                &format!("/rooms/{room}/invite"),
+                Some(invite.clone()),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_eq!(
+        alice
+            .call(Method::POST, &format!("/rooms/{room}/unban"), Some(ban))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        alice
+            .call(Method::POST, &format!("/rooms/{room}/invite"), Some(invite))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+
+    // Members listings.
+    let (_, joined) = alice
+        .call(Method::GET, &format!("/rooms/{room}/joined_members"), None)
+        .await;
+    let joined = joined["joined"].as_object().unwrap();
+    assert!(joined.contains_key("@alice:localhost") && joined.contains_key("@bob:localhost"));
+    let (_, members) = alice
+        .call(
+            Method::GET,
+            &format!("/rooms/{room}/members?membership=join"),
+            None,
+        )
+        .await;
+    assert_eq!(members["chunk"].as_array().unwrap().len(), 2);
+
+    // Leave and forget: the room disappears from bob's joined rooms.
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/leave"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/forget"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, rooms) = bob.call(Method::GET, "/joined_rooms", None).await;
+    assert_eq!(rooms["joined_rooms"], json!([]));
+}
+
+#[tokio::test]
+async fn sends_are_idempotent_per_device() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let room = alice.create_room(json!({})).await;
+    let path = format!("/rooms/{room}/send/m.room.message/same-txn");
+    let content = json!({ "msgtype": "m.text", "body": "once" });
+    let (_, first) = alice.call(Method::PUT, &path, Some(content.clone())).await;
+    let (_, again) = alice.call(Method::PUT, &path, Some(content.clone())).await;
+    assert_eq!(first["event_id"], again["event_id"]);
+    // The same transaction id from another device is another message.
+    let (_, other) = server.login("alice", "pw pw pw").await;
+    let other_token = other["access_token"].as_str().unwrap();
+    let (_, third) = server
+        .request(
+            Method::PUT,
+            &format!("/_matrix/client/v3{path}"),
+            Some(other_token),
+            Some(content),
+        )
+        .await;
+    assert_ne!(third["event_id"], first["event_id"]);
+    let (_, page) = alice
+        .call(Method::GET, &format!("/rooms/{room}/messages?dir=b"), None)
+        .await;
+    let onces = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["content"]["body"] == "once")
+        .count();
+    assert_eq!(onces, 2);
+    // The sender's own sync shows its transaction id.
+    let (_, sync) = alice.call(Method::GET, "/sync", None).await;
+    let events = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["unsigned"]["transaction_id"] == "same-txn"),
+        "{sync}"
+    );
+}
+
+#[tokio::test]
+async fn room_versions_and_aliases() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+
+    let v10 = alice.create_room(json!({ "room_version": "10" })).await;
+    assert!(v10.ends_with(":localhost"), "{v10}");
+    let (_, create) = alice
+        .call(
+            Method::GET,
+            &format!("/rooms/{v10}/state/m.room.create/"),
+            None,
+        )
+        .await;
+    assert_eq!(create["room_version"], "10");
+    assert_error(
+        &alice
+            .call(
+                Method::POST,
+                "/createRoom",
+                Some(json!({ "room_version": "1" })),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_UNSUPPORTED_ROOM_VERSION",
+    );
+    let (_, caps) = alice.call(Method::GET, "/capabilities", None).await;
+    assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "12");
+    assert!(
+        caps["capabilities"]["m.room_versions"]["available"]
+            .get("1")
+            .is_none()
+    );
+
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": "lobby" }))
+        .await;
+    assert_error(
+        &alice
+            .call(
+                Method::POST,
+                "/createRoom",
+                Some(json!({ "room_alias_name": "lobby" })),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_ROOM_IN_USE",
+    );
+    let (status, resolved) = bob
+        .call(Method::GET, "/directory/room/%23lobby:localhost", None)
+        .await;
+    assert_eq!(
+        (status, resolved["room_id"].clone()),
+        (StatusCode::OK, json!(room))
+    );
+
+    let alias_path = "/directory/room/%23hangout:localhost";
+    assert_eq!(
+        alice
+            .call(Method::PUT, alias_path, Some(json!({ "room_id": room })))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        alice
+            .call(Method::PUT, alias_path, Some(json!({ "room_id": room })))
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        bob.call(Method::POST, "/join/%23hangout:localhost", Some(json!({})))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_error(
+        &bob.call(Method::DELETE, alias_path, None).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+
+    // m.room.canonical_alias may only name aliases that point at the room.
+    let bad = json!({ "alias": "#nowhere:localhost" });
+    assert_error(
+        &alice
+            .call(
+                Method::PUT,
+                &format!("/rooms/{room}/state/m.room.canonical_alias/"),
+                Some(bad),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_ALIAS",
+    );
+    let good = json!({ "alias": "#lobby:localhost", "alt_aliases": ["#hangout:localhost"] });
+    assert_eq!(
+        alice
+            .call(
+                Method::PUT,
+                &format!("/rooms/{room}/state/m.room.canonical_alias/"),
+                Some(good)
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    assert_eq!(
+        alice.call(Method::DELETE, alias_path, None).await.0,
+        StatusCode::OK
+    );
+    assert_error(
+        &bob.call(Method::GET, alias_path, None).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+}
