@@ -27,7 +27,8 @@ use tower_http::{
 
 use self::{
     client::{
-        account, alias, device, discovery, membership, message, profile, room, session, state, sync,
+        account, account_data, alias, device, discovery, membership, message, profile, push,
+        receipt, room, session, state, sync,
     },
     ruma::RouterExt,
 };
@@ -92,6 +93,25 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(alias::get_alias)
         .ruma_route(alias::delete_alias)
         .ruma_route(sync::sync_events)
+        // Per-user client state
+        .ruma_route(account_data::set_global_account_data)
+        .ruma_route(account_data::get_global_account_data)
+        .ruma_route(account_data::set_room_account_data)
+        .ruma_route(account_data::get_room_account_data)
+        .ruma_route(account_data::create_filter)
+        .ruma_route(account_data::get_filter)
+        .ruma_route(push::get_pushrules_all)
+        .ruma_route(push::get_pushrule)
+        .ruma_route(push::set_pushrule)
+        .ruma_route(push::delete_pushrule)
+        .ruma_route(push::get_pushrule_enabled)
+        .ruma_route(push::set_pushrule_enabled)
+        .ruma_route(push::set_pushrule_actions)
+        .ruma_route(push::get_pushers)
+        .ruma_route(push::set_pusher)
+        .ruma_route(receipt::create_typing_event)
+        .ruma_route(receipt::create_receipt)
+        .ruma_route(receipt::set_read_marker)
         // Administration
         .route(
             "/_synapse/admin/v1/register",

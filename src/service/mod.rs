@@ -4,12 +4,15 @@
 //! **Invariant:** no service imports `axum`; errors are [`crate::Error`], which knows the
 //! Matrix errcodes but not how a response is written.
 
+pub mod account_data;
 pub mod devices;
+pub mod ephemeral;
 pub mod notify;
 pub mod rate_limit;
 pub mod registration;
 pub mod rooms;
 pub mod server_keys;
+pub mod stream;
 pub mod sync;
 pub mod uiaa;
 pub mod users;
@@ -27,6 +30,9 @@ pub struct Services {
     pub uiaa: uiaa::Uiaa,
     pub registration: registration::Registration,
     pub server_keys: Arc<server_keys::ServerKeys>,
+    pub stream: Arc<stream::Stream>,
+    pub account_data: account_data::AccountData,
+    pub ephemeral: ephemeral::Ephemeral,
     pub rooms: rooms::Rooms,
     /// Failed password attempts per user: `/login` and the password UIA stage.
     pub password_failures: rate_limit::FailureLimiter,
@@ -36,8 +42,17 @@ impl Services {
     pub fn build(config: Config, db: Db) -> Result<Arc<Self>> {
         let config = Arc::new(config);
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_generate(&db)?);
+        let stream = Arc::new(stream::Stream::new(&db)?);
         Ok(Arc::new(Self {
-            rooms: rooms::Rooms::new(&db, config.server_name.clone(), Arc::clone(&server_keys))?,
+            rooms: rooms::Rooms::new(
+                &db,
+                config.server_name.clone(),
+                Arc::clone(&server_keys),
+                Arc::clone(&stream),
+            )?,
+            account_data: account_data::AccountData::new(&db, Arc::clone(&stream))?,
+            ephemeral: ephemeral::Ephemeral::new(&db, Arc::clone(&stream))?,
+            stream,
             server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,
             devices: devices::Devices::new(&db)?,

@@ -6,16 +6,18 @@
 //! reading a single room. A long-poll waits on the notifier, armed before the check, so an
 //! event arriving in between still wakes it.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use ruma::{
-    DeviceId, OwnedUserId, RoomId, UInt, UserId,
+    DeviceId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::sync::sync_events::v3::{
         InviteState, InvitedRoom, JoinedRoom, LeftRoom, Response, RoomSummary, State, StateEvents,
         Timeline,
     },
-    events::{StateEventType, room::member::MembershipState},
+    events::{AnyRoomAccountDataEvent, StateEventType, room::member::MembershipState},
+    serde::Raw,
 };
+use serde_json::{Value as JsonValue, json};
 
 use super::{
     Services,
@@ -45,8 +47,7 @@ const INVITE_STATE_TYPES: &[&str] = &[
 ];
 
 pub async fn sync(services: &Arc<Services>, request: SyncRequest<'_>) -> Result<Response> {
-    let rooms = &services.rooms;
-    let handle = rooms.notifier.handle(request.user_id);
+    let handle = services.stream.notifier.handle(request.user_id);
     let notified = handle.notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
@@ -64,8 +65,13 @@ pub async fn sync(services: &Arc<Services>, request: SyncRequest<'_>) -> Result<
     build(services, &request)
 }
 
+fn raw<T>(value: JsonValue) -> Raw<T> {
+    Raw::from_json(serde_json::value::to_raw_value(&value).expect("JSON value serialises"))
+}
+
 fn is_empty(response: &Response) -> bool {
-    response.rooms.join.is_empty()
+    response.account_data.events.is_empty()
+        && response.rooms.join.is_empty()
         && response.rooms.invite.is_empty()
         && response.rooms.leave.is_empty()
         && response.rooms.knock.is_empty()
@@ -73,24 +79,53 @@ fn is_empty(response: &Response) -> bool {
 
 fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
     let rooms = &services.rooms;
-    let position = rooms.position();
+    let position = services.stream.position();
     let mut response = Response::new((position + 1).to_string());
     if let Some(since) = request.since
         && !request.full_state
-        && !rooms.changed_for(request.user_id, since)
+        && !services.stream.changed_for(request.user_id, since)
     {
         return Ok(response);
+    }
+    let mut room_account_data: BTreeMap<OwnedRoomId, Vec<Raw<AnyRoomAccountDataEvent>>> =
+        BTreeMap::new();
+    for item in services
+        .account_data
+        .changed_since(request.user_id, request.since)?
+    {
+        let event = raw(json!({ "type": item.kind, "content": item.content }));
+        match item.room_id {
+            None => response.account_data.events.push(event.cast_unchecked()),
+            Some(room_id) => room_account_data.entry(room_id).or_default().push(event),
+        }
     }
     for (room_id, entry) in rooms.rooms_of(request.user_id)? {
         let Some(info) = rooms.info(&room_id)? else {
             continue;
         };
-        let changed_since = |since: u64| entry.count >= since || info.last_count >= since;
+        let changed_since = |since: u64| {
+            entry.count >= since
+                || info.last_count >= since
+                || room_account_data.contains_key(&room_id)
+                || services.ephemeral.typing_position(&room_id) >= since
+                || services.ephemeral.receipt_position(&room_id).unwrap_or(0) >= since
+        };
         match entry.membership {
             MembershipState::Join
                 if request.full_state || request.since.is_none_or(changed_since) =>
             {
-                let room = joined_room(services, request, &room_id, &info, &entry)?;
+                let mut room = joined_room(services, request, &room_id, &info, &entry)?;
+                room.account_data.events = room_account_data.remove(&room_id).unwrap_or_default();
+                if let Some(typing) = services.ephemeral.typing_event(&room_id, request.since) {
+                    room.ephemeral.events.push(raw(typing));
+                }
+                if let Some(receipts) =
+                    services
+                        .ephemeral
+                        .receipt_event(&room_id, request.user_id, request.since)?
+                {
+                    room.ephemeral.events.push(raw(receipts));
+                }
                 response.rooms.join.insert(room_id, room);
             }
             MembershipState::Invite if request.since.is_none_or(|since| entry.count >= since) => {

@@ -4,6 +4,7 @@
 
 mod account;
 mod admin;
+mod client_state;
 mod devices;
 mod durability;
 mod errors;

@@ -126,7 +126,7 @@ pub async fn get_message_events(
 
     let (from, mut events) = match body.dir {
         Direction::Backward => {
-            let from = parse_token(body.from.as_deref())?.unwrap_or(services.rooms.position() + 1);
+            let from = parse_token(body.from.as_deref())?.unwrap_or(services.stream.position() + 1);
             let events = services.rooms.events_before(&info, from, limit)?;
             (
                 from,

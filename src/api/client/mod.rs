@@ -2,12 +2,15 @@
 //! [`Ruma`](super::ruma::Ruma) request, calls services, and builds the ruma response.
 
 pub mod account;
+pub mod account_data;
 pub mod alias;
 pub mod device;
 pub mod discovery;
 pub mod membership;
 pub mod message;
 pub mod profile;
+pub mod push;
+pub mod receipt;
 pub mod room;
 pub mod session;
 pub mod state;

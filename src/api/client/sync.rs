@@ -34,7 +34,12 @@ pub async fn sync_events(
         .transpose()?;
     let timeline_limit = match &body.filter {
         Some(sync_events::v3::Filter::FilterDefinition(filter)) => limit_of(filter),
-        // Stored filters come later; their defaults apply meanwhile.
+        Some(sync_events::v3::Filter::FilterId(id)) => services
+            .account_data
+            .filter(user_id, id)?
+            .and_then(|stored| serde_json::from_value::<FilterDefinition>(stored).ok())
+            .as_ref()
+            .and_then(limit_of),
         _ => None,
     }
     .unwrap_or(DEFAULT_TIMELINE_LIMIT)

@@ -24,7 +24,7 @@ use super::{
     pdu::{Pdu, room_id_from_create_event_id},
     pdu_id, prefix_key, txn_key,
 };
-use crate::{Error, Result, storage::Batch};
+use crate::{Error, Result};
 
 /// What a caller wants to send; the rest of the PDU is filled in here.
 #[derive(Clone, Debug)]
@@ -106,6 +106,16 @@ impl Rooms {
     ) -> Result<Pdu> {
         let pdu = {
             let _guard = self.lock(room_id).await;
+            // Checked again under the room lock: two concurrent retries of one transaction
+            // must not both create an event.
+            if let Some(transaction) = &transaction
+                && let Some(existing) =
+                    self.txn_event(sender, transaction.device_id, transaction.txn_id)?
+            {
+                return self
+                    .pdu(&existing)?
+                    .ok_or_else(|| Error::internal("transaction event missing"));
+            }
             let info = self.existing(room_id)?;
             self.append_locked(
                 Some(room_id),
@@ -260,97 +270,93 @@ impl Rooms {
         check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
             .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))?;
 
-        // Store everything in one batch.
-        let mut batch = Batch::new();
-        let commit = self.commit.lock().expect("commit lock");
-        let count = self.db.next_id()?;
-        let short_room_id = match &info {
-            Some(info) => info.short_room_id,
-            None => self.short.short_room_id(&room_id)?,
-        };
-        let short_event_id = self.short.short_event_id(&event_id)?;
-        let before = info.as_ref().map(|info| info.state_hash);
-        let after = match state_short_key {
-            Some(key) => {
-                let mut new_state = state;
-                new_state.insert(key, short_event_id);
-                self.state.save(&mut batch, before, new_state)?
-            }
-            None => match before {
-                Some(hash) => hash,
-                None => self.state.save(&mut batch, None, BTreeMap::new())?,
-            },
-        };
-        let id = pdu_id(short_room_id, count);
-        batch.insert(&*self.pdus, id.to_vec(), bytes);
-        batch.insert(
-            &*self.eventid_pduid,
-            event_id.as_bytes().to_vec(),
-            id.to_vec(),
-        );
-        let mut hashes = before.unwrap_or(0).to_be_bytes().to_vec();
-        hashes.extend_from_slice(&after.to_be_bytes());
-        batch.insert(
-            &*self.statehashes,
-            short_event_id.to_be_bytes().to_vec(),
-            hashes,
-        );
-        let new_info = RoomInfo {
-            version: version.clone(),
-            short_room_id,
-            state_hash: after,
-            last_count: count,
-            depth,
-        };
-        batch.insert_json(&self.info, room_id.as_bytes().to_vec(), &new_info);
-        for prev in &pdu.prev_events {
-            batch.remove(
-                &*self.extremities,
-                pair_key(room_id.as_str(), prev.as_str()),
-            );
-        }
-        batch.insert(
-            &*self.extremities,
-            pair_key(room_id.as_str(), event_id.as_str()),
-            Vec::new(),
-        );
-        if let Some(transaction) = &transaction {
+        // Store everything in one batch, at the next stream position.
+        let (count, touched) = self.stream.commit(|count, batch| {
+            let short_room_id = match &info {
+                Some(info) => info.short_room_id,
+                None => self.short.short_room_id(&room_id)?,
+            };
+            let short_event_id = self.short.short_event_id(&event_id)?;
+            let before = info.as_ref().map(|info| info.state_hash);
+            let after = match state_short_key {
+                Some(key) => {
+                    let mut new_state = state;
+                    new_state.insert(key, short_event_id);
+                    self.state.save(batch, before, new_state)?
+                }
+                None => match before {
+                    Some(hash) => hash,
+                    None => self.state.save(batch, None, BTreeMap::new())?,
+                },
+            };
+            let id = pdu_id(short_room_id, count);
+            batch.insert(&*self.pdus, id.to_vec(), bytes);
             batch.insert(
-                &*self.txn_event,
-                txn_key(sender, transaction.device_id, transaction.txn_id),
+                &*self.eventid_pduid,
                 event_id.as_bytes().to_vec(),
+                id.to_vec(),
             );
-            let mut value = prefix_key(transaction.device_id.as_str());
-            value.extend_from_slice(transaction.txn_id.as_bytes());
-            batch.insert(&*self.event_txn, event_id.as_bytes().to_vec(), value);
-        }
-        let mut touched = Vec::new();
-        if pdu.kind == TimelineEventType::RoomMember
-            && let Some(target) = pdu
-                .state_key
-                .as_deref()
-                .and_then(|key| ruma::UserId::parse(key).ok())
-        {
-            let membership = pdu
-                .content_str("membership")
-                .map(|m| MembershipState::from(m.as_str()))
-                .unwrap_or(MembershipState::Leave);
+            let mut hashes = before.unwrap_or(0).to_be_bytes().to_vec();
+            hashes.extend_from_slice(&after.to_be_bytes());
             batch.insert(
-                &*self.room_users,
-                pair_key(room_id.as_str(), target.as_str()),
-                membership.as_str().as_bytes().to_vec(),
+                &*self.statehashes,
+                short_event_id.to_be_bytes().to_vec(),
+                hashes,
             );
-            batch.insert_json(
-                &self.user_rooms,
-                pair_key(target.as_str(), room_id.as_str()),
-                &MembershipEntry { membership, count },
+            let new_info = RoomInfo {
+                version: version.clone(),
+                short_room_id,
+                state_hash: after,
+                last_count: count,
+                depth,
+            };
+            batch.insert_json(&self.info, room_id.as_bytes().to_vec(), &new_info);
+            for prev in &pdu.prev_events {
+                batch.remove(
+                    &*self.extremities,
+                    pair_key(room_id.as_str(), prev.as_str()),
+                );
+            }
+            batch.insert(
+                &*self.extremities,
+                pair_key(room_id.as_str(), event_id.as_str()),
+                Vec::new(),
             );
-            touched.push(target);
-        }
-        self.db.apply(&batch)?;
-        self.position
-            .fetch_max(count, std::sync::atomic::Ordering::SeqCst);
-        drop(commit);
+            if let Some(transaction) = &transaction {
+                batch.insert(
+                    &*self.txn_event,
+                    txn_key(sender, transaction.device_id, transaction.txn_id),
+                    event_id.as_bytes().to_vec(),
+                );
+                let mut value = prefix_key(transaction.device_id.as_str());
+                value.extend_from_slice(transaction.txn_id.as_bytes());
+                batch.insert(&*self.event_txn, event_id.as_bytes().to_vec(), value);
+            }
+            let mut touched = Vec::new();
+            if pdu.kind == TimelineEventType::RoomMember
+                && let Some(target) = pdu
+                    .state_key
+                    .as_deref()
+                    .and_then(|key| ruma::UserId::parse(key).ok())
+            {
+                let membership = pdu
+                    .content_str("membership")
+                    .map(|m| MembershipState::from(m.as_str()))
+                    .unwrap_or(MembershipState::Leave);
+                batch.insert(
+                    &*self.room_users,
+                    pair_key(room_id.as_str(), target.as_str()),
+                    membership.as_str().as_bytes().to_vec(),
+                );
+                batch.insert_json(
+                    &self.user_rooms,
+                    pair_key(target.as_str(), room_id.as_str()),
+                    &MembershipEntry { membership, count },
+                );
+                touched.push(target);
+            }
+            Ok(touched)
+        })?;
 
         // Wake everyone in the room (and a user whose membership just changed).
         let members = self.members(&room_id)?;
@@ -358,7 +364,7 @@ impl Rooms {
             .iter()
             .filter(|(_, membership)| *membership == MembershipState::Join)
             .map(|(user, _)| user.as_ref());
-        self.notifier
+        self.stream
             .touch(joined.chain(touched.iter().map(|u| u.as_ref())), count);
         Ok(pdu)
     }

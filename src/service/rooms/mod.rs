@@ -26,6 +26,8 @@ pub mod membership;
 pub mod pdu;
 pub mod short;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -45,7 +47,7 @@ use self::{
     short::{ShortIds, ShortRoomId, u64_from},
     state::{StateHash, StateSet, StateStore},
 };
-use super::{notify::Notifier, server_keys::ServerKeys};
+use super::{server_keys::ServerKeys, stream::Stream};
 use crate::{
     Error, Result,
     storage::{Db, Table, Tree},
@@ -81,7 +83,7 @@ pub struct Rooms {
     keys: Arc<ServerKeys>,
     pub short: ShortIds,
     pub state: StateStore,
-    pub notifier: Arc<Notifier>,
+    pub stream: Arc<Stream>,
     pdus: Arc<dyn Tree>,
     eventid_pduid: Arc<dyn Tree>,
     statehashes: Arc<dyn Tree>,
@@ -93,14 +95,6 @@ pub struct Rooms {
     event_txn: Arc<dyn Tree>,
     pub aliases: alias::Aliases,
     locks: Vec<tokio::sync::Mutex<()>>,
-    /// Held from allocating an event's count until its batch is applied, so that every
-    /// count up to [`Rooms::position`] is visible: a sync token never skips an event that
-    /// was still being written. The section is short (no I/O waits; `persist` is outside).
-    commit: std::sync::Mutex<()>,
-    /// The highest count whose event is applied.
-    position: std::sync::atomic::AtomicU64,
-    /// The position at start: every change after it is recorded by the notifier.
-    start_position: u64,
 }
 
 /// `a 0xFF b`.
@@ -134,15 +128,19 @@ pub fn pdu_id(short_room_id: ShortRoomId, count: u64) -> [u8; 16] {
 }
 
 impl Rooms {
-    pub fn new(db: &Db, server_name: OwnedServerName, keys: Arc<ServerKeys>) -> Result<Self> {
-        let start_position = db.next_id()?;
+    pub fn new(
+        db: &Db,
+        server_name: OwnedServerName,
+        keys: Arc<ServerKeys>,
+        stream: Arc<Stream>,
+    ) -> Result<Self> {
         Ok(Self {
             db: db.clone(),
             server_name,
             keys,
             short: ShortIds::new(db)?,
             state: StateStore::new(db)?,
-            notifier: Arc::new(Notifier::default()),
+            stream,
             pdus: db.tree("pduid_pdu")?,
             eventid_pduid: db.tree("eventid_pduid")?,
             statehashes: db.tree("shorteventid_statehashes")?,
@@ -156,26 +154,7 @@ impl Rooms {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-            commit: std::sync::Mutex::new(()),
-            // Every count handed out before this start is either applied or was never
-            // acknowledged, so starting above them all is safe.
-            position: std::sync::atomic::AtomicU64::new(start_position),
-            start_position,
         })
-    }
-
-    /// Whether anything concerning `user_id` happened from stream position `since` on.
-    /// Since start every change is recorded by the notifier; before, we cannot tell.
-    pub fn changed_for(&self, user_id: &UserId, since: u64) -> bool {
-        match self.notifier.last_change(user_id) {
-            Some(last) => last >= since,
-            None => since <= self.start_position,
-        }
-    }
-
-    /// The stream position: every event with a count up to this is stored.
-    pub fn position(&self) -> u64 {
-        self.position.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
@@ -287,8 +266,10 @@ impl Rooms {
         let Some(bytes) = self.statehashes.get(&short.to_be_bytes())? else {
             return Ok(None);
         };
-        let before = u64_from(&bytes[..8]).filter(|hash| *hash != 0);
-        let after = u64_from(&bytes[8..]).ok_or_else(|| Error::internal("bad state hashes"))?;
+        let corrupt = || Error::internal("bad value in shorteventid_statehashes");
+        let before = bytes.get(..8).and_then(u64_from).ok_or_else(corrupt)?;
+        let after = bytes.get(8..16).and_then(u64_from).ok_or_else(corrupt)?;
+        let before = (before != 0).then_some(before);
         Ok(Some((before, after)))
     }
 

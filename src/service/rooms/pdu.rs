@@ -11,8 +11,8 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as JsonValue, value::RawValue as RawJsonValue};
 
-/// A stored event. The stored JSON is the signed PDU plus `event_id` (and `room_id` for a
-/// version-12 create event, whose room id is implied); federation strips those again.
+/// A stored event. The stored JSON is the signed PDU plus `event_id` and `unsigned` (neither
+/// is signed); federation strips them again. A version-12 create event has no `room_id`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Pdu {
     pub event_id: OwnedEventId,

@@ -1,0 +1,381 @@
+//! What clients keep on the server besides rooms: typing and receipts (through matrix-sdk),
+//! account data, push rules and filters, all visible through /sync.
+
+use std::time::Duration;
+
+use matrix_sdk::{
+    config::SyncSettings,
+    ruma::{
+        api::client::receipt::create_receipt::v3::ReceiptType,
+        events::{receipt::ReceiptThread, room::message::RoomMessageEventContent},
+    },
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, assert_error};
+
+async fn token(server: &TestServer, name: &str) -> String {
+    server.register(name, "pw pw pw").await
+}
+
+async fn call(
+    server: &TestServer,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    server
+        .request(
+            method,
+            &format!("/_matrix/client/v3{path}"),
+            Some(token),
+            body,
+        )
+        .await
+}
+
+fn ephemeral_of(sync: &Value, room: &str, kind: &str) -> Option<Value> {
+    sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .find(|event| event["type"] == kind)
+        .cloned()
+}
+
+#[tokio::test]
+async fn typing_and_receipts_reach_the_other_members() {
+    let server = TestServer::start();
+    let alice = token(&server, "alice").await;
+    server.register("bob", "pw pw pw").await;
+    let (_, created) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/createRoom",
+        Some(json!({ "preset": "public_chat" })),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+
+    let bob = server.client().await;
+    bob.matrix_auth()
+        .login_username("bob", "pw pw pw")
+        .send()
+        .await
+        .unwrap();
+    let room_id = matrix_sdk::ruma::RoomId::parse(&room).unwrap();
+    let joined = bob.join_room_by_id(&room_id).await.expect("bob joins");
+    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Typing, through matrix-sdk.
+    joined.typing_notice(true).await.expect("typing");
+    let (_, sync) = call(
+        &server,
+        &alice,
+        Method::GET,
+        &format!("/sync?since={since}&timeout=5000"),
+        None,
+    )
+    .await;
+    let typing = ephemeral_of(&sync, &room, "m.typing").expect("m.typing in alice's sync");
+    assert_eq!(typing["content"]["user_ids"], json!(["@bob:localhost"]));
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // A message and its read receipt, through matrix-sdk.
+    let sent = joined
+        .send(RoomMessageEventContent::text_plain("read me"))
+        .await
+        .unwrap()
+        .response
+        .event_id;
+    joined
+        .send_single_receipt(ReceiptType::Read, ReceiptThread::Unthreaded, sent.clone())
+        .await
+        .expect("receipt");
+    joined
+        .send_single_receipt(
+            ReceiptType::ReadPrivate,
+            ReceiptThread::Unthreaded,
+            sent.clone(),
+        )
+        .await
+        .expect("private receipt");
+    let (_, sync) = call(
+        &server,
+        &alice,
+        Method::GET,
+        &format!("/sync?since={since}"),
+        None,
+    )
+    .await;
+    let receipts = ephemeral_of(&sync, &room, "m.receipt").expect("m.receipt in alice's sync");
+    assert!(
+        receipts["content"][sent.as_str()]["m.read"]["@bob:localhost"]["ts"].is_u64(),
+        "{receipts}"
+    );
+    assert!(
+        receipts["content"][sent.as_str()]
+            .get("m.read.private")
+            .is_none(),
+        "private receipts stay private"
+    );
+
+    // Bob's own client sees his private receipt.
+    let response = bob
+        .sync_once(SyncSettings::default().timeout(Duration::ZERO))
+        .await
+        .unwrap();
+    let own = response.rooms.joined.get(joined.room_id()).unwrap();
+    let private = own
+        .ephemeral
+        .iter()
+        .any(|event| event.json().get().contains("m.read.private"));
+    assert!(private, "the owner sees its private receipt");
+
+    // Read markers set m.fully_read (room account data) and a receipt.
+    let markers = json!({ "m.fully_read": sent, "m.read": sent });
+    assert_eq!(
+        call(
+            &server,
+            &alice,
+            Method::POST,
+            &format!("/rooms/{room}/read_markers"),
+            Some(markers)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let path = format!("/user/@alice:localhost/rooms/{room}/account_data/m.fully_read");
+    let (status, fully_read) = call(&server, &alice, Method::GET, &path, None).await;
+    assert_eq!(
+        (status, fully_read["event_id"].clone()),
+        (StatusCode::OK, json!(sent))
+    );
+
+    // Typing in a room one is not in is refused.
+    let carol = token(&server, "carol").await;
+    let typing = json!({ "typing": true, "timeout": 1000 });
+    let path = format!("/rooms/{room}/typing/@carol:localhost");
+    assert_error(
+        &call(&server, &carol, Method::PUT, &path, Some(typing)).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+}
+
+#[tokio::test]
+async fn account_data_push_rules_and_filters() {
+    let server = TestServer::start();
+    let alice = token(&server, "alice").await;
+    let bob = token(&server, "bob").await;
+    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Global account data, visible in the next sync; private to its owner.
+    let direct = json!({ "@bob:localhost": ["!dm:localhost"] });
+    let path = "/user/@alice:localhost/account_data/m.direct";
+    assert_eq!(
+        call(&server, &alice, Method::PUT, path, Some(direct.clone()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&server, &alice, Method::GET, path, None).await.1,
+        direct
+    );
+    assert_error(
+        &call(&server, &bob, Method::GET, path, None).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &call(
+            &server,
+            &alice,
+            Method::GET,
+            "/user/@alice:localhost/account_data/m.nothing",
+            None,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    let (_, sync) = call(
+        &server,
+        &alice,
+        Method::GET,
+        &format!("/sync?since={since}"),
+        None,
+    )
+    .await;
+    let events = sync["account_data"]["events"]
+        .as_array()
+        .expect("account data in sync");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.direct" && e["content"] == direct),
+        "{sync}"
+    );
+
+    // Push rules: the spec's default set, plus rule CRUD.
+    let (status, rules) = call(&server, &alice, Method::GET, "/pushrules/", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let overrides = rules["global"]["override"]
+        .as_array()
+        .expect("override rules");
+    assert!(
+        overrides
+            .iter()
+            .any(|rule| rule["rule_id"] == ".m.rule.master")
+    );
+    let rule = json!({ "actions": ["notify"], "pattern": "cake" });
+    assert_eq!(
+        call(
+            &server,
+            &alice,
+            Method::PUT,
+            "/pushrules/global/content/cake",
+            Some(rule)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, stored) = call(
+        &server,
+        &alice,
+        Method::GET,
+        "/pushrules/global/content/cake",
+        None,
+    )
+    .await;
+    assert_eq!(stored["pattern"], "cake");
+    let disable = json!({ "enabled": false });
+    assert_eq!(
+        call(
+            &server,
+            &alice,
+            Method::PUT,
+            "/pushrules/global/content/cake/enabled",
+            Some(disable)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, enabled) = call(
+        &server,
+        &alice,
+        Method::GET,
+        "/pushrules/global/content/cake/enabled",
+        None,
+    )
+    .await;
+    assert_eq!(enabled["enabled"], false);
+    assert_eq!(
+        call(
+            &server,
+            &alice,
+            Method::DELETE,
+            "/pushrules/global/content/cake",
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_error(
+        &call(
+            &server,
+            &alice,
+            Method::GET,
+            "/pushrules/global/content/cake",
+            None,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    let (_, bobs) = call(&server, &bob, Method::GET, "/pushrules/", None).await;
+    assert!(
+        bobs["global"]["content"]
+            .as_array()
+            .is_none_or(|rules| rules.iter().all(|r| r["rule_id"] != "cake"))
+    );
+
+    // Filters: stored, read back, and honoured by /sync.
+    let filter = json!({ "room": { "timeline": { "limit": 2 } } });
+    let (status, created) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/user/@alice:localhost/filter",
+        Some(filter),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let filter_id = created["filter_id"].as_str().unwrap().to_owned();
+    let (_, stored) = call(
+        &server,
+        &alice,
+        Method::GET,
+        &format!("/user/@alice:localhost/filter/{filter_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(stored["room"]["timeline"]["limit"], 2);
+    assert_error(
+        &call(
+            &server,
+            &bob,
+            Method::GET,
+            &format!("/user/@alice:localhost/filter/{filter_id}"),
+            None,
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    let (_, room) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/createRoom",
+        Some(json!({ "name": "filtered" })),
+    )
+    .await;
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    let (_, sync) = call(
+        &server,
+        &alice,
+        Method::GET,
+        &format!("/sync?filter={filter_id}"),
+        None,
+    )
+    .await;
+    let timeline = &sync["rooms"]["join"][&room]["timeline"];
+    assert_eq!(
+        timeline["events"].as_array().unwrap().len(),
+        2,
+        "{timeline}"
+    );
+    assert_eq!(timeline["limited"], true);
+
+    // Pushers: stored and listed.
+    let pusher = json!({ "pushkey": "abc", "kind": "http", "app_id": "org.example.app", "app_display_name": "App",
+        "device_display_name": "Phone", "lang": "en", "data": { "url": "https://push.example.org/_matrix/push/v1/notify" } });
+    assert_eq!(
+        call(&server, &alice, Method::POST, "/pushers/set", Some(pusher))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, pushers) = call(&server, &alice, Method::GET, "/pushers", None).await;
+    assert_eq!(pushers["pushers"][0]["pushkey"], "abc");
+}
