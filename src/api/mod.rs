@@ -86,6 +86,7 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(membership::get_member_events)
         .ruma_route(message::send_message_event)
         .ruma_route(message::get_message_events)
+        .ruma_route(message::redact_event)
         .ruma_route(state::send_state_event)
         .ruma_route(state::get_state_events)
         .ruma_route(state::get_state_event_for_key)

@@ -630,3 +630,88 @@ async fn room_versions_and_aliases() {
         "M_NOT_FOUND",
     );
 }
+
+#[tokio::test]
+async fn redactions_strip_content_and_need_power_for_others_events() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, sent) = bob.say(&room, "oops, my password is hunter2").await;
+    let bobs = sent["event_id"].as_str().unwrap().to_owned();
+    let (_, sent) = alice.say(&room, "welcome").await;
+    let alices = sent["event_id"].as_str().unwrap().to_owned();
+
+    // Bob (power 0) may redact his own message but not alice's.
+    let path = |event: &str, txn: &str| format!("/rooms/{room}/redact/{event}/{txn}");
+    assert_error(
+        &bob.call(Method::PUT, &path(&alices, "r1"), Some(json!({})))
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    let (status, redaction) = bob
+        .call(
+            Method::PUT,
+            &path(&bobs, "r2"),
+            Some(json!({ "reason": "typo" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{redaction}");
+    let (_, again) = bob
+        .call(
+            Method::PUT,
+            &path(&bobs, "r2"),
+            Some(json!({ "reason": "typo" })),
+        )
+        .await;
+    assert_eq!(
+        again["event_id"], redaction["event_id"],
+        "redactions are idempotent per transaction"
+    );
+
+    // The stored event has lost its content, for everyone, and says why.
+    let (_, event) = alice
+        .call(Method::GET, &format!("/rooms/{room}/event/{bobs}"), None)
+        .await;
+    assert_eq!(event["content"], json!({}), "{event}");
+    assert_eq!(
+        event["unsigned"]["redacted_because"]["event_id"],
+        redaction["event_id"]
+    );
+    let (_, page) = alice
+        .call(Method::GET, &format!("/rooms/{room}/messages?dir=b"), None)
+        .await;
+    assert!(
+        !page.to_string().contains("hunter2"),
+        "redacted text is gone from history"
+    );
+    // The room's creator (power 100) may redact anyone's events.
+    let (_, untouched) = alice
+        .call(Method::GET, &format!("/rooms/{room}/event/{alices}"), None)
+        .await;
+    assert_eq!(untouched["content"]["body"], "welcome");
+    let (_, again) = bob.say(&room, "second").await;
+    let second = again["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        alice
+            .call(Method::PUT, &path(&second, "r3"), Some(json!({})))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, event) = bob
+        .call(Method::GET, &format!("/rooms/{room}/event/{second}"), None)
+        .await;
+    assert_eq!(event["content"], json!({}));
+}

@@ -14,6 +14,7 @@ use ruma::{
         client::{
             filter::RoomEventFilter,
             message::{get_message_events, send_message_event},
+            redact::redact_event,
         },
     },
     events::StateEventType,
@@ -71,6 +72,38 @@ pub async fn send_message_event(
     Ok(RumaResponse(send_message_event::v3::Response::new(
         pdu.event_id,
     )))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`: own events, or any
+/// with the room's `redact` power level; the target is redacted in the same write.
+pub async fn redact_event(
+    State(services): State<Arc<Services>>,
+    request: Ruma<redact_event::v3::Request>,
+) -> Result<RumaResponse<redact_event::v3::Response>> {
+    let (sender, device) = request.sender()?;
+    let body = &request.body;
+    if let Some(event_id) = services
+        .rooms
+        .txn_event(sender, device, body.txn_id.as_str())?
+    {
+        return Ok(RumaResponse(redact_event::v3::Response::new(event_id)));
+    }
+    require_joined(&services, &body.room_id, sender)?;
+    let mut content = serde_json::Map::new();
+    if let Some(reason) = &body.reason {
+        content.insert("reason".into(), reason.as_str().into());
+    }
+    let mut event = NewEvent::message("m.room.redaction", JsonValue::Object(content));
+    event.redacts = Some(body.event_id.clone());
+    let transaction = Transaction {
+        device_id: device,
+        txn_id: body.txn_id.as_str(),
+    };
+    let pdu = services
+        .rooms
+        .send(&body.room_id, sender, event, Some(transaction))
+        .await?;
+    Ok(RumaResponse(redact_event::v3::Response::new(pdu.event_id)))
 }
 
 fn parse_token(token: Option<&str>) -> Result<Option<u64>> {

@@ -270,8 +270,20 @@ impl Rooms {
         check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
             .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))?;
 
+        // A redaction rewrites its target with the room version's redaction algorithm, in
+        // the same batch (client-server API, "Redactions"; rooms, "Handling redactions").
+        let redacted_target = match (&pdu.kind, &event.redacts) {
+            (TimelineEventType::RoomRedaction, Some(target_id)) => {
+                self.redacted_copy(&room_id, &state, sender, target_id, &stored, &rules)?
+            }
+            _ => None,
+        };
+
         // Store everything in one batch, at the next stream position.
         let (count, touched) = self.stream.commit(|count, batch| {
+            if let Some((target_pdu_id, bytes)) = redacted_target {
+                batch.insert(&*self.pdus, target_pdu_id.to_vec(), bytes);
+            }
             let short_room_id = match &info {
                 Some(info) => info.short_room_id,
                 None => self.short.short_room_id(&room_id)?,
@@ -367,5 +379,48 @@ impl Rooms {
         self.stream
             .touch(joined.chain(touched.iter().map(|u| u.as_ref())), count);
         Ok(pdu)
+    }
+
+    /// The redacted form of `target_id` to store, if `sender` may redact it: their own event,
+    /// or anyone's with the `redact` power level. Refuses anything else.
+    fn redacted_copy(
+        &self,
+        room_id: &RoomId,
+        state: &BTreeMap<u64, u64>,
+        sender: &UserId,
+        target_id: &ruma::EventId,
+        redaction: &CanonicalJsonObject,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Result<Option<([u8; 16], Vec<u8>)>> {
+        let Some(target) = self.pdu(target_id)?.filter(|pdu| pdu.room_id() == room_id) else {
+            return Err(Error::not_found("The event to redact is not in this room."));
+        };
+        if target.sender != sender {
+            let state = std::sync::Arc::new(state.clone());
+            let level = self.power_level(room_id, &state, sender)?;
+            if level < self.required_level(&state, "redact", 50)? {
+                return Err(Error::forbidden(
+                    "You may not redact other users' events here.",
+                ));
+            }
+        }
+        let Some(target_pdu_id) = self.pdu_id_of(target_id)? else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.pdus.get(&target_pdu_id)? else {
+            return Ok(None);
+        };
+        let mut object: CanonicalJsonObject = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::internal(format!("stored PDU is not canonical JSON: {e}")))?;
+        object.remove("unsigned");
+        let because = ruma::canonical_json::RedactedBecause::from_json(redaction.clone());
+        let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, Some(because))
+            .map_err(|e| Error::internal(format!("redaction failed: {e}")))?;
+        redacted.insert(
+            "event_id".into(),
+            CanonicalJsonValue::String(target_id.to_string()),
+        );
+        let bytes = serde_json::to_vec(&redacted).map_err(|e| Error::internal(e.to_string()))?;
+        Ok(Some((target_pdu_id, bytes)))
     }
 }

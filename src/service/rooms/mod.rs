@@ -24,6 +24,7 @@ pub mod append;
 pub mod create;
 pub mod membership;
 pub mod pdu;
+pub mod power;
 pub mod short;
 pub mod state;
 #[cfg(test)]

@@ -1,0 +1,495 @@
+//! Load benchmark: starts the real `conduit` binary (release build) on 127.0.0.1 with a
+//! temporary database and measures it over HTTP, the way clients use it. Run with
+//! `cargo bench --bench load`; the results table goes to standard output (and into
+//! `docs/benchmarks.md` by hand, with the machine it ran on).
+//!
+//! Every request goes to 127.0.0.1 only, and every loop is bounded.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use reqwest::Client;
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    base: String,
+    _data: tempfile::TempDir,
+    data_path: std::path::PathBuf,
+}
+
+impl Server {
+    fn start() -> Self {
+        let data = tempfile::tempdir().expect("temporary directory");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_conduit"))
+            .env("CONDUIT_SERVER_NAME", "bench.local")
+            .env("CONDUIT_DATABASE_PATH", data.path())
+            .env("CONDUIT_ADDRESS", "127.0.0.1")
+            .env("CONDUIT_PORT", "0")
+            .env("CONDUIT_ALLOW_REGISTRATION", "true")
+            .env("CONDUIT_LOG", "warn,conduit=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start conduit");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening on ") {
+                    let _ = sender.send(line[at + 13..].trim().to_owned());
+                }
+            }
+        });
+        let base = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server started");
+        let data_path = data.path().to_owned();
+        Self {
+            child,
+            base,
+            _data: data,
+            data_path,
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        fn walk(path: &std::path::Path) -> u64 {
+            std::fs::read_dir(path)
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .map(|entry| match entry.metadata() {
+                            Ok(meta) if meta.is_dir() => walk(&entry.path()),
+                            Ok(meta) => meta.len(),
+                            Err(_) => 0,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.data_path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    http: Client,
+    base: String,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Value {
+        let mut request = self
+            .http
+            .request(method, format!("{}/_matrix/client/v3{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let json: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {json}");
+        json
+    }
+
+    async fn register(&self, name: &str) -> String {
+        let body = json!({ "username": name, "password": "bench password", "auth": { "type": "m.login.dummy" } });
+        let json = self
+            .call(reqwest::Method::POST, "/register", None, Some(body))
+            .await;
+        json["access_token"].as_str().unwrap().to_owned()
+    }
+
+    async fn create_room(&self, token: &str, body: Value) -> String {
+        let json = self
+            .call(
+                reqwest::Method::POST,
+                "/createRoom",
+                Some(token),
+                Some(body),
+            )
+            .await;
+        json["room_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn join(&self, token: &str, room: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(token),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn send(&self, token: &str, room: &str, txn: &str, body: &str) -> String {
+        let path = format!("/rooms/{room}/send/m.room.message/{txn}");
+        let json = self
+            .call(
+                reqwest::Method::PUT,
+                &path,
+                Some(token),
+                Some(json!({ "msgtype": "m.text", "body": body })),
+            )
+            .await;
+        json["event_id"].as_str().unwrap().to_owned()
+    }
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index]
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
+}
+
+struct Row {
+    what: String,
+    target: String,
+    measured: String,
+    met: bool,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let server = Server::start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = server.rss_kib();
+    let api = Api {
+        http: Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap(),
+        base: server.base.clone(),
+    };
+    let mut rows = Vec::new();
+
+    // Users: 20 senders and 20 receivers, plus one for the big initial sync.
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for n in 0..20 {
+        senders.push(api.register(&format!("sender{n}")).await);
+        receivers.push(api.register(&format!("receiver{n}")).await);
+    }
+    let heavy = api.register("heavy").await;
+
+    // 1. createRoom throughput (4 concurrent clients, 50 rooms each).
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for token in senders.iter().take(4) {
+        let (api, token) = (api.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                api.create_room(&token, json!({ "name": "bench" })).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let rooms_per_second = 200.0 / started.elapsed().as_secs_f64();
+    rows.push(Row {
+        what: "createRoom".into(),
+        target: ">= 120 rooms/s".into(),
+        measured: format!("{rooms_per_second:.0} rooms/s"),
+        met: rooms_per_second >= 120.0,
+    });
+
+    // 2. 20 users in one room, each sending 50 messages concurrently.
+    let room = api
+        .create_room(&senders[0], json!({ "preset": "public_chat" }))
+        .await;
+    for token in senders.iter().skip(1).chain(&receivers) {
+        api.join(token, &room).await;
+    }
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (n, token) in senders.iter().enumerate() {
+        let (api, token, room, latencies) = (
+            api.clone(),
+            token.clone(),
+            room.clone(),
+            Arc::clone(&latencies),
+        );
+        tasks.push(tokio::spawn(async move {
+            for m in 0..50 {
+                let sent = Instant::now();
+                api.send(&token, &room, &format!("burst-{n}-{m}"), "burst")
+                    .await;
+                latencies.lock().unwrap().push(sent.elapsed());
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let rate = 1000.0 / started.elapsed().as_secs_f64();
+    let mut latencies = latencies.lock().unwrap().clone();
+    let p99 = percentile(&mut latencies, 0.99);
+    rows.push(Row {
+        what: "send, 20 users x 50 messages, concurrent".into(),
+        target: ">= 400 msg/s".into(),
+        measured: format!("{rate:.0} msg/s"),
+        met: rate >= 400.0,
+    });
+    rows.push(Row {
+        what: "send latency p99 (same run)".into(),
+        target: "< 80 ms".into(),
+        measured: ms(p99),
+        met: p99 < Duration::from_millis(80),
+    });
+
+    // 3. 20 receivers long-polling /sync while one sender sends 20 messages per second.
+    let arrivals: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pollers = Vec::new();
+    for token in &receivers {
+        let (api, token, room, arrivals, stop) = (
+            api.clone(),
+            token.clone(),
+            room.clone(),
+            Arc::clone(&arrivals),
+            Arc::clone(&stop),
+        );
+        pollers.push(tokio::spawn(async move {
+            let first = api
+                .call(reqwest::Method::GET, "/sync?timeout=0", Some(&token), None)
+                .await;
+            let mut since = first["next_batch"].as_str().unwrap().to_owned();
+            for _ in 0..10_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let path = format!("/sync?since={since}&timeout=2000");
+                let response = api
+                    .call(reqwest::Method::GET, &path, Some(&token), None)
+                    .await;
+                let now = Instant::now();
+                if let Some(events) =
+                    response["rooms"]["join"][&room]["timeline"]["events"].as_array()
+                {
+                    let mut map = arrivals.lock().unwrap();
+                    for event in events {
+                        if let Some(id) = event["event_id"].as_str() {
+                            map.entry(id.to_owned()).or_default().push(now);
+                        }
+                    }
+                }
+                since = response["next_batch"].as_str().unwrap().to_owned();
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sent_at = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    for n in 0..200 {
+        ticker.tick().await;
+        let event_id = api
+            .send(&senders[1], &room, &format!("paced-{n}"), "paced")
+            .await;
+        sent_at.push((event_id, Instant::now()));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for poller in pollers {
+        poller.await.unwrap();
+    }
+    let arrivals = std::mem::take(&mut *arrivals.lock().unwrap());
+    let mut delivery = Vec::new();
+    let mut missing = 0;
+    for (event_id, acknowledged) in &sent_at {
+        match arrivals.get(event_id) {
+            Some(times) if times.len() == receivers.len() => {
+                let last = times.iter().max().unwrap();
+                delivery.push(last.saturating_duration_since(*acknowledged));
+            }
+            _ => missing += 1,
+        }
+    }
+    let p99 = percentile(&mut delivery, 0.99);
+    rows.push(Row {
+        what: format!("sync delivery to all 20 receivers, p99 (missing: {missing})"),
+        target: "< 3 ms".into(),
+        measured: ms(p99),
+        met: p99 < Duration::from_millis(3) && missing == 0,
+    });
+
+    // 4. Initial sync for a user in 50 rooms with 100 events each; empty incremental sync.
+    for r in 0..50 {
+        let room = api
+            .create_room(&heavy, json!({ "name": format!("room {r}") }))
+            .await;
+        let mut tasks = Vec::new();
+        for chunk in 0..4 {
+            let (api, token, room) = (api.clone(), heavy.clone(), room.clone());
+            tasks.push(tokio::spawn(async move {
+                for m in 0..23 {
+                    api.send(&token, &room, &format!("fill-{chunk}-{m}"), "fill")
+                        .await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+    let mut initial = Vec::new();
+    let mut rooms_seen = 0;
+    let mut next_batch = String::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let response = api
+            .call(reqwest::Method::GET, "/sync", Some(&heavy), None)
+            .await;
+        initial.push(started.elapsed());
+        rooms_seen = response["rooms"]["join"]
+            .as_object()
+            .map_or(0, |rooms| rooms.len());
+        next_batch = response["next_batch"].as_str().unwrap().to_owned();
+    }
+    let p50 = percentile(&mut initial, 0.5);
+    rows.push(Row {
+        what: format!("initial sync, 50 rooms x 100 events, p50 ({rooms_seen} rooms returned)"),
+        target: "< 50 ms, all rooms".into(),
+        measured: ms(p50),
+        met: p50 < Duration::from_millis(50) && rooms_seen == 50,
+    });
+    let mut incremental = Vec::new();
+    for _ in 0..300 {
+        let started = Instant::now();
+        api.call(
+            reqwest::Method::GET,
+            &format!("/sync?since={next_batch}&timeout=0"),
+            Some(&heavy),
+            None,
+        )
+        .await;
+        incremental.push(started.elapsed());
+    }
+    let p50 = percentile(&mut incremental, 0.5);
+    rows.push(Row {
+        what: "incremental sync, nothing new, p50".into(),
+        target: "< 1.5 ms".into(),
+        measured: ms(p50),
+        met: p50 < Duration::from_micros(1500),
+    });
+
+    // 5. /messages backward pagination (limit 50) over a 2,000-event room.
+    let big = api
+        .create_room(&senders[2], json!({ "name": "archive" }))
+        .await;
+    let mut tasks = Vec::new();
+    for chunk in 0..4 {
+        let (api, token, room) = (api.clone(), senders[2].clone(), big.clone());
+        tasks.push(tokio::spawn(async move {
+            for m in 0..500 {
+                api.send(&token, &room, &format!("archive-{chunk}-{m}"), "archived")
+                    .await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let started = Instant::now();
+    let mut pages = 0u32;
+    for _ in 0..25 {
+        let mut from: Option<String> = None;
+        for _ in 0..60 {
+            let path = match &from {
+                Some(from) => format!("/rooms/{big}/messages?dir=b&limit=50&from={from}"),
+                None => format!("/rooms/{big}/messages?dir=b&limit=50"),
+            };
+            let page = api
+                .call(reqwest::Method::GET, &path, Some(&senders[2]), None)
+                .await;
+            pages += 1;
+            match page["end"].as_str() {
+                Some(end) => from = Some(end.to_owned()),
+                None => break,
+            }
+        }
+    }
+    let pages_per_second = f64::from(pages) / started.elapsed().as_secs_f64();
+    rows.push(Row {
+        what: "/messages backwards, limit 50, 2,000-event room".into(),
+        target: ">= 1,000 pages/s".into(),
+        measured: format!("{pages_per_second:.0} pages/s"),
+        met: pages_per_second >= 1000.0,
+    });
+
+    // Memory and disk.
+    let end_rss = server.rss_kib();
+    rows.push(Row {
+        what: "resident memory right after start".into(),
+        target: "< 15 MB".into(),
+        measured: format!("{:.1} MB", idle_rss as f64 / 1024.0),
+        met: idle_rss < 15 * 1024,
+    });
+    rows.push(Row {
+        what: "resident memory after all runs".into(),
+        target: "< 50 MB".into(),
+        measured: format!("{:.1} MB", end_rss as f64 / 1024.0),
+        met: end_rss < 50 * 1024,
+    });
+    let disk = server.disk_bytes();
+    rows.push(Row {
+        what: "database on disk (about 10,000 events)".into(),
+        target: "< 50 MB".into(),
+        measured: format!("{:.1} MB", disk as f64 / 1_048_576.0),
+        met: disk < 50 * 1_048_576,
+    });
+
+    println!("| What | Target | Measured | Met |");
+    println!("|---|---|---|---|");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            row.what,
+            row.target,
+            row.measured,
+            if row.met { "yes" } else { "**no**" }
+        );
+    }
+}
