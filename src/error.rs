@@ -58,6 +58,11 @@ impl Error {
         }
     }
 
+    /// 400 with `kind`, for errcodes whose usual status is another (e.g. `M_UNKNOWN`).
+    pub fn bad_request(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::with_status(StatusCode::BAD_REQUEST, kind, message)
+    }
+
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Forbidden, message)
     }

@@ -27,8 +27,8 @@ use tower_http::{
 
 use self::{
     client::{
-        account, account_data, alias, device, discovery, membership, message, profile, push,
-        receipt, room, session, state, sync,
+        account, account_data, alias, device, directory, discovery, membership, message, profile,
+        push, receipt, room, session, state, sync,
     },
     ruma::RouterExt,
 };
@@ -87,6 +87,7 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(message::send_message_event)
         .ruma_route(message::get_message_events)
         .ruma_route(message::redact_event)
+        .ruma_route(message::get_context)
         .ruma_route(state::send_state_event)
         .ruma_route(state::get_state_events)
         .ruma_route(state::get_state_event_for_key)
@@ -94,6 +95,11 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(alias::get_alias)
         .ruma_route(alias::delete_alias)
         .ruma_route(sync::sync_events)
+        .ruma_route(directory::get_public_rooms)
+        .ruma_route(directory::get_public_rooms_filtered)
+        .ruma_route(directory::get_room_visibility)
+        .ruma_route(directory::set_room_visibility)
+        .ruma_route(directory::search_users)
         // Per-user client state
         .ruma_route(account_data::set_global_account_data)
         .ruma_route(account_data::get_global_account_data)

@@ -1,7 +1,7 @@
 //! `/sync` (client-server API, "Syncing"): what changed for a user since a token.
 //!
-//! Tokens are stream positions (see `Rooms::position`): `since = T` asks for everything with
-//! a count from `T` on, and `next_batch` is the position after the newest stored event. When
+//! Tokens are stream positions (see `Stream::position`): `since = T` asks for everything
+//! from position `T` on, and `next_batch` is one past the current stream position. When
 //! the notifier shows nothing has concerned the user since `T`, the answer is built without
 //! reading a single room. A long-poll waits on the notifier, armed before the check, so an
 //! event arriving in between still wakes it.

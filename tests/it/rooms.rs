@@ -715,3 +715,166 @@ async fn redactions_strip_content_and_need_power_for_others_events() {
         .await;
     assert_eq!(event["content"], json!({}));
 }
+
+#[tokio::test]
+async fn directory_user_search_context_and_profile_propagation() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+    let carol = User::new(&server, "carol").await;
+
+    // Public rooms are listed (and searchable); private ones are not.
+    let public = alice
+        .create_room(
+            json!({ "visibility": "public", "name": "Makerspace", "topic": "3D printers" }),
+        )
+        .await;
+    let private = alice.create_room(json!({ "name": "Board" })).await;
+    let (status, listing) = bob.call(Method::GET, "/publicRooms", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<_> = listing["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room_id"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!(public)]);
+    assert_eq!(listing["chunk"][0]["name"], "Makerspace");
+    let search = json!({ "filter": { "generic_search_term": "printer" } });
+    let (_, found) = bob.call(Method::POST, "/publicRooms", Some(search)).await;
+    assert_eq!(found["chunk"].as_array().unwrap().len(), 1);
+    let (_, none) = bob
+        .call(
+            Method::POST,
+            "/publicRooms",
+            Some(json!({ "filter": { "generic_search_term": "knitting" } })),
+        )
+        .await;
+    assert!(none["chunk"].as_array().unwrap().is_empty());
+    let (_, visibility) = bob
+        .call(
+            Method::GET,
+            &format!("/directory/list/room/{private}"),
+            None,
+        )
+        .await;
+    assert_eq!(visibility["visibility"], "private");
+    // Only someone with enough power may publish a room.
+    assert_error(
+        &bob.call(
+            Method::PUT,
+            &format!("/directory/list/room/{private}"),
+            Some(json!({ "visibility": "public" })),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_eq!(
+        alice
+            .call(
+                Method::PUT,
+                &format!("/directory/list/room/{private}"),
+                Some(json!({ "visibility": "public" }))
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, listing) = bob.call(Method::GET, "/publicRooms?limit=1", None).await;
+    assert_eq!(listing["chunk"].as_array().unwrap().len(), 1);
+    assert!(listing["next_batch"].is_string(), "pagination: {listing}");
+
+    // User directory: people in public rooms or sharing a room are found by name.
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{public}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let name = json!({ "displayname": "Bob the Builder" });
+    assert_eq!(
+        bob.call(
+            Method::PUT,
+            "/profile/@bob:localhost/displayname",
+            Some(name)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, results) = carol
+        .call(
+            Method::POST,
+            "/user_directory/search",
+            Some(json!({ "search_term": "builder" })),
+        )
+        .await;
+    assert_eq!(
+        results["results"][0]["user_id"], "@bob:localhost",
+        "{results}"
+    );
+    assert_eq!(results["results"][0]["display_name"], "Bob the Builder");
+
+    // The new name reached bob's member event in the room.
+    let (_, member) = alice
+        .call(
+            Method::GET,
+            &format!("/rooms/{public}/state/m.room.member/@bob:localhost"),
+            None,
+        )
+        .await;
+    assert_eq!(member["displayname"], "Bob the Builder");
+    assert_eq!(member["membership"], "join");
+
+    // Context around an event.
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        let (_, sent) = alice.say(&public, &format!("line {n}")).await;
+        ids.push(sent["event_id"].as_str().unwrap().to_owned());
+    }
+    let (status, context) = bob
+        .call(
+            Method::GET,
+            &format!("/rooms/{public}/context/{}?limit=4", ids[3]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    assert_eq!(context["event"]["content"]["body"], "line 3");
+    let before: Vec<_> = context["events_before"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].clone())
+        .collect();
+    let after: Vec<_> = context["events_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].clone())
+        .collect();
+    assert_eq!(before, vec![json!("line 2"), json!("line 1")]);
+    assert_eq!(after, vec![json!("line 4"), json!("line 5")]);
+    assert!(
+        context["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create")
+    );
+    // Paging on from the context's end token continues after the window.
+    let end = context["end"].as_str().unwrap();
+    let (_, next) = bob
+        .call(
+            Method::GET,
+            &format!("/rooms/{public}/messages?dir=f&from={end}&limit=5"),
+            None,
+        )
+        .await;
+    assert_eq!(next["chunk"][0]["content"]["body"], "line 6");
+}

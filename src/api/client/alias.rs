@@ -24,11 +24,11 @@ pub async fn create_alias(
     }
     services.rooms.existing(&body.room_id)?;
     require_joined(&services, &body.room_id, sender)?;
-    if services
+    if !services
         .rooms
         .aliases
-        .resolve_local(&body.room_alias)?
-        .is_some()
+        .create(&body.room_alias, &body.room_id, sender)
+        .await?
     {
         // Spec: 409 when the alias exists.
         return Err(Error::with_status(
@@ -37,11 +37,6 @@ pub async fn create_alias(
             "The alias already exists.",
         ));
     }
-    services
-        .rooms
-        .aliases
-        .set(&body.room_alias, &body.room_id, sender)?;
-    services.db.persist().await?;
     Ok(RumaResponse(create_alias::v3::Response::new()))
 }
 
@@ -83,7 +78,6 @@ pub async fn delete_alias(
             "Only the alias's creator or a server admin may delete it.",
         ));
     }
-    services.rooms.aliases.remove(alias, &room_id)?;
-    services.db.persist().await?;
+    services.rooms.aliases.remove(alias, &room_id).await?;
     Ok(RumaResponse(delete_alias::v3::Response::new()))
 }

@@ -12,6 +12,7 @@ use ruma::{
     api::{
         Direction,
         client::{
+            context::get_context,
             filter::RoomEventFilter,
             message::{get_message_events, send_message_event},
             redact::redact_event,
@@ -214,6 +215,70 @@ pub async fn get_message_events(
     response.start = from.to_string();
     response.end = end;
     response.chunk = events.iter().map(|(_, pdu)| pdu.to_room_event()).collect();
+    response.state = state;
+    Ok(RumaResponse(response))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`: the event, up to `limit`
+/// events around it (half before, half after), and the state before it.
+pub async fn get_context(
+    State(services): State<Arc<Services>>,
+    request: Ruma<get_context::v3::Request>,
+) -> Result<RumaResponse<get_context::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    require_joined(&services, &body.room_id, sender)?;
+    let rooms = &services.rooms;
+    let info = rooms.existing(&body.room_id)?;
+    let event = rooms
+        .pdu(&body.event_id)?
+        .filter(|pdu| pdu.room_id() == body.room_id)
+        .ok_or_else(|| Error::not_found("Event not found."))?;
+    let count = rooms
+        .count_of(&body.event_id)?
+        .ok_or_else(|| Error::not_found("Event not found."))?;
+    let limit = usize::try_from(body.limit).unwrap_or(10).min(MAX_LIMIT);
+    let before_limit = limit / 2;
+    let after_limit = limit - before_limit;
+    let before = rooms.events_before(&info, count, before_limit)?;
+    let after = rooms.events_from(&info, count + 1, after_limit)?;
+
+    let mut state = Vec::new();
+    if let Some((before_hash, after_hash)) = rooms.state_hashes(&body.event_id)? {
+        let hash = before_hash.unwrap_or(after_hash);
+        let lazy = !body.filter.lazy_load_options.is_disabled();
+        let senders: BTreeSet<&ruma::UserId> = before
+            .iter()
+            .chain(&after)
+            .map(|(_, pdu)| &*pdu.sender)
+            .chain([&*event.sender])
+            .collect();
+        for pdu in rooms.state_events(&rooms.state.load(hash)?)? {
+            let member_of_other = pdu.kind.to_string() == "m.room.member"
+                && pdu
+                    .state_key
+                    .as_deref()
+                    .is_some_and(|key| !senders.iter().any(|s| s.as_str() == key));
+            if lazy && member_of_other {
+                continue;
+            }
+            state.push(pdu.to_state_event());
+        }
+    }
+    let mut response = get_context::v3::Response::new();
+    response.start = Some(before.last().map_or(count, |(c, _)| *c).to_string());
+    response.end = Some(after.last().map_or(count + 1, |(c, _)| c + 1).to_string());
+    response.events_before = before
+        .iter()
+        .filter(|(_, pdu)| passes(&body.filter, pdu))
+        .map(|(_, pdu)| pdu.to_room_event())
+        .collect();
+    response.event = Some(event.to_room_event());
+    response.events_after = after
+        .iter()
+        .filter(|(_, pdu)| passes(&body.filter, pdu))
+        .map(|(_, pdu)| pdu.to_room_event())
+        .collect();
     response.state = state;
     Ok(RumaResponse(response))
 }

@@ -65,6 +65,7 @@ pub async fn set_profile_field(
         .users
         .set_profile_field(sender, field.as_str(), Some(value))
         .await?;
+    propagate(&services, sender, field.as_str()).await?;
     Ok(RumaResponse(set_profile_field::v3::Response::new()))
 }
 
@@ -81,5 +82,18 @@ pub async fn delete_profile_field(
         .users
         .set_profile_field(sender, request.body.field.as_str(), None)
         .await?;
+    propagate(&services, sender, request.body.field.as_str()).await?;
     Ok(RumaResponse(delete_profile_field::v3::Response::new()))
+}
+
+/// Name and avatar changes reach the user's member events in every joined room.
+async fn propagate(services: &Services, user_id: &ruma::UserId, field: &str) -> Result<()> {
+    if field == "displayname" || field == "avatar_url" {
+        let profile = super::room::member_profile(services, user_id)?;
+        services
+            .rooms
+            .update_member_profile(user_id, &profile)
+            .await?;
+    }
+    Ok(())
 }

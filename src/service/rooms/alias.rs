@@ -17,6 +17,8 @@ use crate::{
 
 pub struct Aliases {
     db: Db,
+    /// Makes "is it free?" + "take it" atomic.
+    claim_lock: std::sync::Mutex<()>,
     alias_room: Arc<dyn Tree>,
     room_alias: Arc<dyn Tree>,
     public: Arc<dyn Tree>,
@@ -26,6 +28,7 @@ impl Aliases {
     pub fn new(db: &Db) -> Result<Self> {
         Ok(Self {
             db: db.clone(),
+            claim_lock: std::sync::Mutex::new(()),
             alias_room: db.tree("alias_roomid")?,
             room_alias: db.tree("roomid_alias")?,
             public: db.tree("publicroomid")?,
@@ -38,8 +41,13 @@ impl Aliases {
         }))
     }
 
-    /// Points `alias` at `room_id` (the caller checks it is free); not yet persisted.
-    pub fn set(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+    /// Points `alias` at `room_id` if it is free (atomically); false if it is taken. Not yet
+    /// persisted: see [`Aliases::create`].
+    pub fn claim(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<bool> {
+        let _guard = self.claim_lock.lock().expect("alias lock");
+        if self.resolve_local(alias)?.is_some() {
+            return Ok(false);
+        }
         let mut batch = Batch::new();
         batch.insert(
             &*self.alias_room,
@@ -51,7 +59,20 @@ impl Aliases {
             pair_key(room_id.as_str(), alias.as_str()),
             creator.as_bytes().to_vec(),
         );
-        Ok(self.db.apply(&batch)?)
+        self.db.apply(&batch)?;
+        Ok(true)
+    }
+
+    /// [`Aliases::claim`], durably.
+    pub async fn create(
+        &self,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+        creator: &UserId,
+    ) -> Result<bool> {
+        let claimed = self.claim(alias, room_id, creator)?;
+        self.db.persist().await?;
+        Ok(claimed)
     }
 
     /// Who created `alias` (they may delete it), if it exists.
@@ -69,14 +90,17 @@ impl Aliases {
         Ok(Some((room_id, creator)))
     }
 
-    pub fn remove(&self, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
+    /// Removes an alias, durably.
+    pub async fn remove(&self, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
         let mut batch = Batch::new();
         batch.remove(&*self.alias_room, alias.as_bytes().to_vec());
         batch.remove(
             &*self.room_alias,
             pair_key(room_id.as_str(), alias.as_str()),
         );
-        Ok(self.db.apply(&batch)?)
+        self.db.apply(&batch)?;
+        self.db.persist().await?;
+        Ok(())
     }
 
     /// The local aliases of a room.
@@ -94,12 +118,14 @@ impl Aliases {
             .collect()
     }
 
-    pub fn set_public(&self, room_id: &RoomId, public: bool) -> Result<()> {
+    /// Lists (or unlists) a room in the public directory, durably.
+    pub async fn set_public(&self, room_id: &RoomId, public: bool) -> Result<()> {
         if public {
             self.public.insert(room_id.as_bytes(), &[])?;
         } else {
             self.public.remove(room_id.as_bytes())?;
         }
+        self.db.persist().await?;
         Ok(())
     }
 

@@ -155,6 +155,16 @@ impl Rooms {
             )?;
             (room_id, guard)
         };
+        // Take the alias now that the room id is known; the check at the top only catches
+        // the common case early.
+        if let Some(alias) = &options.alias
+            && !self.aliases.claim(alias, &room_id, creator)?
+        {
+            return Err(Error::new(
+                ErrorKind::RoomInUse,
+                "The room alias is already taken.",
+            ));
+        }
         let send = |event: NewEvent| -> Result<()> {
             let info = self.existing(&room_id)?;
             self.append_locked(
@@ -243,13 +253,10 @@ impl Rooms {
             send(NewEvent::state("m.room.member", invitee.as_str(), content))?;
         }
 
-        if let Some(alias) = &options.alias {
-            self.aliases.set(alias, &room_id, creator)?;
-        }
-        if options.publish {
-            self.aliases.set_public(&room_id, true)?;
-        }
         drop(_guard);
+        if options.publish {
+            self.aliases.set_public(&room_id, true).await?;
+        }
         self.db.persist().await?;
         Ok(room_id)
     }

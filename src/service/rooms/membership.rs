@@ -170,4 +170,23 @@ impl Rooms {
         )
         .await
     }
+
+    /// Re-sends `user_id`'s member event with `profile` in every room they are joined to
+    /// (a display name or avatar change). A room that refuses is logged and skipped.
+    pub async fn update_member_profile(
+        &self,
+        user_id: &UserId,
+        profile: &MemberProfile,
+    ) -> Result<()> {
+        for (room_id, entry) in self.rooms_of(user_id)? {
+            if entry.membership != MembershipState::Join {
+                continue;
+            }
+            let event = Self::member_event(user_id, profile.content("join", None, false));
+            if let Err(error) = self.send(&room_id, user_id, event, None).await {
+                tracing::warn!(%room_id, %user_id, %error, "could not update a member event");
+            }
+        }
+        Ok(())
+    }
 }

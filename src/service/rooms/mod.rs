@@ -387,8 +387,7 @@ impl Rooms {
         match self.membership(room_id, user_id)? {
             Some(MembershipState::Leave | MembershipState::Ban) | None => {}
             Some(_) => {
-                return Err(Error::with_status(
-                    http::StatusCode::BAD_REQUEST,
+                return Err(Error::bad_request(
                     ruma::api::error::ErrorKind::Unknown,
                     "You are still in the room; leave it first.",
                 ));
