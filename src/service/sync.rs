@@ -170,6 +170,15 @@ fn joined_room(
     let limited = events.len() > limit;
     events.truncate(limit);
     events.reverse();
+    // History visibility: e.g. with `joined`, nothing from before the user joined.
+    let mut visibility = rooms.visibility(room_id, request.user_id)?;
+    let mut seen = Vec::with_capacity(events.len());
+    for (count, pdu) in events {
+        if visibility.can_see(count, &pdu)? {
+            seen.push((count, pdu));
+        }
+    }
+    let events = seen;
 
     // `state` is the state at the start of the timeline, as a delta from what the client
     // already has at `since` (everything, if it has nothing or just joined).

@@ -879,3 +879,173 @@ async fn directory_user_search_context_and_profile_propagation() {
         .await;
     assert_eq!(next["chunk"][0]["content"]["body"], "line 6");
 }
+
+#[tokio::test]
+async fn history_visibility_is_enforced() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+    let carol = User::new(&server, "carol").await;
+    let bodies = |page: &Value| -> Vec<String> {
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect()
+    };
+
+    // `joined`: nothing from before one joined.
+    let joined_only = alice
+        .create_room(json!({ "preset": "public_chat", "initial_state": [
+            { "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "joined" } }
+        ] }))
+        .await;
+    let (_, secret) = alice.say(&joined_only, "said before bob came").await;
+    let secret = secret["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{joined_only}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    alice.say(&joined_only, "said after bob came").await;
+    let (_, page) = bob
+        .call(
+            Method::GET,
+            &format!("/rooms/{joined_only}/messages?dir=b&limit=50"),
+            None,
+        )
+        .await;
+    assert_eq!(bodies(&page), vec!["said after bob came".to_owned()]);
+    assert_error(
+        &bob.call(
+            Method::GET,
+            &format!("/rooms/{joined_only}/event/{secret}"),
+            None,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    let (_, sync) = bob.call(Method::GET, "/sync", None).await;
+    assert!(
+        !sync.to_string().contains("said before bob came"),
+        "sync leaks history: {sync}"
+    );
+    assert!(sync.to_string().contains("said after bob came"));
+
+    // `shared` (the default): everything, for members; after leaving, nothing new.
+    let shared = alice.create_room(json!({ "preset": "public_chat" })).await;
+    alice.say(&shared, "old news").await;
+    assert_eq!(
+        carol
+            .call(
+                Method::POST,
+                &format!("/rooms/{shared}/join"),
+                Some(json!({}))
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, page) = carol
+        .call(
+            Method::GET,
+            &format!("/rooms/{shared}/messages?dir=b&limit=50"),
+            None,
+        )
+        .await;
+    assert_eq!(bodies(&page), vec!["old news".to_owned()]);
+    assert_eq!(
+        carol
+            .call(
+                Method::POST,
+                &format!("/rooms/{shared}/leave"),
+                Some(json!({}))
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+    alice.say(&shared, "after carol left").await;
+    let (status, page) = carol
+        .call(
+            Method::GET,
+            &format!("/rooms/{shared}/messages?dir=b&limit=50"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a former member may read what they could see: {page}"
+    );
+    assert_eq!(bodies(&page), vec!["old news".to_owned()]);
+    // Someone who was never in it may not read it.
+    assert_error(
+        &bob.call(
+            Method::GET,
+            &format!("/rooms/{shared}/messages?dir=b"),
+            None,
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+
+    // `world_readable`: anyone may read.
+    let open = alice
+        .create_room(json!({ "preset": "public_chat", "initial_state": [
+            { "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "world_readable" } }
+        ] }))
+        .await;
+    alice.say(&open, "hello world").await;
+    let (status, page) = bob
+        .call(
+            Method::GET,
+            &format!("/rooms/{open}/messages?dir=b&limit=50"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bodies(&page), vec!["hello world".to_owned()]);
+
+    // `invited`: from the invite on.
+    let invited = alice
+        .create_room(json!({ "initial_state": [
+            { "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "invited" } }
+        ] }))
+        .await;
+    alice.say(&invited, "before the invite").await;
+    alice
+        .call(
+            Method::POST,
+            &format!("/rooms/{invited}/invite"),
+            Some(json!({ "user_id": "@bob:localhost" })),
+        )
+        .await;
+    alice.say(&invited, "while invited").await;
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{invited}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, page) = bob
+        .call(
+            Method::GET,
+            &format!("/rooms/{invited}/messages?dir=b&limit=50"),
+            None,
+        )
+        .await;
+    assert_eq!(bodies(&page), vec!["while invited".to_owned()]);
+}

@@ -22,7 +22,7 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::room::require_joined;
+use super::room::{reader, require_joined};
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
@@ -107,6 +107,20 @@ pub async fn redact_event(
     Ok(RumaResponse(redact_event::v3::Response::new(pdu.event_id)))
 }
 
+/// The events of a page the user may see (history visibility).
+fn visible(
+    visibility: &mut crate::service::rooms::visibility::Visibility<'_>,
+    events: Vec<(u64, Pdu)>,
+) -> Result<Vec<(u64, Pdu)>> {
+    let mut out = Vec::with_capacity(events.len());
+    for (count, pdu) in events {
+        if visibility.can_see(count, &pdu)? {
+            out.push((count, pdu));
+        }
+    }
+    Ok(out)
+}
+
 fn parse_token(token: Option<&str>) -> Result<Option<u64>> {
     token
         .map(|token| {
@@ -150,7 +164,7 @@ pub async fn get_message_events(
 ) -> Result<RumaResponse<get_message_events::v3::Response>> {
     let (sender, _) = request.sender()?;
     let body = &request.body;
-    require_joined(&services, &body.room_id, sender)?;
+    let mut visibility = reader(&services, &body.room_id, sender)?;
     let info = services.rooms.existing(&body.room_id)?;
     let limit = usize::try_from(body.limit)
         .unwrap_or(MAX_LIMIT)
@@ -194,6 +208,7 @@ pub async fn get_message_events(
         end
     };
     events.retain(|(_, pdu)| passes(filter, pdu));
+    let events = visible(&mut visibility, events)?;
 
     // Lazy-loaded members: the member events of the senders on this page.
     let mut state = Vec::new();
@@ -227,7 +242,7 @@ pub async fn get_context(
 ) -> Result<RumaResponse<get_context::v3::Response>> {
     let (sender, _) = request.sender()?;
     let body = &request.body;
-    require_joined(&services, &body.room_id, sender)?;
+    let mut visibility = reader(&services, &body.room_id, sender)?;
     let rooms = &services.rooms;
     let info = rooms.existing(&body.room_id)?;
     let event = rooms
@@ -237,11 +252,20 @@ pub async fn get_context(
     let count = rooms
         .count_of(&body.event_id)?
         .ok_or_else(|| Error::not_found("Event not found."))?;
+    if !visibility.can_see(count, &event)? {
+        return Err(Error::not_found("Event not found."));
+    }
     let limit = usize::try_from(body.limit).unwrap_or(10).min(MAX_LIMIT);
     let before_limit = limit / 2;
     let after_limit = limit - before_limit;
-    let before = rooms.events_before(&info, count, before_limit)?;
-    let after = rooms.events_from(&info, count + 1, after_limit)?;
+    let before = visible(
+        &mut visibility,
+        rooms.events_before(&info, count, before_limit)?,
+    )?;
+    let after = visible(
+        &mut visibility,
+        rooms.events_from(&info, count + 1, after_limit)?,
+    )?;
 
     let mut state = Vec::new();
     if let Some((before_hash, after_hash)) = rooms.state_hashes(&body.event_id)? {

@@ -46,6 +46,21 @@ pub fn member_profile(services: &Services, user_id: &UserId) -> Result<MemberPro
     })
 }
 
+/// A history-visibility checker for `user_id`, or 403 if they may not read the room at all
+/// (never a member, and not world-readable).
+pub fn reader<'a>(
+    services: &'a Services,
+    room_id: &RoomId,
+    user_id: &'a UserId,
+) -> Result<crate::service::rooms::visibility::Visibility<'a>> {
+    let mut visibility = services.rooms.visibility(room_id, user_id)?;
+    if visibility.may_enter(room_id)? {
+        Ok(visibility)
+    } else {
+        Err(Error::forbidden("You are not a member of this room."))
+    }
+}
+
 /// Refuses unless `user_id` is joined to the room. History visibility (`shared`,
 /// `world_readable`, …) is not applied yet: only current members may read.
 pub fn require_joined(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<()> {
@@ -156,12 +171,17 @@ pub async fn get_room_event(
 ) -> Result<RumaResponse<get_room_event::v3::Response>> {
     let (sender, _) = request.sender()?;
     let body = &request.body;
-    require_joined(&services, &body.room_id, sender)?;
+    let mut visibility = reader(&services, &body.room_id, sender)?;
     let pdu = services
         .rooms
         .pdu(&body.event_id)?
         .filter(|pdu| pdu.room_id() == body.room_id)
         .ok_or_else(|| Error::not_found("Event not found."))?;
+    // Spec: an event the user may not see is "not found".
+    let count = services.rooms.count_of(&body.event_id)?.unwrap_or(0);
+    if !visibility.can_see(count, &pdu)? {
+        return Err(Error::not_found("Event not found."));
+    }
     Ok(RumaResponse(get_room_event::v3::Response::new(
         pdu.to_room_event(),
     )))

@@ -29,6 +29,7 @@ pub mod short;
 pub mod state;
 #[cfg(test)]
 mod tests;
+pub mod visibility;
 
 use std::{
     collections::hash_map::DefaultHasher,

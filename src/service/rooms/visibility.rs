@@ -1,0 +1,145 @@
+//! History visibility (client-server API, "Room History Visibility", server behaviour):
+//! whether a user may see an event, decided by the room's state *at that event*.
+//!
+//! 1. `world_readable` at the event: allow.
+//! 2. The user's membership at the event was `join`: allow.
+//! 3. `shared`, and the user joined at any point after the event: allow.
+//! 4. Membership `invite` and `invited`: allow.
+//! 5. Otherwise deny.
+//!
+//! For `m.room.history_visibility` events and the user's own member events, the state
+//! before *or* after the event may allow it.
+//!
+//! One check walks a page of events; the facts per state hash are memoised, and events that
+//! change no state share their state hash, so a page costs a few state lookups.
+
+use std::collections::HashMap;
+
+use ruma::{
+    RoomId, UserId,
+    events::{StateEventType, TimelineEventType, room::member::MembershipState},
+};
+
+use super::{Rooms, pdu::Pdu, state::StateHash};
+use crate::Result;
+
+/// History visibility and the user's membership in one state.
+#[derive(Clone)]
+struct Facts {
+    visibility: String,
+    membership: Option<String>,
+}
+
+pub struct Visibility<'a> {
+    rooms: &'a Rooms,
+    user_id: &'a UserId,
+    /// Events before this count are covered by rule 3 (`shared`): the user is joined now
+    /// (`u64::MAX`), or was until they left at this count; 0 if they never joined.
+    joined_until: u64,
+    memo: HashMap<StateHash, Facts>,
+}
+
+impl Rooms {
+    /// A visibility checker for `user_id` in `room_id`.
+    pub fn visibility<'a>(
+        &'a self,
+        room_id: &RoomId,
+        user_id: &'a UserId,
+    ) -> Result<Visibility<'a>> {
+        let joined_until = match self.membership(room_id, user_id)? {
+            Some(MembershipState::Join) => u64::MAX,
+            Some(MembershipState::Leave | MembershipState::Ban) => {
+                // They count as having joined if their leaving event ended a join.
+                let left = self.current_state_event(
+                    room_id,
+                    &StateEventType::RoomMember,
+                    user_id.as_str(),
+                )?;
+                match left {
+                    Some(event) if prev_membership(&event).as_deref() == Some("join") => {
+                        self.count_of(&event.event_id)?.unwrap_or(0)
+                    }
+                    _ => 0,
+                }
+            }
+            _ => 0,
+        };
+        Ok(Visibility {
+            rooms: self,
+            user_id,
+            joined_until,
+            memo: HashMap::new(),
+        })
+    }
+}
+
+fn prev_membership(event: &Pdu) -> Option<String> {
+    let unsigned: serde_json::Value = serde_json::from_str(event.unsigned.as_ref()?.get()).ok()?;
+    unsigned["prev_content"]["membership"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+impl Visibility<'_> {
+    /// Whether the user may read the room at all: they are or were in it, or it is
+    /// world-readable now.
+    pub fn may_enter(&mut self, room_id: &RoomId) -> Result<bool> {
+        if self.rooms.membership(room_id, self.user_id)?.is_some() {
+            return Ok(true);
+        }
+        let info = self.rooms.existing(room_id)?;
+        Ok(self.facts(info.state_hash)?.visibility == "world_readable")
+    }
+
+    fn facts(&mut self, hash: StateHash) -> Result<Facts> {
+        if let Some(facts) = self.memo.get(&hash) {
+            return Ok(facts.clone());
+        }
+        let state = self.rooms.state.load(hash)?;
+        let visibility = self
+            .rooms
+            .state_event(&state, &StateEventType::RoomHistoryVisibility, "")?
+            .and_then(|event| event.content_str("history_visibility"))
+            .filter(|value| {
+                matches!(
+                    value.as_str(),
+                    "world_readable" | "shared" | "invited" | "joined"
+                )
+            })
+            // Spec: unset or not understood means `shared`.
+            .unwrap_or_else(|| "shared".to_owned());
+        let membership = self
+            .rooms
+            .state_event(&state, &StateEventType::RoomMember, self.user_id.as_str())?
+            .and_then(|event| event.content_str("membership"));
+        let facts = Facts {
+            visibility,
+            membership,
+        };
+        self.memo.insert(hash, facts.clone());
+        Ok(facts)
+    }
+
+    fn allows(&mut self, hash: StateHash, count: u64) -> Result<bool> {
+        let facts = self.facts(hash)?;
+        Ok(facts.visibility == "world_readable"
+            || facts.membership.as_deref() == Some("join")
+            || (facts.visibility == "shared" && count < self.joined_until)
+            || (facts.membership.as_deref() == Some("invite") && facts.visibility == "invited"))
+    }
+
+    /// Whether the user may see `pdu`, stored at `count`.
+    pub fn can_see(&mut self, count: u64, pdu: &Pdu) -> Result<bool> {
+        let Some((before, after)) = self.rooms.state_hashes(&pdu.event_id)? else {
+            return Ok(false);
+        };
+        let either = pdu.kind == TimelineEventType::RoomHistoryVisibility
+            || (pdu.kind == TimelineEventType::RoomMember
+                && pdu.state_key.as_deref() == Some(self.user_id.as_str()));
+        let at_event = before.unwrap_or(after);
+        if self.allows(at_event, count)? {
+            return Ok(true);
+        }
+        Ok(either && self.allows(after, count)?)
+    }
+}
