@@ -28,7 +28,7 @@ use tower_http::{
 use self::{
     client::{
         account, account_data, alias, device, directory, discovery, membership, message, profile,
-        push, receipt, room, session, state, sync,
+        push, receipt, relations, room, session, state, sync,
     },
     ruma::RouterExt,
 };
@@ -73,6 +73,8 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(room::create_room)
         .ruma_route(room::get_room_event)
         .ruma_route(room::joined_rooms)
+        .ruma_route(room::report_content)
+        .ruma_route(room::report_room)
         .ruma_route(membership::join_room_by_id)
         .ruma_route(membership::join_room_by_id_or_alias)
         .ruma_route(membership::invite_user)
@@ -88,6 +90,14 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(message::get_message_events)
         .ruma_route(message::redact_event)
         .ruma_route(message::get_context)
+        .ruma_route(relations::get_relating_events)
+        .ruma_route(relations::get_relating_events_with_rel_type)
+        .ruma_route(relations::get_relating_events_with_rel_type_and_event_type)
+        .merge(
+            Router::new()
+                .ruma_route(relations::get_threads)
+                .route_layer(middleware::from_fn(default_threads_include)),
+        )
         .ruma_route(state::send_state_event)
         .ruma_route(state::get_state_events)
         .ruma_route(state::get_state_event_for_key)
@@ -155,6 +165,24 @@ fn cors() -> CorsLayer {
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
         ])
+}
+
+/// ruma 0.24 requires `include` on `GET /threads`, which the spec makes optional with the
+/// default `all`; supply it when it is missing.
+async fn default_threads_include(mut request: Request, next: Next) -> Response {
+    let query = request.uri().query().unwrap_or("");
+    if !query.split('&').any(|pair| pair.starts_with("include=")) {
+        let path = request.uri().path();
+        let new = if query.is_empty() {
+            format!("{path}?include=all")
+        } else {
+            format!("{path}?{query}&include=all")
+        };
+        if let Ok(uri) = new.parse() {
+            *request.uri_mut() = uri;
+        }
+    }
+    next.run(request).await
 }
 
 async fn unrecognized() -> Error {

@@ -1049,3 +1049,159 @@ async fn history_visibility_is_enforced() {
         .await;
     assert_eq!(bodies(&page), vec!["while invited".to_owned()]);
 }
+
+#[tokio::test]
+async fn relations_threads_and_reports() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+    let outsider = User::new(&server, "eve").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let server = &server;
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, root) = alice.say(&room, "Who is coming on Tuesday?").await;
+    let root = root["event_id"].as_str().unwrap().to_owned();
+
+    let send = |user: &User<'_>, txn: &str, kind: &str, content: Value| {
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}");
+        let token = user.token.clone();
+        async move {
+            server
+                .request(Method::PUT, &path, Some(&token), Some(content))
+                .await
+        }
+    };
+    let thread = |body: &str| {
+        json!({ "msgtype": "m.text", "body": body,
+        "m.relates_to": { "rel_type": "m.thread", "event_id": root, "is_falling_back": true } })
+    };
+    for n in 0..5 {
+        assert_eq!(
+            send(
+                &bob,
+                &format!("th{n}"),
+                "m.room.message",
+                thread(&format!("reply {n}"))
+            )
+            .await
+            .0,
+            StatusCode::OK
+        );
+    }
+    let reaction =
+        json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": root, "key": "👍" } });
+    assert_eq!(
+        send(&bob, "re1", "m.reaction", reaction).await.0,
+        StatusCode::OK
+    );
+
+    // All relations, newest first, paged.
+    let (status, page) = alice
+        .call(
+            Method::GET,
+            &format!("/rooms/{room}/relations/{root}?limit=4").replace("/v3/", "/v1/"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "relations live under /v1: {page}"
+    );
+    let v1 = |path: String| {
+        let token = alice.token.clone();
+        async move {
+            server
+                .request(
+                    Method::GET,
+                    &format!("/_matrix/client/v1{path}"),
+                    Some(&token),
+                    None,
+                )
+                .await
+        }
+    };
+    let (status, page) = v1(format!("/rooms/{room}/relations/{root}?limit=4")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["chunk"].as_array().unwrap().len(), 4);
+    assert_eq!(page["chunk"][0]["type"], "m.reaction");
+    let next = page["next_batch"].as_str().expect("more pages").to_owned();
+    let (_, rest) = v1(format!(
+        "/rooms/{room}/relations/{root}?limit=4&from={next}"
+    ))
+    .await;
+    let bodies: Vec<_> = rest["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].clone())
+        .collect();
+    assert_eq!(bodies, vec![json!("reply 1"), json!("reply 0")]);
+    // By relation type, and by relation and event type.
+    let (_, threads_only) = v1(format!("/rooms/{room}/relations/{root}/m.thread?limit=50")).await;
+    assert_eq!(threads_only["chunk"].as_array().unwrap().len(), 5);
+    let (_, reactions) = v1(format!(
+        "/rooms/{room}/relations/{root}/m.annotation/m.reaction"
+    ))
+    .await;
+    assert_eq!(reactions["chunk"].as_array().unwrap().len(), 1);
+    // Thread roots.
+    let (_, threads) = v1(format!("/rooms/{room}/threads")).await;
+    assert_eq!(threads["chunk"][0]["event_id"], root.as_str(), "{threads}");
+    // Outsiders see nothing of it.
+    let (status, _) = server
+        .request(
+            Method::GET,
+            &format!("/_matrix/client/v1/rooms/{room}/relations/{root}"),
+            Some(&outsider.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Reports: of a visible event, of a room; an invisible event is "not found".
+    let report = json!({ "reason": "spam" });
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/report/{root}"),
+            Some(report.clone())
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/report"),
+            Some(report.clone())
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let private = alice.create_room(json!({})).await;
+    let (_, hidden) = alice.say(&private, "internal").await;
+    let hidden = hidden["event_id"].as_str().unwrap();
+    assert_error(
+        &bob.call(
+            Method::POST,
+            &format!("/rooms/{private}/report/{hidden}"),
+            Some(report),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    assert!(server.log().contains("content reported"));
+}

@@ -12,6 +12,7 @@ pub mod message;
 pub mod profile;
 pub mod push;
 pub mod receipt;
+pub mod relations;
 pub mod room;
 pub mod session;
 pub mod state;

@@ -8,7 +8,7 @@ use ruma::{
     api::{
         client::{
             membership::joined_rooms,
-            room::{Visibility, create_room, get_room_event},
+            room::{Visibility, create_room, get_room_event, report_content, report_room},
         },
         error::ErrorKind,
     },
@@ -201,4 +201,50 @@ pub async fn joined_rooms(
         .map(|(room_id, _)| room_id)
         .collect();
     Ok(RumaResponse(joined_rooms::v3::Response::new(rooms)))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/report/{eventId}`: 404 for an event the reporter
+/// cannot see, so reports do not reveal what exists.
+pub async fn report_content(
+    State(services): State<Arc<Services>>,
+    request: Ruma<report_content::v3::Request>,
+) -> Result<RumaResponse<report_content::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    let not_found = || Error::not_found("Event not found.");
+    let mut visibility = reader(&services, &body.room_id, sender).map_err(|_| not_found())?;
+    let pdu = services
+        .rooms
+        .pdu(&body.event_id)?
+        .filter(|pdu| pdu.room_id() == body.room_id)
+        .ok_or_else(not_found)?;
+    let count = services.rooms.count_of(&body.event_id)?.unwrap_or(0);
+    if !visibility.can_see(count, &pdu)? {
+        return Err(not_found());
+    }
+    services
+        .rooms
+        .report(
+            sender,
+            &body.room_id,
+            Some(&body.event_id),
+            body.reason.as_deref(),
+        )
+        .await?;
+    Ok(RumaResponse(report_content::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/report`
+pub async fn report_room(
+    State(services): State<Arc<Services>>,
+    request: Ruma<report_room::v3::Request>,
+) -> Result<RumaResponse<report_room::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    services.rooms.existing(&body.room_id)?;
+    services
+        .rooms
+        .report(sender, &body.room_id, None, Some(&body.reason))
+        .await?;
+    Ok(RumaResponse(report_room::v3::Response::new()))
 }

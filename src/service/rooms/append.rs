@@ -279,8 +279,17 @@ impl Rooms {
             _ => None,
         };
 
+        let relation_content = pdu.content_value();
         // Store everything in one batch, at the next stream position.
         let (count, touched) = self.stream.commit(|count, batch| {
+            self.index_relation(
+                batch,
+                &room_id,
+                pdu.kind.to_string().as_str(),
+                &event_id,
+                &relation_content,
+                count,
+            )?;
             if let Some((target_pdu_id, bytes)) = redacted_target {
                 batch.insert(&*self.pdus, target_pdu_id.to_vec(), bytes);
             }

@@ -18,6 +18,7 @@
 //! - `roomuserid_membership`: `room 0xFF user` → membership string.
 //! - `userdevicetxnid_eventid`: `user 0xFF device 0xFF txn id` → event id (idempotent send).
 //! - `eventid_devicetxnid`: event id → `device 0xFF txn id` (for `unsigned.transaction_id`).
+//! - `reportid_report`: report number (u64) → report (JSON: reporter, room, event, reason).
 
 pub mod alias;
 pub mod append;
@@ -25,6 +26,7 @@ pub mod create;
 pub mod membership;
 pub mod pdu;
 pub mod power;
+pub mod relations;
 pub mod short;
 pub mod state;
 #[cfg(test)]
@@ -95,6 +97,9 @@ pub struct Rooms {
     room_users: Arc<dyn Tree>,
     txn_event: Arc<dyn Tree>,
     event_txn: Arc<dyn Tree>,
+    reports: Table<serde_json::Value>,
+    relations: Arc<dyn Tree>,
+    thread_roots: Arc<dyn Tree>,
     pub aliases: alias::Aliases,
     locks: Vec<tokio::sync::Mutex<()>>,
 }
@@ -152,6 +157,9 @@ impl Rooms {
             room_users: db.tree("roomuserid_membership")?,
             txn_event: db.tree("userdevicetxnid_eventid")?,
             event_txn: db.tree("eventid_devicetxnid")?,
+            reports: db.table("reportid_report")?,
+            relations: db.tree("relations")?,
+            thread_roots: db.tree("roomid_threadroot")?,
             aliases: alias::Aliases::new(db)?,
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -428,5 +436,27 @@ impl Rooms {
         Ok(bytes
             .strip_prefix(prefix.as_slice())
             .map(|txn| String::from_utf8_lossy(txn).into_owned()))
+    }
+
+    /// Stores a report for the server's admins (and logs it), durably.
+    pub async fn report(
+        &self,
+        reporter: &UserId,
+        room_id: &RoomId,
+        event_id: Option<&EventId>,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let id = self.db.next_id()?;
+        let report = serde_json::json!({
+            "reporter": reporter,
+            "room_id": room_id,
+            "event_id": event_id,
+            "reason": reason,
+            "ts": ruma::MilliSecondsSinceUnixEpoch::now(),
+        });
+        self.reports.insert(&id.to_be_bytes(), &report)?;
+        self.db.persist().await?;
+        tracing::warn!(%reporter, %room_id, event_id = ?event_id, reason = ?reason, "content reported");
+        Ok(())
     }
 }
