@@ -75,6 +75,7 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(room::joined_rooms)
         .ruma_route(room::report_content)
         .ruma_route(room::report_room)
+        .ruma_route(room::upgrade_room)
         .ruma_route(membership::join_room_by_id)
         .ruma_route(membership::join_room_by_id_or_alias)
         .ruma_route(membership::invite_user)

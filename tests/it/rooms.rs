@@ -1205,3 +1205,108 @@ async fn relations_threads_and_reports() {
     );
     assert!(server.log().contains("content reported"));
 }
+
+#[tokio::test]
+async fn rooms_upgrade_to_a_new_version() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+    let old = alice
+        .create_room(
+            json!({ "room_version": "10", "preset": "public_chat", "name": "Old club",
+            "topic": "since 1990", "room_alias_name": "club" }),
+        )
+        .await;
+    assert_eq!(
+        bob.call(Method::POST, &format!("/rooms/{old}/join"), Some(json!({})))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    let upgrade = json!({ "new_version": "12" });
+    assert_error(
+        &bob.call(
+            Method::POST,
+            &format!("/rooms/{old}/upgrade"),
+            Some(upgrade.clone()),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    let (status, upgraded) = alice
+        .call(
+            Method::POST,
+            &format!("/rooms/{old}/upgrade"),
+            Some(upgrade.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{upgraded}");
+    let new = upgraded["replacement_room"].as_str().unwrap().to_owned();
+    assert!(!new.contains(':'), "a version-12 room: {new}");
+
+    // The old room points at the new one and is closed for bob.
+    let (_, tombstone) = bob
+        .call(
+            Method::GET,
+            &format!("/rooms/{old}/state/m.room.tombstone/"),
+            None,
+        )
+        .await;
+    assert_eq!(tombstone["replacement_room"], new.as_str());
+    assert_error(
+        &bob.say(&old, "still here").await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &alice
+            .call(
+                Method::POST,
+                &format!("/rooms/{old}/upgrade"),
+                Some(upgrade),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN",
+    );
+
+    // The new room: predecessor, copied state, the alias, and bob can join.
+    let (_, create) = alice
+        .call(
+            Method::GET,
+            &format!("/rooms/{new}/state/m.room.create/"),
+            None,
+        )
+        .await;
+    assert_eq!(create["predecessor"]["room_id"], old.as_str());
+    assert_eq!(create["room_version"], "12");
+    let (_, name) = alice
+        .call(
+            Method::GET,
+            &format!("/rooms/{new}/state/m.room.name/"),
+            None,
+        )
+        .await;
+    assert_eq!(name["name"], "Old club");
+    let (_, topic) = alice
+        .call(
+            Method::GET,
+            &format!("/rooms/{new}/state/m.room.topic/"),
+            None,
+        )
+        .await;
+    assert_eq!(topic["topic"], "since 1990");
+    let (_, resolved) = bob
+        .call(Method::GET, "/directory/room/%23club:localhost", None)
+        .await;
+    assert_eq!(resolved["room_id"], new.as_str());
+    assert_eq!(
+        bob.call(Method::POST, "/join/%23club:localhost", Some(json!({})))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(bob.say(&new, "hello new room").await.0, StatusCode::OK);
+}

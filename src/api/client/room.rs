@@ -8,7 +8,9 @@ use ruma::{
     api::{
         client::{
             membership::joined_rooms,
-            room::{Visibility, create_room, get_room_event, report_content, report_room},
+            room::{
+                Visibility, create_room, get_room_event, report_content, report_room, upgrade_room,
+            },
         },
         error::ErrorKind,
     },
@@ -247,4 +249,33 @@ pub async fn report_room(
         .report(sender, &body.room_id, None, Some(&body.reason))
         .await?;
     Ok(RumaResponse(report_room::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/upgrade`
+pub async fn upgrade_room(
+    State(services): State<Arc<Services>>,
+    request: Ruma<upgrade_room::v3::Request>,
+) -> Result<RumaResponse<upgrade_room::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    require_joined(&services, &body.room_id, sender)?;
+    if !supported_room_version(&body.new_version) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedRoomVersion,
+            "This room version is not supported.",
+        ));
+    }
+    let profile = member_profile(&services, sender)?;
+    let new_room = services
+        .rooms
+        .upgrade(
+            &body.room_id,
+            sender,
+            profile,
+            body.new_version.clone(),
+            body.additional_creators.clone(),
+        )
+        .await?;
+    tracing::info!(old = %body.room_id, new = %new_room, "room upgraded");
+    Ok(RumaResponse(upgrade_room::v3::Response::new(new_room)))
 }

@@ -31,6 +31,7 @@ pub mod short;
 pub mod state;
 #[cfg(test)]
 mod tests;
+pub mod upgrade;
 pub mod visibility;
 
 use std::{
