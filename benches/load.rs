@@ -213,6 +213,10 @@ async fn main() {
     }
     let heavy = api.register("heavy").await;
 
+    eprintln!(
+        "rss after registering 41 users (argon2): {:.1} MB",
+        server.rss_kib() as f64 / 1024.0
+    );
     // 1. createRoom throughput (4 concurrent clients, 50 rooms each).
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -235,6 +239,10 @@ async fn main() {
         met: rooms_per_second >= 120.0,
     });
 
+    eprintln!(
+        "rss after 200 createRoom: {:.1} MB",
+        server.rss_kib() as f64 / 1024.0
+    );
     // 2. 20 users in one room, each sending 50 messages concurrently.
     let room = api
         .create_room(&senders[0], json!({ "preset": "public_chat" }))
@@ -280,6 +288,10 @@ async fn main() {
         met: p99 < Duration::from_millis(80),
     });
 
+    eprintln!(
+        "rss after 1,000 concurrent sends: {:.1} MB",
+        server.rss_kib() as f64 / 1024.0
+    );
     // 3. 20 receivers long-polling /sync while one sender sends 20 messages per second.
     let arrivals: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -355,6 +367,10 @@ async fn main() {
         met: p99 < Duration::from_millis(3) && missing == 0,
     });
 
+    eprintln!(
+        "rss after paced sends to 20 long-polling receivers: {:.1} MB",
+        server.rss_kib() as f64 / 1024.0
+    );
     // 4. Initial sync for a user in 50 rooms with 100 events each; empty incremental sync.
     for r in 0..50 {
         let room = api
@@ -415,6 +431,10 @@ async fn main() {
         met: p50 < Duration::from_micros(1500),
     });
 
+    eprintln!(
+        "rss after filling 50 rooms and syncing: {:.1} MB",
+        server.rss_kib() as f64 / 1024.0
+    );
     // 5. /messages backward pagination (limit 50) over a 2,000-event room.
     let big = api
         .create_room(&senders[2], json!({ "name": "archive" }))
@@ -459,6 +479,10 @@ async fn main() {
         met: pages_per_second >= 1000.0,
     });
 
+    eprintln!(
+        "rss after 2,000 sends and pagination: {:.1} MB",
+        server.rss_kib() as f64 / 1024.0
+    );
     // Memory and disk.
     let end_rss = server.rss_kib();
     rows.push(Row {

@@ -45,6 +45,9 @@ pub struct Config {
     pub registration_shared_secret: Option<String>,
     #[serde(default = "default_true")]
     pub allow_federation: bool,
+    /// Presence (online/offline status). Off saves a little work on busy servers.
+    #[serde(default = "default_true")]
+    pub allow_presence: bool,
     #[serde(default = "default_trusted_servers")]
     pub trusted_servers: Vec<OwnedServerName>,
     /// A `tracing` filter, e.g. `warn,conduit=info`.
@@ -127,6 +130,7 @@ const KNOWN_KEYS: &[&str] = &[
     "registration_token",
     "registration_shared_secret",
     "allow_federation",
+    "allow_presence",
     "trusted_servers",
     "log",
     "well_known",

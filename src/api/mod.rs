@@ -27,8 +27,8 @@ use tower_http::{
 
 use self::{
     client::{
-        account, account_data, alias, device, directory, discovery, membership, message, profile,
-        push, receipt, relations, room, session, state, sync,
+        account, account_data, alias, device, directory, discovery, membership, message, presence,
+        profile, push, receipt, relations, room, session, state, sync,
     },
     ruma::RouterExt,
 };
@@ -130,6 +130,8 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(receipt::create_typing_event)
         .ruma_route(receipt::create_receipt)
         .ruma_route(receipt::set_read_marker)
+        .ruma_route(presence::set_presence)
+        .ruma_route(presence::get_presence)
         // Administration
         .route(
             "/_synapse/admin/v1/register",

@@ -8,6 +8,7 @@ pub mod account_data;
 pub mod devices;
 pub mod ephemeral;
 pub mod notify;
+pub mod presence;
 pub mod rate_limit;
 pub mod registration;
 pub mod rooms;
@@ -33,6 +34,7 @@ pub struct Services {
     pub stream: Arc<stream::Stream>,
     pub account_data: account_data::AccountData,
     pub ephemeral: ephemeral::Ephemeral,
+    pub presence: presence::Presence,
     pub rooms: rooms::Rooms,
     /// Failed password attempts per user: `/login` and the password UIA stage.
     pub password_failures: rate_limit::FailureLimiter,
@@ -52,6 +54,7 @@ impl Services {
             )?,
             account_data: account_data::AccountData::new(&db, Arc::clone(&stream))?,
             ephemeral: ephemeral::Ephemeral::new(&db, Arc::clone(&stream))?,
+            presence: presence::Presence::default(),
             stream,
             server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod discovery;
 pub mod membership;
 pub mod message;
+pub mod presence;
 pub mod profile;
 pub mod push;
 pub mod receipt;
