@@ -9,6 +9,7 @@ pub mod devices;
 pub mod ephemeral;
 pub mod notify;
 pub mod presence;
+pub mod push;
 pub mod rate_limit;
 pub mod registration;
 pub mod rooms;
@@ -35,6 +36,7 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub ephemeral: ephemeral::Ephemeral,
     pub presence: presence::Presence,
+    pub push: push::Push,
     pub rooms: rooms::Rooms,
     /// Failed password attempts per user: `/login` and the password UIA stage.
     pub password_failures: rate_limit::FailureLimiter,
@@ -55,6 +57,7 @@ impl Services {
             account_data: account_data::AccountData::new(&db, Arc::clone(&stream))?,
             ephemeral: ephemeral::Ephemeral::new(&db, Arc::clone(&stream))?,
             presence: presence::Presence::default(),
+            push: push::Push::new(&db, Arc::clone(&stream))?,
             stream,
             server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,
@@ -65,5 +68,32 @@ impl Services {
             config,
             db,
         }))
+    }
+}
+
+impl Services {
+    /// Sends an event into a room and counts it for the members' notifications. A failure
+    /// to count is logged: the event is already stored and must still be acknowledged.
+    pub async fn send_event(
+        &self,
+        room_id: &ruma::RoomId,
+        sender: &ruma::UserId,
+        event: rooms::append::NewEvent,
+        transaction: Option<rooms::append::Transaction<'_>>,
+    ) -> Result<rooms::pdu::Pdu> {
+        let pdu = self.rooms.send(room_id, sender, event, transaction).await?;
+        self.count_notifications(&pdu).await;
+        Ok(pdu)
+    }
+
+    /// Notification counts for an event stored by some other path (e.g. an invite).
+    pub async fn count_notifications(&self, pdu: &rooms::pdu::Pdu) {
+        if let Err(error) = self
+            .push
+            .event_sent(&self.rooms, &self.account_data, pdu)
+            .await
+        {
+            tracing::warn!(event_id = %pdu.event_id, %error, "could not update notification counts");
+        }
     }
 }

@@ -109,6 +109,10 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
                 || room_account_data.contains_key(&room_id)
                 || services.ephemeral.typing_position(&room_id) >= since
                 || services.ephemeral.receipt_position(&room_id).unwrap_or(0) >= since
+                || services
+                    .push
+                    .counts(request.user_id, &room_id)
+                    .is_ok_and(|c| c.position >= since)
         };
         match entry.membership {
             MembershipState::Join
@@ -116,6 +120,9 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
             {
                 let mut room = joined_room(services, request, &room_id, &info, &entry)?;
                 room.account_data.events = room_account_data.remove(&room_id).unwrap_or_default();
+                let counts = services.push.counts(request.user_id, &room_id)?;
+                room.unread_notifications.notification_count = UInt::new(counts.notifications);
+                room.unread_notifications.highlight_count = UInt::new(counts.highlights);
                 if let Some(typing) = services.ephemeral.typing_event(&room_id, request.since) {
                     room.ephemeral.events.push(raw(typing));
                 }

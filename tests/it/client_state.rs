@@ -379,3 +379,103 @@ async fn account_data_push_rules_and_filters() {
     let (_, pushers) = call(&server, &alice, Method::GET, "/pushers", None).await;
     assert_eq!(pushers["pushers"][0]["pushkey"], "abc");
 }
+
+#[tokio::test]
+async fn notification_counts_follow_push_rules_and_reset_on_read() {
+    let server = TestServer::start();
+    let alice = token(&server, "alice").await;
+    let bob = token(&server, "bob").await;
+    let (_, created) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/createRoom",
+        Some(json!({ "preset": "public_chat" })),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            &server,
+            &bob,
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let say = |txn: &str, content: Value| {
+        let path = format!("/rooms/{room}/send/m.room.message/{txn}");
+        let alice = alice.clone();
+        let server = &server;
+        async move { call(server, &alice, Method::PUT, &path, Some(content)).await }
+    };
+    let counts = |sync: &Value| {
+        let unread = &sync["rooms"]["join"][&room]["unread_notifications"];
+        (
+            unread["notification_count"].as_u64().unwrap_or(0),
+            unread["highlight_count"].as_u64().unwrap_or(0),
+        )
+    };
+
+    for n in 0..3 {
+        say(
+            &format!("m{n}"),
+            json!({ "msgtype": "m.text", "body": format!("news {n}") }),
+        )
+        .await;
+    }
+    let mention = json!({ "msgtype": "m.text", "body": "bob: look", "m.mentions": { "user_ids": ["@bob:localhost"] } });
+    let (_, last) = say("m3", mention).await;
+    let (_, sync) = call(&server, &bob, Method::GET, "/sync", None).await;
+    assert_eq!(
+        counts(&sync),
+        (4, 1),
+        "three messages and a highlighted mention: {}",
+        sync["rooms"]["join"][&room]["unread_notifications"]
+    );
+    let (_, own) = call(&server, &alice, Method::GET, "/sync", None).await;
+    assert_eq!(counts(&own), (0, 0), "one's own messages never count");
+
+    // Reading clears them, and the change reaches the next incremental sync.
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let receipt = format!(
+        "/rooms/{room}/receipt/m.read/{}",
+        last["event_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        call(&server, &bob, Method::POST, &receipt, Some(json!({})))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, sync) = call(
+        &server,
+        &bob,
+        Method::GET,
+        &format!("/sync?since={since}"),
+        None,
+    )
+    .await;
+    assert_eq!(counts(&sync), (0, 0), "{sync}");
+
+    // Bob's own rule silences the room.
+    let mute = json!({ "actions": [] });
+    assert_eq!(
+        call(
+            &server,
+            &bob,
+            Method::PUT,
+            &format!("/pushrules/global/room/{room}"),
+            Some(mute)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    say("m4", json!({ "msgtype": "m.text", "body": "quiet please" })).await;
+    let (_, sync) = call(&server, &bob, Method::GET, "/sync", None).await;
+    assert_eq!(counts(&sync), (0, 0), "a muted room does not count");
+}

@@ -95,7 +95,7 @@ pub async fn invite_user(
         return Err(Error::not_found("Unknown user."));
     }
     let profile = member_profile(&services, target)?;
-    services
+    let pdu = services
         .rooms
         .invite(
             &request.body.room_id,
@@ -106,6 +106,7 @@ pub async fn invite_user(
             false,
         )
         .await?;
+    services.count_notifications(&pdu).await;
     Ok(RumaResponse(invite_user::v3::Response::new()))
 }
 

@@ -67,8 +67,7 @@ pub async fn send_message_event(
         txn_id: body.txn_id.as_str(),
     };
     let pdu = services
-        .rooms
-        .send(&body.room_id, sender, event, Some(transaction))
+        .send_event(&body.room_id, sender, event, Some(transaction))
         .await?;
     Ok(RumaResponse(send_message_event::v3::Response::new(
         pdu.event_id,
@@ -101,8 +100,7 @@ pub async fn redact_event(
         txn_id: body.txn_id.as_str(),
     };
     let pdu = services
-        .rooms
-        .send(&body.room_id, sender, event, Some(transaction))
+        .send_event(&body.room_id, sender, event, Some(transaction))
         .await?;
     Ok(RumaResponse(redact_event::v3::Response::new(pdu.event_id)))
 }

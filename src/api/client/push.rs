@@ -35,7 +35,9 @@ async fn store(services: &Services, user_id: &UserId, ruleset: &Ruleset) -> Resu
     services
         .account_data
         .set(user_id, None, PUSH_RULES, json!({ "global": ruleset }))
-        .await
+        .await?;
+    services.push.rules_changed(user_id);
+    Ok(())
 }
 
 fn not_found() -> Error {

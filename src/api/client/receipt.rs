@@ -98,7 +98,12 @@ async fn receipt(
             event_id,
             members.iter().map(|u| u.as_ref()),
         )
-        .await
+        .await?;
+    // Reading the room clears its notification counts.
+    if kind == "m.read" || kind == "m.read.private" {
+        services.push.read(user, room_id).await?;
+    }
+    Ok(())
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}`

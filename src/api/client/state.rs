@@ -51,8 +51,7 @@ pub async fn send_state_event(
         content,
     );
     let pdu = services
-        .rooms
-        .send(&body.room_id, sender, event, None)
+        .send_event(&body.room_id, sender, event, None)
         .await?;
     Ok(RumaResponse(send_state_event::v3::Response::new(
         pdu.event_id,
