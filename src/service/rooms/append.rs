@@ -19,6 +19,7 @@ use ruma::{
 };
 use serde_json::{Value as JsonValue, json};
 
+use super::state::StateHash;
 use super::{
     MembershipEntry, RoomInfo, Rooms, pair_key,
     pdu::{Pdu, room_id_from_create_event_id},
@@ -57,6 +58,23 @@ impl NewEvent {
             redacts: None,
         }
     }
+}
+
+/// What only some appends have: the client's transaction, explicit `prev_events`.
+#[derive(Default)]
+pub(super) struct Extra<'a> {
+    pub transaction: Option<Transaction<'a>>,
+    pub prev_events: Option<Vec<OwnedEventId>>,
+}
+
+/// Where the state before a new event comes from.
+enum BeforeSource {
+    /// The create event: nothing before it.
+    Empty,
+    /// The state after its single prev_event.
+    Stored(StateHash),
+    /// Resolved over several prev_events; stored as a diff against `parent`.
+    Resolved { parent: StateHash },
 }
 
 /// The client transaction an event answers, for idempotent sends.
@@ -123,11 +141,69 @@ impl Rooms {
                 Some(info),
                 sender,
                 event,
-                transaction,
+                Extra {
+                    transaction,
+                    prev_events: None,
+                },
             )?
         };
         self.db.persist().await?;
         Ok(pdu)
+    }
+
+    /// Sends an event with explicit `prev_events` (a fork, as other servers create them;
+    /// federation will receive such events). The room's state is resolved where they meet.
+    pub async fn send_with_prev_events(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+        prev_events: Vec<OwnedEventId>,
+    ) -> Result<Pdu> {
+        let pdu = {
+            let _guard = self.lock(room_id).await;
+            let info = self.existing(room_id)?;
+            self.append_locked(
+                Some(room_id),
+                &info.version.clone(),
+                Some(info),
+                sender,
+                event,
+                Extra {
+                    transaction: None,
+                    prev_events: Some(prev_events),
+                },
+            )?
+        };
+        self.db.persist().await?;
+        Ok(pdu)
+    }
+
+    fn state_before(
+        &self,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+        prev_events: &[OwnedEventId],
+    ) -> Result<(BTreeMap<u64, u64>, BeforeSource)> {
+        let after_of = |id: &OwnedEventId| -> Result<StateHash> {
+            self.state_hashes(id)?
+                .map(|(_, after)| after)
+                .ok_or_else(|| Error::not_found(format!("Unknown prev_event {id}.")))
+        };
+        match prev_events {
+            [] => Ok((BTreeMap::new(), BeforeSource::Empty)),
+            [single] => {
+                let after = after_of(single)?;
+                Ok((
+                    (*self.state.load(after)?).clone(),
+                    BeforeSource::Stored(after),
+                ))
+            }
+            several => {
+                let hashes = several.iter().map(after_of).collect::<Result<Vec<_>>>()?;
+                let resolved = self.resolve_states(rules, &hashes, None)?;
+                Ok((resolved, BeforeSource::Resolved { parent: hashes[0] }))
+            }
+        }
     }
 
     /// Builds, authorises and stores one event; the caller holds the room lock. `room_id` is
@@ -139,8 +215,13 @@ impl Rooms {
         info: Option<RoomInfo>,
         sender: &UserId,
         event: NewEvent,
-        transaction: Option<Transaction<'_>>,
+        extra: Extra<'_>,
     ) -> Result<Pdu> {
+        let Extra {
+            transaction,
+            prev_events: prev_override,
+        } = extra;
+        let room_id_given = room_id;
         let rules = version
             .rules()
             .filter(|_| supported_room_version(version))
@@ -150,14 +231,13 @@ impl Rooms {
                     "Unsupported room version.",
                 )
             })?;
-        let state = match &info {
-            Some(info) => (*self.current_state(info)?).clone(),
-            None => BTreeMap::new(),
+        let prev_events = match (&prev_override, room_id) {
+            (Some(prevs), _) => prevs.clone(),
+            (None, Some(room_id)) => self.extremities(room_id)?,
+            (None, None) => Vec::new(),
         };
-        let prev_events = match room_id {
-            Some(room_id) => self.extremities(room_id)?,
-            None => Vec::new(),
-        };
+        // The state before the event: after its one prev_event, or resolved over several.
+        let (state, before_source) = self.state_before(&rules, &prev_events)?;
         let depth = info.as_ref().map_or(1, |info| info.depth + 1);
 
         // Auth events: the room version's selection from the current state
@@ -280,6 +360,11 @@ impl Rooms {
         };
 
         let relation_content = pdu.content_value();
+        let mut resolved_members = Vec::new();
+        let old_extremities = match room_id_given {
+            Some(room_id) => self.extremities(room_id)?,
+            None => Vec::new(),
+        };
         // Store everything in one batch, at the next stream position.
         let (count, touched) = self.stream.commit(|count, batch| {
             self.index_relation(
@@ -298,7 +383,13 @@ impl Rooms {
                 None => self.short.short_room_id(&room_id)?,
             };
             let short_event_id = self.short.short_event_id(&event_id)?;
-            let before = info.as_ref().map(|info| info.state_hash);
+            let before = match before_source {
+                BeforeSource::Empty => None,
+                BeforeSource::Stored(hash) => Some(hash),
+                BeforeSource::Resolved { parent } => {
+                    Some(self.state.save(batch, Some(parent), state.clone())?)
+                }
+            };
             let after = match state_short_key {
                 Some(key) => {
                     let mut new_state = state;
@@ -324,10 +415,37 @@ impl Rooms {
                 short_event_id.to_be_bytes().to_vec(),
                 hashes,
             );
+            // The room's current state: after this event, unless forks leave several forward
+            // extremities, whose states are then resolved.
+            let others: Vec<StateHash> = old_extremities
+                .iter()
+                .filter(|id| !pdu.prev_events.contains(id))
+                .map(|id| {
+                    self.state_hashes(id)?
+                        .map(|(_, after)| after)
+                        .ok_or_else(|| Error::internal("extremity without state"))
+                })
+                .collect::<Result<_>>()?;
+            let current = if others.is_empty() {
+                after
+            } else {
+                let mut hashes = others;
+                hashes.push(after);
+                let resolved = self.resolve_states(&rules, &hashes, Some(&pdu))?;
+                self.reindex_members(
+                    batch,
+                    &room_id,
+                    &resolved,
+                    &pdu,
+                    count,
+                    &mut resolved_members,
+                )?;
+                self.state.save(batch, Some(after), resolved)?
+            };
             let new_info = RoomInfo {
                 version: version.clone(),
                 short_room_id,
-                state_hash: after,
+                state_hash: current,
                 last_count: count,
                 depth,
             };
@@ -354,7 +472,11 @@ impl Rooms {
                 batch.insert(&*self.event_txn, event_id.as_bytes().to_vec(), value);
             }
             let mut touched = Vec::new();
-            if pdu.kind == TimelineEventType::RoomMember
+            // After a resolution `reindex_members` has set the indexes from the resolved
+            // state; this event's own membership may have lost.
+            let resolved = !resolved_members.is_empty() || current != after;
+            if !resolved
+                && pdu.kind == TimelineEventType::RoomMember
                 && let Some(target) = pdu
                     .state_key
                     .as_deref()
@@ -385,8 +507,12 @@ impl Rooms {
             .iter()
             .filter(|(_, membership)| *membership == MembershipState::Join)
             .map(|(user, _)| user.as_ref());
-        self.stream
-            .touch(joined.chain(touched.iter().map(|u| u.as_ref())), count);
+        self.stream.touch(
+            joined
+                .chain(touched.iter().map(|u| u.as_ref()))
+                .chain(resolved_members.iter().map(|u| u.as_ref())),
+            count,
+        );
         Ok(pdu)
     }
 
@@ -431,5 +557,52 @@ impl Rooms {
         );
         let bytes = serde_json::to_vec(&redacted).map_err(|e| Error::internal(e.to_string()))?;
         Ok(Some((target_pdu_id, bytes)))
+    }
+
+    /// After a resolution, makes the membership indexes agree with the resolved state (a ban
+    /// may have beaten a racing join). Users whose membership changed are added to `changed`.
+    fn reindex_members(
+        &self,
+        batch: &mut crate::storage::Batch,
+        room_id: &RoomId,
+        resolved: &BTreeMap<u64, u64>,
+        pending: &Pdu,
+        count: u64,
+        changed: &mut Vec<ruma::OwnedUserId>,
+    ) -> Result<()> {
+        for (short_key, short_event) in resolved {
+            let (kind, state_key) = self.short.state_key(*short_key)?;
+            if kind != StateEventType::RoomMember {
+                continue;
+            }
+            let Ok(user) = ruma::OwnedUserId::try_from(state_key) else {
+                continue;
+            };
+            let event_id = self.short.event_id(*short_event)?;
+            let event = if event_id == pending.event_id {
+                Some(pending.clone())
+            } else {
+                self.pdu(&event_id)?
+            };
+            let Some(event) = event else { continue };
+            let membership = event
+                .content_str("membership")
+                .map(|m| MembershipState::from(m.as_str()))
+                .unwrap_or(MembershipState::Leave);
+            if self.membership(room_id, &user)?.as_ref() != Some(&membership) {
+                batch.insert(
+                    &*self.room_users,
+                    pair_key(room_id.as_str(), user.as_str()),
+                    membership.as_str().as_bytes().to_vec(),
+                );
+                batch.insert_json(
+                    &self.user_rooms,
+                    pair_key(user.as_str(), room_id.as_str()),
+                    &MembershipEntry { membership, count },
+                );
+                changed.push(user);
+            }
+        }
+        Ok(())
     }
 }

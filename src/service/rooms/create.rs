@@ -7,7 +7,11 @@ use ruma::{
 };
 use serde_json::{Map, Value as JsonValue, json};
 
-use super::{Rooms, append::NewEvent, membership::MemberProfile};
+use super::{
+    Rooms,
+    append::{Extra, NewEvent},
+    membership::MemberProfile,
+};
 use crate::{Error, Result, crypto};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +140,14 @@ impl Rooms {
 
         let (room_id, _guard) = if rules.authorization.room_create_event_id_as_room_id {
             // Rooms v12: the room id is the create event's id, known only after signing.
-            let pdu = self.append_locked(None, &options.version, None, creator, create, None)?;
+            let pdu = self.append_locked(
+                None,
+                &options.version,
+                None,
+                creator,
+                create,
+                Extra::default(),
+            )?;
             let room_id = pdu.room_id();
             (room_id.clone(), self.lock(&room_id).await)
         } else {
@@ -151,7 +162,7 @@ impl Rooms {
                 None,
                 creator,
                 create,
-                None,
+                Extra::default(),
             )?;
             (room_id, guard)
         };
@@ -173,7 +184,7 @@ impl Rooms {
                 Some(info),
                 creator,
                 event,
-                None,
+                Extra::default(),
             )?;
             Ok(())
         };

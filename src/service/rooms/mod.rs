@@ -27,6 +27,7 @@ pub mod membership;
 pub mod pdu;
 pub mod power;
 pub mod relations;
+pub mod resolve;
 pub mod short;
 pub mod state;
 #[cfg(test)]

@@ -974,3 +974,200 @@ async fn transaction_ids_map_to_events_per_device() {
         Some(pdu.event_id)
     );
 }
+
+// Forked DAGs: two branches from one fork point, as federation brings them, resolved with
+// ruma's state resolution (v2 for room version 10, v2.1 for version 12).
+
+/// A public room where alice has full power, bob 50 and carol 40; 50 may change power levels.
+async fn forked_room(version: RoomVersionId) -> (Rooms, OwnedRoomId, OwnedEventId) {
+    let (_db, _keys, rooms) = setup();
+    let (alice, bob, carol) = (
+        user_id!("@alice:example.org"),
+        user_id!("@bob:example.org"),
+        user_id!("@carol:example.org"),
+    );
+    let v12 = version == RoomVersionId::V12;
+    let mut users = Map::new();
+    if !v12 {
+        users.insert(alice.to_string(), 100.into());
+    }
+    users.insert(bob.to_string(), 50.into());
+    users.insert(carol.to_string(), 40.into());
+    let mut opts = options(version);
+    opts.preset = Preset::PublicChat;
+    let overrides = json!({ "users": users, "events": { "m.room.power_levels": 50 } });
+    opts.power_level_content_override = overrides.as_object().cloned();
+    let room = rooms
+        .create_room(alice, alice_profile(), opts)
+        .await
+        .unwrap();
+    rooms
+        .join(&room, bob, &MemberProfile::default(), None)
+        .await
+        .unwrap();
+    rooms
+        .join(&room, carol, &MemberProfile::default(), None)
+        .await
+        .unwrap();
+    let extremities = rooms.extremities(&room).unwrap();
+    assert_eq!(extremities.len(), 1);
+    (rooms, room, extremities[0].clone())
+}
+
+fn power_levels_with(rooms: &Rooms, room: &ruma::RoomId, user: &UserId, level: i64) -> JsonValue {
+    let mut content = rooms
+        .current_state_event(room, &StateEventType::RoomPowerLevels, "")
+        .unwrap()
+        .unwrap()
+        .content_value();
+    content["users"][user.as_str()] = level.into();
+    content
+}
+
+async fn check_conflicting_power_levels(version: RoomVersionId) {
+    let (rooms, room, fork) = forked_room(version).await;
+    let (alice, bob, carol) = (
+        user_id!("@alice:example.org"),
+        user_id!("@bob:example.org"),
+        user_id!("@carol:example.org"),
+    );
+    // Branch A: alice demotes bob. Branch B, from the same point: bob demotes carol.
+    let demote_bob = power_levels_with(&rooms, &room, bob, 0);
+    let demote_carol = power_levels_with(&rooms, &room, carol, 0);
+    let a = rooms
+        .send_with_prev_events(
+            &room,
+            alice,
+            NewEvent::state("m.room.power_levels", "", demote_bob),
+            vec![fork.clone()],
+        )
+        .await
+        .unwrap();
+    let b = rooms
+        .send_with_prev_events(
+            &room,
+            bob,
+            NewEvent::state("m.room.power_levels", "", demote_carol),
+            vec![fork.clone()],
+        )
+        .await
+        .expect("bob may change power levels at the fork point");
+    let mut tips = rooms.extremities(&room).unwrap();
+    tips.sort();
+    let mut expected = vec![a.event_id.clone(), b.event_id.clone()];
+    expected.sort();
+    assert_eq!(tips, expected, "two forward extremities");
+
+    // Resolution applies the more powerful sender's change first; bob's then fails the auth
+    // rules, having lost his power: bob ends at 0, carol keeps 40.
+    let resolved = rooms
+        .current_state_event(&room, &StateEventType::RoomPowerLevels, "")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resolved.event_id, a.event_id);
+    assert_eq!(resolved.content_value()["users"][carol.as_str()], 40);
+    assert_eq!(resolved.content_value()["users"][bob.as_str()], 0);
+    // The resolved state is enforced: bob can no longer change power levels.
+    let retry = power_levels_with(&rooms, &room, carol, 0);
+    assert_forbidden(
+        rooms
+            .send(
+                &room,
+                bob,
+                NewEvent::state("m.room.power_levels", "", retry),
+                None,
+            )
+            .await,
+    );
+
+    // A merge event names both tips; afterwards there is one extremity again, and the state
+    // before the merge is the resolved one.
+    let merge = rooms
+        .send(&room, alice, text("merged"), None)
+        .await
+        .unwrap();
+    let mut prevs = merge.prev_events.clone();
+    prevs.sort();
+    assert_eq!(prevs, expected);
+    assert_eq!(
+        rooms.extremities(&room).unwrap(),
+        vec![merge.event_id.clone()]
+    );
+    let (before, _) = rooms.state_hashes(&merge.event_id).unwrap().unwrap();
+    let before = rooms.state.load(before.unwrap()).unwrap();
+    let pl_key = rooms
+        .short
+        .get_short_state_key(&StateEventType::RoomPowerLevels, "")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        before.get(&pl_key),
+        Some(
+            &rooms
+                .short
+                .get_short_event_id(&a.event_id)
+                .unwrap()
+                .unwrap()
+        )
+    );
+}
+
+#[tokio::test]
+async fn conflicting_power_level_changes_resolve_v10() {
+    check_conflicting_power_levels(RoomVersionId::V10).await;
+}
+
+#[tokio::test]
+async fn conflicting_power_level_changes_resolve_v12() {
+    check_conflicting_power_levels(RoomVersionId::V12).await;
+}
+
+async fn check_ban_racing_join(version: RoomVersionId) {
+    let (rooms, room, fork) = forked_room(version).await;
+    let (alice, dave) = (
+        user_id!("@alice:example.org"),
+        user_id!("@dave:example.org"),
+    );
+    // Branch A: alice bans dave. Branch B, from the same point: dave joins the public room.
+    let ban = NewEvent::state(
+        "m.room.member",
+        dave.as_str(),
+        json!({ "membership": "ban" }),
+    );
+    rooms
+        .send_with_prev_events(&room, alice, ban, vec![fork.clone()])
+        .await
+        .unwrap();
+    let join = NewEvent::state(
+        "m.room.member",
+        dave.as_str(),
+        json!({ "membership": "join" }),
+    );
+    rooms
+        .send_with_prev_events(&room, dave, join, vec![fork])
+        .await
+        .expect("the join was valid at the fork point");
+
+    // The ban wins: it comes first in the power ordering, and the join then fails against it.
+    let member = rooms
+        .current_state_event(&room, &StateEventType::RoomMember, dave.as_str())
+        .unwrap()
+        .unwrap();
+    assert_eq!(member.content_str("membership").as_deref(), Some("ban"));
+    assert_eq!(
+        rooms.membership(&room, dave).unwrap(),
+        Some(MembershipState::Ban),
+        "indexes follow the resolution"
+    );
+    assert_forbidden(rooms.send(&room, dave, text("I am in?"), None).await);
+}
+
+#[tokio::test]
+async fn a_ban_beats_a_racing_join_v10() {
+    check_ban_racing_join(RoomVersionId::V10).await;
+}
+
+#[tokio::test]
+async fn a_ban_beats_a_racing_join_v12() {
+    check_ban_racing_join(RoomVersionId::V12).await;
+}

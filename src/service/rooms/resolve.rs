@@ -1,0 +1,168 @@
+//! State resolution (rooms v2+, "State resolution"; v2.1 for room version 12) over the
+//! state after each of several events, with ruma's `state_res::resolve`. Used when an event
+//! has several `prev_events`, and for a room's current state when it has several forward
+//! extremities (forks that federation brings).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ruma::{
+    EventId, OwnedEventId,
+    room_version_rules::{RoomVersionRules, StateResolutionVersion},
+    state_res::{StateMap, utils::event_id_set::EventIdSet},
+};
+
+use super::{
+    Rooms,
+    pdu::Pdu,
+    short::{ShortEventId, ShortStateKey},
+    state::StateHash,
+};
+use crate::{Error, Result};
+
+/// An auth chain walk stops here; a real room's chains are far smaller.
+const MAX_AUTH_CHAIN: usize = 100_000;
+
+impl Rooms {
+    /// A stored event, or `pending` if it is the one being committed right now.
+    fn lookup(&self, id: &EventId, pending: Option<&Pdu>) -> Result<Option<Pdu>> {
+        match pending {
+            Some(pdu) if pdu.event_id == id => Ok(Some(pdu.clone())),
+            _ => self.pdu(id),
+        }
+    }
+
+    /// The state after `hash` as ruma's `StateMap`.
+    fn state_map(&self, hash: StateHash) -> Result<StateMap<OwnedEventId>> {
+        let set = self.state.load(hash)?;
+        let mut map = StateMap::with_capacity(set.len());
+        for (short_key, short_event) in set.iter() {
+            map.insert(
+                self.short.state_key(*short_key)?,
+                self.short.event_id(*short_event)?,
+            );
+        }
+        Ok(map)
+    }
+
+    /// Every event reachable from `start` through `auth_events` (not including `start`).
+    fn auth_chain<'a>(
+        &self,
+        start: impl IntoIterator<Item = &'a OwnedEventId>,
+        pending: Option<&Pdu>,
+    ) -> Result<HashSet<OwnedEventId>> {
+        let mut seen = HashSet::new();
+        let mut todo: Vec<OwnedEventId> = Vec::new();
+        for id in start {
+            if let Some(pdu) = self.lookup(id, pending)? {
+                todo.extend(pdu.auth_events);
+            }
+        }
+        while let Some(id) = todo.pop() {
+            if seen.len() >= MAX_AUTH_CHAIN {
+                return Err(Error::internal("auth chain too long"));
+            }
+            if seen.insert(id.clone())
+                && let Some(pdu) = self.lookup(&id, pending)?
+            {
+                todo.extend(
+                    pdu.auth_events
+                        .into_iter()
+                        .filter(|next| !seen.contains(next)),
+                );
+            }
+        }
+        Ok(seen)
+    }
+
+    /// The conflicted state subgraph (rooms v12): events that are reachable from a conflicted
+    /// event through `auth_events` and can themselves reach a conflicted event that way, plus
+    /// the conflicted events.
+    fn conflicted_subgraph(
+        &self,
+        conflicted: &StateMap<Vec<OwnedEventId>>,
+        pending: Option<&Pdu>,
+    ) -> Result<EventIdSet<OwnedEventId>> {
+        let conflicted: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
+        let ancestors = self.auth_chain(conflicted.iter(), pending)?;
+        // Which ancestors reach a conflicted event: memoised depth-first search.
+        let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
+        fn visit(
+            rooms: &Rooms,
+            id: &EventId,
+            conflicted: &HashSet<OwnedEventId>,
+            reaches: &mut HashMap<OwnedEventId, bool>,
+            pending: Option<&Pdu>,
+        ) -> Result<bool> {
+            if let Some(known) = reaches.get(id) {
+                return Ok(*known);
+            }
+            reaches.insert(id.to_owned(), false); // breaks cycles in bad data
+            let mut found = false;
+            if let Some(pdu) = rooms.lookup(id, pending)? {
+                for parent in &pdu.auth_events {
+                    if conflicted.contains(parent)
+                        || visit(rooms, parent, conflicted, reaches, pending)?
+                    {
+                        found = true;
+                        break;
+                    }
+                }
+            }
+            reaches.insert(id.to_owned(), found);
+            Ok(found)
+        }
+        let mut subgraph: EventIdSet<OwnedEventId> = conflicted.iter().cloned().collect();
+        for id in &ancestors {
+            if visit(self, id, &conflicted, &mut reaches, pending)? {
+                subgraph.insert(id.clone());
+            }
+        }
+        Ok(subgraph)
+    }
+
+    /// Resolves the states after several events into one state set (short ids).
+    pub(super) fn resolve_states(
+        &self,
+        rules: &RoomVersionRules,
+        hashes: &[StateHash],
+        pending: Option<&Pdu>,
+    ) -> Result<BTreeMap<ShortStateKey, ShortEventId>> {
+        let StateResolutionVersion::V2(v2) = &rules.state_res else {
+            return Err(Error::internal("state resolution v1 is not supported"));
+        };
+        let mut maps = Vec::with_capacity(hashes.len());
+        let mut chains = Vec::with_capacity(hashes.len());
+        for hash in hashes {
+            let map = self.state_map(*hash)?;
+            let mut chain: EventIdSet<OwnedEventId> = self
+                .auth_chain(map.values(), pending)?
+                .into_iter()
+                .collect();
+            chain.extend(map.values().cloned());
+            chains.push(chain);
+            maps.push(map);
+        }
+        let fetch_event = |id: &EventId| self.lookup(id, pending).ok().flatten();
+        let fetch_subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| {
+            self.conflicted_subgraph(conflicted, pending).ok()
+        };
+        let resolved = ruma::state_res::resolve(
+            &rules.authorization,
+            v2,
+            maps.iter(),
+            chains,
+            fetch_event,
+            fetch_subgraph,
+        )
+        .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
+        resolved
+            .into_iter()
+            .map(|((kind, state_key), event_id)| {
+                Ok((
+                    self.short.short_state_key(&kind, &state_key)?,
+                    self.short.short_event_id(&event_id)?,
+                ))
+            })
+            .collect()
+    }
+}
