@@ -4,7 +4,10 @@
 //! - [`config`]: figment loading of `conduit.toml` + `CONDUIT_*` into a validated `Config`.
 //! - [`server`]: serve a bound listener (plain or TLS) until shutdown, then flush.
 //! - [`api`]: the router, the `Ruma<T>` extractor, and one handler file per spec area.
-//! - [`service`]: the Matrix logic; each service owns its trees and makes writes durable.
+//! - [`service`]: the Matrix logic; each service owns its trees and makes writes durable:
+//!   users, devices, registration, UIA, rooms (events, state core, resolution, membership,
+//!   visibility, relations, upgrades), stream and sync, account data, typing and receipts,
+//!   push (notification counts), presence.
 //! - [`storage`]: the key-value trait, sled and in-memory backends, typed tables.
 //! - [`crypto`]: tokens, digests, password hashing.
 //! - [`cli`]: the `conduit user …` administration commands.

@@ -170,7 +170,7 @@ fn cors() -> CorsLayer {
         ])
 }
 
-/// ruma 0.24 requires `include` on `GET /threads`, which the spec makes optional with the
+/// ruma-client-api 0.24 (ruma 0.16) requires `include` on `GET /threads`, which the spec makes optional with the
 /// default `all`; supply it when it is missing.
 async fn default_threads_include(mut request: Request, next: Next) -> Response {
     let query = request.uri().query().unwrap_or("");

@@ -146,11 +146,12 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
                 {
                     let mut left = LeftRoom::new();
                     let events = rooms.events_from(&info, since, request.timeline_limit)?;
-                    left.timeline.events = events
-                        .iter()
-                        .filter(|(count, _)| *count <= entry.count)
-                        .map(|(_, pdu)| pdu.to_sync_event(None))
-                        .collect();
+                    let mut visibility = rooms.visibility(&room_id, request.user_id)?;
+                    for (count, pdu) in events.iter().filter(|(count, _)| *count <= entry.count) {
+                        if visibility.can_see(*count, pdu)? {
+                            left.timeline.events.push(pdu.to_sync_event(None));
+                        }
+                    }
                     response.rooms.leave.insert(room_id, left);
                 }
             }

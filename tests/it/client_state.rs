@@ -479,3 +479,84 @@ async fn notification_counts_follow_push_rules_and_reset_on_read() {
     let (_, sync) = call(&server, &bob, Method::GET, "/sync", None).await;
     assert_eq!(counts(&sync), (0, 0), "a muted room does not count");
 }
+
+#[tokio::test]
+async fn presence_can_be_set_read_and_switched_off() {
+    let server = TestServer::start();
+    let alice = token(&server, "alice").await;
+    let bob = token(&server, "bob").await;
+    let status = json!({ "presence": "unavailable", "status_msg": "on the air" });
+    assert_eq!(
+        call(
+            &server,
+            &alice,
+            Method::PUT,
+            "/presence/@alice:localhost/status",
+            Some(status.clone())
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (status_code, seen) = call(
+        &server,
+        &bob,
+        Method::GET,
+        "/presence/@alice:localhost/status",
+        None,
+    )
+    .await;
+    assert_eq!(status_code, StatusCode::OK);
+    assert_eq!(
+        (seen["presence"].clone(), seen["status_msg"].clone()),
+        (json!("unavailable"), json!("on the air"))
+    );
+    let (_, never) = call(
+        &server,
+        &alice,
+        Method::GET,
+        "/presence/@bob:localhost/status",
+        None,
+    )
+    .await;
+    assert_eq!(never["presence"], "offline");
+    assert_error(
+        &call(
+            &server,
+            &bob,
+            Method::PUT,
+            "/presence/@alice:localhost/status",
+            Some(status.clone()),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &call(
+            &server,
+            &bob,
+            Method::GET,
+            "/presence/@nobody:localhost/status",
+            None,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    let quiet = TestServer::with_env(&[("CONDUIT_ALLOW_PRESENCE", "false")]);
+    let carol = token(&quiet, "carol").await;
+    assert_error(
+        &call(
+            &quiet,
+            &carol,
+            Method::PUT,
+            "/presence/@carol:localhost/status",
+            Some(status),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+}

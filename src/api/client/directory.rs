@@ -185,7 +185,7 @@ pub async fn get_room_visibility(
 }
 
 /// `PUT /_matrix/client/v3/directory/list/room/{roomId}`: needs the power to change the
-/// room's canonical alias (as Synapse) or server admin.
+/// room's state events (`state_default`) or server admin.
 pub async fn set_room_visibility(
     State(services): State<Arc<Services>>,
     request: Ruma<set_room_visibility::v3::Request>,

@@ -63,8 +63,9 @@ pub fn reader<'a>(
     }
 }
 
-/// Refuses unless `user_id` is joined to the room. History visibility (`shared`,
-/// `world_readable`, …) is not applied yet: only current members may read.
+/// Refuses unless `user_id` is joined to the room: for sending, and for the state and
+/// member listings (which do not yet serve non-members of world-readable rooms). Reading
+/// events goes through [`reader`] and history visibility instead.
 pub fn require_joined(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<()> {
     if services.rooms.is_joined(room_id, user_id)? {
         Ok(())

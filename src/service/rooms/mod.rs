@@ -4,8 +4,11 @@
 //! - [`short`]: interning of event ids, state keys and room ids.
 //! - [`state`]: state sets stored as diffs with periodic snapshots.
 //! - [`append`]: creating a local event: build, hash, sign, authorise, store (one batch).
-//! - [`create`], [`membership`], [`alias`]: createRoom, membership changes, aliases and the
-//!   public directory, all built on `append`.
+//! - [`resolve`]: state resolution where forks meet (ruma's state-res).
+//! - [`create`], [`membership`], [`alias`], [`upgrade`]: createRoom, membership changes,
+//!   aliases and the public directory, room upgrades, all built on `append`.
+//! - [`visibility`], [`relations`], [`power`]: history visibility, relations and threads,
+//!   power levels for client-side checks.
 //!
 //! Trees owned here (besides those of `short` and `state`):
 //! - `pduid_pdu`: `short room id (u64) count (u64)` → stored PDU JSON. Timeline order.
