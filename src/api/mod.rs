@@ -28,7 +28,7 @@ use tower_http::{
 use self::{
     client::{
         account, account_data, alias, device, directory, discovery, membership, message, presence,
-        profile, push, receipt, relations, room, session, state, sync,
+        profile, push, receipt, relations, room, search, session, space, state, sync,
     },
     ruma::RouterExt,
 };
@@ -111,6 +111,8 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(directory::get_room_visibility)
         .ruma_route(directory::set_room_visibility)
         .ruma_route(directory::search_users)
+        .ruma_route(search::search_events)
+        .ruma_route(space::get_hierarchy)
         // Per-user client state
         .ruma_route(account_data::set_global_account_data)
         .ruma_route(account_data::get_global_account_data)

@@ -1310,3 +1310,153 @@ async fn rooms_upgrade_to_a_new_version() {
     );
     assert_eq!(bob.say(&new, "hello new room").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn search_and_space_hierarchy() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+
+    // Search: words match case-insensitively, newest first, paged, only where one may read.
+    let club = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Radio club" }))
+        .await;
+    for n in 0..4 {
+        alice.say(&club, &format!("Antenna build night {n}")).await;
+    }
+    alice.say(&club, "unrelated chatter").await;
+    let secret = alice.create_room(json!({ "name": "Board" })).await;
+    alice.say(&secret, "antenna budget is secret").await;
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{club}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let query = json!({ "search_categories": { "room_events": {
+        "search_term": "ANTENNA night", "filter": { "limit": 3 } } } });
+    let (status, found) = bob.call(Method::POST, "/search", Some(query.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let events = &found["search_categories"]["room_events"];
+    let bodies: Vec<_> = events["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"]["content"]["body"].clone())
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![
+            json!("Antenna build night 3"),
+            json!("Antenna build night 2"),
+            json!("Antenna build night 1")
+        ]
+    );
+    let next = events["next_batch"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    // `next_batch` is a query parameter of /search.
+    let path = format!("/search?next_batch={next}");
+    let (_, page2) = bob.call(Method::POST, &path, Some(query)).await;
+    let bodies: Vec<_> = page2["search_categories"]["room_events"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"]["content"]["body"].clone())
+        .collect();
+    assert_eq!(bodies, vec![json!("Antenna build night 0")]);
+    let (_, alices) = alice
+        .call(
+            Method::POST,
+            "/search",
+            Some(json!({ "search_categories": { "room_events": { "search_term": "budget" } } })),
+        )
+        .await;
+    assert_eq!(
+        alices["search_categories"]["room_events"]["results"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (_, bobs) = bob
+        .call(
+            Method::POST,
+            "/search",
+            Some(json!({ "search_categories": { "room_events": { "search_term": "budget" } } })),
+        )
+        .await;
+    let results = bobs["search_categories"]["room_events"]["results"].as_array();
+    assert!(
+        results.is_none_or(|r| r.is_empty()),
+        "no results from rooms one is not in: {bobs}"
+    );
+
+    // A space with two children, one suggested; the hierarchy walks them.
+    let space = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Makerspace",
+        "creation_content": { "type": "m.space" } }))
+        .await;
+    let workshop = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Workshop" }))
+        .await;
+    for (child, suggested) in [(&club, true), (&workshop, false)] {
+        let content = json!({ "via": ["localhost"], "suggested": suggested });
+        let path = format!("/rooms/{space}/state/m.space.child/{child}");
+        assert_eq!(
+            alice.call(Method::PUT, &path, Some(content)).await.0,
+            StatusCode::OK
+        );
+    }
+    let v1 = |path: String| {
+        let token = bob.token.clone();
+        let server = &server;
+        async move {
+            server
+                .request(
+                    Method::GET,
+                    &format!("/_matrix/client/v1{path}"),
+                    Some(&token),
+                    None,
+                )
+                .await
+        }
+    };
+    let (status, tree) = v1(format!("/rooms/{space}/hierarchy")).await;
+    assert_eq!(status, StatusCode::OK, "{tree}");
+    let names: Vec<_> = tree["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names.len(), 3, "{tree}");
+    assert_eq!(names[0], "Makerspace");
+    assert_eq!(tree["rooms"][0]["room_type"], "m.space");
+    assert_eq!(
+        tree["rooms"][0]["children_state"].as_array().unwrap().len(),
+        2
+    );
+    let (_, suggested) = v1(format!("/rooms/{space}/hierarchy?suggested_only=true")).await;
+    let names: Vec<_> = suggested["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("Makerspace"), json!("Radio club")]);
+    let (_, page) = v1(format!("/rooms/{space}/hierarchy?limit=1")).await;
+    assert_eq!(page["rooms"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next_batch"], "1");
+    let (status, _) = v1(format!("/rooms/{secret}/hierarchy")).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a private room one is not in stays hidden"
+    );
+}

@@ -15,6 +15,8 @@ pub mod push;
 pub mod receipt;
 pub mod relations;
 pub mod room;
+pub mod search;
 pub mod session;
+pub mod space;
 pub mod state;
 pub mod sync;

@@ -1,0 +1,151 @@
+//! Server-side search (`POST /search`, room events): case-insensitive matching of every
+//! search word against `content.body`, `content.name` and `content.topic` (as `keys` asks)
+//! of unencrypted events in the user's joined rooms, newest first, with history visibility
+//! applied. There is no full-text index: each request scans at most [`MAX_SCANNED`] events
+//! per room, newest first, which suits small servers; older history is reached by paging.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use ruma::{
+    OwnedRoomId, UInt,
+    api::client::search::search_events::{
+        self,
+        v3::{Criteria, ResultCategories, ResultRoomEvents, SearchKeys, SearchResult},
+    },
+    events::room::member::MembershipState,
+};
+use serde_json::Value as JsonValue;
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse},
+    service::{Services, rooms::pdu::Pdu},
+};
+
+/// Events looked at per room and request.
+const MAX_SCANNED: usize = 2_000;
+const DEFAULT_LIMIT: usize = 10;
+const MAX_LIMIT: usize = 50;
+
+fn matches(pdu: &Pdu, words: &[String], keys: &[&str]) -> bool {
+    let content = pdu.content_value();
+    let text: String = keys
+        .iter()
+        .filter_map(|key| content.get(*key).and_then(JsonValue::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
+    !text.is_empty() && words.iter().all(|word| text.contains(word.as_str()))
+}
+
+/// `next_batch` tokens are `room index:count`: where to continue.
+fn parse_batch(token: Option<&str>) -> Result<(usize, Option<u64>)> {
+    let Some(token) = token else {
+        return Ok((0, None));
+    };
+    let (room, count) = token
+        .split_once(':')
+        .ok_or_else(|| Error::invalid_param("Invalid next_batch."))?;
+    let room = room
+        .parse()
+        .map_err(|_| Error::invalid_param("Invalid next_batch."))?;
+    let count = count
+        .parse()
+        .map_err(|_| Error::invalid_param("Invalid next_batch."))?;
+    Ok((room, Some(count)))
+}
+
+fn search_rooms(
+    services: &Services,
+    user: &ruma::UserId,
+    criteria: &Criteria,
+    next_batch: Option<&str>,
+) -> Result<ResultRoomEvents> {
+    let words: Vec<String> = criteria
+        .search_term
+        .split_whitespace()
+        .map(str::to_lowercase)
+        .collect();
+    if words.is_empty() {
+        return Err(Error::invalid_param("The search term is empty."));
+    }
+    let keys: Vec<&str> = match &criteria.keys {
+        Some(keys) => keys
+            .iter()
+            .map(|key| match key {
+                SearchKeys::ContentName => "name",
+                SearchKeys::ContentTopic => "topic",
+                _ => "body",
+            })
+            .collect(),
+        None => vec!["body", "name", "topic"],
+    };
+    let filter = &criteria.filter;
+    let limit = filter
+        .limit
+        .and_then(|l| usize::try_from(l).ok())
+        .unwrap_or(DEFAULT_LIMIT)
+        .clamp(1, MAX_LIMIT);
+    let mut rooms: Vec<OwnedRoomId> = services
+        .rooms
+        .rooms_of(user)?
+        .into_iter()
+        .filter(|(_, entry)| entry.membership == MembershipState::Join)
+        .map(|(room, _)| room)
+        .filter(|room| {
+            filter
+                .rooms
+                .as_ref()
+                .is_none_or(|wanted| wanted.contains(room))
+        })
+        .filter(|room| !filter.not_rooms.contains(room))
+        .collect();
+    rooms.sort();
+
+    let (first_room, mut before) = parse_batch(next_batch)?;
+    let mut results = Vec::new();
+    let mut next = None;
+    'rooms: for (index, room_id) in rooms.iter().enumerate().skip(first_room) {
+        let info = services.rooms.existing(room_id)?;
+        let mut visibility = services.rooms.visibility(room_id, user)?;
+        let events =
+            services
+                .rooms
+                .events_before(&info, before.take().unwrap_or(u64::MAX), MAX_SCANNED)?;
+        for (count, pdu) in events {
+            if !matches(&pdu, &words, &keys) || !visibility.can_see(count, &pdu)? {
+                continue;
+            }
+            if results.len() == limit {
+                next = Some(format!("{index}:{}", count + 1));
+                break 'rooms;
+            }
+            let mut result = SearchResult::new();
+            result.rank = Some(1.0);
+            result.result = Some(pdu.to_room_event());
+            results.push(result);
+        }
+    }
+    let mut found = ResultRoomEvents::new();
+    found.count = UInt::new(results.len() as u64);
+    found.results = results;
+    found.next_batch = next;
+    found.highlights = words;
+    Ok(found)
+}
+
+/// `POST /_matrix/client/v3/search`
+pub async fn search_events(
+    State(services): State<Arc<Services>>,
+    request: Ruma<search_events::v3::Request>,
+) -> Result<RumaResponse<search_events::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    let mut categories = ResultCategories::new();
+    if let Some(criteria) = &body.search_categories.room_events {
+        categories.room_events =
+            search_rooms(&services, sender, criteria, body.next_batch.as_deref())?;
+    }
+    Ok(RumaResponse(search_events::v3::Response::new(categories)))
+}
