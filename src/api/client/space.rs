@@ -155,7 +155,7 @@ pub async fn get_hierarchy(
     let mut seen = HashSet::from([body.room_id.clone()]);
     let mut queue = VecDeque::from([(body.room_id.clone(), 0usize)]);
     while let Some((room_id, depth)) = queue.pop_front() {
-        if chunks.len() >= MAX_ROOMS || chunks.len() >= offset + limit + 1 {
+        if chunks.len() >= MAX_ROOMS || chunks.len() > offset + limit {
             break;
         }
         let (chunk, children) = chunk(&services, &room_id, body.suggested_only)?;
