@@ -255,7 +255,7 @@ const STATE_KEY_SEGMENT: &str = "/{state_key}";
 /// Mounting handlers by their ruma request type.
 pub trait RouterExt {
     /// Routes every path in `T`'s metadata, with `T`'s method, to `handler`.
-    fn ruma_route<T, H, Fut>(self, handler: H) -> Self
+    fn ruma_route<T, H, Fut, R>(self, handler: H) -> Self
     where
         T: IncomingRequest + Send + 'static,
         T::Authentication: AuthRule,
@@ -264,12 +264,12 @@ pub trait RouterExt {
             + Send
             + Sync
             + 'static,
-        Fut: Future<Output = Result<RumaResponse<T::OutgoingResponse>>> + Send + 'static,
-        T::OutgoingResponse: OutgoingResponse + Send;
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: IntoResponse + 'static;
 }
 
 impl RouterExt for Router<Arc<Services>> {
-    fn ruma_route<T, H, Fut>(mut self, handler: H) -> Self
+    fn ruma_route<T, H, Fut, R>(mut self, handler: H) -> Self
     where
         T: IncomingRequest + Send + 'static,
         T::Authentication: AuthRule,
@@ -278,8 +278,8 @@ impl RouterExt for Router<Arc<Services>> {
             + Send
             + Sync
             + 'static,
-        Fut: Future<Output = Result<RumaResponse<T::OutgoingResponse>>> + Send + 'static,
-        T::OutgoingResponse: OutgoingResponse + Send,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: IntoResponse + 'static,
     {
         let filter =
             MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");

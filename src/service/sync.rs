@@ -155,6 +155,16 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
                     response.rooms.leave.insert(room_id, left);
                 }
             }
+            MembershipState::Knock if request.since.is_none_or(|since| entry.count >= since) => {
+                let mut knocked = ruma::api::client::sync::sync_events::v3::KnockedRoom::new();
+                knocked.knock_state.events = invited_room(services, &room_id, request.user_id)?
+                    .invite_state
+                    .events
+                    .into_iter()
+                    .map(|event| event.cast_unchecked())
+                    .collect();
+                response.rooms.knock.insert(room_id, knocked);
+            }
             _ => {}
         }
     }

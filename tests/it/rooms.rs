@@ -1460,3 +1460,118 @@ async fn search_and_space_hierarchy() {
         "a private room one is not in stays hidden"
     );
 }
+
+#[tokio::test]
+async fn members_at_a_point_in_time_and_knocking() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+    let carol = User::new(&server, "carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(
+        bob.call(
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, sync) = alice.call(Method::GET, "/sync", None).await;
+    let before_carol = sync["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(
+        carol
+            .call(
+                Method::POST,
+                &format!("/rooms/{room}/join"),
+                Some(json!({}))
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let members = |path: String| {
+        let token = alice.token.clone();
+        let server = &server;
+        async move {
+            let (_, page) = server
+                .request(
+                    Method::GET,
+                    &format!("/_matrix/client/v3{path}"),
+                    Some(&token),
+                    None,
+                )
+                .await;
+            let mut users: Vec<String> = page["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["state_key"].as_str().unwrap().to_owned())
+                .collect();
+            users.sort();
+            users
+        }
+    };
+    assert_eq!(
+        members(format!("/rooms/{room}/members")).await,
+        ["@alice:localhost", "@bob:localhost", "@carol:localhost"]
+    );
+    assert_eq!(
+        members(format!("/rooms/{room}/members?at={before_carol}")).await,
+        ["@alice:localhost", "@bob:localhost"]
+    );
+    assert_eq!(
+        members(format!(
+            "/rooms/{room}/members?not_membership=leave&membership=join"
+        ))
+        .await
+        .len(),
+        3
+    );
+
+    // Knocking (room versions 7+): the knock shows in the knocker's sync, and an invite lets in.
+    let knock_room = alice
+        .create_room(json!({ "initial_state": [
+            { "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }
+        ], "name": "Knock first" }))
+        .await;
+    let dave = User::new(&server, "dave").await;
+    let (status, knocked) = dave
+        .call(
+            Method::POST,
+            &format!("/knock/{knock_room}"),
+            Some(json!({ "reason": "let me in" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{knocked}");
+    let (_, sync) = dave.call(Method::GET, "/sync", None).await;
+    assert!(
+        sync["rooms"]["knock"][&knock_room]["knock_state"]["events"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "{sync}"
+    );
+    let invite = json!({ "user_id": "@dave:localhost" });
+    assert_eq!(
+        alice
+            .call(
+                Method::POST,
+                &format!("/rooms/{knock_room}/invite"),
+                Some(invite)
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        dave.call(
+            Method::POST,
+            &format!("/rooms/{knock_room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+}

@@ -13,7 +13,7 @@ use ruma::{
             join_room_by_id_or_alias, joined_members, kick_user, leave_room, unban_user,
         },
     },
-    events::room::member::MembershipState,
+    events::{StateEventType, room::member::MembershipState},
 };
 
 use super::room::{member_profile, require_joined};
@@ -218,8 +218,8 @@ pub async fn joined_members(
     Ok(RumaResponse(joined_members::v3::Response::new(joined)))
 }
 
-/// `GET /_matrix/client/v3/rooms/{roomId}/members`, with `membership` and
-/// `not_membership` filters. (`at` is accepted; the current state is used.)
+/// `GET /_matrix/client/v3/rooms/{roomId}/members`, with `membership` and `not_membership`
+/// filters, at the current state or, with `at` (a sync or pagination token), at that point.
 pub async fn get_member_events(
     State(services): State<Arc<Services>>,
     request: Ruma<get_member_events::v3::Request>,
@@ -227,8 +227,35 @@ pub async fn get_member_events(
     let (sender, _) = request.sender()?;
     let body = &request.body;
     require_joined(&services, &body.room_id, sender)?;
+    let rooms = &services.rooms;
+    let info = rooms.existing(&body.room_id)?;
+    let hash = match body.at.as_deref() {
+        Some(token) => {
+            let at: u64 = token
+                .parse()
+                .map_err(|_| Error::invalid_param("Invalid `at` token."))?;
+            match rooms.events_before(&info, at, 1)?.first() {
+                Some((_, last)) => rooms
+                    .state_hashes(&last.event_id)?
+                    .map(|(_, after)| after)
+                    .unwrap_or(info.state_hash),
+                None => info.state_hash,
+            }
+        }
+        None => info.state_hash,
+    };
+    let state = rooms.state.load(hash)?;
     let mut chunk = Vec::new();
-    for (user_id, membership) in services.rooms.members(&body.room_id)? {
+    for (short_key, short_event) in state.iter() {
+        let (kind, _) = rooms.short.state_key(*short_key)?;
+        if kind != StateEventType::RoomMember {
+            continue;
+        }
+        let Some(event) = rooms.pdu(&rooms.short.event_id(*short_event)?)? else {
+            continue;
+        };
+        let membership =
+            MembershipState::from(event.content_str("membership").unwrap_or_default().as_str());
         if body
             .membership
             .as_ref()
@@ -240,13 +267,7 @@ pub async fn get_member_events(
         {
             continue;
         }
-        if let Some(event) = services.rooms.current_state_event(
-            &body.room_id,
-            &"m.room.member".into(),
-            user_id.as_str(),
-        )? {
-            chunk.push(event.to_state_event().cast_unchecked());
-        }
+        chunk.push(event.to_state_event().cast_unchecked());
     }
     Ok(RumaResponse(get_member_events::v3::Response::new(chunk)))
 }

@@ -2,8 +2,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::extract::State;
-use ruma::api::client::{filter::FilterDefinition, sync::sync_events};
+use axum::{extract::State, response::IntoResponse};
+use ruma::api::{
+    OutgoingResponse,
+    client::{filter::FilterDefinition, sync::sync_events},
+};
 
 use crate::{
     Error, Result,
@@ -20,7 +23,7 @@ const MAX_TIMELINE_LIMIT: usize = 100;
 pub async fn sync_events(
     State(services): State<Arc<Services>>,
     request: Ruma<sync_events::v3::Request>,
-) -> Result<RumaResponse<sync_events::v3::Response>> {
+) -> Result<axum::response::Response> {
     let (user_id, device_id) = request.sender()?;
     let body = &request.body;
     let since = body
@@ -52,9 +55,22 @@ pub async fn sync_events(
         timeline_limit,
         timeout: body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
     };
-    Ok(RumaResponse(
-        crate::service::sync::sync(&services, request).await?,
-    ))
+    let response = crate::service::sync::sync(&services, request).await?;
+    // ruma-client-api 0.24's `Rooms::is_empty` ignores `knock`, so a response whose only room
+    // news is a knock would lose `rooms`; add it back to the serialised body.
+    if !response.rooms.knock.is_empty() && response.rooms.is_empty() {
+        let internal = |e: String| Error::internal(format!("sync response: {e}"));
+        let knock =
+            serde_json::to_value(&response.rooms.knock).map_err(|e| internal(e.to_string()))?;
+        let http = response
+            .try_into_http_response::<Vec<u8>>()
+            .map_err(|e| internal(e.to_string()))?;
+        let mut body: serde_json::Value =
+            serde_json::from_slice(http.body()).map_err(|e| internal(e.to_string()))?;
+        body["rooms"] = serde_json::json!({ "knock": knock });
+        return Ok(axum::Json(body).into_response());
+    }
+    Ok(RumaResponse(response).into_response())
 }
 
 fn limit_of(filter: &FilterDefinition) -> Option<usize> {
