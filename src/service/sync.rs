@@ -33,6 +33,10 @@ pub struct SyncRequest<'a> {
     pub full_state: bool,
     pub timeline_limit: usize,
     pub timeout: Duration,
+    /// Lazy-loaded members (client-server API, "Lazy-loading room members"): `state` holds
+    /// only the member events of the timeline's senders and the user's own. They are sent each
+    /// time (the spec allows redundant members), not tracked per device.
+    pub lazy_members: bool,
 }
 
 /// State an invitee sees (client-server API, "Stripped state").
@@ -219,9 +223,40 @@ fn joined_room(
     };
     let mut state_events = Vec::new();
     if let Some(start_hash) = start_hash {
+        let senders: std::collections::BTreeSet<&UserId> = events
+            .iter()
+            .map(|(_, pdu)| &*pdu.sender)
+            .chain([request.user_id])
+            .collect();
+        let mut members_sent = std::collections::BTreeSet::new();
         for (_, short_event) in rooms.state.changed(since_hash, start_hash)? {
             if let Some(pdu) = rooms.pdu(&rooms.short.event_id(short_event)?)? {
+                if request.lazy_members && pdu.kind.to_string() == "m.room.member" {
+                    let wanted = pdu
+                        .state_key
+                        .as_deref()
+                        .is_some_and(|key| senders.iter().any(|s| s.as_str() == key));
+                    if !wanted {
+                        continue;
+                    }
+                    members_sent.insert(pdu.state_key.clone().unwrap_or_default());
+                }
                 state_events.push(pdu.to_sync_state_event());
+            }
+        }
+        if request.lazy_members {
+            // Senders whose member event did not change still need it.
+            let start_state = rooms.state.load(start_hash)?;
+            for sender in senders {
+                if !members_sent.contains(sender.as_str())
+                    && let Some(pdu) = rooms.state_event(
+                        &start_state,
+                        &StateEventType::RoomMember,
+                        sender.as_str(),
+                    )?
+                {
+                    state_events.push(pdu.to_sync_state_event());
+                }
             }
         }
     }

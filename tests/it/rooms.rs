@@ -1575,3 +1575,77 @@ async fn members_at_a_point_in_time_and_knocking() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn sync_lazy_loads_members() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mut members = Vec::new();
+    for n in 0..6 {
+        let member = User::new(&server, &format!("member{n}")).await;
+        assert_eq!(
+            member
+                .call(
+                    Method::POST,
+                    &format!("/rooms/{room}/join"),
+                    Some(json!({}))
+                )
+                .await
+                .0,
+            StatusCode::OK
+        );
+        members.push(member);
+    }
+    // The last three timeline events come from member0 and member1 only.
+    members[0].say(&room, "one").await;
+    members[1].say(&room, "two").await;
+    members[0].say(&room, "three").await;
+    let member_keys = |sync: &Value| -> Vec<String> {
+        let mut keys: Vec<String> = sync["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| e["type"] == "m.room.member")
+                    .map(|e| e["state_key"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    };
+    let lazy =
+        json!({ "room": { "state": { "lazy_load_members": true }, "timeline": { "limit": 3 } } });
+    let path = format!("/sync?filter={}", urlencode(&lazy.to_string()));
+    let (_, sync) = alice.call(Method::GET, &path, None).await;
+    assert_eq!(
+        member_keys(&sync),
+        [
+            "@alice:localhost",
+            "@member0:localhost",
+            "@member1:localhost"
+        ]
+    );
+    // Without lazy loading, everyone's member event comes along.
+    let full = json!({ "room": { "timeline": { "limit": 3 } } });
+    let (_, sync) = alice
+        .call(
+            Method::GET,
+            &format!("/sync?filter={}", urlencode(&full.to_string())),
+            None,
+        )
+        .await;
+    assert_eq!(member_keys(&sync).len(), 7);
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -35,18 +35,22 @@ pub async fn sync_events(
                 .map_err(|_| Error::invalid_param("Invalid since token."))
         })
         .transpose()?;
-    let timeline_limit = match &body.filter {
-        Some(sync_events::v3::Filter::FilterDefinition(filter)) => limit_of(filter),
+    let filter = match &body.filter {
+        Some(sync_events::v3::Filter::FilterDefinition(filter)) => Some(filter.clone()),
         Some(sync_events::v3::Filter::FilterId(id)) => services
             .account_data
             .filter(user_id, id)?
-            .and_then(|stored| serde_json::from_value::<FilterDefinition>(stored).ok())
-            .as_ref()
-            .and_then(limit_of),
+            .and_then(|stored| serde_json::from_value::<FilterDefinition>(stored).ok()),
         _ => None,
-    }
-    .unwrap_or(DEFAULT_TIMELINE_LIMIT)
-    .clamp(1, MAX_TIMELINE_LIMIT);
+    };
+    let lazy_members = filter
+        .as_ref()
+        .is_some_and(|f| !f.room.state.lazy_load_options.is_disabled());
+    let timeline_limit = filter
+        .as_ref()
+        .and_then(limit_of)
+        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+        .clamp(1, MAX_TIMELINE_LIMIT);
     let request = SyncRequest {
         user_id,
         device_id,
@@ -54,6 +58,7 @@ pub async fn sync_events(
         full_state: body.full_state,
         timeline_limit,
         timeout: body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
+        lazy_members,
     };
     let response = crate::service::sync::sync(&services, request).await?;
     // ruma-client-api 0.24's `Rooms::is_empty` ignores `knock`, so a response whose only room
