@@ -96,4 +96,32 @@ impl Services {
             tracing::warn!(event_id = %pdu.event_id, %error, "could not update notification counts");
         }
     }
+
+    /// Sets a user's presence; a real change is published to everyone sharing a room.
+    pub fn set_presence(
+        &self,
+        user_id: &ruma::UserId,
+        state: ruma::presence::PresenceState,
+        status_msg: Option<Option<String>>,
+    ) -> Result<()> {
+        if !self.config.allow_presence || !self.presence.set(user_id, state, status_msg) {
+            return Ok(());
+        }
+        let (position, ()) = self.stream.commit(|_, _| Ok(()))?;
+        self.presence.published(user_id, position);
+        let mut audience = std::collections::BTreeSet::new();
+        audience.insert(user_id.to_owned());
+        for (room_id, entry) in self.rooms.rooms_of(user_id)? {
+            if entry.membership == ruma::events::room::member::MembershipState::Join {
+                for (member, membership) in self.rooms.members(&room_id)? {
+                    if membership == ruma::events::room::member::MembershipState::Join {
+                        audience.insert(member);
+                    }
+                }
+            }
+        }
+        self.stream
+            .touch(audience.iter().map(|u| u.as_ref()), position);
+        Ok(())
+    }
 }

@@ -74,7 +74,8 @@ fn raw<T>(value: JsonValue) -> Raw<T> {
 }
 
 fn is_empty(response: &Response) -> bool {
-    response.account_data.events.is_empty()
+    response.presence.events.is_empty()
+        && response.account_data.events.is_empty()
         && response.rooms.join.is_empty()
         && response.rooms.invite.is_empty()
         && response.rooms.leave.is_empty()
@@ -90,6 +91,9 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
         && !services.stream.changed_for(request.user_id, since)
     {
         return Ok(response);
+    }
+    if services.config.allow_presence {
+        response.presence.events = presence_events(services, request)?;
     }
     let mut room_account_data: BTreeMap<OwnedRoomId, Vec<Raw<AnyRoomAccountDataEvent>>> =
         BTreeMap::new();
@@ -173,6 +177,44 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
         }
     }
     Ok(response)
+}
+
+/// Presence changes of the user and of everyone sharing a joined room with them.
+fn presence_events(
+    services: &Services,
+    request: &SyncRequest<'_>,
+) -> Result<Vec<Raw<ruma::events::presence::PresenceEvent>>> {
+    let changed = services.presence.changed_since(request.since);
+    if changed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut audience = std::collections::BTreeSet::new();
+    audience.insert(request.user_id.to_owned());
+    for (room_id, entry) in services.rooms.rooms_of(request.user_id)? {
+        if entry.membership == MembershipState::Join {
+            for (member, membership) in services.rooms.members(&room_id)? {
+                if membership == MembershipState::Join {
+                    audience.insert(member);
+                }
+            }
+        }
+    }
+    Ok(changed
+        .into_iter()
+        .filter(|(user, _)| audience.contains(user))
+        .map(|(user, entry)| {
+            let ago = entry.last_active.elapsed();
+            let mut content = json!({
+                "presence": entry.state,
+                "last_active_ago": ago.as_millis() as u64,
+                "currently_active": ago < Duration::from_secs(300),
+            });
+            if let Some(status) = entry.status_msg {
+                content["status_msg"] = status.into();
+            }
+            raw(json!({ "type": "m.presence", "sender": user, "content": content }))
+        })
+        .collect())
 }
 
 fn joined_room(

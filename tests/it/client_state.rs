@@ -560,3 +560,85 @@ async fn presence_can_be_set_read_and_switched_off() {
         "M_FORBIDDEN",
     );
 }
+
+#[tokio::test]
+async fn presence_reaches_room_members_through_sync() {
+    let server = TestServer::start();
+    let alice = token(&server, "alice").await;
+    let bob = token(&server, "bob").await;
+    let stranger = token(&server, "stranger").await;
+    let (_, created) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/createRoom",
+        Some(json!({ "preset": "public_chat" })),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            &server,
+            &bob,
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let (_, strangers) = call(&server, &stranger, Method::GET, "/sync", None).await;
+    let strangers_since = strangers["next_batch"].as_str().unwrap().to_owned();
+
+    let status = json!({ "presence": "unavailable", "status_msg": "at the field day" });
+    assert_eq!(
+        call(
+            &server,
+            &bob,
+            Method::PUT,
+            "/presence/@bob:localhost/status",
+            Some(status)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, sync) = call(
+        &server,
+        &alice,
+        Method::GET,
+        &format!("/sync?since={since}&timeout=5000"),
+        None,
+    )
+    .await;
+    let events = sync["presence"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let bobs = events
+        .iter()
+        .find(|e| e["sender"] == "@bob:localhost")
+        .expect("bob's presence in alice's sync");
+    assert_eq!(bobs["content"]["presence"], "unavailable");
+    assert_eq!(bobs["content"]["status_msg"], "at the field day");
+    // Someone sharing no room with bob does not hear of it.
+    let (_, sync) = call(
+        &server,
+        &stranger,
+        Method::GET,
+        &format!("/sync?since={strangers_since}"),
+        None,
+    )
+    .await;
+    let events = sync["presence"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        events.iter().all(|e| e["sender"] != "@bob:localhost"),
+        "{sync}"
+    );
+}

@@ -30,9 +30,7 @@ pub async fn set_presence(
     if *sender != body.user_id {
         return Err(Error::forbidden("You can only set your own presence."));
     }
-    services
-        .presence
-        .set(sender, body.presence.clone(), body.status_msg.clone());
+    services.set_presence(sender, body.presence.clone(), Some(body.status_msg.clone()))?;
     Ok(RumaResponse(set_presence::v3::Response::new()))
 }
 

@@ -60,6 +60,8 @@ pub async fn sync_events(
         timeout: body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
         lazy_members,
     };
+    // Syncing marks the user active with the presence the client asks for (default online).
+    services.set_presence(user_id, body.set_presence.clone(), None)?;
     let response = crate::service::sync::sync(&services, request).await?;
     // ruma-client-api 0.24's `Rooms::is_empty` ignores `knock`, so a response whose only room
     // news is a knock would lose `rooms`; add it back to the serialised body.
