@@ -642,3 +642,80 @@ async fn presence_reaches_room_members_through_sync() {
         "{sync}"
     );
 }
+
+#[tokio::test]
+async fn room_tags_are_kept_and_synced() {
+    let server = TestServer::start();
+    let alice = token(&server, "alice").await;
+    let (_, created) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/createRoom",
+        Some(json!({})),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let tags = format!("/user/@alice:localhost/rooms/{room}/tags");
+    assert_eq!(
+        call(
+            &server,
+            &alice,
+            Method::PUT,
+            &format!("{tags}/m.favourite"),
+            Some(json!({ "order": 0.5 }))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &server,
+            &alice,
+            Method::PUT,
+            &format!("{tags}/u.work"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, listed) = call(&server, &alice, Method::GET, &tags, None).await;
+    assert_eq!(listed["tags"]["m.favourite"]["order"], 0.5);
+    assert!(listed["tags"]["u.work"].is_object());
+    let (_, sync) = call(
+        &server,
+        &alice,
+        Method::GET,
+        &format!("/sync?since={since}"),
+        None,
+    )
+    .await;
+    let events = sync["rooms"]["join"][&room]["account_data"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.tag" && e["content"]["tags"]["m.favourite"]["order"] == 0.5),
+        "{sync}"
+    );
+    assert_eq!(
+        call(
+            &server,
+            &alice,
+            Method::DELETE,
+            &format!("{tags}/u.work"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, listed) = call(&server, &alice, Method::GET, &tags, None).await;
+    assert!(listed["tags"].get("u.work").is_none());
+}

@@ -11,6 +11,7 @@ use ruma::{
             set_room_account_data,
         },
         filter::{create_filter, get_filter},
+        tag::{create_tag, delete_tag, get_tags},
     },
     serde::Raw,
 };
@@ -152,4 +153,79 @@ pub async fn get_filter(
     let filter =
         serde_json::from_value(filter).map_err(|_| Error::internal("stored filter is invalid"))?;
     Ok(RumaResponse(get_filter::v3::Response::new(filter)))
+}
+
+/// The room's `m.tag` account data: `{"tags": {tag: info}}`.
+fn tags_of(
+    services: &Services,
+    user: &UserId,
+    room: &ruma::RoomId,
+) -> Result<serde_json::Map<String, JsonValue>> {
+    Ok(services
+        .account_data
+        .get(user, Some(room), "m.tag")?
+        .and_then(|content| content.get("tags").and_then(JsonValue::as_object).cloned())
+        .unwrap_or_default())
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags`
+pub async fn get_tags(
+    State(services): State<Arc<Services>>,
+    request: Ruma<get_tags::v3::Request>,
+) -> Result<RumaResponse<get_tags::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    own(sender, &request.body.user_id)?;
+    let tags = tags_of(&services, sender, &request.body.room_id)?;
+    let tags = serde_json::from_value(JsonValue::Object(tags))
+        .map_err(|_| Error::internal("stored tags are invalid"))?;
+    Ok(RumaResponse(get_tags::v3::Response::new(tags)))
+}
+
+/// `PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}`
+pub async fn create_tag(
+    State(services): State<Arc<Services>>,
+    request: Ruma<create_tag::v3::Request>,
+) -> Result<RumaResponse<create_tag::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    own(sender, &body.user_id)?;
+    if body.tag.len() > 255 {
+        return Err(Error::invalid_param("Tags are at most 255 bytes."));
+    }
+    services.rooms.existing(&body.room_id)?;
+    let mut tags = tags_of(&services, sender, &body.room_id)?;
+    let info = serde_json::to_value(&body.tag_info).map_err(|e| Error::bad_json(e.to_string()))?;
+    tags.insert(body.tag.clone(), info);
+    services
+        .account_data
+        .set(
+            sender,
+            Some(&body.room_id),
+            "m.tag",
+            serde_json::json!({ "tags": tags }),
+        )
+        .await?;
+    Ok(RumaResponse(create_tag::v3::Response::new()))
+}
+
+/// `DELETE /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}`
+pub async fn delete_tag(
+    State(services): State<Arc<Services>>,
+    request: Ruma<delete_tag::v3::Request>,
+) -> Result<RumaResponse<delete_tag::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    own(sender, &body.user_id)?;
+    let mut tags = tags_of(&services, sender, &body.room_id)?;
+    tags.remove(&body.tag);
+    services
+        .account_data
+        .set(
+            sender,
+            Some(&body.room_id),
+            "m.tag",
+            serde_json::json!({ "tags": tags }),
+        )
+        .await?;
+    Ok(RumaResponse(delete_tag::v3::Response::new()))
 }
