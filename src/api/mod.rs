@@ -28,7 +28,7 @@ use tower_http::{
 use self::{
     client::{
         account, account_data, alias, device, directory, discovery, membership, message, presence,
-        profile, push, receipt, relations, room, search, session, space, state, sync,
+        profile, push, receipt, relations, room, search, session, space, state, sync, to_device,
     },
     ruma::RouterExt,
 };
@@ -106,6 +106,7 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(alias::get_alias)
         .ruma_route(alias::delete_alias)
         .ruma_route(sync::sync_events)
+        .ruma_route(to_device::send_event_to_device)
         .ruma_route(directory::get_public_rooms)
         .ruma_route(directory::get_public_rooms_filtered)
         .ruma_route(directory::get_room_visibility)

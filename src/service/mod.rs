@@ -16,6 +16,7 @@ pub mod rooms;
 pub mod server_keys;
 pub mod stream;
 pub mod sync;
+pub mod to_device;
 pub mod uiaa;
 pub mod users;
 
@@ -37,6 +38,7 @@ pub struct Services {
     pub ephemeral: ephemeral::Ephemeral,
     pub presence: presence::Presence,
     pub push: push::Push,
+    pub to_device: to_device::ToDevice,
     pub rooms: rooms::Rooms,
     /// Failed password attempts per user: `/login` and the password UIA stage.
     pub password_failures: rate_limit::FailureLimiter,
@@ -58,6 +60,7 @@ impl Services {
             ephemeral: ephemeral::Ephemeral::new(&db, Arc::clone(&stream))?,
             presence: presence::Presence::default(),
             push: push::Push::new(&db, Arc::clone(&stream))?,
+            to_device: to_device::ToDevice::new(&db, Arc::clone(&stream))?,
             stream,
             server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,

@@ -56,7 +56,8 @@ pub async fn sync(services: &Arc<Services>, request: SyncRequest<'_>) -> Result<
     tokio::pin!(notified);
     notified.as_mut().enable();
 
-    let response = build(services, &request)?;
+    let mut response = build(services, &request)?;
+    add_to_device(services, &request, &mut response).await?;
     if request.since.is_none() || request.timeout.is_zero() || !is_empty(&response) {
         return Ok(response);
     }
@@ -66,7 +67,32 @@ pub async fn sync(services: &Arc<Services>, request: SyncRequest<'_>) -> Result<
     {
         return Ok(response);
     }
-    build(services, &request)
+    let mut response = build(services, &request)?;
+    add_to_device(services, &request, &mut response).await?;
+    Ok(response)
+}
+
+/// Pending to-device messages for the syncing device; acknowledged ones are deleted. If some
+/// must wait for the next response, `next_batch` stays before them so they are not lost.
+async fn add_to_device(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    response: &mut Response,
+) -> Result<()> {
+    let (messages, left_behind) = services
+        .to_device
+        .take(request.user_id, request.device_id, request.since)
+        .await?;
+    response.to_device.events = messages.into_iter().map(raw).collect();
+    if let Some(position) = left_behind
+        && response
+            .next_batch
+            .parse::<u64>()
+            .is_ok_and(|next| next > position)
+    {
+        response.next_batch = position.to_string();
+    }
+    Ok(())
 }
 
 fn raw<T>(value: JsonValue) -> Raw<T> {
@@ -74,7 +100,8 @@ fn raw<T>(value: JsonValue) -> Raw<T> {
 }
 
 fn is_empty(response: &Response) -> bool {
-    response.presence.events.is_empty()
+    response.to_device.events.is_empty()
+        && response.presence.events.is_empty()
         && response.account_data.events.is_empty()
         && response.rooms.join.is_empty()
         && response.rooms.invite.is_empty()

@@ -719,3 +719,74 @@ async fn room_tags_are_kept_and_synced() {
     let (_, listed) = call(&server, &alice, Method::GET, &tags, None).await;
     assert!(listed["tags"].get("u.work").is_none());
 }
+
+#[tokio::test]
+async fn to_device_messages_are_delivered_once_in_order() {
+    let server = TestServer::start();
+    let alice = token(&server, "alice").await;
+    let bob_phone = token(&server, "bob").await;
+    let (_, laptop) = server.login("bob", "pw pw pw").await;
+    let bob_laptop = laptop["access_token"].as_str().unwrap().to_owned();
+    let (_, phone) = call(&server, &bob_phone, Method::GET, "/account/whoami", None).await;
+    let phone_id = phone["device_id"].as_str().unwrap().to_owned();
+    let (_, first) = call(&server, &bob_phone, Method::GET, "/sync", None).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // One message to the phone only, then one to all of bob's devices; a retried
+    // transaction is not sent twice.
+    let to_phone = json!({ "messages": { "@bob:localhost": { phone_id.clone(): { "n": 1 } } } });
+    let to_all = json!({ "messages": { "@bob:localhost": { "*": { "n": 2 } } } });
+    for (txn, body) in [("t1", &to_phone), ("t2", &to_all), ("t2", &to_all)] {
+        let path = format!("/sendToDevice/org.example.ping/{txn}");
+        assert_eq!(
+            call(&server, &alice, Method::PUT, &path, Some(body.clone()))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+    let messages = |sync: &Value| -> Vec<Value> {
+        sync["to_device"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e["content"]["n"].clone())
+            .collect()
+    };
+    let (_, sync) = call(
+        &server,
+        &bob_phone,
+        Method::GET,
+        &format!("/sync?since={since}&timeout=5000"),
+        None,
+    )
+    .await;
+    assert_eq!(messages(&sync), vec![json!(1), json!(2)], "{sync}");
+    assert_eq!(sync["to_device"]["events"][0]["sender"], "@alice:localhost");
+    assert_eq!(sync["to_device"]["events"][0]["type"], "org.example.ping");
+    // Not acknowledged yet: the same sync again returns them again.
+    let (_, again) = call(
+        &server,
+        &bob_phone,
+        Method::GET,
+        &format!("/sync?since={since}"),
+        None,
+    )
+    .await;
+    assert_eq!(messages(&again), vec![json!(1), json!(2)]);
+    // A sync past them acknowledges them: they are gone.
+    let next = sync["next_batch"].as_str().unwrap();
+    let (_, later) = call(
+        &server,
+        &bob_phone,
+        Method::GET,
+        &format!("/sync?since={next}"),
+        None,
+    )
+    .await;
+    assert!(messages(&later).is_empty(), "{later}");
+    // The laptop got only the message for all devices.
+    let (_, laptop_sync) = call(&server, &bob_laptop, Method::GET, "/sync", None).await;
+    assert_eq!(messages(&laptop_sync), vec![json!(2)]);
+}

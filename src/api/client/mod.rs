@@ -20,3 +20,4 @@ pub mod session;
 pub mod space;
 pub mod state;
 pub mod sync;
+pub mod to_device;
