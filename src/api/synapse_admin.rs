@@ -116,6 +116,7 @@ pub async fn register(
         )
         .await?;
     let (device_id, access_token) = services.devices.login(&user_id, None, None).await?;
+    services.device_list_changed(&user_id).await?;
     tracing::info!(%user_id, admin = request.admin, "registered an account with the shared secret");
     Ok(Json(RegisterResponse {
         access_token,

@@ -5,6 +5,8 @@
 //!   digest of the device's current access token so it can be revoked with the device.
 //! - `tokendigest_userdeviceid`: SHA-256 of an access token → `user_id 0xFF device_id`.
 //!   Tokens themselves are never stored: a stolen database yields no usable token.
+//! - `userid_devicelistposition`: user → stream position of the last change to their device
+//!   list (u64), for `device_lists.changed` in `/sync`.
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,7 @@ pub struct Devices {
     write_lock: tokio::sync::Mutex<()>,
     devices: Table<Device>,
     tokens: std::sync::Arc<dyn Tree>,
+    list_positions: std::sync::Arc<dyn Tree>,
 }
 
 fn device_key(user_id: &UserId, device_id: &DeviceId) -> Vec<u8> {
@@ -62,6 +65,7 @@ impl Devices {
             write_lock: tokio::sync::Mutex::new(()),
             devices: db.table(USERDEVICEID_DEVICE)?,
             tokens: db.tree(TOKENDIGEST_USERDEVICEID)?,
+            list_positions: db.tree("userid_devicelistposition")?,
         })
     }
 
@@ -196,6 +200,24 @@ impl Devices {
             }
         }
         Ok(batch)
+    }
+
+    /// Records (in `batch`) that `user_id`'s device list changed at `position`.
+    pub fn mark_list_changed(&self, batch: &mut Batch, user_id: &UserId, position: u64) {
+        batch.insert(
+            &*self.list_positions,
+            user_id.as_bytes().to_vec(),
+            position.to_be_bytes().to_vec(),
+        );
+    }
+
+    /// Position of the last change to the user's device list (0 if none recorded).
+    pub fn list_position(&self, user_id: &UserId) -> Result<u64> {
+        Ok(self
+            .list_positions
+            .get(user_id.as_bytes())?
+            .and_then(|bytes| bytes.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
     }
 
     fn remove_into(&self, batch: &mut Batch, key: Vec<u8>, device: &Device) {

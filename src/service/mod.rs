@@ -127,4 +127,38 @@ impl Services {
             .touch(audience.iter().map(|u| u.as_ref()), position);
         Ok(())
     }
+
+    /// Users sharing a joined room with `user_id`, and the user.
+    pub fn room_peers(
+        &self,
+        user_id: &ruma::UserId,
+    ) -> Result<std::collections::BTreeSet<ruma::OwnedUserId>> {
+        use ruma::events::room::member::MembershipState;
+        let mut peers = std::collections::BTreeSet::new();
+        peers.insert(user_id.to_owned());
+        for (room_id, entry) in self.rooms.rooms_of(user_id)? {
+            if entry.membership == MembershipState::Join {
+                for (member, membership) in self.rooms.members(&room_id)? {
+                    if membership == MembershipState::Join {
+                        peers.insert(member);
+                    }
+                }
+            }
+        }
+        Ok(peers)
+    }
+
+    /// A device was added or removed: everyone sharing a room hears of it in
+    /// `device_lists.changed` (their clients then fetch the new keys).
+    pub async fn device_list_changed(&self, user_id: &ruma::UserId) -> Result<()> {
+        let (position, ()) = self.stream.commit(|position, batch| {
+            self.devices.mark_list_changed(batch, user_id, position);
+            Ok(())
+        })?;
+        let peers = self.room_peers(user_id)?;
+        self.stream
+            .touch(peers.iter().map(|u| u.as_ref()), position);
+        self.db.persist().await?;
+        Ok(())
+    }
 }

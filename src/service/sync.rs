@@ -100,7 +100,9 @@ fn raw<T>(value: JsonValue) -> Raw<T> {
 }
 
 fn is_empty(response: &Response) -> bool {
-    response.to_device.events.is_empty()
+    response.device_lists.changed.is_empty()
+        && response.device_lists.left.is_empty()
+        && response.to_device.events.is_empty()
         && response.presence.events.is_empty()
         && response.account_data.events.is_empty()
         && response.rooms.join.is_empty()
@@ -133,6 +135,9 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
             None => response.account_data.events.push(event.cast_unchecked()),
             Some(room_id) => room_account_data.entry(room_id).or_default().push(event),
         }
+    }
+    if let Some(since) = request.since {
+        device_lists(services, request.user_id, since, &mut response)?;
     }
     for (room_id, entry) in rooms.rooms_of(request.user_id)? {
         let Some(info) = rooms.info(&room_id)? else {
@@ -204,6 +209,64 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
         }
     }
     Ok(response)
+}
+
+/// `device_lists` for an incremental sync (client-server API, "Tracking the device list for
+/// a user"): `changed` holds users sharing a room whose devices changed since `since`, and
+/// users who newly share a room with the syncing user; `left`, users who no longer share any.
+fn device_lists(
+    services: &Services,
+    user_id: &UserId,
+    since: u64,
+    response: &mut Response,
+) -> Result<()> {
+    let rooms = &services.rooms;
+    let peers = services.room_peers(user_id)?;
+    let mut changed = std::collections::BTreeSet::new();
+    let mut left = std::collections::BTreeSet::new();
+    for peer in &peers {
+        if services.devices.list_position(peer)? >= since {
+            changed.insert(peer.clone());
+        }
+    }
+    for (room_id, entry) in rooms.rooms_of(user_id)? {
+        let joined_since = entry.count >= since;
+        match entry.membership {
+            MembershipState::Join => {
+                for (member, membership) in rooms.members(&room_id)? {
+                    let moved = joined_since
+                        || rooms
+                            .membership_entry(&room_id, &member)?
+                            .is_some_and(|e| e.count >= since);
+                    if !moved {
+                        continue;
+                    }
+                    match membership {
+                        MembershipState::Join => {
+                            changed.insert(member);
+                        }
+                        MembershipState::Leave | MembershipState::Ban => {
+                            left.insert(member);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            MembershipState::Leave | MembershipState::Ban if joined_since => {
+                for (member, membership) in rooms.members(&room_id)? {
+                    if membership == MembershipState::Join {
+                        left.insert(member);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Only those who share no room any more have left; oneself never does.
+    left.retain(|user| !peers.contains(user));
+    response.device_lists.changed = changed.into_iter().collect();
+    response.device_lists.left = left.into_iter().collect();
+    Ok(())
 }
 
 /// Presence changes of the user and of everyone sharing a joined room with them.

@@ -790,3 +790,127 @@ async fn to_device_messages_are_delivered_once_in_order() {
     let (_, laptop_sync) = call(&server, &bob_laptop, Method::GET, "/sync", None).await;
     assert_eq!(messages(&laptop_sync), vec![json!(2)]);
 }
+
+#[tokio::test]
+async fn device_lists_report_changes_joins_and_leaves() {
+    let server = TestServer::start();
+    let alice = token(&server, "alice").await;
+    let bob = token(&server, "bob").await;
+    let carol = token(&server, "carol").await;
+    let (_, created) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/createRoom",
+        Some(json!({ "preset": "public_chat" })),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            &server,
+            &bob,
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let next = |sync: &Value| sync["next_batch"].as_str().unwrap().to_owned();
+    let lists = |sync: &Value, key: &str| -> Vec<String> {
+        sync["device_lists"][key]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|u| u.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let since = next(&sync);
+
+    // Bob logs in on a new device: alice's long-poll wakes with bob in `changed`.
+    let poll_path = format!("/sync?since={since}&timeout=10000");
+    let poll = call(&server, &alice, Method::GET, &poll_path, None);
+    let login = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        server.login("bob", "pw pw pw").await
+    };
+    let ((_, sync), _) = tokio::join!(poll, login);
+    assert!(
+        lists(&sync, "changed").contains(&"@bob:localhost".to_owned()),
+        "{sync}"
+    );
+    let since = next(&sync);
+
+    // Carol joins: she is new to alice. Then she leaves and shares no room: `left`.
+    assert_eq!(
+        call(
+            &server,
+            &carol,
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, sync) = call(
+        &server,
+        &alice,
+        Method::GET,
+        &format!("/sync?since={since}"),
+        None,
+    )
+    .await;
+    assert!(
+        lists(&sync, "changed").contains(&"@carol:localhost".to_owned()),
+        "{sync}"
+    );
+    let since = next(&sync);
+    assert_eq!(
+        call(
+            &server,
+            &carol,
+            Method::POST,
+            &format!("/rooms/{room}/leave"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, sync) = call(
+        &server,
+        &alice,
+        Method::GET,
+        &format!("/sync?since={since}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        lists(&sync, "left"),
+        vec!["@carol:localhost".to_owned()],
+        "{sync}"
+    );
+
+    // One's own new device shows up in one's own `changed`.
+    let (_, bobs) = call(&server, &bob, Method::GET, "/sync", None).await;
+    let bob_since = next(&bobs);
+    server.login("bob", "pw pw pw").await;
+    let (_, bobs) = call(
+        &server,
+        &bob,
+        Method::GET,
+        &format!("/sync?since={bob_since}"),
+        None,
+    )
+    .await;
+    assert!(
+        lists(&bobs, "changed").contains(&"@bob:localhost".to_owned()),
+        "{bobs}"
+    );
+}

@@ -83,6 +83,7 @@ pub async fn register(
             request.initial_device_display_name,
         )
         .await?;
+    services.device_list_changed(&user_id).await?;
     let mut response = register::v3::Response::new(user_id);
     response.access_token = Some(access_token);
     response.device_id = Some(device_id);
@@ -175,6 +176,7 @@ pub async fn change_password(
         .users
         .set_password(user_id, body.new_password.clone(), logout)
         .await?;
+    services.device_list_changed(user_id).await?;
     tracing::info!(%user_id, "password changed");
     Ok(RumaResponse(change_password::v3::Response::new()))
 }
@@ -202,6 +204,7 @@ pub async fn deactivate(
         .users
         .deactivate(user_id, request.body.erase, logout)
         .await?;
+    services.device_list_changed(user_id).await?;
     tracing::info!(%user_id, "account deactivated");
     Ok(RumaResponse(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,

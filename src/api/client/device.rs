@@ -85,6 +85,7 @@ pub async fn delete_device(
         .devices
         .remove(user_id, std::slice::from_ref(&body.device_id))
         .await?;
+    services.device_list_changed(user_id).await?;
     Ok(RumaResponse(delete_device::v3::Response::new()))
 }
 
@@ -101,5 +102,6 @@ pub async fn delete_devices(
         .authorize(&services, body.auth.as_ref(), Stage::Password(user_id))
         .await?;
     services.devices.remove(user_id, &body.devices).await?;
+    services.device_list_changed(user_id).await?;
     Ok(RumaResponse(delete_devices::v3::Response::new()))
 }

@@ -105,6 +105,7 @@ pub async fn login(
             request.initial_device_display_name,
         )
         .await?;
+    services.device_list_changed(&user_id).await?;
     tracing::info!(%user_id, %device_id, "logged in");
     let mut response = login::v3::Response::new(user_id, access_token, device_id);
     // Deprecated, but harmless and still read by old clients.
@@ -125,6 +126,7 @@ pub async fn logout(
         .devices
         .remove(user_id, std::slice::from_ref(device_id))
         .await?;
+    services.device_list_changed(user_id).await?;
     Ok(RumaResponse(logout::v3::Response::new()))
 }
 
@@ -135,5 +137,6 @@ pub async fn logout_all(
 ) -> Result<RumaResponse<logout_all::v3::Response>> {
     let (user_id, _) = request.sender()?;
     services.devices.remove_all(user_id, None).await?;
+    services.device_list_changed(user_id).await?;
     Ok(RumaResponse(logout_all::v3::Response::new()))
 }

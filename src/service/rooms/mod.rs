@@ -380,6 +380,17 @@ impl Rooms {
             .collect()
     }
 
+    /// The user's membership entry for one room (with the count of its event).
+    pub fn membership_entry(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<MembershipEntry>> {
+        Ok(self
+            .user_rooms
+            .get(&pair_key(user_id.as_str(), room_id.as_str()))?)
+    }
+
     /// Every room the user has a membership in, with that membership.
     pub fn rooms_of(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipEntry)>> {
         let prefix = prefix_key(user_id.as_str());
