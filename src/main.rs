@@ -55,6 +55,8 @@ fn pin_malloc_mmap_threshold() {}
 
 fn main() -> ExitCode {
     pin_malloc_mmap_threshold();
+    // rustls needs one crypto provider for outbound connections; we use ring throughout.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let path = args.config.or_else(|| {
         std::env::var_os("CONDUIT_CONFIG")

@@ -10,6 +10,7 @@ pub mod ephemeral;
 pub mod notify;
 pub mod presence;
 pub mod push;
+pub mod pusher;
 pub mod rate_limit;
 pub mod registration;
 pub mod rooms;
@@ -34,10 +35,11 @@ pub struct Services {
     pub registration: registration::Registration,
     pub server_keys: Arc<server_keys::ServerKeys>,
     pub stream: Arc<stream::Stream>,
-    pub account_data: account_data::AccountData,
+    pub account_data: Arc<account_data::AccountData>,
     pub ephemeral: ephemeral::Ephemeral,
     pub presence: presence::Presence,
     pub push: push::Push,
+    pub delivery: pusher::Delivery,
     pub to_device: to_device::ToDevice,
     pub rooms: rooms::Rooms,
     /// Failed password attempts per user: `/login` and the password UIA stage.
@@ -49,6 +51,7 @@ impl Services {
         let config = Arc::new(config);
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_generate(&db)?);
         let stream = Arc::new(stream::Stream::new(&db)?);
+        let account_data = Arc::new(account_data::AccountData::new(&db, Arc::clone(&stream))?);
         Ok(Arc::new(Self {
             rooms: rooms::Rooms::new(
                 &db,
@@ -56,7 +59,8 @@ impl Services {
                 Arc::clone(&server_keys),
                 Arc::clone(&stream),
             )?,
-            account_data: account_data::AccountData::new(&db, Arc::clone(&stream))?,
+            account_data: Arc::clone(&account_data),
+            delivery: pusher::Delivery::new(account_data)?,
             ephemeral: ephemeral::Ephemeral::new(&db, Arc::clone(&stream))?,
             presence: presence::Presence::default(),
             push: push::Push::new(&db, Arc::clone(&stream))?,
@@ -89,15 +93,63 @@ impl Services {
         Ok(pdu)
     }
 
-    /// Notification counts for an event stored by some other path (e.g. an invite).
+    /// Notification counts for an event stored by some other path (e.g. an invite), and
+    /// pushes to the notified members' push gateways.
     pub async fn count_notifications(&self, pdu: &rooms::pdu::Pdu) {
-        if let Err(error) = self
+        match self
             .push
             .event_sent(&self.rooms, &self.account_data, pdu)
             .await
         {
-            tracing::warn!(event_id = %pdu.event_id, %error, "could not update notification counts");
+            Ok(notified) => {
+                for (user, tweaks) in notified {
+                    if let Err(error) = self.push_to_gateways(pdu, &user, tweaks) {
+                        tracing::warn!(%user, %error, "could not queue a push notification");
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(event_id = %pdu.event_id, %error, "could not update notification counts");
+            }
         }
+    }
+
+    /// The push gateway notification for `pdu` (push gateway API, `/notify`).
+    fn push_to_gateways(
+        &self,
+        pdu: &rooms::pdu::Pdu,
+        user: &ruma::UserId,
+        tweaks: serde_json::Value,
+    ) -> Result<()> {
+        use ruma::events::StateEventType;
+        let room_id = pdu.room_id();
+        let counts = self.push.counts(user, &room_id)?;
+        let room_name = self
+            .rooms
+            .current_state_event(&room_id, &StateEventType::RoomName, "")?
+            .and_then(|event| event.content_str("name"));
+        let sender_name = self
+            .rooms
+            .current_state_event(&room_id, &StateEventType::RoomMember, pdu.sender.as_str())?
+            .and_then(|event| event.content_str("displayname"));
+        let kind = pdu.kind.to_string();
+        let urgent = matches!(
+            kind.as_str(),
+            "m.room.message" | "m.room.encrypted" | "m.call.invite"
+        ) || pdu.state_key.as_deref() == Some(user.as_str());
+        let notification = serde_json::json!({
+            "event_id": pdu.event_id,
+            "room_id": room_id,
+            "type": kind,
+            "sender": pdu.sender,
+            "sender_display_name": sender_name,
+            "room_name": room_name,
+            "content": pdu.content_value(),
+            "prio": if urgent { "high" } else { "low" },
+            "counts": { "unread": counts.notifications },
+            "tweaks": tweaks,
+        });
+        self.delivery.notify(user, &notification)
     }
 
     /// Sets a user's presence; a real change is published to everyone sharing a room.

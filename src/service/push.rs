@@ -97,13 +97,14 @@ impl Push {
             .unwrap_or_default())
     }
 
-    /// Counts a new event for the room's other joined members; resets the sender's counts.
+    /// Counts a new event for the room's other joined members and resets the sender's counts.
+    /// Returns the members to notify, with the tweaks their rules set (sound, highlight).
     pub async fn event_sent(
         &self,
         rooms: &Rooms,
         account_data: &AccountData,
         pdu: &Pdu,
-    ) -> Result<()> {
+    ) -> Result<Vec<(OwnedUserId, JsonValue)>> {
         let room_id = pdu.room_id();
         let info = rooms.existing(&room_id)?;
         let state = rooms.current_state(&info)?;
@@ -165,6 +166,7 @@ impl Push {
         let raw = pdu.to_sync_event(None);
 
         let mut changes = Vec::new();
+        let mut notified = Vec::new();
         for member in joined {
             if **member == pdu.sender {
                 changes.push((member.clone(), None));
@@ -189,9 +191,21 @@ impl Push {
             if notify {
                 let highlight = actions.iter().any(|action| action.is_highlight());
                 changes.push((member.clone(), Some(highlight)));
+                let mut tweaks = serde_json::Map::new();
+                for action in actions {
+                    if let ruma::push::Action::SetTweak(tweak) = action
+                        && let Ok(JsonValue::Object(pair)) = serde_json::to_value(tweak)
+                        && let Some(name) = pair.get("set_tweak").and_then(JsonValue::as_str)
+                    {
+                        let value = pair.get("value").cloned().unwrap_or(JsonValue::Bool(true));
+                        tweaks.insert(name.to_owned(), value);
+                    }
+                }
+                notified.push((member.clone(), JsonValue::Object(tweaks)));
             }
         }
-        self.apply(&room_id, changes).await
+        self.apply(&room_id, changes).await?;
+        Ok(notified)
     }
 
     /// A member read the room (receipt): their counts go back to zero.

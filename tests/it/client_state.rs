@@ -369,7 +369,7 @@ async fn account_data_push_rules_and_filters() {
 
     // Pushers: stored and listed.
     let pusher = json!({ "pushkey": "abc", "kind": "http", "app_id": "org.example.app", "app_display_name": "App",
-        "device_display_name": "Phone", "lang": "en", "data": { "url": "https://push.example.org/_matrix/push/v1/notify" } });
+        "device_display_name": "Phone", "lang": "en", "data": { "url": "https://127.0.0.1:9/_matrix/push/v1/notify" } });
     assert_eq!(
         call(&server, &alice, Method::POST, "/pushers/set", Some(pusher))
             .await
@@ -913,4 +913,178 @@ async fn device_lists_report_changes_joins_and_leaves() {
         lists(&bobs, "changed").contains(&"@bob:localhost".to_owned()),
         "{bobs}"
     );
+}
+
+/// A push gateway on 127.0.0.1 over HTTPS (Python's standard library): it prints each
+/// notification it receives as one JSON line and rejects the pushkey "stale".
+const GATEWAY: &str = r#"
+import http.server, json, ssl, sys
+class Gateway(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        print(json.dumps({"path": self.path, "body": body}), flush=True)
+        rejected = [d["pushkey"] for d in body["notification"]["devices"] if d["pushkey"] == "stale"]
+        answer = json.dumps({"rejected": rejected}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+#[tokio::test]
+async fn notifications_reach_push_gateways_and_rejected_pushers_go() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut gateway = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(GATEWAY)
+        .arg(&cert)
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the test gateway");
+    let mut lines = BufReader::new(gateway.stdout.take().unwrap()).lines();
+    let port: u16 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    let (sender, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+
+    // The server trusts the gateway's certificate through the system store's override.
+    let server = TestServer::with_env(&[("SSL_CERT_FILE", &cert.to_string_lossy())]);
+    let alice = token(&server, "alice").await;
+    let bob = token(&server, "bob").await;
+    let (_, created) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/createRoom",
+        Some(json!({ "preset": "public_chat", "name": "Nets" })),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            &server,
+            &bob,
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+
+    let url = format!("https://127.0.0.1:{port}/_matrix/push/v1/notify");
+    for pushkey in ["fresh", "stale"] {
+        let pusher = json!({ "pushkey": pushkey, "kind": "http", "app_id": "org.example.app", "app_display_name": "App",
+            "device_display_name": "Phone", "lang": "en", "data": { "url": url } });
+        assert_eq!(
+            call(&server, &bob, Method::POST, "/pushers/set", Some(pusher))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+    // Gateways must be HTTPS with the notify path.
+    let insecure = json!({ "pushkey": "x", "kind": "http", "app_id": "a", "app_display_name": "A",
+        "device_display_name": "D", "lang": "en", "data": { "url": format!("http://127.0.0.1:{port}/_matrix/push/v1/notify") } });
+    assert_error(
+        &call(&server, &bob, Method::POST, "/pushers/set", Some(insecure)).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+
+    let (_, sent) = call(
+        &server,
+        &alice,
+        Method::PUT,
+        &format!("/rooms/{room}/send/m.room.message/p1"),
+        Some(json!({ "msgtype": "m.text", "body": "net starts now" })),
+    )
+    .await;
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    let mut pushkeys = Vec::new();
+    for _ in 0..2 {
+        let line = received
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a notification arrives");
+        let message: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(message["path"], "/_matrix/push/v1/notify");
+        let notification = &message["body"]["notification"];
+        assert_eq!(notification["event_id"], event_id.as_str());
+        assert_eq!(notification["room_name"], "Nets");
+        assert_eq!(notification["content"]["body"], "net starts now");
+        assert_eq!(notification["counts"]["unread"], 1);
+        assert_eq!(notification["prio"], "high");
+        pushkeys.push(
+            notification["devices"][0]["pushkey"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    pushkeys.sort();
+    assert_eq!(pushkeys, ["fresh", "stale"]);
+
+    // The gateway rejected "stale": that pusher is removed.
+    let mut remaining = Vec::new();
+    for _ in 0..50 {
+        let (_, pushers) = call(&server, &bob, Method::GET, "/pushers", None).await;
+        remaining = pushers["pushers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pushkey"].as_str().unwrap().to_owned())
+            .collect();
+        if remaining.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(remaining, ["fresh"]);
+    let _ = gateway.kill();
+    let _ = gateway.wait();
 }

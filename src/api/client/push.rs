@@ -170,6 +170,9 @@ pub async fn set_pusher(
     match &request.body.action {
         set_pusher::v3::PusherAction::Post(data) => {
             let ids = &data.pusher.ids;
+            if let ruma::api::client::push::PusherKind::Http(http) = &data.pusher.kind {
+                crate::service::pusher::validate_gateway_url(&http.url)?;
+            }
             let value =
                 serde_json::to_value(&data.pusher).map_err(|e| Error::bad_json(e.to_string()))?;
             services
