@@ -1649,3 +1649,116 @@ fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+/// Redaction, aliases, the directory and an upgrade, all through matrix-sdk, and all still
+/// there after a restart.
+#[tokio::test]
+async fn redact_alias_directory_and_upgrade_with_matrix_sdk() {
+    use matrix_sdk::ruma::{
+        RoomAliasId, RoomVersionId,
+        api::client::room::{Visibility, upgrade_room},
+    };
+
+    let mut server = TestServer::start();
+    let alice = sdk_login(&server, "alice").await;
+    let bob = sdk_login(&server, "bob").await;
+    let mut request = create_room::v3::Request::new();
+    request.name = Some("Swap meet".to_owned());
+    request.visibility = Visibility::Public;
+    request.room_version = Some(RoomVersionId::V11);
+    let room = alice.create_room(request).await.unwrap();
+    let room_id = room.room_id().to_owned();
+
+    // An alias made and resolved by the client library; the room is in the directory.
+    let alias = <&RoomAliasId>::try_from("#swap:localhost").unwrap();
+    alice
+        .create_room_alias(alias, &room_id)
+        .await
+        .expect("alias created");
+    assert_eq!(
+        bob.resolve_room_alias(alias)
+            .await
+            .expect("alias resolves")
+            .room_id,
+        room_id
+    );
+    let listing = bob
+        .public_rooms(Some(10), None, None)
+        .await
+        .expect("directory");
+    assert!(
+        listing
+            .chunk
+            .iter()
+            .any(|r| r.room_id == room_id && r.name.as_deref() == Some("Swap meet"))
+    );
+
+    // Bob joins by alias, posts, and redacts his own message.
+    let joined = bob
+        .join_room_by_id_or_alias(<&RoomOrAliasId>::from(alias), &[])
+        .await
+        .unwrap();
+    let oops = joined
+        .send(RoomMessageEventContent::text_plain("my phone number is …"))
+        .await
+        .unwrap()
+        .response
+        .event_id;
+    let redaction = joined
+        .redact(&oops, Some("oops"), None)
+        .await
+        .expect("redacted")
+        .event_id;
+    let event = joined
+        .event(&oops, None)
+        .await
+        .expect("event still fetchable");
+    let json: Value = serde_json::from_str(event.raw().json().get()).unwrap();
+    assert_eq!(json["content"], json!({}), "{json}");
+    assert_eq!(
+        json["unsigned"]["redacted_because"]["event_id"],
+        redaction.as_str()
+    );
+
+    // Alice upgrades the room to version 12; the alias follows the room.
+    let upgraded = alice
+        .send(upgrade_room::v3::Request::new(
+            room_id.clone(),
+            RoomVersionId::V12,
+        ))
+        .await
+        .expect("upgrade")
+        .replacement_room;
+    assert_eq!(
+        bob.resolve_room_alias(alias).await.unwrap().room_id,
+        upgraded
+    );
+
+    // After a restart everything is as it was.
+    assert!(server.stop().success());
+    server.restart();
+    let bob = sdk_login_again(&server, "bob").await;
+    assert_eq!(
+        bob.resolve_room_alias(alias).await.unwrap().room_id,
+        upgraded
+    );
+    let token = bob.access_token().unwrap();
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/event/{oops}");
+    let (status, event) = server.request(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(event["content"], json!({}));
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.tombstone/");
+    let (_, tombstone) = server.request(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(tombstone["replacement_room"], upgraded.as_str());
+}
+
+async fn sdk_login_again(server: &TestServer, name: &str) -> Client {
+    let client = server.client().await;
+    client
+        .matrix_auth()
+        .login_username(name, "pw pw pw")
+        .send()
+        .await
+        .expect("login");
+    client
+}
