@@ -133,6 +133,10 @@ pub async fn run(command: UserCommand, config: Config) -> Result<String, String>
                 .set_password(&user_id, password, logout)
                 .await
                 .map_err(|e| e.to_string())?;
+            services
+                .device_list_changed(&user_id)
+                .await
+                .map_err(|e| e.to_string())?;
             let mut out = format!("new password set for {user_id}; all its devices are logged out");
             if let Some(password) = shown {
                 out.push_str(&format!("\npassword: {password}"));
@@ -148,6 +152,10 @@ pub async fn run(command: UserCommand, config: Config) -> Result<String, String>
             services
                 .users
                 .deactivate(&user_id, false, logout)
+                .await
+                .map_err(|e| e.to_string())?;
+            services
+                .device_list_changed(&user_id)
                 .await
                 .map_err(|e| e.to_string())?;
             format!("deactivated {user_id}")

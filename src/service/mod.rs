@@ -122,6 +122,9 @@ impl Services {
         tweaks: serde_json::Value,
     ) -> Result<()> {
         use ruma::events::StateEventType;
+        if !self.delivery.has_pushers(user)? {
+            return Ok(());
+        }
         let room_id = pdu.room_id();
         let counts = self.push.counts(user, &room_id)?;
         let room_name = self

@@ -2,7 +2,7 @@
 //! against the push rules of every other joined member (ruma's evaluator, the spec's default
 //! rule set unless the user changed it); `notify` actions count, `highlight` tweaks count as
 //! highlights. A member's counts reset when they send a read receipt in the room or post there.
-//! Delivery to push gateways is not implemented yet.
+//! Delivery to push gateways is in `pusher.rs`.
 //!
 //! Tree `userroomid_notificationcounts`: `user 0xFF room` → [`Counts`] (JSON), written at a
 //! stream position so `/sync` sends changed counts.

@@ -32,7 +32,9 @@ struct Job {
 }
 
 pub struct Delivery {
-    http: reqwest::Client,
+    /// Built on first use: loading the system's certificates costs memory a server without
+    /// pushers never needs.
+    http: OnceLock<reqwest::Client>,
     account_data: Arc<AccountData>,
     /// Started on first use, inside the runtime.
     queue: OnceLock<mpsc::Sender<Job>>,
@@ -54,28 +56,33 @@ pub fn validate_gateway_url(url: &str) -> Result<()> {
 
 impl Delivery {
     pub fn new(account_data: Arc<AccountData>) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::internal(format!("HTTP client: {e}")))?;
         Ok(Self {
-            http,
+            http: OnceLock::new(),
             account_data,
             queue: OnceLock::new(),
         })
     }
 
-    fn sender(&self) -> &mpsc::Sender<Job> {
-        self.queue.get_or_init(|| {
+    fn sender(&self) -> Result<&mpsc::Sender<Job>> {
+        if self.http.get().is_none() {
+            let http = reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| Error::internal(format!("HTTP client: {e}")))?;
+            let _ = self.http.set(http);
+        }
+        let http = self.http.get().expect("set above").clone();
+        Ok(self.queue.get_or_init(|| {
             let (sender, receiver) = mpsc::channel(QUEUE);
-            tokio::spawn(run(
-                receiver,
-                self.http.clone(),
-                Arc::clone(&self.account_data),
-            ));
+            tokio::spawn(run(receiver, http, Arc::clone(&self.account_data)));
             sender
-        })
+        }))
+    }
+
+    /// Whether `user` has any pusher (most users of a small server have none).
+    pub fn has_pushers(&self, user: &UserId) -> Result<bool> {
+        Ok(!self.account_data.pushers(user)?.is_empty())
     }
 
     /// Queues the notification `notification` for each of `user`'s http pushers.
@@ -122,7 +129,7 @@ impl Delivery {
                 app_id: pusher["app_id"].as_str().unwrap_or_default().to_owned(),
                 pushkey: pusher["pushkey"].as_str().unwrap_or_default().to_owned(),
             };
-            if self.sender().try_send(job).is_err() {
+            if self.sender()?.try_send(job).is_err() {
                 tracing::warn!(%user, "push queue full; notification dropped");
             }
         }

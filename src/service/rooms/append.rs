@@ -1,5 +1,5 @@
 //! Creating a local event. Under the room lock: pick `prev_events` (the forward
-//! extremities) and `auth_events` (from the current state, per the room version's auth-event
+//! extremities, or given ones) and `auth_events` (from the state before the event, per the room version's auth-event
 //! selection), build the PDU, add the content hash, sign it, derive the event id (reference
 //! hash, rooms v3+), check it against the authorization rules with ruma's state-res, then
 //! store event, state, timeline position, extremities and membership indexes in one batch.
@@ -240,7 +240,7 @@ impl Rooms {
         let (state, before_source) = self.state_before(&rules, &prev_events)?;
         let depth = info.as_ref().map_or(1, |info| info.depth + 1);
 
-        // Auth events: the room version's selection from the current state
+        // Auth events: the room version's selection from the state before the event
         // (server-server API, "Auth events selection").
         let content_raw = serde_json::value::to_raw_value(&event.content)
             .map_err(|e| Error::bad_json(format!("Invalid content: {e}")))?;
@@ -336,7 +336,7 @@ impl Rooms {
             .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
 
         // Authorization rules (server-server API, "Checks performed on receipt of a PDU",
-        // steps 4 and 5): against the auth events, and against the current state.
+        // steps 4 and 5): against the auth events, and against the state before the event.
         let fetch = |id: &ruma::EventId| self.pdu(id).ok().flatten();
         check_state_independent_auth_rules(&rules.authorization, &pdu, fetch)
             .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))?;
