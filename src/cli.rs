@@ -39,6 +39,17 @@ pub enum UserCommand {
     List,
 }
 
+/// The given password, or a generated one that must also be shown.
+fn password_or_generated(given: Option<String>) -> (String, Option<String>) {
+    match given {
+        Some(password) => (password, None),
+        None => {
+            let password = generated_password();
+            (password.clone(), Some(password))
+        }
+    }
+}
+
 fn generated_password() -> String {
     crypto::random_string(
         24,
@@ -97,13 +108,7 @@ pub async fn run(command: UserCommand, config: Config) -> Result<String, String>
                 .registration
                 .new_user_id(Some(&name), &services.config)
                 .map_err(|e| e.to_string())?;
-            let (password, shown) = match password {
-                Some(password) => (password, None),
-                None => {
-                    let password = generated_password();
-                    (password.clone(), Some(password))
-                }
-            };
+            let (password, shown) = password_or_generated(password);
             let admin = services
                 .users
                 .create(&user_id, Some(password), admin, None)
@@ -117,13 +122,7 @@ pub async fn run(command: UserCommand, config: Config) -> Result<String, String>
         }
         UserCommand::ResetPassword { name, password } => {
             let user_id = existing_user(&services, &name)?;
-            let (password, shown) = match password {
-                Some(password) => (password, None),
-                None => {
-                    let password = generated_password();
-                    (password.clone(), Some(password))
-                }
-            };
+            let (password, shown) = password_or_generated(password);
             let logout = services
                 .devices
                 .removal(&user_id, None)

@@ -13,7 +13,7 @@ use ruma::{
         user_directory::search_users,
     },
     directory::{PublicRoomsChunk, PublicRoomsChunkInit},
-    events::{StateEventType, room::member::MembershipState},
+    events::room::member::MembershipState,
     room::JoinRuleKind,
 };
 use serde_json::Value as JsonValue;
@@ -29,38 +29,21 @@ const MAX_LIMIT: usize = 500;
 
 /// The directory entry for a room, from its current state.
 fn chunk(services: &Services, room_id: &RoomId) -> Result<PublicRoomsChunk> {
-    let rooms = &services.rooms;
-    let info = rooms.existing(room_id)?;
-    let state = rooms.current_state(&info)?;
-    let field = |kind: StateEventType, key: &str| -> Result<Option<String>> {
-        Ok(rooms
-            .state_event(&state, &kind, "")?
-            .and_then(|pdu| pdu.content_str(key)))
-    };
-    let joined = rooms
-        .members(room_id)?
-        .into_iter()
-        .filter(|(_, m)| *m == MembershipState::Join)
-        .count();
+    let facts = services.rooms.facts(room_id)?;
     let mut chunk: PublicRoomsChunk = PublicRoomsChunkInit {
-        num_joined_members: UInt::new(joined as u64).unwrap_or_default(),
-        room_id: room_id.to_owned(),
-        world_readable: field(StateEventType::RoomHistoryVisibility, "history_visibility")?
-            .as_deref()
-            == Some("world_readable"),
-        guest_can_join: field(StateEventType::RoomGuestAccess, "guest_access")?.as_deref()
-            == Some("can_join"),
+        num_joined_members: UInt::new(facts.joined_members).unwrap_or_default(),
+        room_id: facts.room_id,
+        world_readable: facts.world_readable,
+        guest_can_join: facts.guest_can_join,
     }
     .into();
-    chunk.name = field(StateEventType::RoomName, "name")?;
-    chunk.topic = field(StateEventType::RoomTopic, "topic")?;
-    chunk.canonical_alias =
-        field(StateEventType::RoomCanonicalAlias, "alias")?.and_then(|a| a.try_into().ok());
-    chunk.avatar_url = field(StateEventType::RoomAvatar, "url")?.map(Into::into);
-    chunk.join_rule = field(StateEventType::RoomJoinRules, "join_rule")?
-        .map_or(JoinRuleKind::Public, |rule| {
-            JoinRuleKind::from(rule.as_str())
-        });
+    chunk.name = facts.name;
+    chunk.topic = facts.topic;
+    chunk.canonical_alias = facts.canonical_alias;
+    chunk.avatar_url = facts.avatar_url.map(Into::into);
+    chunk.join_rule = facts.join_rule.map_or(JoinRuleKind::Public, |rule| {
+        JoinRuleKind::from(rule.as_str())
+    });
     Ok(chunk)
 }
 

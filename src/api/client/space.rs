@@ -57,35 +57,25 @@ fn chunk(
     suggested_only: bool,
 ) -> Result<(SpaceHierarchyRoomsChunk, Vec<OwnedRoomId>)> {
     let rooms = &services.rooms;
-    let info = rooms.existing(room_id)?;
-    let state = rooms.current_state(&info)?;
-    let field = |kind: StateEventType, key: &str| -> Result<Option<String>> {
-        Ok(rooms
-            .state_event(&state, &kind, "")?
-            .and_then(|event| event.content_str(key)))
-    };
-    let joined = rooms
-        .members(room_id)?
-        .into_iter()
-        .filter(|(_, m)| *m == MembershipState::Join)
-        .count();
-    let join_rule = field(StateEventType::RoomJoinRules, "join_rule")?
-        .map_or(JoinRuleKind::Invite, |r| JoinRuleKind::from(r.as_str()));
+    let facts = rooms.facts(room_id)?;
+    let join_rule = facts
+        .join_rule
+        .as_deref()
+        .map_or(JoinRuleKind::Invite, JoinRuleKind::from);
     let mut summary = RoomSummary::new(
         room_id.to_owned(),
         JoinRuleSummary::from(join_rule),
-        field(StateEventType::RoomGuestAccess, "guest_access")?.as_deref() == Some("can_join"),
-        UInt::new(joined as u64).unwrap_or_default(),
-        field(StateEventType::RoomHistoryVisibility, "history_visibility")?.as_deref()
-            == Some("world_readable"),
+        facts.guest_can_join,
+        UInt::new(facts.joined_members).unwrap_or_default(),
+        facts.world_readable,
     );
-    summary.name = field(StateEventType::RoomName, "name")?;
-    summary.topic = field(StateEventType::RoomTopic, "topic")?;
-    summary.canonical_alias =
-        field(StateEventType::RoomCanonicalAlias, "alias")?.and_then(|a| a.try_into().ok());
-    summary.avatar_url = field(StateEventType::RoomAvatar, "url")?.map(Into::into);
-    summary.room_type = field(StateEventType::RoomCreate, "type")?.map(|t| t.as_str().into());
-    summary.room_version = Some(info.version.clone());
+    summary.name = facts.name;
+    summary.topic = facts.topic;
+    summary.canonical_alias = facts.canonical_alias;
+    summary.avatar_url = facts.avatar_url.map(Into::into);
+    summary.room_type = facts.room_type.map(|t| t.as_str().into());
+    summary.room_version = Some(facts.version);
+    let state = rooms.current_state(&rooms.existing(room_id)?)?;
 
     let mut children_state = Vec::new();
     let mut children = Vec::new();

@@ -482,20 +482,7 @@ impl Rooms {
                     .as_deref()
                     .and_then(|key| ruma::UserId::parse(key).ok())
             {
-                let membership = pdu
-                    .content_str("membership")
-                    .map(|m| MembershipState::from(m.as_str()))
-                    .unwrap_or(MembershipState::Leave);
-                batch.insert(
-                    &*self.room_users,
-                    pair_key(room_id.as_str(), target.as_str()),
-                    membership.as_str().as_bytes().to_vec(),
-                );
-                batch.insert_json(
-                    &self.user_rooms,
-                    pair_key(target.as_str(), room_id.as_str()),
-                    &MembershipEntry { membership, count },
-                );
+                self.index_membership(batch, &room_id, &target, membership_of(&pdu), count);
                 touched.push(target);
             }
             Ok(touched)
@@ -585,24 +572,41 @@ impl Rooms {
                 self.pdu(&event_id)?
             };
             let Some(event) = event else { continue };
-            let membership = event
-                .content_str("membership")
-                .map(|m| MembershipState::from(m.as_str()))
-                .unwrap_or(MembershipState::Leave);
+            let membership = membership_of(&event);
             if self.membership(room_id, &user)?.as_ref() != Some(&membership) {
-                batch.insert(
-                    &*self.room_users,
-                    pair_key(room_id.as_str(), user.as_str()),
-                    membership.as_str().as_bytes().to_vec(),
-                );
-                batch.insert_json(
-                    &self.user_rooms,
-                    pair_key(user.as_str(), room_id.as_str()),
-                    &MembershipEntry { membership, count },
-                );
+                self.index_membership(batch, room_id, &user, membership, count);
                 changed.push(user);
             }
         }
         Ok(())
     }
+
+    /// Writes both membership indexes for `user` in `room_id`.
+    fn index_membership(
+        &self,
+        batch: &mut crate::storage::Batch,
+        room_id: &RoomId,
+        user: &UserId,
+        membership: MembershipState,
+        count: u64,
+    ) {
+        batch.insert(
+            &*self.room_users,
+            pair_key(room_id.as_str(), user.as_str()),
+            membership.as_str().as_bytes().to_vec(),
+        );
+        batch.insert_json(
+            &self.user_rooms,
+            pair_key(user.as_str(), room_id.as_str()),
+            &MembershipEntry { membership, count },
+        );
+    }
+}
+
+/// The membership a member event sets (`leave` if it says nothing understandable).
+fn membership_of(event: &Pdu) -> MembershipState {
+    event
+        .content_str("membership")
+        .map(|m| MembershipState::from(m.as_str()))
+        .unwrap_or(MembershipState::Leave)
 }

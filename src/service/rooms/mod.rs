@@ -26,6 +26,7 @@
 pub mod alias;
 pub mod append;
 pub mod create;
+pub mod facts;
 pub mod membership;
 pub mod pdu;
 pub mod power;
