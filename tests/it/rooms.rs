@@ -1157,6 +1157,41 @@ async fn relations_threads_and_reports() {
     // Thread roots.
     let (_, threads) = v1(format!("/rooms/{room}/threads")).await;
     assert_eq!(threads["chunk"][0]["event_id"], root.as_str(), "{threads}");
+    // include=participated: alice started the thread and bob replied; frank did neither.
+    let frank = User::new(server, "frank").await;
+    assert_eq!(
+        frank
+            .call(
+                Method::POST,
+                &format!("/rooms/{room}/join"),
+                Some(json!({}))
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let threads_of = |user: &User<'_>| {
+        let token = user.token.clone();
+        let path = format!("/_matrix/client/v1/rooms/{room}/threads?include=participated");
+        async move {
+            server
+                .request(Method::GET, &path, Some(&token), None)
+                .await
+                .1
+        }
+    };
+    assert_eq!(
+        threads_of(&bob).await["chunk"]
+            .as_array()
+            .map_or(0, Vec::len),
+        1
+    );
+    assert_eq!(
+        threads_of(&frank).await["chunk"]
+            .as_array()
+            .map_or(0, Vec::len),
+        0
+    );
     // Outsiders see nothing of it.
     let (status, _) = server
         .request(

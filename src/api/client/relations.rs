@@ -161,6 +161,33 @@ pub async fn get_relating_events_with_rel_type_and_event_type(
     Ok(RumaResponse(response))
 }
 
+/// Replies looked at per thread to decide whether the user took part.
+const MAX_REPLIES_CHECKED: usize = 500;
+
+fn participated(services: &Services, user: &UserId, root: &EventId) -> Result<bool> {
+    if services
+        .rooms
+        .pdu(root)?
+        .is_some_and(|pdu| pdu.sender == user)
+    {
+        return Ok(true);
+    }
+    for relation in services
+        .rooms
+        .relations(root, None, false, MAX_REPLIES_CHECKED)?
+    {
+        if relation.rel_type == "m.thread"
+            && services
+                .rooms
+                .pdu(&relation.event_id)?
+                .is_some_and(|pdu| pdu.sender == user)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// `GET /_matrix/client/v1/rooms/{roomId}/threads`: thread roots, most recently active
 /// first, paged by offset.
 pub async fn get_threads(
@@ -184,7 +211,11 @@ pub async fn get_threads(
         .and_then(|l| usize::try_from(l).ok())
         .unwrap_or(DEFAULT_LIMIT)
         .clamp(1, MAX_LIMIT);
-    let roots = services.rooms.thread_roots(&body.room_id)?;
+    let mut roots = services.rooms.thread_roots(&body.room_id)?;
+    if body.include == get_threads::v1::IncludeThreads::Participated {
+        // Threads the user started or replied in.
+        roots.retain(|(root, _)| participated(services.as_ref(), sender, root).unwrap_or(false));
+    }
     let total = roots.len();
     let mut chunk = Vec::new();
     for (root, _) in roots.into_iter().skip(offset).take(limit) {
