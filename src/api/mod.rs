@@ -27,8 +27,9 @@ use tower_http::{
 
 use self::{
     client::{
-        account, account_data, alias, device, directory, discovery, membership, message, presence,
-        profile, push, receipt, relations, room, search, session, space, state, sync, to_device,
+        account, account_data, alias, device, directory, discovery, keys, membership, message,
+        presence, profile, push, receipt, relations, room, search, session, space, state, sync,
+        to_device,
     },
     ruma::RouterExt,
 };
@@ -107,6 +108,10 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(alias::delete_alias)
         .ruma_route(sync::sync_events)
         .ruma_route(to_device::send_event_to_device)
+        .ruma_route(keys::upload_keys)
+        .ruma_route(keys::get_keys)
+        .ruma_route(keys::claim_keys)
+        .ruma_route(keys::get_key_changes)
         .ruma_route(directory::get_public_rooms)
         .ruma_route(directory::get_public_rooms_filtered)
         .ruma_route(directory::get_room_visibility)

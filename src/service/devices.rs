@@ -37,6 +37,8 @@ pub struct Devices {
     devices: Table<Device>,
     tokens: std::sync::Arc<dyn Tree>,
     list_positions: std::sync::Arc<dyn Tree>,
+    /// A device's encryption keys go with it.
+    keys: std::sync::Arc<super::keys::Keys>,
 }
 
 fn device_key(user_id: &UserId, device_id: &DeviceId) -> Vec<u8> {
@@ -59,8 +61,9 @@ pub fn random_device_id() -> OwnedDeviceId {
 }
 
 impl Devices {
-    pub fn new(db: &Db) -> Result<Self> {
+    pub fn new(db: &Db, keys: std::sync::Arc<super::keys::Keys>) -> Result<Self> {
         Ok(Self {
+            keys,
             db: db.clone(),
             write_lock: tokio::sync::Mutex::new(()),
             devices: db.table(USERDEVICEID_DEVICE)?,
@@ -173,7 +176,7 @@ impl Devices {
         for device_id in device_ids {
             let key = device_key(user_id, device_id);
             if let Some(device) = self.devices.get(&key)? {
-                self.remove_into(&mut batch, key, &device);
+                self.remove_into(&mut batch, key, &device)?;
             }
         }
         self.db.apply(&batch)?;
@@ -196,7 +199,7 @@ impl Devices {
         let mut batch = Batch::new();
         for (device_id, device) in self.list(user_id)? {
             if Some(&*device_id) != keep {
-                self.remove_into(&mut batch, device_key(user_id, &device_id), &device);
+                self.remove_into(&mut batch, device_key(user_id, &device_id), &device)?;
             }
         }
         Ok(batch)
@@ -220,11 +223,13 @@ impl Devices {
             .unwrap_or(0))
     }
 
-    fn remove_into(&self, batch: &mut Batch, key: Vec<u8>, device: &Device) {
+    fn remove_into(&self, batch: &mut Batch, key: Vec<u8>, device: &Device) -> Result<()> {
         if let Some(digest) = crypto::hex_decode(&device.token_digest) {
             batch.remove(&*self.tokens, digest);
         }
+        self.keys.removal_into(batch, &key)?;
         batch.remove(self.devices.tree(), key);
+        Ok(())
     }
 }
 
@@ -234,9 +239,15 @@ mod tests {
 
     use super::*;
 
+    fn test_devices() -> Devices {
+        let db = Db::memory();
+        let keys = std::sync::Arc::new(crate::service::keys::Keys::new(&db).unwrap());
+        Devices::new(&db, keys).unwrap()
+    }
+
     #[tokio::test]
     async fn login_authenticate_and_revoke() {
-        let devices = Devices::new(&Db::memory()).unwrap();
+        let devices = test_devices();
         let alice = user_id!("@alice:example.org");
         let (device, token) = devices
             .login(alice, None, Some("Phone".into()))
@@ -266,7 +277,7 @@ mod tests {
 
     #[tokio::test]
     async fn relogin_with_same_device_replaces_token_and_keeps_name() {
-        let devices = Devices::new(&Db::memory()).unwrap();
+        let devices = test_devices();
         let alice = user_id!("@alice:example.org");
         let id = device_id!("KEEPME").to_owned();
         let (_, first) = devices
@@ -293,7 +304,7 @@ mod tests {
 
     #[tokio::test]
     async fn remove_all_keeps_one_and_other_users_untouched() {
-        let devices = Devices::new(&Db::memory()).unwrap();
+        let devices = test_devices();
         let alice = user_id!("@alice:example.org");
         let alicia = user_id!("@alice:example.orgx");
         let (keep, keep_token) = devices.login(alice, None, None).await.unwrap();

@@ -7,6 +7,7 @@
 pub mod account_data;
 pub mod devices;
 pub mod ephemeral;
+pub mod keys;
 pub mod notify;
 pub mod presence;
 pub mod push;
@@ -31,6 +32,7 @@ pub struct Services {
     pub db: Db,
     pub users: users::Users,
     pub devices: devices::Devices,
+    pub keys: Arc<keys::Keys>,
     pub uiaa: uiaa::Uiaa,
     pub registration: registration::Registration,
     pub server_keys: Arc<server_keys::ServerKeys>,
@@ -52,6 +54,7 @@ impl Services {
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_generate(&db)?);
         let stream = Arc::new(stream::Stream::new(&db)?);
         let account_data = Arc::new(account_data::AccountData::new(&db, Arc::clone(&stream))?);
+        let keys = Arc::new(keys::Keys::new(&db)?);
         Ok(Arc::new(Self {
             rooms: rooms::Rooms::new(
                 &db,
@@ -68,7 +71,8 @@ impl Services {
             stream,
             server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,
-            devices: devices::Devices::new(&db)?,
+            devices: devices::Devices::new(&db, Arc::clone(&keys))?,
+            keys,
             uiaa: uiaa::Uiaa::new(),
             registration: registration::Registration::new(),
             password_failures: rate_limit::FailureLimiter::new(5, Duration::from_secs(60), 10_000),

@@ -84,6 +84,15 @@ async fn add_to_device(
         .take(request.user_id, request.device_id, request.since)
         .await?;
     response.to_device.events = messages.into_iter().map(raw).collect();
+    // Key counts are read last, after this response's other parts (client-server API,
+    // "One-time and fallback keys": clients top their keys up from these).
+    response.device_one_time_keys_count =
+        services.keys.counts(request.user_id, request.device_id)?;
+    response.device_unused_fallback_key_types = Some(
+        services
+            .keys
+            .unused_fallback_types(request.user_id, request.device_id)?,
+    );
     if let Some(position) = left_behind
         && response
             .next_batch
@@ -220,6 +229,19 @@ fn device_lists(
     since: u64,
     response: &mut Response,
 ) -> Result<()> {
+    let (changed, left) = device_list_changes(services, user_id, since)?;
+    response.device_lists.changed = changed;
+    response.device_lists.left = left;
+    Ok(())
+}
+
+/// Users whose device lists the syncing user must refetch since `since`, and users who no
+/// longer share a room (`device_lists`, also `keys/changes`).
+pub fn device_list_changes(
+    services: &Services,
+    user_id: &UserId,
+    since: u64,
+) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
     let rooms = &services.rooms;
     let peers = services.room_peers(user_id)?;
     let mut changed = std::collections::BTreeSet::new();
@@ -264,9 +286,7 @@ fn device_lists(
     }
     // Only those who share no room any more have left; oneself never does.
     left.retain(|user| !peers.contains(user));
-    response.device_lists.changed = changed.into_iter().collect();
-    response.device_lists.left = left.into_iter().collect();
-    Ok(())
+    Ok((changed.into_iter().collect(), left.into_iter().collect()))
 }
 
 /// Presence changes of the user and of everyone sharing a joined room with them.

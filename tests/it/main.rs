@@ -9,6 +9,7 @@ mod devices;
 mod durability;
 mod errors;
 mod harness;
+mod keys;
 mod process;
 mod profile;
 mod rooms;

@@ -7,6 +7,7 @@ pub mod alias;
 pub mod device;
 pub mod directory;
 pub mod discovery;
+pub mod keys;
 pub mod membership;
 pub mod message;
 pub mod presence;

@@ -1,0 +1,177 @@
+//! End-to-end encryption keys: `keys/upload`, `keys/query`, `keys/claim`, `keys/changes`
+//! (client-server API, "Key management API"). The Matrix logic is in `service::keys`.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::extract::State;
+use ruma::{
+    OwnedUserId,
+    api::client::keys::{claim_keys, get_key_changes, get_keys, upload_keys},
+    serde::Raw,
+};
+use serde_json::{Value as JsonValue, json};
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse},
+    service::Services,
+};
+
+/// Users one query or claim may name, and devices per user in a claim.
+const MAX_USERS: usize = 1_000;
+
+fn raw<T>(value: &JsonValue) -> Result<Raw<T>> {
+    serde_json::value::to_raw_value(value)
+        .map(Raw::from_json)
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
+/// Users on other servers cannot be reached before federation exists; the spec reports
+/// them in `failures`, keyed by server name.
+fn unreachable(failures: &mut BTreeMap<String, JsonValue>, user_id: &OwnedUserId) {
+    failures.insert(
+        user_id.server_name().to_string(),
+        json!({ "status": 503, "message": "Federation is not available on this server." }),
+    );
+}
+
+/// `POST /_matrix/client/v3/keys/upload`
+pub async fn upload_keys(
+    State(services): State<Arc<Services>>,
+    request: Ruma<upload_keys::v3::Request>,
+) -> Result<RumaResponse<upload_keys::v3::Response>> {
+    let (user_id, device_id) = request.sender()?;
+    let body = &request.body;
+    let one_time: Vec<_> = body
+        .one_time_keys
+        .iter()
+        .map(|(id, raw)| (id.as_str(), raw.json()))
+        .collect();
+    let fallback: Vec<_> = body
+        .fallback_keys
+        .iter()
+        .map(|(id, raw)| (id.as_str(), raw.json()))
+        .collect();
+    let changed = services
+        .keys
+        .upload(
+            user_id,
+            device_id,
+            body.device_keys.as_ref().map(|raw| raw.json()),
+            &one_time,
+            &fallback,
+        )
+        .await?;
+    if changed {
+        services.device_list_changed(user_id).await?;
+    }
+    Ok(RumaResponse(upload_keys::v3::Response::new(
+        services.keys.counts(user_id, device_id)?,
+    )))
+}
+
+/// `POST /_matrix/client/v3/keys/query`
+pub async fn get_keys(
+    State(services): State<Arc<Services>>,
+    request: Ruma<get_keys::v3::Request>,
+) -> Result<RumaResponse<get_keys::v3::Response>> {
+    request.sender()?;
+    if request.body.device_keys.len() > MAX_USERS {
+        return Err(Error::bad_json("Too many users in one query."));
+    }
+    let mut response = get_keys::v3::Response::new();
+    for (user_id, wanted) in &request.body.device_keys {
+        if !services.users.is_local(user_id) {
+            unreachable(&mut response.failures, user_id);
+            continue;
+        }
+        let mut devices = BTreeMap::new();
+        for (device_id, device) in services.devices.list(user_id)? {
+            if !wanted.is_empty() && !wanted.contains(&device_id) {
+                continue;
+            }
+            let Some(mut keys) = services.keys.device_keys(user_id, &device_id)? else {
+                continue;
+            };
+            if let Some(object) = keys.as_object_mut() {
+                object.insert(
+                    "unsigned".to_owned(),
+                    json!({ "device_display_name": device.display_name }),
+                );
+            }
+            devices.insert(device_id, raw(&keys)?);
+        }
+        response.device_keys.insert(user_id.clone(), devices);
+    }
+    Ok(RumaResponse(response))
+}
+
+/// `POST /_matrix/client/v3/keys/claim`
+pub async fn claim_keys(
+    State(services): State<Arc<Services>>,
+    request: Ruma<claim_keys::v3::Request>,
+) -> Result<RumaResponse<claim_keys::v3::Response>> {
+    request.sender()?;
+    if request.body.one_time_keys.len() > MAX_USERS
+        || request
+            .body
+            .one_time_keys
+            .values()
+            .any(|devices| devices.len() > MAX_USERS)
+    {
+        return Err(Error::bad_json("Too many keys claimed in one request."));
+    }
+    let mut response = claim_keys::v3::Response::new(BTreeMap::new());
+    for (user_id, devices) in &request.body.one_time_keys {
+        if !services.users.is_local(user_id) {
+            unreachable(&mut response.failures, user_id);
+            continue;
+        }
+        let mut claimed_for_user = BTreeMap::new();
+        for (device_id, algorithm) in devices {
+            if let Some(claimed) = services
+                .keys
+                .claim(user_id, device_id, algorithm.as_str())
+                .await?
+            {
+                let key_id = claimed
+                    .key_id
+                    .as_str()
+                    .try_into()
+                    .map_err(|_| Error::internal("stored one-time key id is invalid"))?;
+                claimed_for_user.insert(
+                    device_id.clone(),
+                    BTreeMap::from([(key_id, raw(&claimed.key)?)]),
+                );
+            }
+        }
+        if !claimed_for_user.is_empty() {
+            response
+                .one_time_keys
+                .insert(user_id.clone(), claimed_for_user);
+        }
+    }
+    Ok(RumaResponse(response))
+}
+
+/// `GET /_matrix/client/v3/keys/changes`: users whose devices changed since `from` (a sync
+/// token), as `/sync`'s `device_lists` would report them. Changes after `to` may be
+/// included too; the spec allows reporting users who "may have" changed.
+pub async fn get_key_changes(
+    State(services): State<Arc<Services>>,
+    request: Ruma<get_key_changes::v3::Request>,
+) -> Result<RumaResponse<get_key_changes::v3::Response>> {
+    let (user_id, _) = request.sender()?;
+    let from = parse_token(&request.body.from)?;
+    parse_token(&request.body.to)?;
+    let (changed, left) = crate::service::sync::device_list_changes(&services, user_id, from)?;
+    Ok(RumaResponse(get_key_changes::v3::Response::new(
+        changed, left,
+    )))
+}
+
+fn parse_token(token: &str) -> Result<u64> {
+    token
+        .parse()
+        .map_err(|_| Error::invalid_param(format!("Invalid sync token: {token}")))
+}

@@ -1,0 +1,363 @@
+//! End-to-end encryption keys through the real HTTP API: `keys/upload` (signature checks),
+//! `keys/query`, `keys/claim` (each one-time key once, also under concurrent claims; then
+//! the fallback key), `keys/changes` and the key fields of `/sync`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use reqwest::{Method, StatusCode};
+use ruma::{
+    CanonicalJsonObject,
+    serde::Base64,
+    signatures::{Ed25519KeyPair, sign_json},
+};
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, assert_error};
+
+async fn call(
+    server: &TestServer,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    server
+        .request(
+            method,
+            &format!("/_matrix/client/v3{path}"),
+            Some(token),
+            body,
+        )
+        .await
+}
+
+async fn device_of(server: &TestServer, token: &str) -> String {
+    let (_, whoami) = server.whoami(token).await;
+    whoami["device_id"].as_str().expect("device_id").to_owned()
+}
+
+/// Device keys for `user`/`device`, signed by a fresh ed25519 key of the device.
+fn signed_device_keys(user: &str, device: &str) -> Value {
+    let key_pair =
+        Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), device.to_owned()).expect("key");
+    let public = Base64::<ruma::serde::base64::Standard>::new(key_pair.public_key().to_vec());
+    let keys = json!({
+        "user_id": user,
+        "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            format!("curve25519:{device}"): "Y3VydmUga2V5IG9mIHRoZSBkZXZpY2UgZm9yIHRlc3Q",
+            format!("ed25519:{device}"): public.encode(),
+        },
+    });
+    let mut object: CanonicalJsonObject = serde_json::from_value(keys).expect("canonical");
+    sign_json(user, &key_pair, &mut object).expect("sign");
+    serde_json::to_value(object).expect("JSON")
+}
+
+fn one_time_keys(count: usize) -> Value {
+    let keys: serde_json::Map<String, Value> = (0..count)
+        .map(|i| {
+            (
+                format!("signed_curve25519:OTK{i:03}"),
+                json!({ "key": format!("key{i}"), "signatures": {} }),
+            )
+        })
+        .collect();
+    Value::Object(keys)
+}
+
+#[tokio::test]
+async fn upload_rejects_forged_and_misaddressed_keys_and_changes_nothing() {
+    let server = TestServer::start();
+    let alice = server.register("alice", "pw pw pw").await;
+    let device = device_of(&server, &alice).await;
+
+    // Signed, then altered: the signature no longer matches.
+    let mut forged = signed_device_keys("@alice:localhost", &device);
+    forged["keys"][format!("curve25519:{device}")] = json!("c3dhcHBlZCBjdXJ2ZSBrZXk");
+    let response = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/keys/upload",
+        Some(json!({ "device_keys": forged, "one_time_keys": one_time_keys(2) })),
+    )
+    .await;
+    assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+
+    // Keys of another device, validly signed by that device.
+    let other = signed_device_keys("@alice:localhost", "OTHERDEVICE");
+    let response = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/keys/upload",
+        Some(json!({ "device_keys": other })),
+    )
+    .await;
+    assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+
+    // Wrong shapes.
+    for body in [
+        json!({ "device_keys": "not an object" }),
+        json!({ "one_time_keys": { "no-algorithm": { "key": "x" } } }),
+    ] {
+        let response = call(&server, &alice, Method::POST, "/keys/upload", Some(body)).await;
+        assert_eq!(response.0, StatusCode::BAD_REQUEST, "{}", response.1);
+    }
+
+    // Nothing was stored: no device keys, and the one-time keys of the forged upload are
+    // not counted.
+    let (status, query) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/keys/query",
+        Some(json!({ "device_keys": { "@alice:localhost": [] } })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{query}");
+    assert_eq!(query["device_keys"]["@alice:localhost"], json!({}));
+    let (_, counts) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/keys/upload",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(counts["one_time_key_counts"]["signed_curve25519"], 0);
+}
+
+#[tokio::test]
+async fn keys_are_queried_claimed_once_and_fall_back() {
+    let server = TestServer::start();
+    let alice = server.register("alice", "pw pw pw").await;
+    let bob = server.register("bob", "pw pw pw").await;
+    let carol = server.register("carol", "pw pw pw").await;
+    let device = device_of(&server, &alice).await;
+    let device_keys = signed_device_keys("@alice:localhost", &device);
+
+    const KEYS: usize = 20;
+    let (status, upload) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/keys/upload",
+        Some(json!({
+            "device_keys": device_keys,
+            "one_time_keys": one_time_keys(KEYS),
+            "fallback_keys": { "signed_curve25519:FALLBACK": { "key": "fb", "fallback": true } },
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{upload}");
+    assert_eq!(upload["one_time_key_counts"]["signed_curve25519"], KEYS);
+
+    // Another user sees the keys as uploaded, with the device's display name.
+    let (_, query) = call(
+        &server,
+        &bob,
+        Method::POST,
+        "/keys/query",
+        Some(json!({ "device_keys": { "@alice:localhost": [] } })),
+    )
+    .await;
+    let queried = &query["device_keys"]["@alice:localhost"][&device];
+    assert_eq!(queried["keys"], device_keys["keys"], "{query}");
+    assert_eq!(queried["signatures"], device_keys["signatures"]);
+    assert!(
+        queried["unsigned"].get("device_display_name").is_some(),
+        "{query}"
+    );
+
+    // Bob and carol claim concurrently, more often than there are keys: each one-time
+    // key is handed out exactly once, then everyone gets the fallback key.
+    let claim = |token: String| {
+        let server = &server;
+        let device = device.clone();
+        async move {
+            let body = json!({ "one_time_keys": { "@alice:localhost": { device.clone(): "signed_curve25519" } } });
+            let (status, json) =
+                call(server, &token, Method::POST, "/keys/claim", Some(body)).await;
+            assert_eq!(status, StatusCode::OK, "{json}");
+            let keys = json["one_time_keys"]["@alice:localhost"][&device]
+                .as_object()
+                .expect("a key for every claim")
+                .clone();
+            assert_eq!(keys.len(), 1);
+            keys.into_iter().next().expect("one key")
+        }
+    };
+    let claims = (0..KEYS + 6).map(|i| {
+        claim(if i % 2 == 0 {
+            bob.clone()
+        } else {
+            carol.clone()
+        })
+    });
+    let claimed = futures_util::future::join_all(claims).await;
+    let mut seen = BTreeMap::new();
+    for (key_id, key) in &claimed {
+        *seen.entry(key_id.clone()).or_insert(0) += 1;
+        if key_id != "signed_curve25519:FALLBACK" {
+            assert_eq!(key, &one_time_keys(KEYS)[key_id], "claimed key as uploaded");
+        }
+    }
+    let one_time: BTreeSet<_> = seen.keys().filter(|id| id.contains("OTK")).collect();
+    assert_eq!(one_time.len(), KEYS, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|(id, n)| *n == 1 || id == "signed_curve25519:FALLBACK")
+    );
+    assert_eq!(seen["signed_curve25519:FALLBACK"], 6);
+
+    // Alice's sync reports no one-time keys left and the fallback key as used.
+    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    assert_eq!(
+        sync["device_one_time_keys_count"]["signed_curve25519"], 0,
+        "{sync}"
+    );
+    assert_eq!(sync["device_unused_fallback_key_types"], json!([]));
+
+    // A new fallback key is unused again; claiming for an unknown device yields nothing.
+    call(
+        &server,
+        &alice,
+        Method::POST,
+        "/keys/upload",
+        Some(json!({ "fallback_keys": { "signed_curve25519:FB2": { "key": "fb2", "fallback": true } } })),
+    )
+    .await;
+    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    assert_eq!(
+        sync["device_unused_fallback_key_types"],
+        json!(["signed_curve25519"])
+    );
+    let (status, none) = call(
+        &server,
+        &bob,
+        Method::POST,
+        "/keys/claim",
+        Some(json!({ "one_time_keys": { "@alice:localhost": { "NOSUCHDEVICE": "signed_curve25519" } } })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(none["one_time_keys"], json!({}));
+}
+
+#[tokio::test]
+async fn new_device_keys_reach_room_members_via_sync_and_key_changes() {
+    let server = TestServer::start();
+    let alice = server.register("alice", "pw pw pw").await;
+    let bob = server.register("bob", "pw pw pw").await;
+    let (_, room) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/createRoom",
+        Some(json!({ "invite": ["@bob:localhost"] })),
+    )
+    .await;
+    let room_id = room["room_id"].as_str().expect("room_id").to_owned();
+    let (status, _) = call(
+        &server,
+        &bob,
+        Method::POST,
+        &format!("/join/{room_id}"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, sync) = call(&server, &bob, Method::GET, "/sync", None).await;
+    let since = sync["next_batch"].as_str().expect("next_batch").to_owned();
+
+    // Alice signs in on a second device and uploads its keys.
+    let (_, login) = server.login("alice", "pw pw pw").await;
+    let phone = login["access_token"].as_str().expect("token").to_owned();
+    let phone_device = login["device_id"].as_str().expect("device").to_owned();
+    let (status, _) = call(
+        &server,
+        &phone,
+        Method::POST,
+        "/keys/upload",
+        Some(json!({ "device_keys": signed_device_keys("@alice:localhost", &phone_device) })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (_, sync) = call(
+        &server,
+        &bob,
+        Method::GET,
+        &format!("/sync?since={since}&timeout=5000"),
+        None,
+    )
+    .await;
+    let changed = &sync["device_lists"]["changed"];
+    assert!(
+        changed
+            .as_array()
+            .is_some_and(|c| c.contains(&json!("@alice:localhost"))),
+        "{sync}"
+    );
+    let to = sync["next_batch"].as_str().expect("next_batch");
+    let (status, changes) = call(
+        &server,
+        &bob,
+        Method::GET,
+        &format!("/keys/changes?from={since}&to={to}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{changes}");
+    assert!(
+        changes["changed"]
+            .as_array()
+            .is_some_and(|c| c.contains(&json!("@alice:localhost")))
+    );
+
+    // Bob now finds the phone among alice's devices.
+    let (_, query) = call(
+        &server,
+        &bob,
+        Method::POST,
+        "/keys/query",
+        Some(json!({ "device_keys": { "@alice:localhost": [phone_device.clone()] } })),
+    )
+    .await;
+    assert_eq!(
+        query["device_keys"]["@alice:localhost"][&phone_device]["device_id"],
+        json!(phone_device)
+    );
+
+    // Once the phone logs out, its keys go with it.
+    let (status, _) = call(&server, &phone, Method::POST, "/logout", Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, query) = call(
+        &server,
+        &bob,
+        Method::POST,
+        "/keys/query",
+        Some(json!({ "device_keys": { "@alice:localhost": [] } })),
+    )
+    .await;
+    assert!(
+        query["device_keys"]["@alice:localhost"]
+            .get(&phone_device)
+            .is_none(),
+        "{query}"
+    );
+
+    // Bad tokens are refused.
+    let response = call(
+        &server,
+        &bob,
+        Method::GET,
+        "/keys/changes?from=x&to=y",
+        None,
+    )
+    .await;
+    assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+}
