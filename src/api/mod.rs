@@ -112,6 +112,8 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(keys::get_keys)
         .ruma_route(keys::claim_keys)
         .ruma_route(keys::get_key_changes)
+        .ruma_route(keys::upload_signing_keys)
+        .ruma_route(keys::upload_signatures)
         .ruma_route(directory::get_public_rooms)
         .ruma_route(directory::get_public_rooms_filtered)
         .ruma_route(directory::get_room_visibility)

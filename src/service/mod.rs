@@ -5,6 +5,7 @@
 //! Matrix errcodes but not how a response is written.
 
 pub mod account_data;
+pub mod cross_signing;
 pub mod devices;
 pub mod ephemeral;
 pub mod keys;
@@ -33,6 +34,7 @@ pub struct Services {
     pub users: users::Users,
     pub devices: devices::Devices,
     pub keys: Arc<keys::Keys>,
+    pub cross_signing: cross_signing::CrossSigning,
     pub uiaa: uiaa::Uiaa,
     pub registration: registration::Registration,
     pub server_keys: Arc<server_keys::ServerKeys>,
@@ -72,6 +74,7 @@ impl Services {
             server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,
             devices: devices::Devices::new(&db, Arc::clone(&keys))?,
+            cross_signing: cross_signing::CrossSigning::new(&db, Arc::clone(&keys))?,
             keys,
             uiaa: uiaa::Uiaa::new(),
             registration: registration::Registration::new(),

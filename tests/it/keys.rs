@@ -361,3 +361,253 @@ async fn new_device_keys_reach_room_members_via_sync_and_key_changes() {
     .await;
     assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
 }
+
+/// A fresh ed25519 key pair named by its own public key (as cross-signing keys are), and
+/// that public key.
+fn cross_signing_pair() -> (Ed25519KeyPair, String) {
+    let document = Ed25519KeyPair::generate();
+    let probe = Ed25519KeyPair::from_der(&document, String::new()).expect("key");
+    let public = Base64::<ruma::serde::base64::Standard>::new(probe.public_key().to_vec()).encode();
+    (
+        Ed25519KeyPair::from_der(&document, public.clone()).expect("key"),
+        public,
+    )
+}
+
+fn sign(value: &Value, user: &str, pair: &Ed25519KeyPair) -> Value {
+    let mut object: CanonicalJsonObject = serde_json::from_value(value.clone()).expect("object");
+    sign_json(user, pair, &mut object).expect("sign");
+    serde_json::to_value(object).expect("JSON")
+}
+
+fn cross_signing_key(user: &str, usage: &str, public: &str) -> Value {
+    json!({ "user_id": user, "usage": [usage], "keys": { format!("ed25519:{public}"): public } })
+}
+
+/// Master, self-signing and user-signing keys for `user`, the subkeys signed by the master.
+struct CrossSigningKeys {
+    master: (Ed25519KeyPair, String),
+    self_signing: (Ed25519KeyPair, String),
+    user_signing: (Ed25519KeyPair, String),
+}
+
+impl CrossSigningKeys {
+    fn new() -> Self {
+        Self {
+            master: cross_signing_pair(),
+            self_signing: cross_signing_pair(),
+            user_signing: cross_signing_pair(),
+        }
+    }
+
+    fn upload_body(&self, user: &str) -> Value {
+        json!({
+            "master_key": cross_signing_key(user, "master", &self.master.1),
+            "self_signing_key": sign(
+                &cross_signing_key(user, "self_signing", &self.self_signing.1), user, &self.master.0),
+            "user_signing_key": sign(
+                &cross_signing_key(user, "user_signing", &self.user_signing.1), user, &self.master.0),
+        })
+    }
+}
+
+#[tokio::test]
+async fn cross_signing_keys_and_signatures_are_checked_stored_and_served() {
+    let server = TestServer::start();
+    let alice = server.register("alice", "pw pw pw").await;
+    let bob = server.register("bob", "pw pw pw").await;
+    let device = device_of(&server, &alice).await;
+    let device_keys = signed_device_keys("@alice:localhost", &device);
+    let (status, _) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/keys/upload",
+        Some(json!({ "device_keys": device_keys })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Bob's subkeys signed by a key that is not his master: refused, nothing stored.
+    let bobs = CrossSigningKeys::new();
+    let mut forged = bobs.upload_body("@bob:localhost");
+    let (stranger, _) = cross_signing_pair();
+    forged["self_signing_key"] = sign(
+        &cross_signing_key("@bob:localhost", "self_signing", &bobs.self_signing.1),
+        "@bob:localhost",
+        &stranger,
+    );
+    let response = call(
+        &server,
+        &bob,
+        Method::POST,
+        "/keys/device_signing/upload",
+        Some(forged),
+    )
+    .await;
+    assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let query_of = |token: String, user: &'static str| {
+        let server = &server;
+        async move {
+            let (status, query) = call(
+                server,
+                &token,
+                Method::POST,
+                "/keys/query",
+                Some(json!({ "device_keys": { user: [] } })),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{query}");
+            query
+        }
+    };
+    assert!(
+        query_of(bob.clone(), "@bob:localhost").await["master_keys"]
+            .get("@bob:localhost")
+            .is_none()
+    );
+
+    // The first upload needs no UIA.
+    let alices = CrossSigningKeys::new();
+    let body = alices.upload_body("@alice:localhost");
+    let (status, json) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/keys/device_signing/upload",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    // Repeating it needs none either; replacing the master key does.
+    let (status, _) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/keys/device_signing/upload",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let replacement = CrossSigningKeys::new().upload_body("@alice:localhost");
+    let (status, uia) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/keys/device_signing/upload",
+        Some(replacement),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{uia}");
+    assert!(uia["flows"].is_array(), "{uia}");
+
+    // Bob sees alice's master and self-signing keys, not her user-signing key; she does.
+    let seen_by_bob = query_of(bob.clone(), "@alice:localhost").await;
+    assert_eq!(
+        seen_by_bob["master_keys"]["@alice:localhost"]["keys"],
+        body["master_key"]["keys"]
+    );
+    assert_eq!(
+        seen_by_bob["self_signing_keys"]["@alice:localhost"],
+        body["self_signing_key"]
+    );
+    assert!(
+        seen_by_bob["user_signing_keys"]
+            .get("@alice:localhost")
+            .is_none()
+    );
+    let seen_by_alice = query_of(alice.clone(), "@alice:localhost").await;
+    assert_eq!(
+        seen_by_alice["user_signing_keys"]["@alice:localhost"],
+        body["user_signing_key"]
+    );
+
+    // Alice signs her device with her self-signing key; a forged signature is refused.
+    let ssk_id = format!("ed25519:{}", alices.self_signing.1);
+    let mut unsigned_device = device_keys.clone();
+    unsigned_device
+        .as_object_mut()
+        .expect("object")
+        .remove("signatures");
+    let signed_device = sign(&unsigned_device, "@alice:localhost", &alices.self_signing.0);
+    let mut forged_device = unsigned_device.clone();
+    let forged_signature =
+        sign(&unsigned_device, "@alice:localhost", &stranger)["signatures"]["@alice:localhost"]
+            .as_object()
+            .expect("signature")
+            .values()
+            .next()
+            .expect("one")
+            .clone();
+    forged_device["signatures"] =
+        json!({ "@alice:localhost": { ssk_id.clone(): forged_signature } });
+    for (signed, accepted) in [(forged_device, false), (signed_device.clone(), true)] {
+        let (status, result) = call(
+            &server,
+            &alice,
+            Method::POST,
+            "/keys/signatures/upload",
+            Some(json!({ "@alice:localhost": { device.clone(): signed } })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{result}");
+        let failure = &result["failures"]["@alice:localhost"][&device];
+        if accepted {
+            assert!(failure.is_null(), "{result}");
+        } else {
+            assert_eq!(failure["errcode"], "M_INVALID_SIGNATURE", "{result}");
+        }
+    }
+    let seen_by_bob = query_of(bob.clone(), "@alice:localhost").await;
+    let device_signatures =
+        &seen_by_bob["device_keys"]["@alice:localhost"][&device]["signatures"]["@alice:localhost"];
+    assert_eq!(
+        device_signatures[&ssk_id], signed_device["signatures"]["@alice:localhost"][&ssk_id],
+        "{seen_by_bob}"
+    );
+    // The device's own signature is still there.
+    assert_eq!(
+        device_signatures[format!("ed25519:{device}")],
+        device_keys["signatures"]["@alice:localhost"][format!("ed25519:{device}")]
+    );
+
+    // Bob verifies alice: his user-signing key signs her master key. Bob sees it; alice's
+    // view of her own key does not include it.
+    let (status, _) = call(
+        &server,
+        &bob,
+        Method::POST,
+        "/keys/device_signing/upload",
+        Some(bobs.upload_body("@bob:localhost")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let alice_master = &body["master_key"];
+    let signed_master = sign(alice_master, "@bob:localhost", &bobs.user_signing.0);
+    let (status, result) = call(
+        &server,
+        &bob,
+        Method::POST,
+        "/keys/signatures/upload",
+        Some(json!({ "@alice:localhost": { alices.master.1.clone(): signed_master } })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        result["failures"].as_object().is_none_or(|f| f.is_empty()),
+        "{result}"
+    );
+    let usk_id = format!("ed25519:{}", bobs.user_signing.1);
+    let seen_by_bob = query_of(bob.clone(), "@alice:localhost").await;
+    assert!(
+        seen_by_bob["master_keys"]["@alice:localhost"]["signatures"]["@bob:localhost"][&usk_id]
+            .is_string(),
+        "{seen_by_bob}"
+    );
+    let seen_by_alice = query_of(alice.clone(), "@alice:localhost").await;
+    assert!(
+        seen_by_alice["master_keys"]["@alice:localhost"]["signatures"]
+            .get("@bob:localhost")
+            .is_none()
+    );
+}

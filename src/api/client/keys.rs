@@ -1,12 +1,16 @@
 //! End-to-end encryption keys: `keys/upload`, `keys/query`, `keys/claim`, `keys/changes`
-//! (client-server API, "Key management API"). The Matrix logic is in `service::keys`.
+//! (client-server API, "Key management API"), and cross-signing: `keys/device_signing/upload`,
+//! `keys/signatures/upload` ("Cross-signing"). The Matrix logic is in `service::keys` and
+//! `service::cross_signing`.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::extract::State;
 use ruma::{
     OwnedUserId,
-    api::client::keys::{claim_keys, get_key_changes, get_keys, upload_keys},
+    api::client::keys::{
+        claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
+    },
     serde::Raw,
 };
 use serde_json::{Value as JsonValue, json};
@@ -14,7 +18,11 @@ use serde_json::{Value as JsonValue, json};
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
-    service::Services,
+    service::{
+        Services,
+        cross_signing::{MASTER, SELF_SIGNING, SigningKeysUpload, USER_SIGNING, public_key},
+        uiaa::Stage,
+    },
 };
 
 /// Users one query or claim may name, and devices per user in a claim.
@@ -75,7 +83,7 @@ pub async fn get_keys(
     State(services): State<Arc<Services>>,
     request: Ruma<get_keys::v3::Request>,
 ) -> Result<RumaResponse<get_keys::v3::Response>> {
-    request.sender()?;
+    let (viewer, _) = request.sender()?;
     if request.body.device_keys.len() > MAX_USERS {
         return Err(Error::bad_json("Too many users in one query."));
     }
@@ -99,9 +107,37 @@ pub async fn get_keys(
                     json!({ "device_display_name": device.display_name }),
                 );
             }
+            services.cross_signing.merge_signatures(
+                &mut keys,
+                user_id,
+                device_id.as_str(),
+                viewer,
+            )?;
             devices.insert(device_id, raw(&keys)?);
         }
         response.device_keys.insert(user_id.clone(), devices);
+        if let Some(mut master) = services.cross_signing.key(user_id, MASTER)? {
+            let object = serde_json::from_value(master.clone())
+                .map_err(|e| Error::internal(e.to_string()))?;
+            let key_id = public_key(&object)?;
+            services
+                .cross_signing
+                .merge_signatures(&mut master, user_id, &key_id, viewer)?;
+            response.master_keys.insert(user_id.clone(), raw(&master)?);
+        }
+        if let Some(key) = services.cross_signing.key(user_id, SELF_SIGNING)? {
+            response
+                .self_signing_keys
+                .insert(user_id.clone(), raw(&key)?);
+        }
+        // The user-signing key is shown to its owner only.
+        if user_id == viewer
+            && let Some(key) = services.cross_signing.key(user_id, USER_SIGNING)?
+        {
+            response
+                .user_signing_keys
+                .insert(user_id.clone(), raw(&key)?);
+        }
     }
     Ok(RumaResponse(response))
 }
@@ -174,4 +210,82 @@ fn parse_token(token: &str) -> Result<u64> {
     token
         .parse()
         .map_err(|_| Error::invalid_param(format!("Invalid sync token: {token}")))
+}
+
+/// `POST /_matrix/client/v3/keys/device_signing/upload`. Needs the password (UIA) unless
+/// the user has no master key yet or the upload repeats the stored keys (spec
+/// "Cross-signing": servers may skip UIA in those cases, v1.11).
+pub async fn upload_signing_keys(
+    State(services): State<Arc<Services>>,
+    request: Ruma<upload_signing_keys::v3::Request>,
+) -> Result<RumaResponse<upload_signing_keys::v3::Response>> {
+    let (user_id, _) = request.sender()?;
+    let body = &request.body;
+    let upload = SigningKeysUpload {
+        master: body.master_key.as_ref().map(|raw| raw.json()),
+        self_signing: body.self_signing_key.as_ref().map(|raw| raw.json()),
+        user_signing: body.user_signing_key.as_ref().map(|raw| raw.json()),
+    };
+    if services.cross_signing.has_master(user_id)?
+        && !services.cross_signing.is_unchanged(user_id, &upload)?
+    {
+        services
+            .uiaa
+            .authorize(&services, body.auth.as_ref(), Stage::Password(user_id))
+            .await?;
+    }
+    services.cross_signing.upload(user_id, &upload).await?;
+    services.device_list_changed(user_id).await?;
+    Ok(RumaResponse(upload_signing_keys::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/keys/signatures/upload`: each signature is checked and stored on
+/// its own; the ones that fail are listed in `failures` with `M_INVALID_SIGNATURE`.
+pub async fn upload_signatures(
+    State(services): State<Arc<Services>>,
+    request: Ruma<upload_signatures::v3::Request>,
+) -> Result<RumaResponse<upload_signatures::v3::Response>> {
+    let (signer, _) = request.sender()?;
+    let mut response = upload_signatures::v3::Response::new();
+    let mut count = 0;
+    let mut stored = false;
+    for (target, signed) in &request.body.signed_keys {
+        for (key_id, object) in signed.iter() {
+            count += 1;
+            if count > MAX_USERS {
+                return Err(Error::bad_json("Too many signatures in one request."));
+            }
+            let result = if services.users.is_local(target) {
+                services
+                    .cross_signing
+                    .add_signature(signer, target, key_id, object)
+                    .await
+            } else {
+                Err(Error::invalid_param(
+                    "Federation is not available on this server.",
+                ))
+            };
+            match result {
+                Ok(()) => stored = true,
+                Err(Error::Matrix { message, .. }) => {
+                    let failure = serde_json::from_value(json!({
+                        "errcode": "M_INVALID_SIGNATURE",
+                        "error": message,
+                    }))
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                    response
+                        .failures
+                        .entry(target.clone())
+                        .or_default()
+                        .insert(key_id.to_owned(), failure);
+                }
+                // A storage failure is the server's, not the signature's.
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    if stored {
+        services.device_list_changed(signer).await?;
+    }
+    Ok(RumaResponse(response))
 }
