@@ -27,9 +27,9 @@ use tower_http::{
 
 use self::{
     client::{
-        account, account_data, alias, device, directory, discovery, keys, membership, message,
-        presence, profile, push, receipt, relations, room, search, session, space, state, sync,
-        to_device,
+        account, account_data, alias, backup, device, directory, discovery, keys, membership,
+        message, presence, profile, push, receipt, relations, room, search, session, space, state,
+        sync, to_device,
     },
     ruma::RouterExt,
 };
@@ -114,6 +114,20 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(keys::get_key_changes)
         .ruma_route(keys::upload_signing_keys)
         .ruma_route(keys::upload_signatures)
+        .ruma_route(backup::create_backup_version)
+        .ruma_route(backup::get_latest_backup_info)
+        .ruma_route(backup::get_backup_info)
+        .ruma_route(backup::update_backup_version)
+        .ruma_route(backup::delete_backup_version)
+        .ruma_route(backup::add_backup_keys)
+        .ruma_route(backup::add_backup_keys_for_room)
+        .ruma_route(backup::add_backup_keys_for_session)
+        .ruma_route(backup::get_backup_keys)
+        .ruma_route(backup::get_backup_keys_for_room)
+        .ruma_route(backup::get_backup_keys_for_session)
+        .ruma_route(backup::delete_backup_keys)
+        .ruma_route(backup::delete_backup_keys_for_room)
+        .ruma_route(backup::delete_backup_keys_for_session)
         .ruma_route(directory::get_public_rooms)
         .ruma_route(directory::get_public_rooms_filtered)
         .ruma_route(directory::get_room_visibility)

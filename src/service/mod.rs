@@ -5,6 +5,7 @@
 //! Matrix errcodes but not how a response is written.
 
 pub mod account_data;
+pub mod backup;
 pub mod cross_signing;
 pub mod devices;
 pub mod ephemeral;
@@ -35,6 +36,7 @@ pub struct Services {
     pub devices: devices::Devices,
     pub keys: Arc<keys::Keys>,
     pub cross_signing: cross_signing::CrossSigning,
+    pub backup: backup::Backup,
     pub uiaa: uiaa::Uiaa,
     pub registration: registration::Registration,
     pub server_keys: Arc<server_keys::ServerKeys>,
@@ -76,6 +78,7 @@ impl Services {
             devices: devices::Devices::new(&db, Arc::clone(&keys))?,
             cross_signing: cross_signing::CrossSigning::new(&db, Arc::clone(&keys))?,
             keys,
+            backup: backup::Backup::new(&db)?,
             uiaa: uiaa::Uiaa::new(),
             registration: registration::Registration::new(),
             password_failures: rate_limit::FailureLimiter::new(5, Duration::from_secs(60), 10_000),

@@ -4,6 +4,7 @@
 
 mod account;
 mod admin;
+mod backup;
 mod client_state;
 mod devices;
 mod durability;
