@@ -8,6 +8,7 @@ mod backup;
 mod client_state;
 mod devices;
 mod durability;
+mod e2ee;
 mod errors;
 mod harness;
 mod keys;
