@@ -27,9 +27,9 @@ use tower_http::{
 
 use self::{
     client::{
-        account, account_data, alias, backup, device, directory, discovery, keys, membership,
-        message, presence, profile, push, receipt, relations, room, search, session, space, state,
-        sync, to_device,
+        account, account_data, alias, backup, dehydrated, device, directory, discovery, keys,
+        membership, message, presence, profile, push, receipt, relations, room, search, session,
+        space, state, sync, to_device,
     },
     ruma::RouterExt,
 };
@@ -114,6 +114,10 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(keys::get_key_changes)
         .ruma_route(keys::upload_signing_keys)
         .ruma_route(keys::upload_signatures)
+        .ruma_route(dehydrated::put_dehydrated_device)
+        .ruma_route(dehydrated::get_dehydrated_device)
+        .ruma_route(dehydrated::delete_dehydrated_device)
+        .ruma_route(dehydrated::get_events)
         .ruma_route(backup::create_backup_version)
         .ruma_route(backup::get_latest_backup_info)
         .ruma_route(backup::get_backup_info)

@@ -109,6 +109,34 @@ impl Devices {
         Ok((device_id, token))
     }
 
+    /// Creates (or renames) a device that has no access token: a dehydrated device
+    /// (MSC3814), which exists only to receive keys while its user has no device online.
+    pub async fn create_without_token(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        let key = device_key(user_id, device_id);
+        let guard = self.write_lock.lock().await;
+        let mut batch = Batch::new();
+        if let Some(existing) = self.devices.get(&key)?
+            && let Some(old) = crypto::hex_decode(&existing.token_digest)
+        {
+            batch.remove(&*self.tokens, old);
+        }
+        let device = Device {
+            display_name,
+            token_digest: String::new(),
+            created_ts: now_ms(),
+        };
+        batch.insert_json(&self.devices, key, &device);
+        self.db.apply(&batch)?;
+        drop(guard);
+        self.db.persist().await?;
+        Ok(())
+    }
+
     /// The user and device an access token belongs to, if it is live.
     pub fn authenticate(&self, token: &str) -> Result<Option<(OwnedUserId, OwnedDeviceId)>> {
         let Some(key) = self.tokens.get(&crypto::token_digest(token))? else {

@@ -162,6 +162,32 @@ impl Keys {
         })
     }
 
+    /// Validates an upload without storing it (for a caller that must know the keys are
+    /// good before changing anything else, such as a dehydrated device's creation).
+    pub fn check_upload(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        device_keys: &RawValue,
+        one_time_keys: &[(&str, &RawValue)],
+        fallback_keys: &[(&str, &RawValue)],
+    ) -> Result<()> {
+        if one_time_keys.len() > MAX_KEYS_PER_UPLOAD || fallback_keys.len() > MAX_KEYS_PER_UPLOAD {
+            return Err(Error::bad_json("Too many keys in one upload."));
+        }
+        check_device_keys(
+            &parse_object(device_keys, "device_keys")?,
+            user_id,
+            device_id,
+        )?;
+        for (key_id, raw) in one_time_keys.iter().chain(fallback_keys) {
+            split_key_id(key_id)?;
+            serde_json::from_str::<JsonValue>(raw.get())
+                .map_err(|e| Error::bad_json(format!("Invalid key: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// `keys/upload`. Validates everything before writing anything, then stores it in one
     /// batch. Returns whether the device keys are new or changed (the device list changed).
     pub async fn upload(

@@ -7,6 +7,7 @@
 pub mod account_data;
 pub mod backup;
 pub mod cross_signing;
+pub mod dehydrated;
 pub mod devices;
 pub mod ephemeral;
 pub mod keys;
@@ -37,6 +38,7 @@ pub struct Services {
     pub keys: Arc<keys::Keys>,
     pub cross_signing: cross_signing::CrossSigning,
     pub backup: backup::Backup,
+    pub dehydrated: dehydrated::Dehydrated,
     pub uiaa: uiaa::Uiaa,
     pub registration: registration::Registration,
     pub server_keys: Arc<server_keys::ServerKeys>,
@@ -79,6 +81,7 @@ impl Services {
             cross_signing: cross_signing::CrossSigning::new(&db, Arc::clone(&keys))?,
             keys,
             backup: backup::Backup::new(&db)?,
+            dehydrated: dehydrated::Dehydrated::new(&db)?,
             uiaa: uiaa::Uiaa::new(),
             registration: registration::Registration::new(),
             password_failures: rate_limit::FailureLimiter::new(5, Duration::from_secs(60), 10_000),

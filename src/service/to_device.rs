@@ -86,6 +86,30 @@ impl ToDevice {
         device_id: &DeviceId,
         since: Option<u64>,
     ) -> Result<(Vec<JsonValue>, Option<u64>)> {
+        let (pending, left_behind) = self.take_positioned(user_id, device_id, since).await?;
+        Ok((pending.into_iter().map(|(_, m)| m).collect(), left_behind))
+    }
+
+    /// One page for a dehydrated device (MSC3814 `…/events`): deletes what `from`
+    /// acknowledges and returns the next messages with the token of the page after them
+    /// (`None` when there were none).
+    pub async fn page(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        from: Option<u64>,
+    ) -> Result<(Vec<JsonValue>, Option<u64>)> {
+        let (pending, _) = self.take_positioned(user_id, device_id, from).await?;
+        let next = pending.last().map(|(position, _)| position + 1);
+        Ok((pending.into_iter().map(|(_, m)| m).collect(), next))
+    }
+
+    async fn take_positioned(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        since: Option<u64>,
+    ) -> Result<(Vec<(u64, JsonValue)>, Option<u64>)> {
         let prefix = device_prefix(user_id, device_id);
         let mut acknowledged = Batch::new();
         let mut pending = Vec::new();
@@ -97,7 +121,7 @@ impl ToDevice {
             if since.is_some_and(|since| position < since) {
                 acknowledged.remove(self.queue.tree(), key);
             } else if pending.len() < MAX_PER_SYNC {
-                pending.push(message);
+                pending.push((position, message));
             } else {
                 left_behind = Some(position);
                 break;

@@ -37,7 +37,7 @@ async fn device_of(server: &TestServer, token: &str) -> String {
 }
 
 /// Device keys for `user`/`device`, signed by a fresh ed25519 key of the device.
-fn signed_device_keys(user: &str, device: &str) -> Value {
+pub(crate) fn signed_device_keys(user: &str, device: &str) -> Value {
     let key_pair =
         Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), device.to_owned()).expect("key");
     let public = Base64::<ruma::serde::base64::Standard>::new(key_pair.public_key().to_vec());
@@ -55,7 +55,7 @@ fn signed_device_keys(user: &str, device: &str) -> Value {
     serde_json::to_value(object).expect("JSON")
 }
 
-fn one_time_keys(count: usize) -> Value {
+pub(crate) fn one_time_keys(count: usize) -> Value {
     let keys: serde_json::Map<String, Value> = (0..count)
         .map(|i| {
             (

@@ -6,6 +6,7 @@ mod account;
 mod admin;
 mod backup;
 mod client_state;
+mod dehydrated;
 mod devices;
 mod durability;
 mod e2ee;

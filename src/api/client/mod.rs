@@ -5,6 +5,7 @@ pub mod account;
 pub mod account_data;
 pub mod alias;
 pub mod backup;
+pub mod dehydrated;
 pub mod device;
 pub mod directory;
 pub mod discovery;
