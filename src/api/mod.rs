@@ -29,7 +29,7 @@ use self::{
     client::{
         account, account_data, alias, backup, dehydrated, device, directory, discovery, keys,
         membership, message, presence, profile, push, receipt, relations, room, search, session,
-        space, state, sync, to_device,
+        space, state, sync, to_device, voip,
     },
     ruma::RouterExt,
 };
@@ -114,6 +114,7 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(keys::get_key_changes)
         .ruma_route(keys::upload_signing_keys)
         .ruma_route(keys::upload_signatures)
+        .ruma_route(voip::turn_server)
         .ruma_route(dehydrated::put_dehydrated_device)
         .ruma_route(dehydrated::get_dehydrated_device)
         .ruma_route(dehydrated::delete_dehydrated_device)

@@ -22,6 +22,7 @@ pub mod server_keys;
 pub mod stream;
 pub mod sync;
 pub mod to_device;
+pub mod turn;
 pub mod uiaa;
 pub mod users;
 

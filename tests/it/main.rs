@@ -16,3 +16,4 @@ mod keys;
 mod process;
 mod profile;
 mod rooms;
+mod turn;

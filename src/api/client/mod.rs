@@ -24,3 +24,4 @@ pub mod space;
 pub mod state;
 pub mod sync;
 pub mod to_device;
+pub mod voip;
