@@ -113,7 +113,8 @@ fn check_key_data(data: &JsonValue) -> Result<()> {
     }
 }
 
-/// Whether `new` should replace `old` (spec "Server-side key backups", storing keys): a
+/// Whether `new` should replace `old` (client-server API, "Server-side key backups",
+/// "Storage": the rule for a session the server already has a key for): a
 /// verified key beats an unverified one; then the lower `first_message_index` wins; then
 /// the lower `forwarded_count`. On a full tie the stored key stays.
 pub fn replaces(old: &JsonValue, new: &JsonValue) -> bool {

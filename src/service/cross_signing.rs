@@ -137,8 +137,14 @@ impl CrossSigning {
         Ok(self.key(user_id, MASTER)?.is_some())
     }
 
-    /// Whether the upload only repeats keys already stored (then no UIA is needed).
+    /// Whether the upload repeats the stored master key, and any subkeys it carries are the
+    /// stored ones too; then no UIA is needed (spec: `POST /keys/device_signing/upload`,
+    /// v1.11: "the request contains no new keys"). An upload without a master key does not
+    /// qualify.
     pub fn is_unchanged(&self, user_id: &UserId, upload: &SigningKeysUpload<'_>) -> Result<bool> {
+        if upload.master.is_none() {
+            return Ok(false);
+        }
         for (usage, raw) in [
             (MASTER, upload.master),
             (SELF_SIGNING, upload.self_signing),

@@ -58,6 +58,7 @@ pub async fn sync(services: &Arc<Services>, request: SyncRequest<'_>) -> Result<
 
     let mut response = build(services, &request)?;
     add_to_device(services, &request, &mut response).await?;
+    add_key_counts(services, &request, &mut response)?;
     if request.since.is_none() || request.timeout.is_zero() || !is_empty(&response) {
         return Ok(response);
     }
@@ -69,7 +70,23 @@ pub async fn sync(services: &Arc<Services>, request: SyncRequest<'_>) -> Result<
     }
     let mut response = build(services, &request)?;
     add_to_device(services, &request, &mut response).await?;
+    add_key_counts(services, &request, &mut response)?;
     Ok(response)
+}
+
+/// The syncing device's unclaimed one-time keys per algorithm and its unused fallback key
+/// types (client-server API, "Extensions to /sync"): clients top their keys up from these.
+/// Not a reason to answer an empty long-poll early.
+fn add_key_counts(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    response: &mut Response,
+) -> Result<()> {
+    let keys = &services.keys;
+    response.device_one_time_keys_count = keys.counts(request.user_id, request.device_id)?;
+    response.device_unused_fallback_key_types =
+        Some(keys.unused_fallback_types(request.user_id, request.device_id)?);
+    Ok(())
 }
 
 /// Pending to-device messages for the syncing device; acknowledged ones are deleted. If some
@@ -84,15 +101,6 @@ async fn add_to_device(
         .take(request.user_id, request.device_id, request.since)
         .await?;
     response.to_device.events = messages.into_iter().map(raw).collect();
-    // Key counts are read last, after this response's other parts (client-server API,
-    // "One-time and fallback keys": clients top their keys up from these).
-    response.device_one_time_keys_count =
-        services.keys.counts(request.user_id, request.device_id)?;
-    response.device_unused_fallback_key_types = Some(
-        services
-            .keys
-            .unused_fallback_types(request.user_id, request.device_id)?,
-    );
     if let Some(position) = left_behind
         && response
             .next_batch

@@ -19,23 +19,6 @@ async fn token(server: &TestServer, name: &str) -> String {
     server.register(name, "pw pw pw").await
 }
 
-async fn call(
-    server: &TestServer,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    server
-        .request(
-            method,
-            &format!("/_matrix/client/v3{path}"),
-            Some(token),
-            body,
-        )
-        .await
-}
-
 fn ephemeral_of(sync: &Value, room: &str, kind: &str) -> Option<Value> {
     sync["rooms"]["join"][room]["ephemeral"]["events"]
         .as_array()?
@@ -49,14 +32,14 @@ async fn typing_and_receipts_reach_the_other_members() {
     let server = TestServer::start();
     let alice = token(&server, "alice").await;
     server.register("bob", "pw pw pw").await;
-    let (_, created) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/createRoom",
-        Some(json!({ "preset": "public_chat" })),
-    )
-    .await;
+    let (_, created) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await;
     let room = created["room_id"].as_str().unwrap().to_owned();
 
     let bob = server.client().await;
@@ -67,19 +50,19 @@ async fn typing_and_receipts_reach_the_other_members() {
         .unwrap();
     let room_id = matrix_sdk::ruma::RoomId::parse(&room).unwrap();
     let joined = bob.join_room_by_id(&room_id).await.expect("bob joins");
-    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let (_, sync) = server.client_api(&alice, Method::GET, "/sync", None).await;
     let since = sync["next_batch"].as_str().unwrap().to_owned();
 
     // Typing, through matrix-sdk.
     joined.typing_notice(true).await.expect("typing");
-    let (_, sync) = call(
-        &server,
-        &alice,
-        Method::GET,
-        &format!("/sync?since={since}&timeout=5000"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(
+            &alice,
+            Method::GET,
+            &format!("/sync?since={since}&timeout=5000"),
+            None,
+        )
+        .await;
     let typing = ephemeral_of(&sync, &room, "m.typing").expect("m.typing in alice's sync");
     assert_eq!(typing["content"]["user_ids"], json!(["@bob:localhost"]));
     let since = sync["next_batch"].as_str().unwrap().to_owned();
@@ -103,14 +86,9 @@ async fn typing_and_receipts_reach_the_other_members() {
         )
         .await
         .expect("private receipt");
-    let (_, sync) = call(
-        &server,
-        &alice,
-        Method::GET,
-        &format!("/sync?since={since}"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(&alice, Method::GET, &format!("/sync?since={since}"), None)
+        .await;
     let receipts = ephemeral_of(&sync, &room, "m.receipt").expect("m.receipt in alice's sync");
     assert!(
         receipts["content"][sent.as_str()]["m.read"]["@bob:localhost"]["ts"].is_u64(),
@@ -138,19 +116,19 @@ async fn typing_and_receipts_reach_the_other_members() {
     // Read markers set m.fully_read (room account data) and a receipt.
     let markers = json!({ "m.fully_read": sent, "m.read": sent });
     assert_eq!(
-        call(
-            &server,
-            &alice,
-            Method::POST,
-            &format!("/rooms/{room}/read_markers"),
-            Some(markers)
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &alice,
+                Method::POST,
+                &format!("/rooms/{room}/read_markers"),
+                Some(markers)
+            )
+            .await
+            .0,
         StatusCode::OK
     );
     let path = format!("/user/@alice:localhost/rooms/{room}/account_data/m.fully_read");
-    let (status, fully_read) = call(&server, &alice, Method::GET, &path, None).await;
+    let (status, fully_read) = server.client_api(&alice, Method::GET, &path, None).await;
     assert_eq!(
         (status, fully_read["event_id"].clone()),
         (StatusCode::OK, json!(sent))
@@ -161,7 +139,9 @@ async fn typing_and_receipts_reach_the_other_members() {
     let typing = json!({ "typing": true, "timeout": 1000 });
     let path = format!("/rooms/{room}/typing/@carol:localhost");
     assert_error(
-        &call(&server, &carol, Method::PUT, &path, Some(typing)).await,
+        &server
+            .client_api(&carol, Method::PUT, &path, Some(typing))
+            .await,
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
@@ -172,47 +152,43 @@ async fn account_data_push_rules_and_filters() {
     let server = TestServer::start();
     let alice = token(&server, "alice").await;
     let bob = token(&server, "bob").await;
-    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let (_, sync) = server.client_api(&alice, Method::GET, "/sync", None).await;
     let since = sync["next_batch"].as_str().unwrap().to_owned();
 
     // Global account data, visible in the next sync; private to its owner.
     let direct = json!({ "@bob:localhost": ["!dm:localhost"] });
     let path = "/user/@alice:localhost/account_data/m.direct";
     assert_eq!(
-        call(&server, &alice, Method::PUT, path, Some(direct.clone()))
+        server
+            .client_api(&alice, Method::PUT, path, Some(direct.clone()))
             .await
             .0,
         StatusCode::OK
     );
     assert_eq!(
-        call(&server, &alice, Method::GET, path, None).await.1,
+        server.client_api(&alice, Method::GET, path, None).await.1,
         direct
     );
     assert_error(
-        &call(&server, &bob, Method::GET, path, None).await,
+        &server.client_api(&bob, Method::GET, path, None).await,
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
     assert_error(
-        &call(
-            &server,
-            &alice,
-            Method::GET,
-            "/user/@alice:localhost/account_data/m.nothing",
-            None,
-        )
-        .await,
+        &server
+            .client_api(
+                &alice,
+                Method::GET,
+                "/user/@alice:localhost/account_data/m.nothing",
+                None,
+            )
+            .await,
         StatusCode::NOT_FOUND,
         "M_NOT_FOUND",
     );
-    let (_, sync) = call(
-        &server,
-        &alice,
-        Method::GET,
-        &format!("/sync?since={since}"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(&alice, Method::GET, &format!("/sync?since={since}"), None)
+        .await;
     let events = sync["account_data"]["events"]
         .as_array()
         .expect("account data in sync");
@@ -224,7 +200,9 @@ async fn account_data_push_rules_and_filters() {
     );
 
     // Push rules: the spec's default set, plus rule CRUD.
-    let (status, rules) = call(&server, &alice, Method::GET, "/pushrules/", None).await;
+    let (status, rules) = server
+        .client_api(&alice, Method::GET, "/pushrules/", None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     let overrides = rules["global"]["override"]
         .as_array()
@@ -236,73 +214,65 @@ async fn account_data_push_rules_and_filters() {
     );
     let rule = json!({ "actions": ["notify"], "pattern": "cake" });
     assert_eq!(
-        call(
-            &server,
-            &alice,
-            Method::PUT,
-            "/pushrules/global/content/cake",
-            Some(rule)
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &alice,
+                Method::PUT,
+                "/pushrules/global/content/cake",
+                Some(rule)
+            )
+            .await
+            .0,
         StatusCode::OK
     );
-    let (_, stored) = call(
-        &server,
-        &alice,
-        Method::GET,
-        "/pushrules/global/content/cake",
-        None,
-    )
-    .await;
+    let (_, stored) = server
+        .client_api(&alice, Method::GET, "/pushrules/global/content/cake", None)
+        .await;
     assert_eq!(stored["pattern"], "cake");
     let disable = json!({ "enabled": false });
     assert_eq!(
-        call(
-            &server,
-            &alice,
-            Method::PUT,
-            "/pushrules/global/content/cake/enabled",
-            Some(disable)
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &alice,
+                Method::PUT,
+                "/pushrules/global/content/cake/enabled",
+                Some(disable)
+            )
+            .await
+            .0,
         StatusCode::OK
     );
-    let (_, enabled) = call(
-        &server,
-        &alice,
-        Method::GET,
-        "/pushrules/global/content/cake/enabled",
-        None,
-    )
-    .await;
+    let (_, enabled) = server
+        .client_api(
+            &alice,
+            Method::GET,
+            "/pushrules/global/content/cake/enabled",
+            None,
+        )
+        .await;
     assert_eq!(enabled["enabled"], false);
     assert_eq!(
-        call(
-            &server,
-            &alice,
-            Method::DELETE,
-            "/pushrules/global/content/cake",
-            None
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &alice,
+                Method::DELETE,
+                "/pushrules/global/content/cake",
+                None
+            )
+            .await
+            .0,
         StatusCode::OK
     );
     assert_error(
-        &call(
-            &server,
-            &alice,
-            Method::GET,
-            "/pushrules/global/content/cake",
-            None,
-        )
-        .await,
+        &server
+            .client_api(&alice, Method::GET, "/pushrules/global/content/cake", None)
+            .await,
         StatusCode::NOT_FOUND,
         "M_NOT_FOUND",
     );
-    let (_, bobs) = call(&server, &bob, Method::GET, "/pushrules/", None).await;
+    let (_, bobs) = server
+        .client_api(&bob, Method::GET, "/pushrules/", None)
+        .await;
     assert!(
         bobs["global"]["content"]
             .as_array()
@@ -311,54 +281,54 @@ async fn account_data_push_rules_and_filters() {
 
     // Filters: stored, read back, and honoured by /sync.
     let filter = json!({ "room": { "timeline": { "limit": 2 } } });
-    let (status, created) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/user/@alice:localhost/filter",
-        Some(filter),
-    )
-    .await;
+    let (status, created) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/user/@alice:localhost/filter",
+            Some(filter),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let filter_id = created["filter_id"].as_str().unwrap().to_owned();
-    let (_, stored) = call(
-        &server,
-        &alice,
-        Method::GET,
-        &format!("/user/@alice:localhost/filter/{filter_id}"),
-        None,
-    )
-    .await;
-    assert_eq!(stored["room"]["timeline"]["limit"], 2);
-    assert_error(
-        &call(
-            &server,
-            &bob,
+    let (_, stored) = server
+        .client_api(
+            &alice,
             Method::GET,
             &format!("/user/@alice:localhost/filter/{filter_id}"),
             None,
         )
-        .await,
+        .await;
+    assert_eq!(stored["room"]["timeline"]["limit"], 2);
+    assert_error(
+        &server
+            .client_api(
+                &bob,
+                Method::GET,
+                &format!("/user/@alice:localhost/filter/{filter_id}"),
+                None,
+            )
+            .await,
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
-    let (_, room) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/createRoom",
-        Some(json!({ "name": "filtered" })),
-    )
-    .await;
+    let (_, room) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "name": "filtered" })),
+        )
+        .await;
     let room = room["room_id"].as_str().unwrap().to_owned();
-    let (_, sync) = call(
-        &server,
-        &alice,
-        Method::GET,
-        &format!("/sync?filter={filter_id}"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(
+            &alice,
+            Method::GET,
+            &format!("/sync?filter={filter_id}"),
+            None,
+        )
+        .await;
     let timeline = &sync["rooms"]["join"][&room]["timeline"];
     assert_eq!(
         timeline["events"].as_array().unwrap().len(),
@@ -371,12 +341,15 @@ async fn account_data_push_rules_and_filters() {
     let pusher = json!({ "pushkey": "abc", "kind": "http", "app_id": "org.example.app", "app_display_name": "App",
         "device_display_name": "Phone", "lang": "en", "data": { "url": "https://127.0.0.1:9/_matrix/push/v1/notify" } });
     assert_eq!(
-        call(&server, &alice, Method::POST, "/pushers/set", Some(pusher))
+        server
+            .client_api(&alice, Method::POST, "/pushers/set", Some(pusher))
             .await
             .0,
         StatusCode::OK
     );
-    let (_, pushers) = call(&server, &alice, Method::GET, "/pushers", None).await;
+    let (_, pushers) = server
+        .client_api(&alice, Method::GET, "/pushers", None)
+        .await;
     assert_eq!(pushers["pushers"][0]["pushkey"], "abc");
 }
 
@@ -385,32 +358,36 @@ async fn notification_counts_follow_push_rules_and_reset_on_read() {
     let server = TestServer::start();
     let alice = token(&server, "alice").await;
     let bob = token(&server, "bob").await;
-    let (_, created) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/createRoom",
-        Some(json!({ "preset": "public_chat" })),
-    )
-    .await;
+    let (_, created) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await;
     let room = created["room_id"].as_str().unwrap().to_owned();
     assert_eq!(
-        call(
-            &server,
-            &bob,
-            Method::POST,
-            &format!("/rooms/{room}/join"),
-            Some(json!({}))
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &bob,
+                Method::POST,
+                &format!("/rooms/{room}/join"),
+                Some(json!({}))
+            )
+            .await
+            .0,
         StatusCode::OK
     );
     let say = |txn: &str, content: Value| {
         let path = format!("/rooms/{room}/send/m.room.message/{txn}");
         let alice = alice.clone();
         let server = &server;
-        async move { call(server, &alice, Method::PUT, &path, Some(content)).await }
+        async move {
+            server
+                .client_api(&alice, Method::PUT, &path, Some(content))
+                .await
+        }
     };
     let counts = |sync: &Value| {
         let unread = &sync["rooms"]["join"][&room]["unread_notifications"];
@@ -429,14 +406,14 @@ async fn notification_counts_follow_push_rules_and_reset_on_read() {
     }
     let mention = json!({ "msgtype": "m.text", "body": "bob: look", "m.mentions": { "user_ids": ["@bob:localhost"] } });
     let (_, last) = say("m3", mention).await;
-    let (_, sync) = call(&server, &bob, Method::GET, "/sync", None).await;
+    let (_, sync) = server.client_api(&bob, Method::GET, "/sync", None).await;
     assert_eq!(
         counts(&sync),
         (4, 1),
         "three messages and a highlighted mention: {}",
         sync["rooms"]["join"][&room]["unread_notifications"]
     );
-    let (_, own) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let (_, own) = server.client_api(&alice, Method::GET, "/sync", None).await;
     assert_eq!(counts(&own), (0, 0), "one's own messages never count");
 
     // Reading clears them, and the change reaches the next incremental sync.
@@ -446,37 +423,33 @@ async fn notification_counts_follow_push_rules_and_reset_on_read() {
         last["event_id"].as_str().unwrap()
     );
     assert_eq!(
-        call(&server, &bob, Method::POST, &receipt, Some(json!({})))
+        server
+            .client_api(&bob, Method::POST, &receipt, Some(json!({})))
             .await
             .0,
         StatusCode::OK
     );
-    let (_, sync) = call(
-        &server,
-        &bob,
-        Method::GET,
-        &format!("/sync?since={since}"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(&bob, Method::GET, &format!("/sync?since={since}"), None)
+        .await;
     assert_eq!(counts(&sync), (0, 0), "{sync}");
 
     // Bob's own rule silences the room.
     let mute = json!({ "actions": [] });
     assert_eq!(
-        call(
-            &server,
-            &bob,
-            Method::PUT,
-            &format!("/pushrules/global/room/{room}"),
-            Some(mute)
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &bob,
+                Method::PUT,
+                &format!("/pushrules/global/room/{room}"),
+                Some(mute)
+            )
+            .await
+            .0,
         StatusCode::OK
     );
     say("m4", json!({ "msgtype": "m.text", "body": "quiet please" })).await;
-    let (_, sync) = call(&server, &bob, Method::GET, "/sync", None).await;
+    let (_, sync) = server.client_api(&bob, Method::GET, "/sync", None).await;
     assert_eq!(counts(&sync), (0, 0), "a muted room does not count");
 }
 
@@ -487,60 +460,50 @@ async fn presence_can_be_set_read_and_switched_off() {
     let bob = token(&server, "bob").await;
     let status = json!({ "presence": "unavailable", "status_msg": "on the air" });
     assert_eq!(
-        call(
-            &server,
-            &alice,
-            Method::PUT,
-            "/presence/@alice:localhost/status",
-            Some(status.clone())
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &alice,
+                Method::PUT,
+                "/presence/@alice:localhost/status",
+                Some(status.clone())
+            )
+            .await
+            .0,
         StatusCode::OK
     );
-    let (status_code, seen) = call(
-        &server,
-        &bob,
-        Method::GET,
-        "/presence/@alice:localhost/status",
-        None,
-    )
-    .await;
+    let (status_code, seen) = server
+        .client_api(&bob, Method::GET, "/presence/@alice:localhost/status", None)
+        .await;
     assert_eq!(status_code, StatusCode::OK);
     assert_eq!(
         (seen["presence"].clone(), seen["status_msg"].clone()),
         (json!("unavailable"), json!("on the air"))
     );
-    let (_, never) = call(
-        &server,
-        &alice,
-        Method::GET,
-        "/presence/@bob:localhost/status",
-        None,
-    )
-    .await;
+    let (_, never) = server
+        .client_api(&alice, Method::GET, "/presence/@bob:localhost/status", None)
+        .await;
     assert_eq!(never["presence"], "offline");
     assert_error(
-        &call(
-            &server,
-            &bob,
-            Method::PUT,
-            "/presence/@alice:localhost/status",
-            Some(status.clone()),
-        )
-        .await,
+        &server
+            .client_api(
+                &bob,
+                Method::PUT,
+                "/presence/@alice:localhost/status",
+                Some(status.clone()),
+            )
+            .await,
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
     assert_error(
-        &call(
-            &server,
-            &bob,
-            Method::GET,
-            "/presence/@nobody:localhost/status",
-            None,
-        )
-        .await,
+        &server
+            .client_api(
+                &bob,
+                Method::GET,
+                "/presence/@nobody:localhost/status",
+                None,
+            )
+            .await,
         StatusCode::NOT_FOUND,
         "M_NOT_FOUND",
     );
@@ -548,14 +511,14 @@ async fn presence_can_be_set_read_and_switched_off() {
     let quiet = TestServer::with_env(&[("CONDUIT_ALLOW_PRESENCE", "false")]);
     let carol = token(&quiet, "carol").await;
     assert_error(
-        &call(
-            &quiet,
-            &carol,
-            Method::PUT,
-            "/presence/@carol:localhost/status",
-            Some(status),
-        )
-        .await,
+        &quiet
+            .client_api(
+                &carol,
+                Method::PUT,
+                "/presence/@carol:localhost/status",
+                Some(status),
+            )
+            .await,
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
@@ -567,53 +530,55 @@ async fn presence_reaches_room_members_through_sync() {
     let alice = token(&server, "alice").await;
     let bob = token(&server, "bob").await;
     let stranger = token(&server, "stranger").await;
-    let (_, created) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/createRoom",
-        Some(json!({ "preset": "public_chat" })),
-    )
-    .await;
+    let (_, created) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await;
     let room = created["room_id"].as_str().unwrap().to_owned();
     assert_eq!(
-        call(
-            &server,
-            &bob,
-            Method::POST,
-            &format!("/rooms/{room}/join"),
-            Some(json!({}))
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &bob,
+                Method::POST,
+                &format!("/rooms/{room}/join"),
+                Some(json!({}))
+            )
+            .await
+            .0,
         StatusCode::OK
     );
-    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let (_, sync) = server.client_api(&alice, Method::GET, "/sync", None).await;
     let since = sync["next_batch"].as_str().unwrap().to_owned();
-    let (_, strangers) = call(&server, &stranger, Method::GET, "/sync", None).await;
+    let (_, strangers) = server
+        .client_api(&stranger, Method::GET, "/sync", None)
+        .await;
     let strangers_since = strangers["next_batch"].as_str().unwrap().to_owned();
 
     let status = json!({ "presence": "unavailable", "status_msg": "at the field day" });
     assert_eq!(
-        call(
-            &server,
-            &bob,
-            Method::PUT,
-            "/presence/@bob:localhost/status",
-            Some(status)
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &bob,
+                Method::PUT,
+                "/presence/@bob:localhost/status",
+                Some(status)
+            )
+            .await
+            .0,
         StatusCode::OK
     );
-    let (_, sync) = call(
-        &server,
-        &alice,
-        Method::GET,
-        &format!("/sync?since={since}&timeout=5000"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(
+            &alice,
+            Method::GET,
+            &format!("/sync?since={since}&timeout=5000"),
+            None,
+        )
+        .await;
     let events = sync["presence"]["events"]
         .as_array()
         .cloned()
@@ -625,14 +590,14 @@ async fn presence_reaches_room_members_through_sync() {
     assert_eq!(bobs["content"]["presence"], "unavailable");
     assert_eq!(bobs["content"]["status_msg"], "at the field day");
     // Someone sharing no room with bob does not hear of it.
-    let (_, sync) = call(
-        &server,
-        &stranger,
-        Method::GET,
-        &format!("/sync?since={strangers_since}"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(
+            &stranger,
+            Method::GET,
+            &format!("/sync?since={strangers_since}"),
+            None,
+        )
+        .await;
     let events = sync["presence"]["events"]
         .as_array()
         .cloned()
@@ -647,53 +612,43 @@ async fn presence_reaches_room_members_through_sync() {
 async fn room_tags_are_kept_and_synced() {
     let server = TestServer::start();
     let alice = token(&server, "alice").await;
-    let (_, created) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/createRoom",
-        Some(json!({})),
-    )
-    .await;
+    let (_, created) = server
+        .client_api(&alice, Method::POST, "/createRoom", Some(json!({})))
+        .await;
     let room = created["room_id"].as_str().unwrap().to_owned();
-    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let (_, sync) = server.client_api(&alice, Method::GET, "/sync", None).await;
     let since = sync["next_batch"].as_str().unwrap().to_owned();
     let tags = format!("/user/@alice:localhost/rooms/{room}/tags");
     assert_eq!(
-        call(
-            &server,
-            &alice,
-            Method::PUT,
-            &format!("{tags}/m.favourite"),
-            Some(json!({ "order": 0.5 }))
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &alice,
+                Method::PUT,
+                &format!("{tags}/m.favourite"),
+                Some(json!({ "order": 0.5 }))
+            )
+            .await
+            .0,
         StatusCode::OK
     );
     assert_eq!(
-        call(
-            &server,
-            &alice,
-            Method::PUT,
-            &format!("{tags}/u.work"),
-            Some(json!({}))
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &alice,
+                Method::PUT,
+                &format!("{tags}/u.work"),
+                Some(json!({}))
+            )
+            .await
+            .0,
         StatusCode::OK
     );
-    let (_, listed) = call(&server, &alice, Method::GET, &tags, None).await;
+    let (_, listed) = server.client_api(&alice, Method::GET, &tags, None).await;
     assert_eq!(listed["tags"]["m.favourite"]["order"], 0.5);
     assert!(listed["tags"]["u.work"].is_object());
-    let (_, sync) = call(
-        &server,
-        &alice,
-        Method::GET,
-        &format!("/sync?since={since}"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(&alice, Method::GET, &format!("/sync?since={since}"), None)
+        .await;
     let events = sync["rooms"]["join"][&room]["account_data"]["events"]
         .as_array()
         .cloned()
@@ -705,18 +660,13 @@ async fn room_tags_are_kept_and_synced() {
         "{sync}"
     );
     assert_eq!(
-        call(
-            &server,
-            &alice,
-            Method::DELETE,
-            &format!("{tags}/u.work"),
-            None
-        )
-        .await
-        .0,
+        server
+            .client_api(&alice, Method::DELETE, &format!("{tags}/u.work"), None)
+            .await
+            .0,
         StatusCode::OK
     );
-    let (_, listed) = call(&server, &alice, Method::GET, &tags, None).await;
+    let (_, listed) = server.client_api(&alice, Method::GET, &tags, None).await;
     assert!(listed["tags"].get("u.work").is_none());
 }
 
@@ -727,9 +677,13 @@ async fn to_device_messages_are_delivered_once_in_order() {
     let bob_phone = token(&server, "bob").await;
     let (_, laptop) = server.login("bob", "pw pw pw").await;
     let bob_laptop = laptop["access_token"].as_str().unwrap().to_owned();
-    let (_, phone) = call(&server, &bob_phone, Method::GET, "/account/whoami", None).await;
+    let (_, phone) = server
+        .client_api(&bob_phone, Method::GET, "/account/whoami", None)
+        .await;
     let phone_id = phone["device_id"].as_str().unwrap().to_owned();
-    let (_, first) = call(&server, &bob_phone, Method::GET, "/sync", None).await;
+    let (_, first) = server
+        .client_api(&bob_phone, Method::GET, "/sync", None)
+        .await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
 
     // One message to the phone only, then one to all of bob's devices; a retried
@@ -739,7 +693,8 @@ async fn to_device_messages_are_delivered_once_in_order() {
     for (txn, body) in [("t1", &to_phone), ("t2", &to_all), ("t2", &to_all)] {
         let path = format!("/sendToDevice/org.example.ping/{txn}");
         assert_eq!(
-            call(&server, &alice, Method::PUT, &path, Some(body.clone()))
+            server
+                .client_api(&alice, Method::PUT, &path, Some(body.clone()))
                 .await
                 .0,
             StatusCode::OK
@@ -754,40 +709,42 @@ async fn to_device_messages_are_delivered_once_in_order() {
             .map(|e| e["content"]["n"].clone())
             .collect()
     };
-    let (_, sync) = call(
-        &server,
-        &bob_phone,
-        Method::GET,
-        &format!("/sync?since={since}&timeout=5000"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(
+            &bob_phone,
+            Method::GET,
+            &format!("/sync?since={since}&timeout=5000"),
+            None,
+        )
+        .await;
     assert_eq!(messages(&sync), vec![json!(1), json!(2)], "{sync}");
     assert_eq!(sync["to_device"]["events"][0]["sender"], "@alice:localhost");
     assert_eq!(sync["to_device"]["events"][0]["type"], "org.example.ping");
     // Not acknowledged yet: the same sync again returns them again.
-    let (_, again) = call(
-        &server,
-        &bob_phone,
-        Method::GET,
-        &format!("/sync?since={since}"),
-        None,
-    )
-    .await;
+    let (_, again) = server
+        .client_api(
+            &bob_phone,
+            Method::GET,
+            &format!("/sync?since={since}"),
+            None,
+        )
+        .await;
     assert_eq!(messages(&again), vec![json!(1), json!(2)]);
     // A sync past them acknowledges them: they are gone.
     let next = sync["next_batch"].as_str().unwrap();
-    let (_, later) = call(
-        &server,
-        &bob_phone,
-        Method::GET,
-        &format!("/sync?since={next}"),
-        None,
-    )
-    .await;
+    let (_, later) = server
+        .client_api(
+            &bob_phone,
+            Method::GET,
+            &format!("/sync?since={next}"),
+            None,
+        )
+        .await;
     assert!(messages(&later).is_empty(), "{later}");
     // The laptop got only the message for all devices.
-    let (_, laptop_sync) = call(&server, &bob_laptop, Method::GET, "/sync", None).await;
+    let (_, laptop_sync) = server
+        .client_api(&bob_laptop, Method::GET, "/sync", None)
+        .await;
     assert_eq!(messages(&laptop_sync), vec![json!(2)]);
 }
 
@@ -797,25 +754,25 @@ async fn device_lists_report_changes_joins_and_leaves() {
     let alice = token(&server, "alice").await;
     let bob = token(&server, "bob").await;
     let carol = token(&server, "carol").await;
-    let (_, created) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/createRoom",
-        Some(json!({ "preset": "public_chat" })),
-    )
-    .await;
+    let (_, created) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await;
     let room = created["room_id"].as_str().unwrap().to_owned();
     assert_eq!(
-        call(
-            &server,
-            &bob,
-            Method::POST,
-            &format!("/rooms/{room}/join"),
-            Some(json!({}))
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &bob,
+                Method::POST,
+                &format!("/rooms/{room}/join"),
+                Some(json!({}))
+            )
+            .await
+            .0,
         StatusCode::OK
     );
     let next = |sync: &Value| sync["next_batch"].as_str().unwrap().to_owned();
@@ -828,12 +785,12 @@ async fn device_lists_report_changes_joins_and_leaves() {
             .map(|u| u.as_str().unwrap().to_owned())
             .collect()
     };
-    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let (_, sync) = server.client_api(&alice, Method::GET, "/sync", None).await;
     let since = next(&sync);
 
     // Bob logs in on a new device: alice's long-poll wakes with bob in `changed`.
     let poll_path = format!("/sync?since={since}&timeout=10000");
-    let poll = call(&server, &alice, Method::GET, &poll_path, None);
+    let poll = server.client_api(&alice, Method::GET, &poll_path, None);
     let login = async {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         server.login("bob", "pw pw pw").await
@@ -847,50 +804,40 @@ async fn device_lists_report_changes_joins_and_leaves() {
 
     // Carol joins: she is new to alice. Then she leaves and shares no room: `left`.
     assert_eq!(
-        call(
-            &server,
-            &carol,
-            Method::POST,
-            &format!("/rooms/{room}/join"),
-            Some(json!({}))
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &carol,
+                Method::POST,
+                &format!("/rooms/{room}/join"),
+                Some(json!({}))
+            )
+            .await
+            .0,
         StatusCode::OK
     );
-    let (_, sync) = call(
-        &server,
-        &alice,
-        Method::GET,
-        &format!("/sync?since={since}"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(&alice, Method::GET, &format!("/sync?since={since}"), None)
+        .await;
     assert!(
         lists(&sync, "changed").contains(&"@carol:localhost".to_owned()),
         "{sync}"
     );
     let since = next(&sync);
     assert_eq!(
-        call(
-            &server,
-            &carol,
-            Method::POST,
-            &format!("/rooms/{room}/leave"),
-            Some(json!({}))
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &carol,
+                Method::POST,
+                &format!("/rooms/{room}/leave"),
+                Some(json!({}))
+            )
+            .await
+            .0,
         StatusCode::OK
     );
-    let (_, sync) = call(
-        &server,
-        &alice,
-        Method::GET,
-        &format!("/sync?since={since}"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(&alice, Method::GET, &format!("/sync?since={since}"), None)
+        .await;
     assert_eq!(
         lists(&sync, "left"),
         vec!["@carol:localhost".to_owned()],
@@ -898,17 +845,12 @@ async fn device_lists_report_changes_joins_and_leaves() {
     );
 
     // One's own new device shows up in one's own `changed`.
-    let (_, bobs) = call(&server, &bob, Method::GET, "/sync", None).await;
+    let (_, bobs) = server.client_api(&bob, Method::GET, "/sync", None).await;
     let bob_since = next(&bobs);
     server.login("bob", "pw pw pw").await;
-    let (_, bobs) = call(
-        &server,
-        &bob,
-        Method::GET,
-        &format!("/sync?since={bob_since}"),
-        None,
-    )
-    .await;
+    let (_, bobs) = server
+        .client_api(&bob, Method::GET, &format!("/sync?since={bob_since}"), None)
+        .await;
     assert!(
         lists(&bobs, "changed").contains(&"@bob:localhost".to_owned()),
         "{bobs}"
@@ -995,25 +937,25 @@ async fn notifications_reach_push_gateways_and_rejected_pushers_go() {
     let server = TestServer::with_env(&[("SSL_CERT_FILE", &cert.to_string_lossy())]);
     let alice = token(&server, "alice").await;
     let bob = token(&server, "bob").await;
-    let (_, created) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/createRoom",
-        Some(json!({ "preset": "public_chat", "name": "Nets" })),
-    )
-    .await;
+    let (_, created) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "preset": "public_chat", "name": "Nets" })),
+        )
+        .await;
     let room = created["room_id"].as_str().unwrap().to_owned();
     assert_eq!(
-        call(
-            &server,
-            &bob,
-            Method::POST,
-            &format!("/rooms/{room}/join"),
-            Some(json!({}))
-        )
-        .await
-        .0,
+        server
+            .client_api(
+                &bob,
+                Method::POST,
+                &format!("/rooms/{room}/join"),
+                Some(json!({}))
+            )
+            .await
+            .0,
         StatusCode::OK
     );
 
@@ -1022,7 +964,8 @@ async fn notifications_reach_push_gateways_and_rejected_pushers_go() {
         let pusher = json!({ "pushkey": pushkey, "kind": "http", "app_id": "org.example.app", "app_display_name": "App",
             "device_display_name": "Phone", "lang": "en", "data": { "url": url } });
         assert_eq!(
-            call(&server, &bob, Method::POST, "/pushers/set", Some(pusher))
+            server
+                .client_api(&bob, Method::POST, "/pushers/set", Some(pusher))
                 .await
                 .0,
             StatusCode::OK
@@ -1032,19 +975,21 @@ async fn notifications_reach_push_gateways_and_rejected_pushers_go() {
     let insecure = json!({ "pushkey": "x", "kind": "http", "app_id": "a", "app_display_name": "A",
         "device_display_name": "D", "lang": "en", "data": { "url": format!("http://127.0.0.1:{port}/_matrix/push/v1/notify") } });
     assert_error(
-        &call(&server, &bob, Method::POST, "/pushers/set", Some(insecure)).await,
+        &server
+            .client_api(&bob, Method::POST, "/pushers/set", Some(insecure))
+            .await,
         StatusCode::BAD_REQUEST,
         "M_INVALID_PARAM",
     );
 
-    let (_, sent) = call(
-        &server,
-        &alice,
-        Method::PUT,
-        &format!("/rooms/{room}/send/m.room.message/p1"),
-        Some(json!({ "msgtype": "m.text", "body": "net starts now" })),
-    )
-    .await;
+    let (_, sent) = server
+        .client_api(
+            &alice,
+            Method::PUT,
+            &format!("/rooms/{room}/send/m.room.message/p1"),
+            Some(json!({ "msgtype": "m.text", "body": "net starts now" })),
+        )
+        .await;
     let event_id = sent["event_id"].as_str().unwrap().to_owned();
     let mut pushkeys = Vec::new();
     for _ in 0..2 {
@@ -1072,7 +1017,7 @@ async fn notifications_reach_push_gateways_and_rejected_pushers_go() {
     // The gateway rejected "stale": that pusher is removed.
     let mut remaining = Vec::new();
     for _ in 0..50 {
-        let (_, pushers) = call(&server, &bob, Method::GET, "/pushers", None).await;
+        let (_, pushers) = server.client_api(&bob, Method::GET, "/pushers", None).await;
         remaining = pushers["pushers"]
             .as_array()
             .unwrap()

@@ -180,6 +180,23 @@ impl TestServer {
         (status, json)
     }
 
+    /// A client-server API request as `token`; `path` is below `/_matrix/client/v3`.
+    pub async fn client_api(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.request(
+            method,
+            &format!("/_matrix/client/v3{path}"),
+            Some(token),
+            body,
+        )
+        .await
+    }
+
     /// Registers `name` through the dummy UIA flow; returns the access token.
     pub async fn register(&self, name: &str, password: &str) -> String {
         let body = json!({

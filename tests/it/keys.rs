@@ -14,23 +14,6 @@ use serde_json::{Value, json};
 
 use crate::harness::{TestServer, assert_error};
 
-async fn call(
-    server: &TestServer,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    server
-        .request(
-            method,
-            &format!("/_matrix/client/v3{path}"),
-            Some(token),
-            body,
-        )
-        .await
-}
-
 async fn device_of(server: &TestServer, token: &str) -> String {
     let (_, whoami) = server.whoami(token).await;
     whoami["device_id"].as_str().expect("device_id").to_owned()
@@ -76,26 +59,26 @@ async fn upload_rejects_forged_and_misaddressed_keys_and_changes_nothing() {
     // Signed, then altered: the signature no longer matches.
     let mut forged = signed_device_keys("@alice:localhost", &device);
     forged["keys"][format!("curve25519:{device}")] = json!("c3dhcHBlZCBjdXJ2ZSBrZXk");
-    let response = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/keys/upload",
-        Some(json!({ "device_keys": forged, "one_time_keys": one_time_keys(2) })),
-    )
-    .await;
+    let response = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/upload",
+            Some(json!({ "device_keys": forged, "one_time_keys": one_time_keys(2) })),
+        )
+        .await;
     assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
 
     // Keys of another device, validly signed by that device.
     let other = signed_device_keys("@alice:localhost", "OTHERDEVICE");
-    let response = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/keys/upload",
-        Some(json!({ "device_keys": other })),
-    )
-    .await;
+    let response = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/upload",
+            Some(json!({ "device_keys": other })),
+        )
+        .await;
     assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
 
     // Wrong shapes.
@@ -103,30 +86,27 @@ async fn upload_rejects_forged_and_misaddressed_keys_and_changes_nothing() {
         json!({ "device_keys": "not an object" }),
         json!({ "one_time_keys": { "no-algorithm": { "key": "x" } } }),
     ] {
-        let response = call(&server, &alice, Method::POST, "/keys/upload", Some(body)).await;
+        let response = server
+            .client_api(&alice, Method::POST, "/keys/upload", Some(body))
+            .await;
         assert_eq!(response.0, StatusCode::BAD_REQUEST, "{}", response.1);
     }
 
     // Nothing was stored: no device keys, and the one-time keys of the forged upload are
     // not counted.
-    let (status, query) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/keys/query",
-        Some(json!({ "device_keys": { "@alice:localhost": [] } })),
-    )
-    .await;
+    let (status, query) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/query",
+            Some(json!({ "device_keys": { "@alice:localhost": [] } })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{query}");
     assert_eq!(query["device_keys"]["@alice:localhost"], json!({}));
-    let (_, counts) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/keys/upload",
-        Some(json!({})),
-    )
-    .await;
+    let (_, counts) = server
+        .client_api(&alice, Method::POST, "/keys/upload", Some(json!({})))
+        .await;
     assert_eq!(counts["one_time_key_counts"]["signed_curve25519"], 0);
 }
 
@@ -140,9 +120,7 @@ async fn keys_are_queried_claimed_once_and_fall_back() {
     let device_keys = signed_device_keys("@alice:localhost", &device);
 
     const KEYS: usize = 20;
-    let (status, upload) = call(
-        &server,
-        &alice,
+    let (status, upload) = server.client_api(&alice,
         Method::POST,
         "/keys/upload",
         Some(json!({
@@ -156,14 +134,14 @@ async fn keys_are_queried_claimed_once_and_fall_back() {
     assert_eq!(upload["one_time_key_counts"]["signed_curve25519"], KEYS);
 
     // Another user sees the keys as uploaded, with the device's display name.
-    let (_, query) = call(
-        &server,
-        &bob,
-        Method::POST,
-        "/keys/query",
-        Some(json!({ "device_keys": { "@alice:localhost": [] } })),
-    )
-    .await;
+    let (_, query) = server
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/query",
+            Some(json!({ "device_keys": { "@alice:localhost": [] } })),
+        )
+        .await;
     let queried = &query["device_keys"]["@alice:localhost"][&device];
     assert_eq!(queried["keys"], device_keys["keys"], "{query}");
     assert_eq!(queried["signatures"], device_keys["signatures"]);
@@ -179,8 +157,9 @@ async fn keys_are_queried_claimed_once_and_fall_back() {
         let device = device.clone();
         async move {
             let body = json!({ "one_time_keys": { "@alice:localhost": { device.clone(): "signed_curve25519" } } });
-            let (status, json) =
-                call(server, &token, Method::POST, "/keys/claim", Some(body)).await;
+            let (status, json) = server
+                .client_api(&token, Method::POST, "/keys/claim", Some(body))
+                .await;
             assert_eq!(status, StatusCode::OK, "{json}");
             let keys = json["one_time_keys"]["@alice:localhost"][&device]
                 .as_object()
@@ -214,7 +193,7 @@ async fn keys_are_queried_claimed_once_and_fall_back() {
     assert_eq!(seen["signed_curve25519:FALLBACK"], 6);
 
     // Alice's sync reports no one-time keys left and the fallback key as used.
-    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let (_, sync) = server.client_api(&alice, Method::GET, "/sync", None).await;
     assert_eq!(
         sync["device_one_time_keys_count"]["signed_curve25519"], 0,
         "{sync}"
@@ -222,22 +201,18 @@ async fn keys_are_queried_claimed_once_and_fall_back() {
     assert_eq!(sync["device_unused_fallback_key_types"], json!([]));
 
     // A new fallback key is unused again; claiming for an unknown device yields nothing.
-    call(
-        &server,
-        &alice,
+    server.client_api(&alice,
         Method::POST,
         "/keys/upload",
         Some(json!({ "fallback_keys": { "signed_curve25519:FB2": { "key": "fb2", "fallback": true } } })),
     )
     .await;
-    let (_, sync) = call(&server, &alice, Method::GET, "/sync", None).await;
+    let (_, sync) = server.client_api(&alice, Method::GET, "/sync", None).await;
     assert_eq!(
         sync["device_unused_fallback_key_types"],
         json!(["signed_curve25519"])
     );
-    let (status, none) = call(
-        &server,
-        &bob,
+    let (status, none) = server.client_api(&bob,
         Method::POST,
         "/keys/claim",
         Some(json!({ "one_time_keys": { "@alice:localhost": { "NOSUCHDEVICE": "signed_curve25519" } } })),
@@ -252,49 +227,49 @@ async fn new_device_keys_reach_room_members_via_sync_and_key_changes() {
     let server = TestServer::start();
     let alice = server.register("alice", "pw pw pw").await;
     let bob = server.register("bob", "pw pw pw").await;
-    let (_, room) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/createRoom",
-        Some(json!({ "invite": ["@bob:localhost"] })),
-    )
-    .await;
+    let (_, room) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "invite": ["@bob:localhost"] })),
+        )
+        .await;
     let room_id = room["room_id"].as_str().expect("room_id").to_owned();
-    let (status, _) = call(
-        &server,
-        &bob,
-        Method::POST,
-        &format!("/join/{room_id}"),
-        Some(json!({})),
-    )
-    .await;
+    let (status, _) = server
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/join/{room_id}"),
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, sync) = call(&server, &bob, Method::GET, "/sync", None).await;
+    let (_, sync) = server.client_api(&bob, Method::GET, "/sync", None).await;
     let since = sync["next_batch"].as_str().expect("next_batch").to_owned();
 
     // Alice signs in on a second device and uploads its keys.
     let (_, login) = server.login("alice", "pw pw pw").await;
     let phone = login["access_token"].as_str().expect("token").to_owned();
     let phone_device = login["device_id"].as_str().expect("device").to_owned();
-    let (status, _) = call(
-        &server,
-        &phone,
-        Method::POST,
-        "/keys/upload",
-        Some(json!({ "device_keys": signed_device_keys("@alice:localhost", &phone_device) })),
-    )
-    .await;
+    let (status, _) = server
+        .client_api(
+            &phone,
+            Method::POST,
+            "/keys/upload",
+            Some(json!({ "device_keys": signed_device_keys("@alice:localhost", &phone_device) })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
 
-    let (_, sync) = call(
-        &server,
-        &bob,
-        Method::GET,
-        &format!("/sync?since={since}&timeout=5000"),
-        None,
-    )
-    .await;
+    let (_, sync) = server
+        .client_api(
+            &bob,
+            Method::GET,
+            &format!("/sync?since={since}&timeout=5000"),
+            None,
+        )
+        .await;
     let changed = &sync["device_lists"]["changed"];
     assert!(
         changed
@@ -303,14 +278,14 @@ async fn new_device_keys_reach_room_members_via_sync_and_key_changes() {
         "{sync}"
     );
     let to = sync["next_batch"].as_str().expect("next_batch");
-    let (status, changes) = call(
-        &server,
-        &bob,
-        Method::GET,
-        &format!("/keys/changes?from={since}&to={to}"),
-        None,
-    )
-    .await;
+    let (status, changes) = server
+        .client_api(
+            &bob,
+            Method::GET,
+            &format!("/keys/changes?from={since}&to={to}"),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{changes}");
     assert!(
         changes["changed"]
@@ -319,30 +294,32 @@ async fn new_device_keys_reach_room_members_via_sync_and_key_changes() {
     );
 
     // Bob now finds the phone among alice's devices.
-    let (_, query) = call(
-        &server,
-        &bob,
-        Method::POST,
-        "/keys/query",
-        Some(json!({ "device_keys": { "@alice:localhost": [phone_device.clone()] } })),
-    )
-    .await;
+    let (_, query) = server
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/query",
+            Some(json!({ "device_keys": { "@alice:localhost": [phone_device.clone()] } })),
+        )
+        .await;
     assert_eq!(
         query["device_keys"]["@alice:localhost"][&phone_device]["device_id"],
         json!(phone_device)
     );
 
     // Once the phone logs out, its keys go with it.
-    let (status, _) = call(&server, &phone, Method::POST, "/logout", Some(json!({}))).await;
+    let (status, _) = server
+        .client_api(&phone, Method::POST, "/logout", Some(json!({})))
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, query) = call(
-        &server,
-        &bob,
-        Method::POST,
-        "/keys/query",
-        Some(json!({ "device_keys": { "@alice:localhost": [] } })),
-    )
-    .await;
+    let (_, query) = server
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/query",
+            Some(json!({ "device_keys": { "@alice:localhost": [] } })),
+        )
+        .await;
     assert!(
         query["device_keys"]["@alice:localhost"]
             .get(&phone_device)
@@ -351,14 +328,9 @@ async fn new_device_keys_reach_room_members_via_sync_and_key_changes() {
     );
 
     // Bad tokens are refused.
-    let response = call(
-        &server,
-        &bob,
-        Method::GET,
-        "/keys/changes?from=x&to=y",
-        None,
-    )
-    .await;
+    let response = server
+        .client_api(&bob, Method::GET, "/keys/changes?from=x&to=y", None)
+        .await;
     assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
 }
 
@@ -418,14 +390,14 @@ async fn cross_signing_keys_and_signatures_are_checked_stored_and_served() {
     let bob = server.register("bob", "pw pw pw").await;
     let device = device_of(&server, &alice).await;
     let device_keys = signed_device_keys("@alice:localhost", &device);
-    let (status, _) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/keys/upload",
-        Some(json!({ "device_keys": device_keys })),
-    )
-    .await;
+    let (status, _) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/upload",
+            Some(json!({ "device_keys": device_keys })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
 
     // Bob's subkeys signed by a key that is not his master: refused, nothing stored.
@@ -437,26 +409,26 @@ async fn cross_signing_keys_and_signatures_are_checked_stored_and_served() {
         "@bob:localhost",
         &stranger,
     );
-    let response = call(
-        &server,
-        &bob,
-        Method::POST,
-        "/keys/device_signing/upload",
-        Some(forged),
-    )
-    .await;
+    let response = server
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/device_signing/upload",
+            Some(forged),
+        )
+        .await;
     assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
     let query_of = |token: String, user: &'static str| {
         let server = &server;
         async move {
-            let (status, query) = call(
-                server,
-                &token,
-                Method::POST,
-                "/keys/query",
-                Some(json!({ "device_keys": { user: [] } })),
-            )
-            .await;
+            let (status, query) = server
+                .client_api(
+                    &token,
+                    Method::POST,
+                    "/keys/query",
+                    Some(json!({ "device_keys": { user: [] } })),
+                )
+                .await;
             assert_eq!(status, StatusCode::OK, "{query}");
             query
         }
@@ -470,34 +442,46 @@ async fn cross_signing_keys_and_signatures_are_checked_stored_and_served() {
     // The first upload needs no UIA.
     let alices = CrossSigningKeys::new();
     let body = alices.upload_body("@alice:localhost");
-    let (status, json) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/keys/device_signing/upload",
-        Some(body.clone()),
-    )
-    .await;
+    let (status, json) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/device_signing/upload",
+            Some(body.clone()),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{json}");
     // Repeating it needs none either; replacing the master key does.
-    let (status, _) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/keys/device_signing/upload",
-        Some(body.clone()),
-    )
-    .await;
+    let (status, _) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/device_signing/upload",
+            Some(body.clone()),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
+    // Subkeys alone, even the stored ones, do not skip UIA: the spec's exception needs
+    // the request's master key to match the stored one.
+    let subkeys_only = json!({ "self_signing_key": body["self_signing_key"] });
+    let (status, _) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/device_signing/upload",
+            Some(subkeys_only),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     let replacement = CrossSigningKeys::new().upload_body("@alice:localhost");
-    let (status, uia) = call(
-        &server,
-        &alice,
-        Method::POST,
-        "/keys/device_signing/upload",
-        Some(replacement),
-    )
-    .await;
+    let (status, uia) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/device_signing/upload",
+            Some(replacement),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{uia}");
     assert!(uia["flows"].is_array(), "{uia}");
 
@@ -542,14 +526,14 @@ async fn cross_signing_keys_and_signatures_are_checked_stored_and_served() {
     forged_device["signatures"] =
         json!({ "@alice:localhost": { ssk_id.clone(): forged_signature } });
     for (signed, accepted) in [(forged_device, false), (signed_device.clone(), true)] {
-        let (status, result) = call(
-            &server,
-            &alice,
-            Method::POST,
-            "/keys/signatures/upload",
-            Some(json!({ "@alice:localhost": { device.clone(): signed } })),
-        )
-        .await;
+        let (status, result) = server
+            .client_api(
+                &alice,
+                Method::POST,
+                "/keys/signatures/upload",
+                Some(json!({ "@alice:localhost": { device.clone(): signed } })),
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{result}");
         let failure = &result["failures"]["@alice:localhost"][&device];
         if accepted {
@@ -573,25 +557,39 @@ async fn cross_signing_keys_and_signatures_are_checked_stored_and_served() {
 
     // Bob verifies alice: his user-signing key signs her master key. Bob sees it; alice's
     // view of her own key does not include it.
-    let (status, _) = call(
-        &server,
-        &bob,
-        Method::POST,
-        "/keys/device_signing/upload",
-        Some(bobs.upload_body("@bob:localhost")),
-    )
-    .await;
+    let (status, _) = server
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/device_signing/upload",
+            Some(bobs.upload_body("@bob:localhost")),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
+    // Another user's device cannot be signed, only their master key.
+    let bob_signs_device = sign(&unsigned_device, "@bob:localhost", &bobs.user_signing.0);
+    let (_, result) = server
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/signatures/upload",
+            Some(json!({ "@alice:localhost": { device.clone(): bob_signs_device } })),
+        )
+        .await;
+    assert_eq!(
+        result["failures"]["@alice:localhost"][&device]["errcode"], "M_INVALID_SIGNATURE",
+        "{result}"
+    );
     let alice_master = &body["master_key"];
     let signed_master = sign(alice_master, "@bob:localhost", &bobs.user_signing.0);
-    let (status, result) = call(
-        &server,
-        &bob,
-        Method::POST,
-        "/keys/signatures/upload",
-        Some(json!({ "@alice:localhost": { alices.master.1.clone(): signed_master } })),
-    )
-    .await;
+    let (status, result) = server
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/signatures/upload",
+            Some(json!({ "@alice:localhost": { alices.master.1.clone(): signed_master } })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         result["failures"].as_object().is_none_or(|f| f.is_empty()),
