@@ -117,6 +117,12 @@ async fn dehydrated_device_lifecycle() {
         assert_eq!(page["events"], json!([]), "{page}");
     }
 
+    // The id of an ordinary device cannot be taken.
+    let (_, login) = server.login("alice", "pw pw pw").await;
+    let laptop = login["device_id"].as_str().expect("device_id");
+    let response = call(&server, &alice, Method::PUT, &path, Some(put_body(laptop))).await;
+    assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+
     // A new dehydrated device replaces the old one, keys included.
     let (status, _) = call(
         &server,

@@ -33,13 +33,15 @@ pub async fn put_dehydrated_device(
     if !device_data.is_object() {
         return Err(Error::bad_json("device_data must be an object."));
     }
-    if body.device_id == *own_device
-        || services.devices.get(user_id, &body.device_id)?.is_some()
-            && services
-                .dehydrated
-                .get(user_id)?
-                .is_none_or(|d| d.device_id != body.device_id)
-    {
+    // The id may name the current dehydrated device (replaced in place), but no other
+    // existing device: that would turn an ordinary device into the dehydrated one.
+    let previous = services.dehydrated.get(user_id)?;
+    let replaces_previous = previous
+        .as_ref()
+        .is_some_and(|d| d.device_id == body.device_id);
+    let taken = body.device_id == *own_device
+        || (!replaces_previous && services.devices.get(user_id, &body.device_id)?.is_some());
+    if taken {
         return Err(Error::invalid_param(
             "This device id belongs to an existing device.",
         ));
@@ -62,7 +64,7 @@ pub async fn put_dehydrated_device(
         &one_time,
         &fallback,
     )?;
-    if let Some(old) = services.dehydrated.get(user_id)? {
+    if let Some(old) = previous {
         services.devices.remove(user_id, &[old.device_id]).await?;
     }
     services
