@@ -1,4 +1,5 @@
-//! `conduit user …`: account administration on the database of a *stopped* server.
+//! `conduit user …` and `conduit media …`: administration on the database of a *stopped*
+//! server.
 //!
 //! sled locks the database directory, so while the server runs these commands fail with a
 //! message saying so instead of corrupting anything.
@@ -37,6 +38,16 @@ pub enum UserCommand {
     Deactivate { name: String },
     /// List all accounts.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MediaCommand {
+    /// Delete one media item (and its thumbnails), e.g. `mxc://example.org/AbC123`.
+    Delete { mxc: String },
+    /// List the media a user uploaded: URI, size, type, upload time, file name.
+    List { name: String },
+    /// Delete all media a user uploaded.
+    PurgeUser { name: String },
 }
 
 /// The given password, or a generated one that must also be shown.
@@ -180,4 +191,81 @@ pub async fn run(command: UserCommand, config: Config) -> Result<String, String>
     };
     db.flush_blocking().map_err(|e| e.to_string())?;
     Ok(output)
+}
+
+/// Runs one media command; the `Ok` text is printed to standard output.
+pub async fn run_media(command: MediaCommand, config: Config) -> Result<String, String> {
+    let db = open_database(&config)?;
+    let services = Services::build(config, db.clone()).map_err(|e| e.to_string())?;
+    let output = match command {
+        MediaCommand::Delete { mxc } => {
+            let uri = ruma::OwnedMxcUri::from(mxc.as_str());
+            let (server, id) = uri
+                .parts()
+                .map_err(|_| format!("`{mxc}` is not an mxc:// URI"))?;
+            if services
+                .media
+                .delete(server, id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                format!("deleted {mxc}")
+            } else {
+                return Err(format!("{mxc} is not media of this server"));
+            }
+        }
+        MediaCommand::List { name } => {
+            let user_id = media_user(&services, &name)?;
+            let mut out = String::new();
+            for (uri, meta) in services
+                .media
+                .list_user(&user_id)
+                .map_err(|e| e.to_string())?
+            {
+                let size = meta
+                    .content
+                    .as_ref()
+                    .map_or_else(|| "pending".to_owned(), |c| format!("{} bytes", c.size));
+                out.push_str(&format!(
+                    "{uri}\t{size}\t{}\t{}\t{}\n",
+                    meta.content_type.as_deref().unwrap_or("-"),
+                    meta.created_ms,
+                    meta.filename.as_deref().unwrap_or("-"),
+                ));
+            }
+            out.trim_end().to_owned()
+        }
+        MediaCommand::PurgeUser { name } => {
+            let user_id = media_user(&services, &name)?;
+            let count = services
+                .media
+                .purge_user(&user_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            format!("deleted {count} media items of {user_id}")
+        }
+    };
+    db.flush_blocking().map_err(|e| e.to_string())?;
+    Ok(output)
+}
+
+/// A local user id, deactivated accounts included (their media can still be purged).
+fn media_user(services: &Services, name: &str) -> Result<OwnedUserId, String> {
+    let user_id = services
+        .registration
+        .user_id_from_login(name, &services.config)
+        .ok_or_else(|| {
+            format!(
+                "`{name}` is not a user name on {}",
+                services.config.server_name
+            )
+        })?;
+    match services
+        .users
+        .account(&user_id)
+        .map_err(|e| e.to_string())?
+    {
+        Some(_) => Ok(user_id),
+        None => Err(format!("{user_id} does not exist")),
+    }
 }

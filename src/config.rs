@@ -48,6 +48,13 @@ pub struct Config {
     /// Presence (online/offline status). Off saves a little work on busy servers.
     #[serde(default = "default_true")]
     pub allow_presence: bool,
+    /// Serve media through the deprecated unauthenticated `/_matrix/media/*/download` and
+    /// `/thumbnail` endpoints too (older clients and bridges still use them).
+    #[serde(default = "default_true")]
+    pub allow_legacy_media: bool,
+    /// URL previews: the server fetches pages users link to. Off by default.
+    #[serde(default)]
+    pub allow_url_preview: bool,
     #[serde(default = "default_trusted_servers")]
     pub trusted_servers: Vec<OwnedServerName>,
     /// A `tracing` filter, e.g. `warn,conduit=info`.
@@ -131,6 +138,8 @@ const KNOWN_KEYS: &[&str] = &[
     "registration_shared_secret",
     "allow_federation",
     "allow_presence",
+    "allow_legacy_media",
+    "allow_url_preview",
     "trusted_servers",
     "log",
     "well_known",

@@ -5,7 +5,7 @@ use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use conduit::{
-    cli::{self, UserCommand},
+    cli::{self, MediaCommand, UserCommand},
     config::Config,
     server,
     service::Services,
@@ -34,6 +34,9 @@ enum Command {
     /// Manage accounts (works while the server is stopped).
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage uploaded media (works while the server is stopped).
+    #[command(subcommand)]
+    Media(MediaCommand),
 }
 
 /// glibc raises its mmap threshold after a large block is freed, so the next password hash's
@@ -101,15 +104,12 @@ fn main() -> ExitCode {
     };
     let result = match args.command {
         None => runtime.block_on(serve(loaded.config)),
-        Some(Command::User(command)) => {
-            runtime
-                .block_on(cli::run(command, loaded.config))
-                .map(|output| {
-                    if !output.is_empty() {
-                        println!("{output}");
-                    }
-                })
-        }
+        Some(Command::User(command)) => runtime
+            .block_on(cli::run(command, loaded.config))
+            .map(print_output),
+        Some(Command::Media(command)) => runtime
+            .block_on(cli::run_media(command, loaded.config))
+            .map(print_output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,6 +117,12 @@ fn main() -> ExitCode {
             eprintln!("conduit: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn print_output(output: String) {
+    if !output.is_empty() {
+        println!("{output}");
     }
 }
 

@@ -17,7 +17,7 @@ use axum::{
     extract::{DefaultBodyLimit, Request},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post, put},
 };
 use http::{HeaderName, Method, StatusCode, header};
 use tower_http::{
@@ -28,8 +28,8 @@ use tower_http::{
 use self::{
     client::{
         account, account_data, alias, backup, dehydrated, device, directory, discovery, keys,
-        membership, message, presence, profile, push, receipt, relations, room, search, session,
-        space, state, sync, to_device, voip,
+        media, membership, message, presence, profile, push, receipt, relations, room, search,
+        session, space, state, sync, to_device, voip,
     },
     ruma::RouterExt,
 };
@@ -164,11 +164,59 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(receipt::set_read_marker)
         .ruma_route(presence::set_presence)
         .ruma_route(presence::get_presence)
+        // Media (streamed, so routed by hand; see client/media.rs)
+        .merge(media_routes())
         // Administration
         .route(
             "/_synapse/admin/v1/register",
             get(synapse_admin::get_nonce).post(synapse_admin::register),
         )
+}
+
+/// The media repository: authenticated (`/_matrix/client/v1/media`), upload and deprecated
+/// (`/_matrix/media/{v3,r0}`) paths, all with the media security headers.
+fn media_routes() -> Router<Arc<Services>> {
+    let mut router = Router::new()
+        .ruma_route(media::create_mxc_uri)
+        .ruma_route(media::get_media_config)
+        .ruma_route(media::legacy_get_media_config)
+        .ruma_route(media::get_media_preview)
+        .ruma_route(media::legacy_get_media_preview)
+        .route(
+            "/_matrix/client/v1/media/download/{server}/{id}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/client/v1/media/download/{server}/{id}/{filename}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/client/v1/media/thumbnail/{server}/{id}",
+            get(media::thumbnail),
+        );
+    for version in ["v3", "r0"] {
+        let base = format!("/_matrix/media/{version}");
+        router = router
+            .route(&format!("{base}/upload"), post(media::upload))
+            .route(
+                &format!("{base}/download/{{server}}/{{id}}"),
+                get(media::legacy_download),
+            )
+            .route(
+                &format!("{base}/download/{{server}}/{{id}}/{{filename}}"),
+                get(media::legacy_download),
+            )
+            .route(
+                &format!("{base}/thumbnail/{{server}}/{{id}}"),
+                get(media::legacy_thumbnail),
+            );
+    }
+    router
+        .route(
+            "/_matrix/media/v3/upload/{server}/{id}",
+            put(media::upload_to),
+        )
+        .route_layer(middleware::from_fn(media::security_headers))
 }
 
 /// The layers every request passes through, outermost last.

@@ -219,6 +219,21 @@ where
     }
 }
 
+/// The user and device of a required access token, for handlers that read the body
+/// themselves (media uploads stream it) and so cannot use [`Ruma`].
+pub struct Authenticated(pub OwnedUserId, pub OwnedDeviceId);
+
+impl FromRequestParts<Arc<Services>> for Authenticated {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, services: &Arc<Services>) -> Result<Self> {
+        let (user, device) = authenticate(services, parts, TokenRule::Required)
+            .await?
+            .ok_or_else(|| Error::new(ErrorKind::MissingToken, "Missing access token."))?;
+        Ok(Self(user, device))
+    }
+}
+
 /// A plain JSON body for the few endpoints ruma has no type for (Synapse's admin API), with
 /// the same limits and errcodes as [`Ruma`].
 pub struct JsonBody<T>(pub T);

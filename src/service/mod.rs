@@ -11,6 +11,7 @@ pub mod dehydrated;
 pub mod devices;
 pub mod ephemeral;
 pub mod keys;
+pub mod media;
 pub mod notify;
 pub mod presence;
 pub mod push;
@@ -40,6 +41,7 @@ pub struct Services {
     pub cross_signing: cross_signing::CrossSigning,
     pub backup: backup::Backup,
     pub dehydrated: dehydrated::Dehydrated,
+    pub media: media::Media,
     pub uiaa: uiaa::Uiaa,
     pub registration: registration::Registration,
     pub server_keys: Arc<server_keys::ServerKeys>,
@@ -83,6 +85,7 @@ impl Services {
             keys,
             backup: backup::Backup::new(&db)?,
             dehydrated: dehydrated::Dehydrated::new(&db)?,
+            media: media::Media::new(&db, &config)?,
             uiaa: uiaa::Uiaa::new(),
             registration: registration::Registration::new(),
             password_failures: rate_limit::FailureLimiter::new(5, Duration::from_secs(60), 10_000),

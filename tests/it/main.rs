@@ -13,6 +13,7 @@ mod e2ee;
 mod errors;
 mod harness;
 mod keys;
+mod media;
 mod process;
 mod profile;
 mod rooms;

@@ -10,6 +10,7 @@ pub mod device;
 pub mod directory;
 pub mod discovery;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod message;
 pub mod presence;
