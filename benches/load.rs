@@ -25,6 +25,10 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("temporary directory");
         let mut child = Command::new(env!("CARGO_BIN_EXE_conduit"))
             .env("CONDUIT_SERVER_NAME", "bench.local")
@@ -33,6 +37,7 @@ impl Server {
             .env("CONDUIT_PORT", "0")
             .env("CONDUIT_ALLOW_REGISTRATION", "true")
             .env("CONDUIT_LOG", "warn,conduit=info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -187,6 +192,205 @@ struct Row {
     target: String,
     measured: String,
     met: bool,
+}
+
+/// Samples the server's resident memory every 5 ms until `stop`; returns the peak in KiB.
+fn rss_sampler(pid: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let rss = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(rss);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        peak
+    })
+}
+
+/// Runs `work` while sampling the server's memory; returns its duration and peak RSS (KiB).
+async fn with_peak_rss<F: Future>(server: &Server, work: F) -> (F::Output, Duration, u64) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = rss_sampler(server.child.id(), Arc::clone(&stop));
+    let started = Instant::now();
+    let output = work.await;
+    let elapsed = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (output, elapsed, sampler.join().unwrap())
+}
+
+/// Media on its own server (uploads up to 64 MiB): a 50 MB upload streamed in 64 KiB chunks
+/// without a Content-Length, its download, and the thumbnail of a 12-megapixel photo.
+async fn media(rows: &mut Vec<Row>) {
+    const SIZE: usize = 50 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+    let server = Server::start_with(&[("CONDUIT_MAX_REQUEST_SIZE", "67108864")]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let http = Client::new();
+    let api = Api {
+        http: http.clone(),
+        base: server.base.clone(),
+    };
+    let token = api.register("uploader").await;
+    let before = server.rss_kib();
+
+    let chunks = (0..SIZE / CHUNK).map(|n| {
+        let chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 31 + n * 7) as u8).collect();
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let upload = http
+        .post(format!("{}/_matrix/media/v3/upload", server.base))
+        .bearer_auth(&token)
+        .header("content-type", "video/mp4")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send();
+    let (response, upload_time, upload_peak) = with_peak_rss(&server, upload).await;
+    let response: Value = response
+        .expect("upload")
+        .json()
+        .await
+        .expect("upload answer");
+    let uri = response["content_uri"]
+        .as_str()
+        .expect("content_uri")
+        .to_owned();
+    let id = uri.rsplit('/').next().unwrap().to_owned();
+    eprintln!(
+        "rss before the 50 MB upload {:.1} MB, peak during it {:.1} MB",
+        before as f64 / 1024.0,
+        upload_peak as f64 / 1024.0
+    );
+    let growth = upload_peak.saturating_sub(before);
+    rows.push(Row {
+        what: "50 MB upload, streamed: peak resident memory growth".into(),
+        target: "< 8 MB".into(),
+        measured: format!("{:.1} MB", growth as f64 / 1024.0),
+        met: growth < 8 * 1024,
+    });
+    let upload_rate = SIZE as f64 / 1_048_576.0 / upload_time.as_secs_f64();
+    rows.push(Row {
+        what: "50 MB upload throughput (hashed, fsynced)".into(),
+        target: ">= 50 MB/s".into(),
+        measured: format!("{upload_rate:.0} MB/s"),
+        met: upload_rate >= 50.0,
+    });
+
+    let before = server.rss_kib();
+    let download = async {
+        let mut response = http
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/bench.local/{id}",
+                server.base
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("download");
+        let mut received = 0;
+        while let Some(chunk) = response.chunk().await.expect("download body") {
+            received += chunk.len();
+        }
+        received
+    };
+    let (received, _, download_peak) = with_peak_rss(&server, download).await;
+    assert_eq!(received, SIZE);
+    let growth = download_peak.saturating_sub(before);
+    rows.push(Row {
+        what: "50 MB download, streamed: peak resident memory growth".into(),
+        target: "< 8 MB".into(),
+        measured: format!("{:.1} MB", growth as f64 / 1024.0),
+        met: growth < 8 * 1024,
+    });
+
+    // A 4000 x 3000 photo (JPEG), thumbnailed for the timeline (800x600) the first time and
+    // then from the cache.
+    let photo = image::RgbImage::from_fn(4000, 3000, |x, y| {
+        image::Rgb([(x / 16) as u8, (y / 12) as u8, ((x ^ y) & 0xff) as u8])
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+        .encode_image(&photo)
+        .unwrap();
+    let response: Value = http
+        .post(format!("{}/_matrix/media/v3/upload", server.base))
+        .bearer_auth(&token)
+        .header("content-type", "image/jpeg")
+        .body(jpeg)
+        .send()
+        .await
+        .expect("upload photo")
+        .json()
+        .await
+        .unwrap();
+    let photo_id = response["content_uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let thumbnail_url = format!(
+        "{}/_matrix/client/v1/media/thumbnail/bench.local/{photo_id}?width=800&height=600&method=scale",
+        server.base
+    );
+    let before = server.rss_kib();
+    let first = async {
+        let response = http
+            .get(&thumbnail_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "thumbnail: {}",
+            response.status()
+        );
+        response.bytes().await.unwrap().len()
+    };
+    let (_, first_time, thumbnail_peak) = with_peak_rss(&server, first).await;
+    rows.push(Row {
+        what: "thumbnail of a 12-megapixel JPEG, first request".into(),
+        target: "< 1 s".into(),
+        measured: format!("{} ms", first_time.as_millis()),
+        met: first_time < Duration::from_secs(1),
+    });
+    let growth = thumbnail_peak.saturating_sub(before);
+    rows.push(Row {
+        what: "same: peak resident memory growth (decoding limit 32 MP)".into(),
+        target: "< 100 MB".into(),
+        measured: format!("{:.1} MB", growth as f64 / 1024.0),
+        met: growth < 100 * 1024,
+    });
+    let mut cached = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        let response = http
+            .get(&thumbnail_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        response.bytes().await.unwrap();
+        cached.push(started.elapsed());
+    }
+    rows.push(Row {
+        what: "same thumbnail from the cache, p50".into(),
+        target: "< 5 ms".into(),
+        measured: ms(percentile(&mut cached, 0.5)),
+        met: percentile(&mut cached, 0.5) < Duration::from_millis(5),
+    });
+    eprintln!(
+        "rss after media: {:.1} MB",
+        server.rss_kib() as f64 / 1024.0
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -485,6 +689,7 @@ async fn main() {
     );
     // Memory and disk.
     let end_rss = server.rss_kib();
+    media(&mut rows).await;
     rows.push(Row {
         what: "resident memory right after start".into(),
         target: "< 15 MB".into(),
