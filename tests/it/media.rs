@@ -384,27 +384,38 @@ async fn too_large_unknown_and_unthumbnailable_media_get_their_errors() {
         "M_INVALID_PARAM",
     );
 
-    // A PNG whose header claims 60000 x 60000 pixels: refused before decoding.
+    // A file name longer than 1024 bytes is refused before the body is read.
+    let long_name = "n".repeat(1025);
+    let response = upload(
+        &server,
+        &token,
+        "text/plain",
+        Some(&long_name),
+        b"x".to_vec(),
+    )
+    .await;
+    assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+
+    // A PNG claiming 16000 x 16000 pixels (256 megapixels): refused before decoding, also
+    // when asked again at another size (the refusal is remembered, not decoded again).
     let (_, bomb) = upload(
         &server,
         &token,
         "image/png",
         None,
-        png_header(60_000, 60_000),
+        png_header(16_000, 16_000),
     )
     .await;
     let bomb_id = media_id(&OwnedMxcUri::from(bomb["content_uri"].as_str().unwrap()));
-    let (status, _, body) = get(
-        &server,
-        &format!("/_matrix/client/v1/media/thumbnail/localhost/{bomb_id}?width=96&height=96"),
-        Some(&token),
-    )
-    .await;
-    assert_error(
-        &(status, json(&body)),
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "M_TOO_LARGE",
-    );
+    for size in ["width=96&height=96", "width=32&height=32&method=crop"] {
+        let path = format!("/_matrix/client/v1/media/thumbnail/localhost/{bomb_id}?{size}");
+        let (status, _, body) = get(&server, &path, Some(&token)).await;
+        assert_error(
+            &(status, json(&body)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "M_TOO_LARGE",
+        );
+    }
 
     // Smaller than the request: the original comes back, never upscaled.
     let tiny = png(20, 20);
@@ -425,14 +436,9 @@ async fn too_large_unknown_and_unthumbnailable_media_get_their_errors() {
     assert_eq!(header(&headers, "content-type"), "image/png");
 }
 
-/// A PNG signature and IHDR chunk for the given dimensions, with no pixel data.
-fn png_header(width: u32, height: u32) -> Vec<u8> {
-    let mut chunk = b"IHDR".to_vec();
-    chunk.extend_from_slice(&width.to_be_bytes());
-    chunk.extend_from_slice(&height.to_be_bytes());
-    chunk.extend_from_slice(&[8, 6, 0, 0, 0]);
+fn crc32(data: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
-    for &byte in &chunk {
+    for &byte in data {
         crc ^= u32::from(byte);
         for _ in 0..8 {
             crc = if crc & 1 == 1 {
@@ -442,10 +448,30 @@ fn png_header(width: u32, height: u32) -> Vec<u8> {
             };
         }
     }
+    !crc
+}
+
+/// A PNG claiming `width` x `height` (8-bit RGBA) whose pixel data is one empty zlib stream:
+/// what a decompression bomb looks like up to its first data chunk.
+fn png_header(width: u32, height: u32) -> Vec<u8> {
+    let mut header = width.to_be_bytes().to_vec();
+    header.extend_from_slice(&height.to_be_bytes());
+    header.extend_from_slice(&[8, 6, 0, 0, 0]);
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    out.extend_from_slice(&13u32.to_be_bytes());
-    out.extend_from_slice(&chunk);
-    out.extend_from_slice(&(!crc).to_be_bytes());
+    for (kind, data) in [
+        (b"IHDR", header.as_slice()),
+        (
+            b"IDAT",
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01][..],
+        ),
+        (b"IEND", &[][..]),
+    ] {
+        let mut chunk = kind.to_vec();
+        chunk.extend_from_slice(data);
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(&chunk);
+        out.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
     out
 }
 

@@ -40,7 +40,7 @@ use crate::{
     api::ruma::{Authenticated, Ruma, RumaResponse},
     service::{
         Services,
-        media::{Download, Method, Target},
+        media::{Download, Method, Target, ThumbnailSize},
     },
 };
 
@@ -117,6 +117,7 @@ struct ThumbnailQuery {
     width: u32,
     height: u32,
     method: Option<String>,
+    animated: Option<bool>,
     timeout_ms: Option<u64>,
 }
 
@@ -311,6 +312,7 @@ async fn serve_thumbnail(
         width,
         height,
         method,
+        animated,
         timeout_ms,
     } = query(uri)?;
     let method = match method.as_deref() {
@@ -321,7 +323,17 @@ async fn serve_thumbnail(
     let wait = timeout_ms.map_or(DEFAULT_WAIT, Duration::from_millis);
     let download = services
         .media
-        .thumbnail(&server, &id, width, height, method, wait)
+        .thumbnail(
+            &server,
+            &id,
+            ThumbnailSize {
+                width,
+                height,
+                method,
+                animated: animated.unwrap_or(false),
+            },
+            wait,
+        )
         .await?;
     Ok(file_response(download))
 }

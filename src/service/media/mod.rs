@@ -10,7 +10,9 @@
 //!   blob; a blob's file is unlinked when its last reference goes.
 //! - `mediauser`: `user 0xFF server/media_id` → `()`, for listing and purging by uploader.
 //! - `mediapending`: `user 0xFF server/media_id` → expiry (ms), created but not uploaded.
-//! - `mediathumbs`: `server/media_id 0xFF WxH-method` → [`ThumbMeta`].
+//! - `mediathumbs`: `server/media_id 0xFF WxH-method[-animated]` → [`ThumbMeta`].
+//! - `mediathumbrefused`: `server/media_id` → [`Refusal`], remembered so a file that cannot
+//!   be thumbnailed is not decoded again on every request.
 //!
 //! Ordering for durability: the file is fsynced (and its directory) before the metadata that
 //! names it is written and persisted; on delete the metadata goes first, the file after.
@@ -35,7 +37,7 @@ use tokio::{io::AsyncWriteExt, sync::Semaphore};
 
 pub use self::{
     preview::{Preview, PreviewError, is_public_address, parse_html_preview},
-    thumbnail::{Method, Rendered, ThumbnailSize, choose_size, render},
+    thumbnail::{Method, Refusal, RenderError, Rendered, ThumbnailSize, choose_size, render},
 };
 use crate::{
     Error, Result,
@@ -52,8 +54,10 @@ pub const UNUSED_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
 pub const MAX_PENDING_PER_USER: usize = 10;
 /// The longest a download of pending media may wait for its content.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
-/// Longest content type and file name kept from an upload.
+/// Longest content type kept from an upload, and longest media id.
 const MAX_FIELD_LEN: usize = 255;
+/// Longest file name an upload may give (bytes); longer is 400 `M_INVALID_PARAM`.
+pub const MAX_FILENAME_LEN: usize = 1024;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct MediaMeta {
@@ -108,6 +112,7 @@ pub struct Media {
     by_user: Arc<dyn Tree>,
     pending: Table<u64>,
     thumbs: Table<ThumbMeta>,
+    thumb_refused: Table<Refusal>,
     /// Held while blob references change and files are renamed in or unlinked, so a delete
     /// never unlinks a file an upload has just started to reference.
     blob_lock: tokio::sync::Mutex<()>,
@@ -179,11 +184,10 @@ fn clean_content_type(value: Option<&str>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The file name as given (the spec wants it back in `Content-Disposition`, which encodes
+/// anything unusual); only its length is limited, by [`Media::upload`].
 fn clean_filename(value: Option<&str>) -> Option<String> {
-    value
-        .filter(|v| !v.is_empty() && v.len() <= MAX_FIELD_LEN)
-        .filter(|v| !v.chars().any(char::is_control))
-        .map(str::to_owned)
+    value.filter(|v| !v.is_empty()).map(str::to_owned)
 }
 
 /// Content streamed into `tmp/`, hashed and counted, not yet visible under any name.
@@ -217,6 +221,7 @@ impl Media {
             by_user: db.tree("mediauser")?,
             pending: db.table("mediapending")?,
             thumbs: db.table("mediathumbs")?,
+            thumb_refused: db.table("mediathumbrefused")?,
             blob_lock: tokio::sync::Mutex::new(()),
             uploaded: tokio::sync::Notify::new(),
             thumbnailing: Semaphore::new(1),
@@ -237,6 +242,9 @@ impl Media {
     pub async fn create_pending(&self, user: &UserId) -> Result<(OwnedMxcUri, u64)> {
         let now = now_ms();
         let prefix = user_prefix(user);
+        // Under the lock: a `PUT` filling an id must not race with its removal here, and two
+        // `/create`s must not both pass the limit.
+        let guard = self.blob_lock.lock().await;
         let mut batch = Batch::new();
         let mut live = 0;
         for entry in self.pending.scan_prefix(&prefix) {
@@ -247,8 +255,14 @@ impl Media {
             }
             let media_key = pending_key[prefix.len()..].to_vec();
             batch.remove(self.pending.tree(), pending_key.clone());
-            batch.remove(self.meta.tree(), media_key);
-            batch.remove(&*self.by_user, pending_key);
+            let still_pending = self
+                .meta
+                .get(&media_key)?
+                .is_some_and(|meta| meta.content.is_none());
+            if still_pending {
+                batch.remove(self.meta.tree(), media_key);
+                batch.remove(&*self.by_user, pending_key);
+            }
         }
         if live >= MAX_PENDING_PER_USER {
             self.db.apply(&batch)?;
@@ -269,6 +283,7 @@ impl Media {
         batch.insert_json(&self.pending, user_key(user, &media_key), &expires);
         batch.insert(&*self.by_user, user_key(user, &media_key), Vec::new());
         self.db.apply(&batch)?;
+        drop(guard);
         self.db.persist().await?;
         Ok((self.mxc(&id), expires))
     }
@@ -288,6 +303,11 @@ impl Media {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        if filename.is_some_and(|name| name.len() > MAX_FILENAME_LEN) {
+            return Err(Error::invalid_param(format!(
+                "The file name is longer than {MAX_FILENAME_LEN} bytes."
+            )));
+        }
         // Check an asynchronous upload's id before reading a byte of content.
         let id = match target {
             Target::New => None,
@@ -407,22 +427,42 @@ impl Media {
     }
 
     /// Moves staged content to its blob name (or drops it if identical content is already
-    /// there) and makes the rename durable. Call with `blob_lock` held.
+    /// there) and makes the rename durable: the blob's directory is fsynced, and so is every
+    /// directory above it up to the database's that had to be created. Call with
+    /// `blob_lock` held.
     async fn commit_blob(&self, mut staged: Staged) -> Result<()> {
         let path = self.blob_path(&staged.content.sha256);
-        if tokio::fs::try_exists(&path).await.map_err(io_error)? {
-            return Ok(()); // `staged` drops and removes the temporary file.
-        }
         let parent = path.parent().expect("blob paths have a parent").to_owned();
+        let mut to_sync = vec![parent.clone()];
+        let mut created = parent.as_path();
+        while !tokio::fs::try_exists(created).await.map_err(io_error)? {
+            match created.parent() {
+                Some(above) => {
+                    to_sync.push(above.to_owned());
+                    created = above;
+                }
+                None => break,
+            }
+        }
         tokio::fs::create_dir_all(&parent).await.map_err(io_error)?;
-        tokio::fs::rename(&staged.tmp, &path)
-            .await
-            .map_err(io_error)?;
-        staged.keep = true;
-        tokio::task::spawn_blocking(move || std::fs::File::open(&parent)?.sync_all())
-            .await
-            .map_err(|e| Error::internal(format!("fsync task: {e}")))?
-            .map_err(io_error)?;
+        if tokio::fs::try_exists(&path).await.map_err(io_error)? {
+            // Identical content is already there; `staged` drops and removes its temporary
+            // file. The directory is still synced below: the earlier upload of this content
+            // may have been interrupted between its rename and its sync.
+        } else {
+            tokio::fs::rename(&staged.tmp, &path)
+                .await
+                .map_err(io_error)?;
+            staged.keep = true;
+        }
+        tokio::task::spawn_blocking(move || {
+            to_sync
+                .iter()
+                .try_for_each(|dir| std::fs::File::open(dir)?.sync_all())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("fsync task: {e}")))?
+        .map_err(io_error)?;
         Ok(())
     }
 
@@ -491,22 +531,29 @@ impl Media {
         })
     }
 
-    /// A thumbnail of `server/id` at the standard size that fits the request
+    /// A thumbnail of `server/id` at the size that fits the `requested` one
     /// ([`choose_size`]), generated on first request and kept.
     pub async fn thumbnail(
         &self,
         server: &ServerName,
         id: &str,
-        width: u32,
-        height: u32,
-        method: Method,
+        requested: ThumbnailSize,
         wait: Duration,
     ) -> Result<Download> {
+        let ThumbnailSize {
+            width,
+            height,
+            method,
+            animated,
+        } = requested;
         if width == 0 || height == 0 {
             return Err(Error::invalid_param("width and height must be positive."));
         }
         let (media_key, _, content) = self.uploaded_meta(server, id, wait).await?;
-        let size = choose_size(width, height, method);
+        if let Some(refusal) = self.thumb_refused.get(media_key.as_bytes())? {
+            return Err(refusal.into_error());
+        }
+        let size = choose_size(width, height, method, animated);
         let thumb_key = thumb_key(&media_key, size);
         if let Some(thumb) = self.thumbs.get(&thumb_key)? {
             return self.thumb_download(thumb).await;
@@ -523,7 +570,18 @@ impl Media {
         let path = self.blob_path(&content.sha256);
         let rendered = tokio::task::spawn_blocking(move || render(&path, size))
             .await
-            .map_err(|e| Error::internal(format!("thumbnail task: {e}")))??;
+            .map_err(|e| Error::internal(format!("thumbnail task: {e}")))?;
+        let rendered = match rendered {
+            Ok(rendered) => rendered,
+            Err(RenderError::Refused(refusal)) => {
+                let _guard = self.blob_lock.lock().await;
+                if self.meta.get(media_key.as_bytes())?.is_some() {
+                    self.thumb_refused.insert(media_key.as_bytes(), &refusal)?;
+                }
+                return Err(refusal.into_error());
+            }
+            Err(RenderError::Internal(error)) => return Err(Error::internal(error)),
+        };
         let (thumb, staged) = match rendered {
             Rendered::Original { content_type } => (
                 ThumbMeta {
@@ -610,6 +668,7 @@ impl Media {
             shas.insert(thumb.content.sha256);
         }
         batch.remove(self.meta.tree(), media_key.as_bytes().to_vec());
+        batch.remove(self.thumb_refused.tree(), media_key.as_bytes().to_vec());
         batch.remove(&*self.by_user, user_key(&meta.uploader, &media_key));
         batch.remove(self.pending.tree(), user_key(&meta.uploader, &media_key));
         self.db.apply(&batch)?;

@@ -104,15 +104,28 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
         || (segments[0] == 0x2001 && segments[1] == 0) // Teredo
+        || segments[..3] == [0x64, 0xff9b, 1] // local-use NAT64 (RFC 8215)
+        || (segments[0] == 0x2001 && segments[1] == 2 && segments[2] == 0) // benchmarking
+        || (segments[0] == 0x2001 && (segments[1] & 0xfff0) == 0x10) // ORCHID
+        || (segments[0] == 0x2001 && (segments[1] & 0xfff0) == 0x20) // ORCHIDv2
         || segments[..4] == [0x100, 0, 0, 0] // discard-only
         || segments[..5] == [0, 0, 0, 0, 0]) // IPv4-compatible and other ::/80 forms
 }
 
 /// Fetches `url` (following up to [`MAX_REDIRECTS`] checked redirects) and reads its preview.
 pub async fn fetch(url: &str) -> Result<Preview, PreviewError> {
+    fetch_with(url, &|address| is_public_address(address.ip())).await
+}
+
+/// [`fetch`] with the address check as a parameter, so tests can let one loopback port
+/// through and check that everything else, redirects included, is still refused.
+async fn fetch_with(
+    url: &str,
+    allowed: &(dyn Fn(SocketAddr) -> bool + Sync),
+) -> Result<Preview, PreviewError> {
     let mut url = Url::parse(url).map_err(|e| PreviewError::BadUrl(e.to_string()))?;
     for _ in 0..=MAX_REDIRECTS {
-        let addresses = checked_addresses(&url).await?;
+        let addresses = checked_addresses(&url, allowed).await?;
         let mut builder = reqwest::Client::builder()
             .redirect(redirect::Policy::none())
             .no_proxy()
@@ -173,7 +186,10 @@ pub async fn fetch(url: &str) -> Result<Preview, PreviewError> {
 }
 
 /// The addresses `url` leads to, all of them public, or why not.
-async fn checked_addresses(url: &Url) -> Result<Vec<SocketAddr>, PreviewError> {
+async fn checked_addresses(
+    url: &Url,
+    allowed: &(dyn Fn(SocketAddr) -> bool + Sync),
+) -> Result<Vec<SocketAddr>, PreviewError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(PreviewError::BadUrl("only http and https URLs".into()));
     }
@@ -200,7 +216,7 @@ async fn checked_addresses(url: &Url) -> Result<Vec<SocketAddr>, PreviewError> {
     if addresses.is_empty() {
         return Err(PreviewError::Fetch("the host has no address".into()));
     }
-    if let Some(address) = addresses.iter().find(|a| !is_public_address(a.ip())) {
+    if let Some(address) = addresses.iter().find(|a| !allowed(**a)) {
         return Err(PreviewError::Blocked(format!(
             "it leads to a non-public address ({})",
             address.ip()
@@ -305,7 +321,8 @@ fn decode_entities(text: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        let Some(semi) = rest[..rest.len().min(12)].find(';') else {
+        // Byte search: `;` is ASCII, so its position is always a character boundary.
+        let Some(semi) = rest.bytes().take(12).position(|b| b == b';') else {
             out.push('&');
             rest = &rest[1..];
             continue;
@@ -344,7 +361,7 @@ fn decode_entities(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn public(address: &str) -> bool {
+    fn public_ip(address: &str) -> bool {
         is_public_address(address.parse().unwrap())
     }
 
@@ -371,8 +388,12 @@ mod tests {
             "2002:c0a8:0101::1",
             "2001:db8::1",
             "::127.0.0.1",
+            "64:ff9b:1::a00:1",
+            "2001:2::1",
+            "2001:10::1",
+            "2001:20::1",
         ] {
-            assert!(!public(address), "{address} must be refused");
+            assert!(!public_ip(address), "{address} must be refused");
         }
         for address in [
             "1.1.1.1",
@@ -380,8 +401,12 @@ mod tests {
             "2a00:1450:4001:82a::200e",
             "::ffff:8.8.8.8",
         ] {
-            assert!(public(address), "{address} is public");
+            assert!(public_ip(address), "{address} is public");
         }
+    }
+
+    fn public(address: SocketAddr) -> bool {
+        is_public_address(address.ip())
     }
 
     #[tokio::test]
@@ -393,13 +418,13 @@ mod tests {
             "http://192.168.0.1/",
             "http://[::ffff:7f00:1]/",
         ] {
-            let result = checked_addresses(&Url::parse(url).unwrap()).await;
+            let result = checked_addresses(&Url::parse(url).unwrap(), &public).await;
             assert!(
                 matches!(result, Err(PreviewError::Blocked(_))),
                 "{url}: {result:?}"
             );
         }
-        let result = checked_addresses(&Url::parse("file:///etc/passwd").unwrap()).await;
+        let result = checked_addresses(&Url::parse("file:///etc/passwd").unwrap(), &public).await;
         assert!(matches!(result, Err(PreviewError::BadUrl(_))));
     }
 
@@ -416,6 +441,74 @@ mod tests {
         assert_eq!(preview["og:title"], "The \"real\" title");
         assert_eq!(preview["og:description"], "A description");
         assert!(!preview.contains_key("og:image"));
+    }
+
+    #[test]
+    fn multibyte_text_next_to_ampersands_does_not_panic() {
+        let preview = parse_html_preview("<title>Q&Aコーナー &amp; ü&#x1F600;</title>");
+        assert_eq!(preview["og:title"], "Q&Aコーナー & ü😀");
+        let preview = parse_html_preview("<meta property='og:title' content='&ー&'>");
+        assert_eq!(preview["og:title"], "&ー&");
+    }
+
+    /// A one-shot HTTP server on loopback answering every request with `response`.
+    async fn serve_once(response: String) -> (u16, tokio::task::JoinHandle<bool>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let Ok(Ok((mut stream, _))) =
+                tokio::time::timeout(Duration::from_secs(5), listener.accept()).await
+            else {
+                return false;
+            };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer).await;
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            true
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_a_refused_address_is_not_followed() {
+        // The "private" target: it must never be connected to.
+        let private = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let private_port = private.local_addr().unwrap().port();
+        let (port, served) = serve_once(format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{private_port}/admin\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        // Only the redirecting server's port counts as allowed.
+        let allowed = move |address: SocketAddr| address.port() == port;
+        let result = fetch_with(&format!("http://127.0.0.1:{port}/"), &allowed).await;
+        assert!(
+            matches!(result, Err(PreviewError::Blocked(_))),
+            "{result:?}"
+        );
+        assert!(served.await.unwrap(), "the first hop was fetched");
+        let reached = tokio::time::timeout(Duration::from_millis(100), private.accept()).await;
+        assert!(reached.is_err(), "the redirect target was contacted");
+    }
+
+    #[tokio::test]
+    async fn an_allowed_page_is_fetched_and_parsed() {
+        let body = "<html><head><meta property=\"og:title\" content=\"Club night\">\
+                    <meta name=\"description\" content=\"Fridays at eight\"></head></html>";
+        let (port, _) = serve_once(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        let allowed = move |address: SocketAddr| address.port() == port;
+        let preview = fetch_with(&format!("http://127.0.0.1:{port}/event"), &allowed)
+            .await
+            .unwrap();
+        assert_eq!(preview["og:title"], "Club night");
+        assert_eq!(preview["og:description"], "Fridays at eight");
     }
 
     #[test]
