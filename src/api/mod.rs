@@ -107,6 +107,7 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(alias::get_alias)
         .ruma_route(alias::delete_alias)
         .ruma_route(sync::sync_events)
+        .ruma_route(sync::sliding_sync)
         .ruma_route(to_device::send_event_to_device)
         .ruma_route(keys::upload_keys)
         .ruma_route(keys::get_keys)

@@ -20,6 +20,7 @@ pub mod rate_limit;
 pub mod registration;
 pub mod rooms;
 pub mod server_keys;
+pub mod sliding_sync;
 pub mod stream;
 pub mod sync;
 pub mod to_device;
@@ -52,6 +53,8 @@ pub struct Services {
     pub push: push::Push,
     pub delivery: pusher::Delivery,
     pub to_device: to_device::ToDevice,
+    /// Sliding sync connections (in memory).
+    pub sliding_sync: sliding_sync::SlidingSync,
     pub rooms: rooms::Rooms,
     /// Failed password attempts per user: `/login` and the password UIA stage.
     pub password_failures: rate_limit::FailureLimiter,
@@ -77,6 +80,7 @@ impl Services {
             presence: presence::Presence::default(),
             push: push::Push::new(&db, Arc::clone(&stream))?,
             to_device: to_device::ToDevice::new(&db, Arc::clone(&stream))?,
+            sliding_sync: sliding_sync::SlidingSync::default(),
             stream,
             server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,

@@ -112,7 +112,7 @@ async fn add_to_device(
     Ok(())
 }
 
-fn raw<T>(value: JsonValue) -> Raw<T> {
+pub(crate) fn raw<T>(value: JsonValue) -> Raw<T> {
     Raw::from_json(serde_json::value::to_raw_value(&value).expect("JSON value serialises"))
 }
 
@@ -441,7 +441,7 @@ fn joined_room(
 }
 
 /// The transaction id, for the device that sent the event.
-fn own_transaction(
+pub(crate) fn own_transaction(
     services: &Services,
     pdu: &Pdu,
     user_id: &UserId,
@@ -476,6 +476,19 @@ fn summary(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<Ro
 }
 
 fn invited_room(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<InvitedRoom> {
+    let mut state = InviteState::new();
+    state.events = invite_state(services, room_id, user_id)?;
+    let mut room = InvitedRoom::new();
+    room.invite_state = state;
+    Ok(room)
+}
+
+/// The stripped state an invitee (or knocker) sees, with their own member event.
+pub(crate) fn invite_state(
+    services: &Services,
+    room_id: &RoomId,
+    user_id: &UserId,
+) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
     let rooms = &services.rooms;
     let mut events = Vec::new();
     for kind in INVITE_STATE_TYPES {
@@ -488,9 +501,5 @@ fn invited_room(services: &Services, room_id: &RoomId, user_id: &UserId) -> Resu
     {
         events.push(pdu.to_stripped_state_event());
     }
-    let mut state = InviteState::new();
-    state.events = events;
-    let mut room = InvitedRoom::new();
-    room.invite_state = state;
-    Ok(room)
+    Ok(events)
 }

@@ -17,4 +17,5 @@ mod media;
 mod process;
 mod profile;
 mod rooms;
+mod sliding_sync;
 mod turn;

@@ -56,9 +56,14 @@ pub async fn get_supported_versions(
     State(_services): State<Arc<Services>>,
     _request: Ruma<get_supported_versions::Request>,
 ) -> Result<RumaResponse<get_supported_versions::Response>> {
-    Ok(RumaResponse(get_supported_versions::Response::new(
+    let mut response = get_supported_versions::Response::new(
         SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
-    )))
+    );
+    // Simplified sliding sync (MSC4186): how Element X and matrix-sdk detect it.
+    response
+        .unstable_features
+        .insert("org.matrix.simplified_msc3575".to_owned(), true);
+    Ok(RumaResponse(response))
 }
 
 /// `GET /.well-known/matrix/client`: the configured `well_known.client`, else 404.

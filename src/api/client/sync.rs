@@ -1,4 +1,5 @@
-//! `GET /_matrix/client/v3/sync`: parses the request and hands it to `service::sync`.
+//! `GET /_matrix/client/v3/sync`: parses the request and hands it to `service::sync`;
+//! simplified sliding sync (MSC4186) goes to `service::sliding_sync`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -86,4 +87,18 @@ fn limit_of(filter: &FilterDefinition) -> Option<usize> {
         .timeline
         .limit
         .and_then(|limit| usize::try_from(limit).ok())
+}
+
+/// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync` (MSC4186)
+pub async fn sliding_sync(
+    State(services): State<Arc<Services>>,
+    request: Ruma<sync_events::v5::Request>,
+) -> Result<RumaResponse<sync_events::v5::Response>> {
+    let (user_id, device_id) = request.sender()?;
+    services.set_presence(user_id, request.body.set_presence.clone(), None)?;
+    let response = services
+        .sliding_sync
+        .sync(&services, user_id, device_id, &request.body)
+        .await?;
+    Ok(RumaResponse(response))
 }

@@ -442,12 +442,18 @@ impl Rooms {
                 )?;
                 self.state.save(batch, Some(after), resolved)?
             };
+            let bump_count = if super::bumps(&pdu.kind) {
+                count
+            } else {
+                info.as_ref().map_or(count, |info| info.bump_count)
+            };
             let new_info = RoomInfo {
                 version: version.clone(),
                 short_room_id,
                 state_hash: current,
                 last_count: count,
                 depth,
+                bump_count,
             };
             batch.insert_json(&self.info, room_id.as_bytes().to_vec(), &new_info);
             for prev in &pdu.prev_events {

@@ -74,6 +74,39 @@ pub struct RoomInfo {
     pub last_count: u64,
     /// Largest depth in the room.
     pub depth: u64,
+    /// Count of the newest event that moves the room up a recency-sorted room list
+    /// ([`bumps`]); 0 in rooms created before it was tracked (read [`RoomInfo::bump_stamp`]).
+    #[serde(default)]
+    pub bump_count: u64,
+}
+
+impl RoomInfo {
+    /// The room's recency for sliding sync's `bump_stamp`.
+    pub fn bump_stamp(&self) -> u64 {
+        if self.bump_count == 0 {
+            self.last_count
+        } else {
+            self.bump_count
+        }
+    }
+}
+
+/// Event types that count as activity for a room's place in a recency-sorted list (the set
+/// Synapse uses for sliding sync's `bump_stamp`): messages and other things people post, not
+/// state changes, reactions or receipts.
+pub fn bumps(kind: &ruma::events::TimelineEventType) -> bool {
+    matches!(
+        kind.to_string().as_str(),
+        "m.room.create"
+            | "m.room.message"
+            | "m.room.encrypted"
+            | "m.sticker"
+            | "m.call.invite"
+            | "m.poll.start"
+            | "org.matrix.msc3381.poll.start"
+            | "m.beacon_info"
+            | "org.matrix.msc3672.beacon_info"
+    )
 }
 
 /// A user's relation to a room, as sync needs it.
