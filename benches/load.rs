@@ -393,6 +393,162 @@ async fn media(rows: &mut Vec<Row>) {
     );
 }
 
+/// The request Element X makes for its room list: one window of 20 rooms with the newest
+/// event of each, its kind of required state, and every extension.
+fn room_list_request() -> Value {
+    json!({
+        "lists": {
+            "all": {
+                "ranges": [[0, 19]],
+                "timeline_limit": 1,
+                "required_state": [
+                    ["m.room.encryption", ""], ["m.room.member", "$LAZY"], ["m.room.member", "$ME"],
+                    ["m.room.name", ""], ["m.room.topic", ""], ["m.room.avatar", ""],
+                    ["m.room.canonical_alias", ""], ["m.room.power_levels", ""],
+                    ["m.room.join_rules", ""], ["m.room.history_visibility", ""],
+                    ["m.room.create", ""], ["m.room.tombstone", ""], ["m.space.parent", "*"],
+                    ["m.call.member", "*"]
+                ]
+            }
+        },
+        "extensions": {
+            "to_device": { "enabled": true }, "e2ee": { "enabled": true },
+            "account_data": { "enabled": true }, "receipts": { "enabled": true },
+            "typing": { "enabled": true }
+        }
+    })
+}
+
+/// Sliding sync for a user in 500 rooms (each with a few events from two members): the
+/// first response of a new connection (what a phone waits for when Element X opens), and
+/// how soon a long-polling connection hears of a new message.
+async fn sliding_sync(rows: &mut Vec<Row>) {
+    const ROOMS: usize = 500;
+    let server = Server::start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let http = Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()
+        .unwrap();
+    let api = Api {
+        http: http.clone(),
+        base: server.base.clone(),
+    };
+    let user = api.register("phone").await;
+    let friend = api.register("friend").await;
+    let mut rooms = Vec::with_capacity(ROOMS);
+    for n in 0..ROOMS {
+        let room = api
+            .create_room(
+                &user,
+                json!({ "name": format!("room {n}"), "invite": ["@friend:bench.local"] }),
+            )
+            .await;
+        api.join(&friend, &room).await;
+        api.send(&friend, &room, &format!("t{n}"), &format!("hello {n}"))
+            .await;
+        rooms.push(room);
+    }
+    let url = format!(
+        "{}/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+        server.base
+    );
+    let post = |query: String, body: Value| {
+        let http = http.clone();
+        let url = format!("{url}{query}");
+        let user = user.clone();
+        async move {
+            let response = http
+                .post(url)
+                .bearer_auth(user)
+                .json(&body)
+                .send()
+                .await
+                .expect("sliding sync");
+            assert!(
+                response.status().is_success(),
+                "sliding sync: {}",
+                response.status()
+            );
+            response.json::<Value>().await.expect("sliding sync answer")
+        }
+    };
+
+    let mut first = Vec::new();
+    for n in 0..20 {
+        let mut body = room_list_request();
+        body["conn_id"] = json!(format!("bench{n}"));
+        let started = Instant::now();
+        let answer = post(String::new(), body).await;
+        first.push(started.elapsed());
+        assert_eq!(answer["rooms"].as_object().map(|r| r.len()), Some(20));
+        assert_eq!(answer["lists"]["all"]["count"], ROOMS);
+    }
+    let p50 = percentile(&mut first, 0.5);
+    rows.push(Row {
+        what: "sliding sync first response, user in 500 rooms, window of 20, p50".into(),
+        target: "< 200 ms".into(),
+        measured: ms(p50),
+        met: p50 < Duration::from_millis(200),
+    });
+    let p95 = percentile(&mut first, 0.95);
+    rows.push(Row {
+        what: "same, p95".into(),
+        target: "< 200 ms".into(),
+        measured: ms(p95),
+        met: p95 < Duration::from_millis(200),
+    });
+
+    // Wake-up: a long-poll is waiting; `friend` sends into one of the rooms in the window.
+    let body = room_list_request();
+    let mut pos = post(String::new(), body.clone()).await["pos"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut wake = Vec::new();
+    for n in 0..30 {
+        let room = rooms[ROOMS - 1 - (n % 10)].clone();
+        let mut poll = tokio::spawn(post(format!("?pos={pos}&timeout=30000"), body.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        api.send(&friend, &room, &format!("wake{n}"), "wake up")
+            .await;
+        let sent = Instant::now();
+        // An answer may also be about the previous message's notification counts, which are
+        // written just after it; poll on until the answer with this room (at most 5 times).
+        let mut found = false;
+        for _ in 0..5 {
+            let answer = poll.await.unwrap();
+            pos = answer["pos"].as_str().unwrap().to_owned();
+            if answer["rooms"].get(room.as_str()).is_some() {
+                found = true;
+                break;
+            }
+            poll = tokio::spawn(post(format!("?pos={pos}&timeout=30000"), body.clone()));
+        }
+        assert!(found, "the new message reached the long-poll");
+        // The answer may come before the sender's 200 (the event is visible first).
+        wake.push(sent.elapsed());
+    }
+    let p50 = percentile(&mut wake, 0.5);
+    let p99 = percentile(&mut wake, 0.99);
+    rows.push(Row {
+        what: "sliding sync wake-up after a new message (from the send's 200), p50".into(),
+        target: "< 20 ms".into(),
+        measured: ms(p50),
+        met: p50 < Duration::from_millis(20),
+    });
+    rows.push(Row {
+        what: "same, p99".into(),
+        target: "< 50 ms".into(),
+        measured: ms(p99),
+        met: p99 < Duration::from_millis(50),
+    });
+    eprintln!(
+        "rss of the sliding sync server after: {:.1} MB",
+        server.rss_kib() as f64 / 1024.0
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
@@ -690,6 +846,7 @@ async fn main() {
     // Memory and disk.
     let end_rss = server.rss_kib();
     media(&mut rows).await;
+    sliding_sync(&mut rows).await;
     rows.push(Row {
         what: "resident memory right after start".into(),
         target: "< 15 MB".into(),

@@ -31,6 +31,8 @@ pub struct Item {
     pub room_id: Option<OwnedRoomId>,
     pub kind: String,
     pub content: JsonValue,
+    /// Stream position of its last change.
+    pub position: u64,
 }
 
 /// Filters a user may store (Element stores one or two).
@@ -120,6 +122,7 @@ impl AccountData {
                 room_id,
                 kind,
                 content: entry.content,
+                position: entry.position,
             });
         }
         Ok(items)

@@ -68,9 +68,10 @@ impl Ephemeral {
         timeout: Option<Duration>,
         members: impl IntoIterator<Item = &'a UserId>,
     ) -> Result<Option<Instant>> {
-        let (position, ()) = self.stream.commit(|_, _| Ok(()))?;
         let expires = timeout.map(|timeout| Instant::now() + timeout.min(MAX_TYPING));
-        {
+        // The map changes inside the commit, before the position is published: a sync that
+        // sees the position also sees the change (else it could be skipped for good).
+        let (position, ()) = self.stream.commit(|position, _| {
             let mut typing = self.typing.lock().expect("typing lock");
             let room = typing.entry(room_id.to_owned()).or_default();
             match expires {
@@ -82,12 +83,8 @@ impl Ephemeral {
                 }
             }
             room.position = position;
-            if room.users.is_empty() {
-                typing.remove(room_id);
-                // Keep the position, so syncs still see that typing stopped.
-                typing.entry(room_id.to_owned()).or_default().position = position;
-            }
-        }
+            Ok(())
+        })?;
         self.stream.touch(members, position);
         Ok(expires)
     }
@@ -95,21 +92,23 @@ impl Ephemeral {
     /// Drops expired typing entries of a room; true if anything changed.
     pub fn expire(&self, room_id: &RoomId) -> Result<Option<u64>> {
         let now = Instant::now();
-        let mut typing = self.typing.lock().expect("typing lock");
-        let Some(room) = typing.get_mut(room_id) else {
-            return Ok(None);
-        };
-        let before = room.users.len();
-        room.users.retain(|_, expires| *expires > now);
-        if room.users.len() == before {
-            return Ok(None);
-        }
+        let typing = self.typing.lock().expect("typing lock");
+        let expired = typing
+            .get(room_id)
+            .is_some_and(|room| room.users.values().any(|expires| *expires <= now));
         drop(typing);
-        let (position, ()) = self.stream.commit(|_, _| Ok(()))?;
-        let mut typing = self.typing.lock().expect("typing lock");
-        if let Some(room) = typing.get_mut(room_id) {
-            room.position = position;
+        if !expired {
+            return Ok(None);
         }
+        // As in `set_typing`: the position is set inside the commit.
+        let (position, ()) = self.stream.commit(|position, _| {
+            let mut typing = self.typing.lock().expect("typing lock");
+            if let Some(room) = typing.get_mut(room_id) {
+                room.users.retain(|_, expires| *expires > now);
+                room.position = position;
+            }
+            Ok(())
+        })?;
         Ok(Some(position))
     }
 

@@ -52,10 +52,18 @@ use crate::{Error, Result};
 
 /// Connections kept in memory, across all users. A connection costs about 100 bytes per
 /// room it has seen, per kept snapshot: for users in 500 rooms, 256 connections stay
-/// under 40 MB.
+/// under 60 MB.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Connections per user (Element X keeps two per device); past it, the user's least
+/// recently used one goes, so nobody can push other users' connections out.
+pub const MAX_CONNECTIONS_PER_USER: usize = 8;
 /// Snapshots (answered `pos` values) kept per connection.
-pub const SNAPSHOTS_KEPT: usize = 3;
+pub const SNAPSHOTS_KEPT: usize = 4;
+/// Limits on one request's shape (`400 M_INVALID_PARAM` beyond).
+const MAX_LISTS: usize = 64;
+const MAX_RANGES: usize = 64;
+const MAX_REQUIRED_STATE: usize = 256;
+const MAX_SUBSCRIPTIONS: usize = 512;
 /// Most timeline events per room in one response, whatever the client asks.
 const MAX_TIMELINE_LIMIT: usize = 100;
 /// Longest long-poll, whatever the client asks (and when it gives no `timeout`).
@@ -68,6 +76,12 @@ const MAX_HEROES: usize = 5;
 struct Snapshot {
     /// One past the stream position this answer covered.
     next: u64,
+    /// A hash of what the request asked for (lists, subscriptions, extensions): an answer
+    /// to the same request with nothing new for the user since `next` can skip building.
+    shape: u64,
+    /// The answer listed rooms the user has left (shown once): the next one differs even
+    /// if nothing happens.
+    transient: bool,
     rooms: HashMap<OwnedRoomId, KnownRoom>,
     list_counts: BTreeMap<String, u64>,
 }
@@ -76,6 +90,9 @@ struct Snapshot {
 struct KnownRoom {
     /// `next` of the answer that last carried (or checked) this room.
     sent_at: u64,
+    /// The user's membership then: a change (an invite accepted, a rejoin) sends the room
+    /// in full again.
+    membership: MembershipState,
     /// Shared between the rooms asked for alike (usually all rooms of a list).
     config: Arc<RoomConfig>,
 }
@@ -134,10 +151,21 @@ struct Connection {
 }
 
 /// The sliding sync connections of all users.
-#[derive(Default)]
 pub struct SlidingSync {
     connections: Mutex<HashMap<ConnectionKey, Connection>>,
     next_pos: AtomicU64,
+    /// Random per start, so a `pos` from before a restart is never taken for a new one.
+    epoch: String,
+}
+
+impl Default for SlidingSync {
+    fn default() -> Self {
+        Self {
+            connections: Mutex::default(),
+            next_pos: AtomicU64::new(0),
+            epoch: crate::crypto::random_string(6, b"abcdefghijklmnopqrstuvwxyz0123456789"),
+        }
+    }
 }
 
 /// A room the user could see in a list: joined, invited, or left since the connection's
@@ -168,33 +196,54 @@ impl SlidingSync {
             .map(|(_, snapshot)| Arc::clone(snapshot))
     }
 
-    /// Remembers `snapshot` under a new `pos`. A request without `pos` starts the
-    /// connection afresh.
-    fn remember(&self, key: ConnectionKey, fresh: bool, snapshot: Snapshot) -> String {
-        let pos = self.next_pos.fetch_add(1, Ordering::Relaxed).to_string();
+    /// Remembers `snapshot`, answered to a request with position `from` (none: a new
+    /// connection), under a new `pos`. Kept: `from` itself (the client retries with it if
+    /// this answer is lost), the new one, and the newest others up to [`SNAPSHOTS_KEPT`];
+    /// positions before `from` are dropped, as the client has moved past them.
+    fn remember(&self, key: ConnectionKey, from: Option<&str>, snapshot: Snapshot) -> String {
+        let pos = format!(
+            "{}_{}",
+            self.epoch,
+            self.next_pos.fetch_add(1, Ordering::Relaxed)
+        );
         let mut connections = self.connections.lock().expect("sliding sync lock");
-        if !connections.contains_key(&key) && connections.len() >= MAX_CONNECTIONS {
-            let oldest = connections
-                .iter()
-                .min_by_key(|(_, connection)| connection.last_used)
-                .map(|(key, _)| key.clone());
-            if let Some(oldest) = oldest {
-                connections.remove(&oldest);
+        if !connections.contains_key(&key) {
+            let same_user = connections.keys().filter(|k| k.0 == key.0).count();
+            let oldest = |connections: &HashMap<ConnectionKey, Connection>, only_user: bool| {
+                connections
+                    .iter()
+                    .filter(|(k, _)| !only_user || k.0 == key.0)
+                    .min_by_key(|(_, connection)| connection.last_used)
+                    .map(|(k, _)| k.clone())
+            };
+            let evict = if same_user >= MAX_CONNECTIONS_PER_USER {
+                oldest(&connections, true)
+            } else if connections.len() >= MAX_CONNECTIONS {
+                oldest(&connections, false)
+            } else {
+                None
+            };
+            if let Some(evict) = evict {
+                connections.remove(&evict);
             }
         }
         let connection = connections.entry(key).or_insert_with(|| Connection {
             last_used: Instant::now(),
             snapshots: VecDeque::new(),
         });
-        if fresh {
-            connection.snapshots.clear();
-        }
         connection.last_used = Instant::now();
+        match from.and_then(|from| connection.snapshots.iter().position(|(p, _)| p == from)) {
+            Some(at) => {
+                connection.snapshots.drain(..at);
+            }
+            None => connection.snapshots.clear(),
+        }
         connection
             .snapshots
             .push_back((pos.clone(), Arc::new(snapshot)));
         while connection.snapshots.len() > SNAPSHOTS_KEPT {
-            connection.snapshots.pop_front();
+            // Never the one the client came from (index 0) or the new one.
+            connection.snapshots.remove(1);
         }
         pos
     }
@@ -217,6 +266,8 @@ impl SlidingSync {
             None => None,
             Some(pos) => Some(self.snapshot(&key, pos).ok_or_else(unknown_pos)?),
         };
+        check_limits(request)?;
+        let shape = shape_of(request);
         let timeout = request.timeout.unwrap_or(MAX_TIMEOUT).min(MAX_TIMEOUT);
         let deadline = Instant::now() + timeout;
         let handle = services.stream.notifier.handle(user);
@@ -225,8 +276,17 @@ impl SlidingSync {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            let (mut response, snapshot) =
-                build(services, user, device, request, previous.as_deref())?;
+            let (mut response, snapshot) = match previous.as_deref() {
+                // The same request, and nothing concerning the user since: nothing to build.
+                Some(previous)
+                    if previous.shape == shape
+                        && !previous.transient
+                        && !services.stream.changed_for(user, previous.next) =>
+                {
+                    unchanged(services, previous)
+                }
+                _ => build(services, user, device, request, previous.as_deref(), shape)?,
+            };
             let to_device_events =
                 add_to_device(services, user, device, request, &snapshot, &mut response).await?;
             let has_news =
@@ -234,11 +294,78 @@ impl SlidingSync {
             let left = deadline.saturating_duration_since(Instant::now());
             if has_news || left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
                 response.txn_id = request.txn_id.clone();
-                response.pos = self.remember(key, previous.is_none(), snapshot);
+                response.pos = self.remember(key, request.pos.as_deref(), snapshot);
                 return Ok(response);
             }
         }
     }
+}
+
+/// The answer when nothing changed: the lists' counts, and a snapshot that moves on.
+fn unchanged(services: &Services, previous: &Snapshot) -> (Response, Snapshot) {
+    let mut response = Response::new(String::new());
+    for (name, count) in &previous.list_counts {
+        let mut list = response::List::default();
+        list.count = UInt::new(*count).unwrap_or_default();
+        response.lists.insert(name.clone(), list);
+    }
+    let mut snapshot = previous.clone();
+    let next = services.stream.position() + 1;
+    // Rooms that were in scope stay current.
+    for known in snapshot.rooms.values_mut() {
+        if known.sent_at == previous.next {
+            known.sent_at = next;
+        }
+    }
+    snapshot.next = next;
+    (response, snapshot)
+}
+
+/// Refuses requests whose shape alone would make the server work without bound.
+fn check_limits(request: &Request) -> Result<()> {
+    let too_many = |what: &str, limit: usize| {
+        Err(Error::invalid_param(format!(
+            "At most {limit} {what} per request."
+        )))
+    };
+    if request.lists.len() > MAX_LISTS {
+        return too_many("lists", MAX_LISTS);
+    }
+    if request.room_subscriptions.len() > MAX_SUBSCRIPTIONS {
+        return too_many("room subscriptions", MAX_SUBSCRIPTIONS);
+    }
+    for list in request.lists.values() {
+        if list.ranges.len() > MAX_RANGES {
+            return too_many("ranges per list", MAX_RANGES);
+        }
+        if list.room_details.required_state.len() > MAX_REQUIRED_STATE {
+            return too_many("required_state entries per list", MAX_REQUIRED_STATE);
+        }
+    }
+    if request
+        .room_subscriptions
+        .values()
+        .any(|sub| sub.required_state.len() > MAX_REQUIRED_STATE)
+    {
+        return too_many(
+            "required_state entries per subscription",
+            MAX_REQUIRED_STATE,
+        );
+    }
+    Ok(())
+}
+
+/// A hash of the request's lists, subscriptions and extension settings (without the
+/// to-device `since`, which moves on every request).
+fn shape_of(request: &Request) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut extensions = request.extensions.clone();
+    extensions.to_device.since = None;
+    let text = serde_json::to_string(&(&request.lists, &request.room_subscriptions, &extensions))
+        .unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Whether an answer carries anything the client did not have.
@@ -302,9 +429,15 @@ fn candidates(
         let shown = match entry.membership {
             MembershipState::Join | MembershipState::Invite => true,
             // Left (or kicked, banned) since the client last heard of the room: shown once.
-            MembershipState::Leave | MembershipState::Ban => previous.is_some_and(|previous| {
-                entry.count >= previous.next && previous.rooms.contains_key(&room_id)
-            }),
+            MembershipState::Leave | MembershipState::Ban => match previous {
+                Some(previous) => {
+                    entry.count >= previous.next && previous.rooms.contains_key(&room_id)
+                }
+                // A new connection (perhaps after a restart) lists rooms the user was
+                // removed from by someone else, so a client that still holds the room as
+                // joined learns otherwise. Rooms left by choice are not listed.
+                None => removed_by_someone_else(services, &room_id, user)?,
+            },
             _ => false,
         };
         if !shown {
@@ -313,8 +446,11 @@ fn candidates(
         let Some(info) = services.rooms.info(&room_id)? else {
             continue;
         };
+        // Joined rooms by their newest message-like event (not by the user's own member
+        // events: a new display name must not reorder every room); others by the invite,
+        // the leave.
         let bump = match entry.membership {
-            MembershipState::Join => info.bump_stamp().max(entry.count),
+            MembershipState::Join => info.bump_stamp(),
             _ => entry.count,
         };
         out.push(Candidate {
@@ -326,6 +462,14 @@ fn candidates(
     }
     out.sort_by(|a, b| b.bump.cmp(&a.bump).then_with(|| a.room_id.cmp(&b.room_id)));
     Ok(out)
+}
+
+/// Whether the user's leave or ban in `room_id` was sent by someone else (a kick, a ban).
+fn removed_by_someone_else(services: &Services, room_id: &RoomId, user: &UserId) -> Result<bool> {
+    Ok(services
+        .rooms
+        .current_state_event(room_id, &StateEventType::RoomMember, user.as_str())?
+        .is_some_and(|event| event.sender != user))
 }
 
 fn matches_filters(
@@ -395,6 +539,7 @@ fn build(
     device: &DeviceId,
     request: &Request,
     previous: Option<&Snapshot>,
+    shape: u64,
 ) -> Result<(Response, Snapshot)> {
     let next = services.stream.position() + 1;
     let since = previous.map(|previous| previous.next);
@@ -421,19 +566,25 @@ fn build(
         list_response.count = UInt::new(matching.len() as u64).unwrap_or_default();
         response.lists.insert(name.clone(), list_response);
         list_counts.insert(name.clone(), matching.len() as u64);
-        let in_window = list_rooms.entry(name.as_str()).or_default();
+        // The windows' indices, each once, within the list.
+        let mut indices = BTreeSet::new();
         for (start, end) in &list.ranges {
-            let (start, end) = (u64::from(*start) as usize, u64::from(*end) as usize);
-            if end < start {
-                continue;
+            let start = usize::try_from(u64::from(*start)).unwrap_or(usize::MAX);
+            let end = usize::try_from(u64::from(*end))
+                .unwrap_or(usize::MAX)
+                .min(matching.len().saturating_sub(1));
+            if start <= end && start < matching.len() {
+                indices.extend(start..=end);
             }
-            for candidate in matching.iter().skip(start).take(end - start + 1) {
-                configs.entry(candidate.room_id.clone()).or_default().merge(
-                    list.room_details.timeline_limit,
-                    &list.room_details.required_state,
-                );
-                in_window.push(candidate.room_id.clone());
-            }
+        }
+        let in_window = list_rooms.entry(name.as_str()).or_default();
+        for index in indices {
+            let candidate = matching[index];
+            configs.entry(candidate.room_id.clone()).or_default().merge(
+                list.room_details.timeline_limit,
+                &list.room_details.required_state,
+            );
+            in_window.push(candidate.room_id.clone());
         }
     }
     let mut subscribed = Vec::new();
@@ -453,7 +604,9 @@ fn build(
         let candidate = index[&**room_id];
         let known = previous.and_then(|previous| previous.rooms.get(room_id));
         let room_since = match known {
-            Some(known) if *known.config == *config => {
+            Some(known)
+                if *known.config == *config && known.membership == candidate.entry.membership =>
+            {
                 if !room_changed(services, user, candidate, known.sent_at)? {
                     continue;
                 }
@@ -502,12 +655,16 @@ fn build(
         }
         scoped
     };
-    // A room new to the connection gets everything; others what changed since the last answer.
+    // A room new to the connection gets everything; others what changed since they were
+    // last in scope (a room coming back into a window gets what it missed meanwhile).
     let room_since = |room_id: &RoomId| {
         if initial_rooms.contains(room_id) {
             None
         } else {
-            since
+            previous
+                .and_then(|previous| previous.rooms.get(room_id))
+                .map(|known| known.sent_at)
+                .or(since)
         }
     };
     if extensions.e2ee.enabled == Some(true) {
@@ -528,25 +685,25 @@ fn build(
             &extensions.account_data.lists,
             &extensions.account_data.rooms,
         );
-        let all = services.account_data.changed_since(user, None)?;
-        let changed: HashSet<(Option<OwnedRoomId>, String)> = match since {
-            None => HashSet::new(),
-            Some(since) => services
-                .account_data
-                .changed_since(user, Some(since))?
-                .into_iter()
-                .map(|item| (item.room_id, item.kind))
-                .collect(),
-        };
+        // Everything for a new connection; else what changed since each room (and the
+        // global data since the last answer) was last seen.
+        let oldest = scoped
+            .iter()
+            .map(|room_id| room_since(room_id))
+            .chain([since])
+            .try_fold(u64::MAX, |oldest, since| {
+                since.map(|since| oldest.min(since))
+            });
         let data = &mut response.extensions.account_data;
-        for item in all {
-            let fresh =
-                since.is_none() || changed.contains(&(item.room_id.clone(), item.kind.clone()));
+        for item in services.account_data.changed_since(user, oldest)? {
             let event = json!({ "type": item.kind, "content": item.content });
             match item.room_id {
-                None if fresh => data.global.push(raw(event)),
+                None if since.is_none_or(|since| item.position >= since) => {
+                    data.global.push(raw(event));
+                }
                 Some(room_id)
-                    if scoped.contains(&room_id) && (fresh || initial_rooms.contains(&room_id)) =>
+                    if scoped.contains(&room_id)
+                        && room_since(&room_id).is_none_or(|since| item.position >= since) =>
                 {
                     data.rooms.entry(room_id).or_default().push(raw(event));
                 }
@@ -588,6 +745,13 @@ fn build(
 
     let mut snapshot = previous.cloned().unwrap_or_default();
     snapshot.next = next;
+    snapshot.shape = shape;
+    snapshot.transient = candidates.iter().any(|candidate| {
+        !matches!(
+            candidate.entry.membership,
+            MembershipState::Join | MembershipState::Invite
+        )
+    });
     snapshot.list_counts = list_counts;
     let mut distinct: Vec<Arc<RoomConfig>> = Vec::new();
     for (room_id, config) in configs {
@@ -599,10 +763,12 @@ fn build(
                 shared
             }
         };
+        let membership = index[&*room_id].entry.membership.clone();
         snapshot.rooms.insert(
             room_id,
             KnownRoom {
                 sent_at: next,
+                membership,
                 config,
             },
         );
@@ -633,11 +799,25 @@ async fn add_to_device(
                 .map_err(|_| Error::invalid_param("Invalid to_device since token."))?,
         ),
     };
-    let (messages, left_behind) = services.to_device.take(user, device, since).await?;
+    let (messages, left_behind) = services
+        .to_device
+        .take_positioned(user, device, since)
+        .await?;
     let any = !messages.is_empty();
+    // Past every message handed out now, also one committed while the answer was built
+    // (its position may be past `next`): otherwise it would come again.
+    let next_batch = match left_behind {
+        Some(left_behind) => left_behind,
+        None => messages.last().map_or(snapshot.next, |(position, _)| {
+            snapshot.next.max(position + 1)
+        }),
+    };
     let mut to_device = response::ToDevice::default();
-    to_device.next_batch = left_behind.unwrap_or(snapshot.next).to_string();
-    to_device.events = messages.into_iter().map(raw).collect();
+    to_device.next_batch = next_batch.to_string();
+    to_device.events = messages
+        .into_iter()
+        .map(|(_, message)| raw(message))
+        .collect();
     response.extensions.to_device = Some(to_device);
     Ok(any)
 }
@@ -700,29 +880,59 @@ fn build_room(
         Some(since) => timeline.iter().filter(|(count, _)| *count >= since).count() as u64,
         None => 0,
     });
-    let membership_moved = room_since.is_none()
-        || timeline
-            .iter()
-            .any(|(_, pdu)| pdu.kind.to_string() == "m.room.member");
+    // The room's state: current for a joined room; for a room the user left, as it was at
+    // the leave (what happened after is none of their business).
+    let state_hash = match candidate.entry.membership {
+        MembershipState::Join => info.state_hash,
+        _ => rooms
+            .current_state_event(room_id, &StateEventType::RoomMember, user.as_str())?
+            .map(|leave| rooms.state_hashes(&leave.event_id))
+            .transpose()?
+            .flatten()
+            .map_or(info.state_hash, |(_, after)| after),
+    };
+    let state = rooms.state.load(state_hash)?;
+    // For a known room, the state keys that changed since it was last sent.
+    let changed = match room_since {
+        None => None,
+        Some(room_since) => {
+            let since_hash = match rooms.events_before(info, room_since, 1)?.first() {
+                Some((_, last_seen)) => rooms
+                    .state_hashes(&last_seen.event_id)?
+                    .map(|(_, after)| after),
+                None => None,
+            };
+            let mut keys = BTreeSet::new();
+            for (key, _) in rooms.state.changed(since_hash, state_hash)? {
+                keys.insert((key, rooms.short.state_key(key)?));
+            }
+            Some(keys)
+        }
+    };
+    // Member counts and heroes: sent in full, and again whenever membership changed.
+    let membership_moved = changed.as_ref().is_none_or(|keys| {
+        keys.iter()
+            .any(|(_, (kind, _))| *kind == StateEventType::RoomMember)
+    });
 
-    // Required state: the current state (state *after* the timeline, as MSC4186 has it).
+    // Required state: state *after* the timeline, as MSC4186 has it.
     let senders: BTreeSet<&UserId> = timeline
         .iter()
         .map(|(_, pdu)| &*pdu.sender)
         .chain([user])
         .collect();
-    room.required_state = required_state(services, candidate, config, user, &senders, room_since)?;
+    room.required_state =
+        required_state(services, &state, config, user, &senders, changed.as_ref())?;
 
     room.timeline = timeline
         .iter()
         .map(|(_, pdu)| pdu.to_sync_event(own_transaction(services, pdu, user, device).as_deref()))
         .collect();
 
-    let current = rooms.current_state(info)?;
-    if let Some(name) = rooms.state_event(&current, &StateEventType::RoomName, "")? {
+    if let Some(name) = rooms.state_event(&state, &StateEventType::RoomName, "")? {
         room.name = name.content_value()["name"].as_str().map(str::to_owned);
     }
-    if let Some(avatar) = rooms.state_event(&current, &StateEventType::RoomAvatar, "")?
+    if let Some(avatar) = rooms.state_event(&state, &StateEventType::RoomAvatar, "")?
         && let Some(url) = avatar.content_value()["url"].as_str()
     {
         room.avatar = ruma::JsOption::Some(OwnedMxcUri::from(url));
@@ -732,7 +942,7 @@ fn build_room(
         room.unread_notifications.notification_count = UInt::new(counts.notifications);
         room.unread_notifications.highlight_count = UInt::new(counts.highlights);
     }
-    if membership_moved {
+    if membership_moved && candidate.entry.membership == MembershipState::Join {
         let members = rooms.members(room_id)?;
         let count = |wanted: MembershipState| members.iter().filter(|(_, m)| *m == wanted).count();
         room.joined_count = UInt::new(count(MembershipState::Join) as u64);
@@ -746,7 +956,7 @@ fn build_room(
             }
             let mut hero = response::Hero::new(member.clone());
             if let Some(event) =
-                rooms.state_event(&current, &StateEventType::RoomMember, member.as_str())?
+                rooms.state_event(&state, &StateEventType::RoomMember, member.as_str())?
             {
                 let content = event.content_value();
                 hero.name = content["displayname"].as_str().map(str::to_owned);
@@ -759,27 +969,26 @@ fn build_room(
     Ok(room)
 }
 
-/// The state events `config` asks for: all matching current state for a room new to the
-/// connection, else the matching state that changed since `room_since` (plus the members of
-/// this timeline's senders, for `$LAZY`).
+/// The state events of `state` that `config` asks for: all of them for a room new to the
+/// connection, else those among the `changed` keys (plus the members of this timeline's
+/// senders, for `$LAZY`). Wildcards make a new room's state be walked key by key; exact
+/// pairs are looked up directly.
 fn required_state(
     services: &Services,
-    candidate: &Candidate,
+    state: &super::rooms::state::StateSet,
     config: &RoomConfig,
     user: &UserId,
     senders: &BTreeSet<&UserId>,
-    room_since: Option<u64>,
+    changed: Option<&BTreeSet<(u64, (StateEventType, String))>>,
 ) -> Result<Vec<Raw<AnySyncStateEvent>>> {
     let rooms = &services.rooms;
-    let info = &candidate.info;
     if config.required_state.is_empty() {
         return Ok(Vec::new());
     }
-    let current = rooms.current_state(info)?;
     // Short state keys to look at.
     let mut keys = BTreeSet::new();
-    match room_since {
-        None if config.has_wildcard() => keys.extend(current.keys().copied()),
+    match changed {
+        None if config.has_wildcard() => keys.extend(state.keys().copied()),
         None => {
             for (kind, key) in &config.required_state {
                 let kind = StateEventType::from(kind.as_str());
@@ -795,20 +1004,8 @@ fn required_state(
                 }
             }
         }
-        Some(room_since) => {
-            let since_hash = match rooms.events_before(info, room_since, 1)?.first() {
-                Some((_, last_seen)) => rooms
-                    .state_hashes(&last_seen.event_id)?
-                    .map(|(_, after)| after),
-                None => None,
-            };
-            keys.extend(
-                rooms
-                    .state
-                    .changed(since_hash, info.state_hash)?
-                    .into_iter()
-                    .map(|(key, _)| key),
-            );
+        Some(changed) => {
+            keys.extend(changed.iter().map(|(key, _)| *key));
             if config.lazy_members() {
                 for sender in senders {
                     if let Some(short) = rooms
@@ -823,7 +1020,7 @@ fn required_state(
     }
     let mut out = Vec::new();
     for short_key in keys {
-        let Some(short_event) = current.get(&short_key) else {
+        let Some(short_event) = state.get(&short_key) else {
             continue;
         };
         let (kind, key) = rooms.short.state_key(short_key)?;
@@ -923,34 +1120,54 @@ mod tests {
             next,
             ..Snapshot::default()
         };
-        let first = sliding.remember(key("main"), true, snapshot(1));
-        let mut last = first.clone();
-        for next in 2..=(SNAPSHOTS_KEPT as u64 + 1) {
-            last = sliding.remember(key("main"), false, snapshot(next));
-        }
+        let first = sliding.remember(key("main"), None, snapshot(1));
+        let second = sliding.remember(key("main"), Some(&first), snapshot(2));
+        // The client moved on from `first` to `second`: answering `second` drops `first`.
+        let third = sliding.remember(key("main"), Some(&second), snapshot(3));
+        assert!(sliding.snapshot(&key("main"), &first).is_none());
         assert!(
-            sliding.snapshot(&key("main"), &first).is_none(),
-            "the oldest is dropped"
+            sliding.snapshot(&key("main"), &second).is_some(),
+            "kept for a retry"
         );
-        assert_eq!(
-            sliding.snapshot(&key("main"), &last).unwrap().next,
-            SNAPSHOTS_KEPT as u64 + 1
-        );
-        // Another conn_id has its own positions.
+        // Cancelled requests from `third` pile up; `third` itself is never pushed out.
+        let mut last = third.clone();
+        for next in 4..20 {
+            last = sliding.remember(key("main"), Some(&third), snapshot(next));
+        }
+        assert!(sliding.snapshot(&key("main"), &third).is_some());
+        assert_eq!(sliding.snapshot(&key("main"), &last).unwrap().next, 19);
+        let kept = sliding.connections.lock().unwrap()[&key("main")]
+            .snapshots
+            .len();
+        assert_eq!(kept, SNAPSHOTS_KEPT);
+        // Another conn_id has its own positions; positions carry this start's epoch.
         assert!(sliding.snapshot(&key("other"), &last).is_none());
+        assert!(last.starts_with(&sliding.epoch));
         // A request without pos starts over.
-        let fresh = sliding.remember(key("main"), true, snapshot(50));
+        let fresh = sliding.remember(key("main"), None, snapshot(50));
         assert!(sliding.snapshot(&key("main"), &last).is_none());
         assert!(sliding.snapshot(&key("main"), &fresh).is_some());
 
-        // At most MAX_CONNECTIONS; the least recently used goes.
-        for n in 0..MAX_CONNECTIONS {
-            sliding.remember(key(&format!("c{n}")), true, snapshot(1));
+        // At most MAX_CONNECTIONS_PER_USER per user: the user's least recently used goes.
+        for n in 0..MAX_CONNECTIONS_PER_USER {
+            sliding.remember(key(&format!("c{n}")), None, snapshot(1));
         }
-        assert_eq!(sliding.connections.lock().unwrap().len(), MAX_CONNECTIONS);
         assert!(
             sliding.snapshot(&key("main"), &fresh).is_none(),
-            "the oldest connection went"
+            "the oldest went"
         );
+        let count = sliding.connections.lock().unwrap().len();
+        assert_eq!(count, MAX_CONNECTIONS_PER_USER);
+
+        // At most MAX_CONNECTIONS in all.
+        for n in 0..MAX_CONNECTIONS + 10 {
+            let other = ruma::OwnedUserId::try_from(format!("@u{n}:example.org")).unwrap();
+            sliding.remember(
+                (other, device_id!("D").to_owned(), String::new()),
+                None,
+                snapshot(1),
+            );
+        }
+        assert_eq!(sliding.connections.lock().unwrap().len(), MAX_CONNECTIONS);
     }
 }

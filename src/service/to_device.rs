@@ -104,7 +104,7 @@ impl ToDevice {
         Ok((pending.into_iter().map(|(_, m)| m).collect(), next))
     }
 
-    async fn take_positioned(
+    pub async fn take_positioned(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,

@@ -538,9 +538,15 @@ async fn positions_long_polls_filters_and_required_state() {
         woke["rooms"].get(plain.as_str()).is_none(),
         "unchanged rooms are left out"
     );
+    let timeline = dm_room["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), 1, "only the new event: {dm_room}");
+    assert_eq!(timeline[0]["content"]["body"], "are you there?");
+    assert_eq!(dm_room["num_live"], 1);
+    assert!(dm_room.get("limited").is_none_or(|l| l == false));
 
-    // The same pos again (a retry after a lost answer) still works; a made-up one does not.
-    let (status, _) = raw_sync(
+    // The same pos again (a retry after a lost answer) gets the same news again; a made-up
+    // one does not work.
+    let (status, retried) = raw_sync(
         &server,
         &token,
         &format!("?pos={pos}&timeout=0"),
@@ -548,6 +554,10 @@ async fn positions_long_polls_filters_and_required_state() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        retried["rooms"][dm.as_str()]["timeline"][0]["content"]["body"],
+        "are you there?"
+    );
     let response = raw_sync(&server, &token, "?pos=999999&timeout=0", body.clone()).await;
     assert_error(&response, StatusCode::BAD_REQUEST, "M_UNKNOWN_POS");
     // Another connection (conn_id) does not know this one's positions.
@@ -555,4 +565,195 @@ async fn positions_long_polls_filters_and_required_state() {
     other["conn_id"] = json!("other");
     let response = raw_sync(&server, &token, &format!("?pos={pos}&timeout=0"), other).await;
     assert_error(&response, StatusCode::BAD_REQUEST, "M_UNKNOWN_POS");
+
+    // `$ME` alone brings only the user's own member event.
+    let only_me = json!({
+        "conn_id": "me",
+        "lists": { "dms": { "ranges": [[0, 9]], "timeline_limit": 0,
+                            "required_state": [["m.room.member", "$ME"]],
+                            "filters": { "is_dm": true } } }
+    });
+    let (_, answer) = raw_sync(&server, &token, "", only_me).await;
+    let state = answer["rooms"][dm.as_str()]["required_state"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(state.len(), 1, "{state:?}");
+    assert_eq!(state[0]["type"], "m.room.member");
+    assert_eq!(state[0]["state_key"], "@alice:localhost");
+    // Heroes name the other member.
+    assert_eq!(
+        answer["rooms"][dm.as_str()]["heroes"][0]["user_id"],
+        "@bob:localhost"
+    );
+
+    // Absurd requests are refused, not worked through.
+    let ranges: Vec<Value> = (0..100).map(|_| json!([0, 499])).collect();
+    let huge = json!({ "lists": { "all": { "ranges": ranges, "timeline_limit": 1 } } });
+    let response = raw_sync(&server, &token, "", huge).await;
+    assert_error(&response, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+}
+
+#[tokio::test]
+async fn joins_kicks_profile_changes_and_to_device_messages() {
+    let server = TestServer::start();
+    let token = server.register("alice", PASSWORD).await;
+    let bob_token = server.register("bob", PASSWORD).await;
+    let (_, whoami) = server.whoami(&token).await;
+    let device = whoami["device_id"].as_str().unwrap().to_owned();
+    let quiet = create_room(&server, &token, json!({ "name": "quiet" })).await;
+    let busy = create_room(&server, &token, json!({ "name": "busy" })).await;
+    send_text(&server, &token, &busy, "b1", "latest").await;
+    let invited = create_room(
+        &server,
+        &bob_token,
+        json!({ "invite": ["@alice:localhost"] }),
+    )
+    .await;
+    let body = json!({
+        "lists": { "all": { "ranges": [[0, 19]], "timeline_limit": 5, "required_state": [["*", "*"]] } },
+        "extensions": { "to_device": { "enabled": true } }
+    });
+    let (_, first) = raw_sync(&server, &token, "", body.clone()).await;
+    assert!(first["rooms"][invited.as_str()]["invite_state"].is_array());
+    let stamp =
+        |answer: &Value, room: &RoomId| answer["rooms"][room.as_str()]["bump_stamp"].as_u64();
+    assert!(stamp(&first, &busy) > stamp(&first, &quiet));
+    let mut pos = first["pos"].as_str().unwrap().to_owned();
+
+    // Accepting the invite sends the room in full: power levels and all.
+    let (status, _) = server
+        .client_api(
+            &token,
+            Method::POST,
+            &format!("/join/{invited}"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, joined) = raw_sync(
+        &server,
+        &token,
+        &format!("?pos={pos}&timeout=0"),
+        body.clone(),
+    )
+    .await;
+    let room = &joined["rooms"][invited.as_str()];
+    assert_eq!(room["initial"], true, "{joined}");
+    assert!(room.get("invite_state").is_none());
+    let types: BTreeSet<&str> = room["required_state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains("m.room.power_levels") && types.contains("m.room.join_rules"),
+        "{types:?}"
+    );
+    assert_eq!(room["joined_count"], 2);
+    pos = joined["pos"].as_str().unwrap().to_owned();
+
+    // A new display name is a member event in every room, but reorders nothing.
+    let (status, _) = server
+        .client_api(
+            &token,
+            Method::PUT,
+            "/profile/@alice:localhost/displayname",
+            Some(json!({ "displayname": "Alice" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, renamed) = raw_sync(
+        &server,
+        &token,
+        &format!("?pos={pos}&timeout=0"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(stamp(&renamed, &busy), stamp(&first, &busy), "{renamed}");
+    assert_eq!(stamp(&renamed, &quiet), stamp(&first, &quiet));
+    pos = renamed["pos"].as_str().unwrap().to_owned();
+
+    // Kicked: the room comes once more, with the kick; then no more.
+    let (status, _) = server
+        .client_api(
+            &bob_token,
+            Method::POST,
+            &format!("/rooms/{invited}/kick"),
+            Some(json!({ "user_id": "@alice:localhost" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, kicked) = raw_sync(
+        &server,
+        &token,
+        &format!("?pos={pos}&timeout=0"),
+        body.clone(),
+    )
+    .await;
+    let timeline = kicked["rooms"][invited.as_str()]["timeline"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let last = timeline.last().unwrap();
+    assert_eq!(last["type"], "m.room.member");
+    assert_eq!(last["content"]["membership"], "leave");
+    assert_eq!(last["sender"], "@bob:localhost");
+    pos = kicked["pos"].as_str().unwrap().to_owned();
+    let (_, after) = raw_sync(
+        &server,
+        &token,
+        &format!("?pos={pos}&timeout=0"),
+        body.clone(),
+    )
+    .await;
+    assert!(after["rooms"].get(invited.as_str()).is_none(), "{after}");
+    assert_eq!(after["lists"]["all"]["count"], 2);
+    pos = after["pos"].as_str().unwrap().to_owned();
+    // A new connection (say, after a restart) still hears of the kick.
+    let mut fresh = body.clone();
+    fresh["conn_id"] = json!("fresh");
+    let (_, new_connection) = raw_sync(&server, &token, "", fresh).await;
+    assert!(
+        new_connection["rooms"][invited.as_str()].is_object(),
+        "{new_connection}"
+    );
+
+    // To-device: delivered once; `since` acknowledges it.
+    let (status, _) = server
+        .client_api(
+            &bob_token,
+            Method::PUT,
+            "/sendToDevice/m.test/txn1",
+            Some(json!({ "messages": { "@alice:localhost": { device.as_str(): { "n": 1 } } } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, delivered) = raw_sync(
+        &server,
+        &token,
+        &format!("?pos={pos}&timeout=0"),
+        body.clone(),
+    )
+    .await;
+    let to_device = &delivered["extensions"]["to_device"];
+    assert_eq!(to_device["events"][0]["content"]["n"], 1, "{delivered}");
+    let next_batch = to_device["next_batch"].as_str().unwrap().to_owned();
+    pos = delivered["pos"].as_str().unwrap().to_owned();
+    let mut acknowledged = body.clone();
+    acknowledged["extensions"]["to_device"]["since"] = json!(next_batch);
+    let (_, again) = raw_sync(
+        &server,
+        &token,
+        &format!("?pos={pos}&timeout=0"),
+        acknowledged,
+    )
+    .await;
+    assert!(
+        again["extensions"]["to_device"]["events"]
+            .as_array()
+            .is_none_or(|e| e.is_empty()),
+        "{again}"
+    );
 }
