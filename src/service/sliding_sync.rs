@@ -168,8 +168,8 @@ impl Default for SlidingSync {
     }
 }
 
-/// A room the user could see in a list: joined, invited, or left since the connection's
-/// last answer (so the client learns it left).
+/// A room the user could see in a list: joined, invited, knocked, or left since the
+/// connection's last answer (so the client learns it left).
 struct Candidate {
     room_id: OwnedRoomId,
     entry: MembershipEntry,
@@ -427,7 +427,7 @@ fn candidates(
     let mut out = Vec::new();
     for (room_id, entry) in services.rooms.rooms_of(user)? {
         let shown = match entry.membership {
-            MembershipState::Join | MembershipState::Invite => true,
+            MembershipState::Join | MembershipState::Invite | MembershipState::Knock => true,
             // Left (or kicked, banned) since the client last heard of the room: shown once.
             MembershipState::Leave | MembershipState::Ban => match previous {
                 Some(previous) => {
@@ -749,7 +749,7 @@ fn build(
     snapshot.transient = candidates.iter().any(|candidate| {
         !matches!(
             candidate.entry.membership,
-            MembershipState::Join | MembershipState::Invite
+            MembershipState::Join | MembershipState::Invite | MembershipState::Knock
         )
     });
     snapshot.list_counts = list_counts;
@@ -801,23 +801,12 @@ async fn add_to_device(
     };
     let (messages, left_behind) = services
         .to_device
-        .take_positioned(user, device, since)
+        .take(user, device, since, snapshot.next)
         .await?;
     let any = !messages.is_empty();
-    // Past every message handed out now, also one committed while the answer was built
-    // (its position may be past `next`): otherwise it would come again.
-    let next_batch = match left_behind {
-        Some(left_behind) => left_behind,
-        None => messages.last().map_or(snapshot.next, |(position, _)| {
-            snapshot.next.max(position + 1)
-        }),
-    };
     let mut to_device = response::ToDevice::default();
-    to_device.next_batch = next_batch.to_string();
-    to_device.events = messages
-        .into_iter()
-        .map(|(_, message)| raw(message))
-        .collect();
+    to_device.next_batch = left_behind.unwrap_or(snapshot.next).to_string();
+    to_device.events = messages.into_iter().map(raw).collect();
     response.extensions.to_device = Some(to_device);
     Ok(any)
 }
@@ -842,7 +831,12 @@ fn build_room(
     if room_since.is_none() {
         room.initial = Some(true);
     }
-    if candidate.entry.membership == MembershipState::Invite {
+    if matches!(
+        candidate.entry.membership,
+        MembershipState::Invite | MembershipState::Knock
+    ) {
+        // Stripped state with the user's own member event, whose membership (`invite` or
+        // `knock`) tells the client which it is.
         let state = invite_state(services, room_id, user)?;
         room.name = state.iter().find_map(|event| {
             let event = event.deserialize_as_unchecked::<JsonValue>().ok()?;

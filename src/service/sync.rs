@@ -96,9 +96,10 @@ async fn add_to_device(
     request: &SyncRequest<'_>,
     response: &mut Response,
 ) -> Result<()> {
+    let before = response.next_batch.parse::<u64>().unwrap_or(u64::MAX);
     let (messages, left_behind) = services
         .to_device
-        .take(request.user_id, request.device_id, request.since)
+        .take(request.user_id, request.device_id, request.since, before)
         .await?;
     response.to_device.events = messages.into_iter().map(raw).collect();
     if let Some(position) = left_behind

@@ -79,14 +79,19 @@ impl ToDevice {
     }
 
     /// Deletes what a sync with `since` acknowledges, and returns up to [`MAX_PER_SYNC`]
-    /// pending messages with the position of the first one left behind, if any.
+    /// pending messages from before `before` (the answer's own next token: a message
+    /// committed while the answer was built waits for the next one, so it is never handed
+    /// out twice) with the position of the first one left behind, if any.
     pub async fn take(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
         since: Option<u64>,
+        before: u64,
     ) -> Result<(Vec<JsonValue>, Option<u64>)> {
-        let (pending, left_behind) = self.take_positioned(user_id, device_id, since).await?;
+        let (pending, left_behind) = self
+            .take_positioned(user_id, device_id, since, before)
+            .await?;
         Ok((pending.into_iter().map(|(_, m)| m).collect(), left_behind))
     }
 
@@ -99,16 +104,19 @@ impl ToDevice {
         device_id: &DeviceId,
         from: Option<u64>,
     ) -> Result<(Vec<JsonValue>, Option<u64>)> {
-        let (pending, _) = self.take_positioned(user_id, device_id, from).await?;
+        let (pending, _) = self
+            .take_positioned(user_id, device_id, from, u64::MAX)
+            .await?;
         let next = pending.last().map(|(position, _)| position + 1);
         Ok((pending.into_iter().map(|(_, m)| m).collect(), next))
     }
 
-    pub async fn take_positioned(
+    async fn take_positioned(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
         since: Option<u64>,
+        before: u64,
     ) -> Result<(Vec<(u64, JsonValue)>, Option<u64>)> {
         let prefix = device_prefix(user_id, device_id);
         let mut acknowledged = Batch::new();
@@ -120,6 +128,8 @@ impl ToDevice {
                 .ok_or_else(|| Error::internal("bad to-device key"))?;
             if since.is_some_and(|since| position < since) {
                 acknowledged.remove(self.queue.tree(), key);
+            } else if position >= before {
+                break;
             } else if pending.len() < MAX_PER_SYNC {
                 pending.push((position, message));
             } else {
@@ -132,5 +142,55 @@ impl ToDevice {
             self.db.persist().await?;
         }
         Ok((pending, left_behind))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{device_id, user_id};
+    use serde_json::json;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_are_handed_out_once_in_order_and_only_up_to_the_answer() {
+        let db = Db::memory();
+        let stream = Arc::new(Stream::new(&db).unwrap());
+        let to_device = ToDevice::new(&db, Arc::clone(&stream)).unwrap();
+        let (alice, phone) = (user_id!("@alice:example.org"), device_id!("PHONE"));
+        let target = || vec![(alice.to_owned(), phone.to_owned(), json!({}))];
+        to_device
+            .send(alice, phone, "t1", "m.first", target())
+            .await
+            .unwrap();
+        // An answer built at this point covers positions before `next`...
+        let next = stream.position() + 1;
+        // ... and a message committed while it is built waits for the next answer.
+        to_device
+            .send(alice, phone, "t2", "m.second", target())
+            .await
+            .unwrap();
+        let (messages, left_behind) = to_device.take(alice, phone, None, next).await.unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0]["type"], "m.first");
+        assert_eq!(left_behind, None);
+        // The next answer, acknowledging the first, gets the second only.
+        let later = stream.position() + 1;
+        let (messages, _) = to_device
+            .take(alice, phone, Some(next), later)
+            .await
+            .unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0]["type"], "m.second");
+        // A repeated transaction queues nothing.
+        to_device
+            .send(alice, phone, "t2", "m.second", target())
+            .await
+            .unwrap();
+        let (messages, _) = to_device
+            .take(alice, phone, Some(later), u64::MAX)
+            .await
+            .unwrap();
+        assert!(messages.is_empty());
     }
 }

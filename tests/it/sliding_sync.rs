@@ -720,6 +720,39 @@ async fn joins_kicks_profile_changes_and_to_device_messages() {
         "{new_connection}"
     );
 
+    // A knock shows up with the stripped state and the knock itself.
+    let knockable = create_room(
+        &server,
+        &bob_token,
+        json!({ "initial_state": [{ "type": "m.room.join_rules", "state_key": "",
+                                    "content": { "join_rule": "knock" } }] }),
+    )
+    .await;
+    let (status, knock) = server
+        .client_api(
+            &token,
+            Method::POST,
+            &format!("/knock/{knockable}"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{knock}");
+    let (_, knocked) = raw_sync(
+        &server,
+        &token,
+        &format!("?pos={pos}&timeout=0"),
+        body.clone(),
+    )
+    .await;
+    let stripped = knocked["rooms"][knockable.as_str()]["invite_state"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{knocked}"))
+        .clone();
+    assert!(stripped.iter().any(|e| e["type"] == "m.room.member"
+        && e["state_key"] == "@alice:localhost"
+        && e["content"]["membership"] == "knock"));
+    pos = knocked["pos"].as_str().unwrap().to_owned();
+
     // To-device: delivered once; `since` acknowledges it.
     let (status, _) = server
         .client_api(
