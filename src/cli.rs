@@ -84,7 +84,16 @@ pub fn open_database(config: &Config) -> Result<Db, String> {
     })
 }
 
+/// The user id of an existing active account called `name`.
 fn existing_user(services: &Services, name: &str) -> Result<OwnedUserId, String> {
+    match known_user(services, name)? {
+        (user_id, false) => Ok(user_id),
+        (user_id, true) => Err(format!("{user_id} is deactivated")),
+    }
+}
+
+/// The user id of an existing account called `name`, and whether it is deactivated.
+fn known_user(services: &Services, name: &str) -> Result<(OwnedUserId, bool), String> {
     let user_id = services
         .registration
         .user_id_from_login(name, &services.config)
@@ -99,8 +108,7 @@ fn existing_user(services: &Services, name: &str) -> Result<OwnedUserId, String>
         .account(&user_id)
         .map_err(|e| e.to_string())?
     {
-        Some(account) if !account.deactivated => Ok(user_id),
-        Some(_) => Err(format!("{user_id} is deactivated")),
+        Some(account) => Ok((user_id, account.deactivated)),
         None => Err(format!("{user_id} does not exist")),
     }
 }
@@ -215,7 +223,8 @@ pub async fn run_media(command: MediaCommand, config: Config) -> Result<String, 
             }
         }
         MediaCommand::List { name } => {
-            let user_id = media_user(&services, &name)?;
+            // Deactivated accounts included: their media can still be listed and purged.
+            let (user_id, _) = known_user(&services, &name)?;
             let mut out = String::new();
             for (uri, meta) in services
                 .media
@@ -236,7 +245,8 @@ pub async fn run_media(command: MediaCommand, config: Config) -> Result<String, 
             out.trim_end().to_owned()
         }
         MediaCommand::PurgeUser { name } => {
-            let user_id = media_user(&services, &name)?;
+            // Deactivated accounts included: their media can still be listed and purged.
+            let (user_id, _) = known_user(&services, &name)?;
             let count = services
                 .media
                 .purge_user(&user_id)
@@ -247,25 +257,4 @@ pub async fn run_media(command: MediaCommand, config: Config) -> Result<String, 
     };
     db.flush_blocking().map_err(|e| e.to_string())?;
     Ok(output)
-}
-
-/// A local user id, deactivated accounts included (their media can still be purged).
-fn media_user(services: &Services, name: &str) -> Result<OwnedUserId, String> {
-    let user_id = services
-        .registration
-        .user_id_from_login(name, &services.config)
-        .ok_or_else(|| {
-            format!(
-                "`{name}` is not a user name on {}",
-                services.config.server_name
-            )
-        })?;
-    match services
-        .users
-        .account(&user_id)
-        .map_err(|e| e.to_string())?
-    {
-        Some(_) => Ok(user_id),
-        None => Err(format!("{user_id} does not exist")),
-    }
 }
