@@ -283,7 +283,7 @@ impl SlidingSync {
                         && !previous.transient
                         && !services.stream.changed_for(user, previous.next) =>
                 {
-                    unchanged(services, previous)
+                    unchanged(previous)
                 }
                 _ => build(services, user, device, request, previous.as_deref(), shape)?,
             };
@@ -301,24 +301,17 @@ impl SlidingSync {
     }
 }
 
-/// The answer when nothing changed: the lists' counts, and a snapshot that moves on.
-fn unchanged(services: &Services, previous: &Snapshot) -> (Response, Snapshot) {
+/// The answer when nothing changed: the lists' counts, and the same snapshot under a new
+/// `pos`. Its `next` stays where it was: a change committed just now but not yet announced
+/// to the notifier is then still ahead of it, never skipped.
+fn unchanged(previous: &Snapshot) -> (Response, Snapshot) {
     let mut response = Response::new(String::new());
     for (name, count) in &previous.list_counts {
         let mut list = response::List::default();
         list.count = UInt::new(*count).unwrap_or_default();
         response.lists.insert(name.clone(), list);
     }
-    let mut snapshot = previous.clone();
-    let next = services.stream.position() + 1;
-    // Rooms that were in scope stay current.
-    for known in snapshot.rooms.values_mut() {
-        if known.sent_at == previous.next {
-            known.sent_at = next;
-        }
-    }
-    snapshot.next = next;
-    (response, snapshot)
+    (response, previous.clone())
 }
 
 /// Refuses requests whose shape alone would make the server work without bound.

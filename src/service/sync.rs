@@ -132,13 +132,15 @@ fn is_empty(response: &Response) -> bool {
 fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
     let rooms = &services.rooms;
     let position = services.stream.position();
-    let mut response = Response::new((position + 1).to_string());
     if let Some(since) = request.since
         && !request.full_state
         && !services.stream.changed_for(request.user_id, since)
     {
-        return Ok(response);
+        // Nothing for the user: the same token again. (Moving it on could step over a
+        // change committed just now whose notification is still on its way.)
+        return Ok(Response::new(since.to_string()));
     }
+    let mut response = Response::new((position + 1).to_string());
     if services.config.allow_presence {
         response.presence.events = presence_events(services, request)?;
     }

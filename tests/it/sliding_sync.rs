@@ -15,7 +15,7 @@ use matrix_sdk::{
     encryption::EncryptionSettings,
     ruma::{
         OwnedRoomId, RoomId,
-        api::client::room::create_room,
+        api::client::{room::create_room, sync::sync_events::v5 as http},
         events::{
             InitialStateEvent, StateEventType,
             receipt::SyncReceiptEvent,
@@ -25,7 +25,7 @@ use matrix_sdk::{
             },
             typing::SyncTypingEvent,
         },
-        user_id,
+        uint, user_id,
     },
     sliding_sync::{SlidingSync, SlidingSyncList, SlidingSyncMode},
 };
@@ -195,6 +195,22 @@ async fn a_hundred_rooms_sorted_by_recency_scrolled_and_updated_live() {
     let received: BTreeSet<OwnedRoomId> = summary.rooms.iter().cloned().collect();
     let expected: BTreeSet<OwnedRoomId> = rooms[60..80].iter().cloned().collect();
     assert_eq!(received, expected);
+
+    // Opening a room outside the window (a subscription, as Element X does when a room is
+    // opened) brings it with the longer timeline asked for.
+    let mut settings = http::request::RoomSubscription::default();
+    settings.timeline_limit = uint!(10);
+    settings.required_state = vec![(StateEventType::RoomTopic, String::new())];
+    sync.subscribe_to_rooms(&[&rooms[5]], Some(settings), false);
+    let summary = sync.sync_once().await.expect("subscribed");
+    assert!(summary.rooms.contains(&rooms[5]), "{:?}", summary.rooms);
+    assert!(
+        messages
+            .lock()
+            .unwrap()
+            .contains(&(rooms[5].clone(), "hello 5".to_owned()))
+    );
+    sync.unsubscribe_to_rooms(&[&rooms[5]], false);
 
     // Back to the top; a new message in the oldest room brings it there, live.
     set_range(&sync, 0..=19).await;
