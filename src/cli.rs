@@ -163,13 +163,12 @@ pub async fn run(command: UserCommand, config: Config) -> Result<String, String>
         }
         UserCommand::Deactivate { name } => {
             let user_id = existing_user(&services, &name)?;
-            let logout = services
-                .devices
-                .removal(&user_id, None)
+            let removal = services
+                .deactivation_batch(&user_id)
                 .map_err(|e| e.to_string())?;
             services
                 .users
-                .deactivate(&user_id, false, logout)
+                .deactivate(&user_id, false, removal)
                 .await
                 .map_err(|e| e.to_string())?;
             services

@@ -152,6 +152,19 @@ impl Backup {
         })
     }
 
+    /// Adds to `batch` the removal of all the user's backup versions and keys (account
+    /// deactivation).
+    pub fn removal_into(&self, batch: &mut Batch, user_id: &UserId) -> Result<()> {
+        let prefix = user_prefix(user_id);
+        for entry in self.versions.tree().scan_prefix(&prefix) {
+            batch.remove(self.versions.tree(), entry?.0);
+        }
+        for entry in self.keys.tree().scan_prefix(&prefix) {
+            batch.remove(self.keys.tree(), entry?.0);
+        }
+        Ok(())
+    }
+
     /// The current (newest) version and its info.
     pub fn latest(&self, user_id: &UserId) -> Result<Option<(u64, VersionInfo)>> {
         let prefix = user_prefix(user_id);
@@ -375,6 +388,34 @@ mod tests {
             "is_verified": verified, "first_message_index": index,
             "forwarded_count": forwarded, "session_data": {},
         })
+    }
+
+    #[tokio::test]
+    async fn removal_takes_every_version_and_key_of_the_user_only() {
+        let db = Db::memory();
+        let backup = Backup::new(&db).unwrap();
+        let alice = ruma::user_id!("@alice:example.org");
+        let bob = ruma::user_id!("@bob:example.org");
+        let room = ruma::room_id!("!room:example.org");
+        let algorithm = json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
+                                "auth_data": {} });
+        for user in [alice, bob] {
+            let version = backup.create(user, algorithm.clone()).await.unwrap();
+            let keys = vec![SessionKey {
+                room_id: room,
+                session_id: "s1",
+                data: key(true, 0, 0),
+            }];
+            backup.put(user, &version, keys).await.unwrap();
+        }
+        let mut batch = Batch::new();
+        backup.removal_into(&mut batch, alice).unwrap();
+        db.apply(&batch).unwrap();
+        assert!(backup.latest(alice).unwrap().is_none());
+        let (version, info) = backup.latest(bob).unwrap().expect("bob's backup stays");
+        assert_eq!(info.count, 1);
+        let kept = backup.get(bob, &version.to_string(), Scope::All).unwrap();
+        assert!(!kept.is_empty());
     }
 
     #[test]

@@ -126,6 +126,19 @@ impl CrossSigning {
         })
     }
 
+    /// Adds to `batch` the removal of the user's cross-signing keys and of every signature
+    /// on them or on their devices (account deactivation).
+    pub fn removal_into(&self, batch: &mut Batch, user_id: &UserId) -> Result<()> {
+        let prefix = join(&[user_id.as_bytes(), b""]);
+        for entry in self.signing_keys.tree().scan_prefix(&prefix) {
+            batch.remove(self.signing_keys.tree(), entry?.0);
+        }
+        for entry in self.signatures.scan_prefix(&prefix) {
+            batch.remove(&*self.signatures, entry?.0);
+        }
+        Ok(())
+    }
+
     /// The user's key of `usage`, as uploaded (without signatures others added).
     pub fn key(&self, user_id: &UserId, usage: &str) -> Result<Option<JsonValue>> {
         Ok(self

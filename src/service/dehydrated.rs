@@ -13,7 +13,7 @@ use serde_json::Value as JsonValue;
 
 use crate::{
     Result,
-    storage::{Db, Table},
+    storage::{Batch, Db, Table},
 };
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -43,6 +43,12 @@ impl Dehydrated {
         self.devices.insert(user_id.as_bytes(), device)?;
         self.db.persist().await?;
         Ok(())
+    }
+
+    /// Adds to `batch` the removal of the user's dehydrated device record (account
+    /// deactivation; the device itself goes with the user's other devices).
+    pub fn removal_into(&self, batch: &mut Batch, user_id: &UserId) {
+        batch.remove(self.devices.tree(), user_id.as_bytes().to_vec());
     }
 
     pub async fn remove(&self, user_id: &UserId) -> Result<()> {

@@ -224,6 +224,18 @@ impl Services {
         Ok(peers)
     }
 
+    /// What deactivating `user_id` removes besides the account's password and profile:
+    /// every device with its keys and tokens, the cross-signing keys and signatures, the
+    /// key backups and the dehydrated device record. Uploaded media stays (it may be in
+    /// rooms others are in); `conduit media purge-user` removes it.
+    pub fn deactivation_batch(&self, user_id: &ruma::UserId) -> Result<crate::storage::Batch> {
+        let mut batch = self.devices.removal(user_id, None)?;
+        self.cross_signing.removal_into(&mut batch, user_id)?;
+        self.backup.removal_into(&mut batch, user_id)?;
+        self.dehydrated.removal_into(&mut batch, user_id);
+        Ok(batch)
+    }
+
     /// A device was added or removed: everyone sharing a room hears of it in
     /// `device_lists.changed` (their clients then fetch the new keys).
     pub async fn device_list_changed(&self, user_id: &ruma::UserId) -> Result<()> {

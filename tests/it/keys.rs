@@ -609,3 +609,86 @@ async fn cross_signing_keys_and_signatures_are_checked_stored_and_served() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn deactivation_removes_devices_cross_signing_keys_and_backups() {
+    let server = TestServer::start();
+    let alice = server.register("alice", "pw pw pw").await;
+    let bob = server.register("bob", "pw pw pw").await;
+    let device = device_of(&server, &alice).await;
+    let device_keys = signed_device_keys("@alice:localhost", &device);
+    let (status, _) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/upload",
+            Some(json!({ "device_keys": device_keys })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let keys = CrossSigningKeys::new();
+    let (status, _) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/device_signing/upload",
+            Some(keys.upload_body("@alice:localhost")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/room_keys/version",
+            Some(
+                json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
+                         "auth_data": { "public_key": "abc" } }),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let query = || async {
+        let (status, query) = server
+            .client_api(
+                &bob,
+                Method::POST,
+                "/keys/query",
+                Some(json!({ "device_keys": { "@alice:localhost": [] } })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{query}");
+        query
+    };
+    let before = query().await;
+    assert!(before["master_keys"]["@alice:localhost"].is_object());
+    assert!(before["device_keys"]["@alice:localhost"][&device].is_object());
+
+    let (status, _) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/account/deactivate",
+            Some(
+                json!({ "auth": { "type": "m.login.password", "password": "pw pw pw",
+                                   "identifier": { "type": "m.id.user", "user": "alice" } } }),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let after = query().await;
+    assert!(
+        after["master_keys"].get("@alice:localhost").is_none(),
+        "{after}"
+    );
+    assert!(
+        after["self_signing_keys"].get("@alice:localhost").is_none(),
+        "{after}"
+    );
+    assert!(
+        after["device_keys"]["@alice:localhost"]
+            .as_object()
+            .is_none_or(|devices| devices.is_empty()),
+        "{after}"
+    );
+}

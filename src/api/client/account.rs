@@ -199,7 +199,7 @@ pub async fn deactivate(
         )
         .await?;
     // Every device and token goes in the same atomic write as the deactivation.
-    let logout = services.devices.removal(user_id, None)?;
+    let logout = services.deactivation_batch(user_id)?;
     services
         .users
         .deactivate(user_id, request.body.erase, logout)
