@@ -655,6 +655,15 @@ async fn media_survives_kill_9_and_admin_commands_delete_it() {
     assert_eq!(blob_count(&server), 3);
 
     server.stop();
+    // A file nothing refers to (as a crash between an upload's rename and its metadata
+    // write leaves behind) is swept at the next start; referenced ones stay.
+    let orphan_dir = server.data_dir().join("media").join("blobs").join("ff");
+    std::fs::create_dir_all(&orphan_dir).unwrap();
+    std::fs::write(orphan_dir.join("ff".repeat(32)), b"orphan").unwrap();
+    assert_eq!(blob_count(&server), 4);
+    server.restart();
+    assert_eq!(blob_count(&server), 3);
+    server.stop();
     let output = server.admin(&["media", "list", "alice"]);
     let listing = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(output.status.success(), "{output:?}");

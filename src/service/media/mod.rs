@@ -211,7 +211,7 @@ impl Media {
         let dir = config.database_path.join("media");
         // Leftovers of uploads a crash interrupted.
         let _ = std::fs::remove_dir_all(dir.join("tmp"));
-        Ok(Self {
+        let media = Self {
             db: db.clone(),
             server_name: config.server_name.clone(),
             allow_url_preview: config.allow_url_preview,
@@ -225,7 +225,41 @@ impl Media {
             blob_lock: tokio::sync::Mutex::new(()),
             uploaded: tokio::sync::Notify::new(),
             thumbnailing: Semaphore::new(1),
-        })
+        };
+        media.sweep_orphans()?;
+        Ok(media)
+    }
+
+    /// Removes blob files nothing refers to: left by a crash between an upload's rename and
+    /// its metadata write (or between a delete's metadata write and its unlink). Runs at
+    /// start, before anything can upload; one prefix lookup per file.
+    fn sweep_orphans(&self) -> Result<()> {
+        let Ok(shards) = std::fs::read_dir(self.dir.join("blobs")) else {
+            return Ok(());
+        };
+        let mut removed = 0;
+        for shard in shards.flatten() {
+            let Ok(files) = std::fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name();
+                let Some(sha256) = name.to_str() else {
+                    continue;
+                };
+                let mut prefix = sha256.as_bytes().to_vec();
+                prefix.push(SEPARATOR);
+                if self.refs.scan_prefix(&prefix).next().is_none()
+                    && std::fs::remove_file(file.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed media files nothing referred to");
+        }
+        Ok(())
     }
 
     fn blob_path(&self, sha256: &str) -> PathBuf {
