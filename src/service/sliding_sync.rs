@@ -913,8 +913,11 @@ fn build_room(
 
     room.timeline = timeline
         .iter()
-        .map(|(_, pdu)| pdu.to_sync_event(own_transaction(services, pdu, user, device).as_deref()))
-        .collect();
+        .map(|(_, pdu)| {
+            let txn = own_transaction(services, pdu, user, device);
+            rooms.sync_event(pdu, user, txn.as_deref())
+        })
+        .collect::<Result<_>>()?;
 
     if let Some(name) = rooms.state_event(&state, &StateEventType::RoomName, "")? {
         room.name = name.content_value()["name"].as_str().map(str::to_owned);

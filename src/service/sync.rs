@@ -209,7 +209,11 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
                     let mut visibility = rooms.visibility(&room_id, request.user_id)?;
                     for (count, pdu) in events.iter().filter(|(count, _)| *count <= entry.count) {
                         if visibility.can_see(*count, pdu)? {
-                            left.timeline.events.push(pdu.to_sync_event(None));
+                            left.timeline.events.push(rooms.sync_event(
+                                pdu,
+                                request.user_id,
+                                None,
+                            )?);
                         }
                     }
                     response.rooms.leave.insert(room_id, left);
@@ -432,9 +436,11 @@ fn joined_room(
         .iter()
         .map(|(_, pdu)| {
             let txn = own_transaction(services, pdu, request.user_id, request.device_id);
-            pdu.to_sync_event(txn.as_deref())
+            services
+                .rooms
+                .sync_event(pdu, request.user_id, txn.as_deref())
         })
-        .collect();
+        .collect::<Result<_>>()?;
     room.timeline = timeline;
     let mut state = StateEvents::new();
     state.events = state_events;

@@ -1797,3 +1797,116 @@ async fn sdk_login_again(server: &TestServer, name: &str) -> Client {
         .expect("login");
     client
 }
+
+/// Sends an `m.room.message` with `content`; returns its event id.
+async fn send_message(user: &User<'_>, room: &str, txn: &str, content: Value) -> String {
+    let path = format!("/rooms/{room}/send/m.room.message/{txn}");
+    let (status, body) = user.call(Method::PUT, &path, Some(content)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn thread_summaries_and_edits_are_bundled() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+    let carol = User::new(&server, "carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    for user in [&bob, &carol] {
+        let (status, _) = user
+            .call(
+                Method::POST,
+                &format!("/rooms/{room}/join"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, root) = alice.say(&room, "Who brings the antenna?").await;
+    let root = root["event_id"].as_str().unwrap().to_owned();
+    let mut last_reply = String::new();
+    for n in 0..3 {
+        last_reply = send_message(
+            &bob,
+            &room,
+            &format!("r{n}"),
+            json!({ "msgtype": "m.text", "body": format!("me {n}"),
+                    "m.relates_to": { "rel_type": "m.thread", "event_id": root } }),
+        )
+        .await;
+    }
+    // Alice edits her question twice; carol's "edit" of it is not valid (another sender).
+    let edit = |body: &str| {
+        json!({ "msgtype": "m.text", "body": format!("* {body}"),
+                "m.new_content": { "msgtype": "m.text", "body": body },
+                "m.relates_to": { "rel_type": "m.replace", "event_id": root } })
+    };
+    send_message(&alice, &room, "e1", edit("Who brings the big antenna?")).await;
+    let last_edit = send_message(&alice, &room, "e2", edit("Who brings the 2 m antenna?")).await;
+    send_message(&carol, &room, "e3", edit("Nobody")).await;
+
+    // In /event, /messages and /sync alike.
+    let (status, event) = carol
+        .call(Method::GET, &format!("/rooms/{room}/event/{root}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let relations = &event["unsigned"]["m.relations"];
+    assert_eq!(relations["m.thread"]["count"], 3, "{event}");
+    assert_eq!(
+        relations["m.thread"]["latest_event"]["event_id"],
+        last_reply
+    );
+    assert_eq!(relations["m.thread"]["current_user_participated"], false);
+    assert_eq!(relations["m.replace"]["event_id"], last_edit);
+    assert_eq!(
+        relations["m.replace"]["content"]["m.new_content"]["body"],
+        "Who brings the 2 m antenna?"
+    );
+    for user in [&alice, &bob] {
+        let (_, page) = user
+            .call(
+                Method::GET,
+                &format!("/rooms/{room}/messages?dir=b&limit=50"),
+                None,
+            )
+            .await;
+        let root_event = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event_id"] == root.as_str())
+            .expect("the root is in the page")
+            .clone();
+        // The root's sender and a replier took part.
+        assert_eq!(
+            root_event["unsigned"]["m.relations"]["m.thread"]["current_user_participated"],
+            true
+        );
+    }
+    let filter = urlencode(r#"{"room":{"timeline":{"limit":50}}}"#);
+    let (_, sync) = carol
+        .call(Method::GET, &format!("/sync?filter={filter}"), None)
+        .await;
+    let timeline = sync["rooms"]["join"][room.as_str()]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let synced_root = timeline
+        .iter()
+        .find(|e| e["event_id"] == root.as_str())
+        .expect("the root is in the synced timeline");
+    assert_eq!(
+        synced_root["unsigned"]["m.relations"]["m.thread"]["count"],
+        3
+    );
+    // An event nothing relates to carries no m.relations.
+    let (_, reply) = carol
+        .call(
+            Method::GET,
+            &format!("/rooms/{room}/event/{last_reply}"),
+            None,
+        )
+        .await;
+    assert!(reply["unsigned"].get("m.relations").is_none(), "{reply}");
+}

@@ -227,7 +227,10 @@ pub async fn get_message_events(
     let mut response = get_message_events::v3::Response::new();
     response.start = from.to_string();
     response.end = end;
-    response.chunk = events.iter().map(|(_, pdu)| pdu.to_room_event()).collect();
+    response.chunk = events
+        .iter()
+        .map(|(_, pdu)| services.rooms.room_event(pdu, sender))
+        .collect::<Result<_>>()?;
     response.state = state;
     Ok(RumaResponse(response))
 }
@@ -290,17 +293,18 @@ pub async fn get_context(
     let mut response = get_context::v3::Response::new();
     response.start = Some(before.last().map_or(count, |(c, _)| *c).to_string());
     response.end = Some(after.last().map_or(count + 1, |(c, _)| c + 1).to_string());
+    let rooms = &services.rooms;
     response.events_before = before
         .iter()
         .filter(|(_, pdu)| passes(&body.filter, pdu))
-        .map(|(_, pdu)| pdu.to_room_event())
-        .collect();
-    response.event = Some(event.to_room_event());
+        .map(|(_, pdu)| rooms.room_event(pdu, sender))
+        .collect::<Result<_>>()?;
+    response.event = Some(rooms.room_event(&event, sender)?);
     response.events_after = after
         .iter()
         .filter(|(_, pdu)| passes(&body.filter, pdu))
-        .map(|(_, pdu)| pdu.to_room_event())
-        .collect();
+        .map(|(_, pdu)| rooms.room_event(pdu, sender))
+        .collect::<Result<_>>()?;
     response.state = state;
     Ok(RumaResponse(response))
 }

@@ -83,7 +83,7 @@ fn relating(
         if let Some(pdu) = rooms.pdu(&relation.event_id)?
             && visibility.can_see(relation.count, &pdu)?
         {
-            chunk.push(pdu.to_room_event().cast_unchecked());
+            chunk.push(rooms.room_event(&pdu, user)?.cast_unchecked());
         }
     }
     Ok(Page { chunk, next_batch })
@@ -222,7 +222,7 @@ pub async fn get_threads(
         if let Some(pdu) = services.rooms.pdu(&root)?
             && visibility.can_see(services.rooms.count_of(&root)?.unwrap_or(0), &pdu)?
         {
-            chunk.push(pdu.to_room_event());
+            chunk.push(services.rooms.room_event(&pdu, sender)?);
         }
     }
     let mut response = get_threads::v1::Response::new(chunk);

@@ -186,7 +186,7 @@ pub async fn get_room_event(
         return Err(Error::not_found("Event not found."));
     }
     Ok(RumaResponse(get_room_event::v3::Response::new(
-        pdu.to_room_event(),
+        services.rooms.room_event(&pdu, sender)?,
     )))
 }
 

@@ -123,7 +123,7 @@ fn search_rooms(
             }
             let mut result = SearchResult::new();
             result.rank = Some(1.0);
-            result.result = Some(pdu.to_room_event());
+            result.result = Some(services.rooms.room_event(&pdu, user)?);
             results.push(result);
         }
     }

@@ -68,6 +68,16 @@ impl Pdu {
 
     /// The event as clients see it, without `room_id` (sync) or with it (everything else).
     fn client_json(&self, with_room_id: bool, transaction_id: Option<&str>) -> JsonValue {
+        self.client_json_with(with_room_id, transaction_id, None)
+    }
+
+    /// The client form with `relations` (bundled aggregations) as `unsigned.m.relations`.
+    pub fn client_json_with(
+        &self,
+        with_room_id: bool,
+        transaction_id: Option<&str>,
+        relations: Option<JsonValue>,
+    ) -> JsonValue {
         let mut event = Map::new();
         event.insert(
             "content".into(),
@@ -101,6 +111,9 @@ impl Pdu {
         unsigned.insert("age".into(), age.into());
         if let Some(transaction_id) = transaction_id {
             unsigned.insert("transaction_id".into(), transaction_id.into());
+        }
+        if let Some(relations) = relations {
+            unsigned.insert("m.relations".into(), relations);
         }
         event.insert("unsigned".into(), JsonValue::Object(unsigned));
         JsonValue::Object(event)

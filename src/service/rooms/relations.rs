@@ -5,11 +5,22 @@
 //!   event_type 0xFF child event id`. Pages through an event's relations in stream order.
 //! - `roomid_threadroot`: `room 0xFF root event id` → count of the latest reply (u64).
 
-use ruma::{EventId, OwnedEventId, RoomId};
-use serde_json::Value as JsonValue;
+use ruma::{
+    EventId, OwnedEventId, RoomId, UserId,
+    events::{AnySyncTimelineEvent, AnyTimelineEvent},
+    serde::Raw,
+};
+use serde_json::{Map, Value as JsonValue, json};
 
-use super::{Rooms, pair_key, prefix_key, short::u64_from};
+use super::{Rooms, pair_key, pdu::Pdu, prefix_key, short::u64_from};
 use crate::{Error, Result, storage::Batch};
+
+/// Child events looked at when aggregating one event's relations (newest first).
+const MAX_AGGREGATED: usize = 1_000;
+
+fn raw<T>(value: JsonValue) -> Raw<T> {
+    Raw::from_json(serde_json::value::to_raw_value(&value).expect("JSON value serialises"))
+}
 
 /// One relation of an event.
 pub struct Relation {
@@ -106,6 +117,128 @@ impl Rooms {
             });
         }
         Ok(out)
+    }
+
+    /// The event as clients see it outside `/sync`, with its bundled aggregations.
+    pub fn room_event(&self, pdu: &Pdu, viewer: &UserId) -> Result<Raw<AnyTimelineEvent>> {
+        let relations = self.aggregations(pdu, viewer, true)?;
+        Ok(raw(pdu.client_json_with(true, None, relations)))
+    }
+
+    /// The event as `/sync` timelines carry it, with its bundled aggregations.
+    pub fn sync_event(
+        &self,
+        pdu: &Pdu,
+        viewer: &UserId,
+        transaction_id: Option<&str>,
+    ) -> Result<Raw<AnySyncTimelineEvent>> {
+        let relations = self.aggregations(pdu, viewer, false)?;
+        Ok(raw(pdu.client_json_with(false, transaction_id, relations)))
+    }
+
+    /// Bundled aggregations of an event (client-server API, "Aggregations of child
+    /// events"): `m.thread` (latest event, count, whether `viewer` took part), `m.replace`
+    /// (the most recent valid edit) and `m.reference` (the referencing event ids). `None`
+    /// when nothing relates to it, which costs one index lookup.
+    pub fn aggregations(
+        &self,
+        pdu: &Pdu,
+        viewer: &UserId,
+        with_room_id: bool,
+    ) -> Result<Option<JsonValue>> {
+        let children = self.relations(&pdu.event_id, None, false, MAX_AGGREGATED)?;
+        if children.is_empty() {
+            return Ok(None);
+        }
+        let mut aggregated = Map::new();
+
+        // Threads (module "Threading"): newest reply first in `children`.
+        let thread: Vec<&Relation> = children
+            .iter()
+            .filter(|r| r.rel_type == "m.thread")
+            .collect();
+        if let Some(latest) = thread.first()
+            && let Some(latest_pdu) = self.pdu(&latest.event_id)?
+        {
+            let mut participated = pdu.sender == viewer;
+            for reply in &thread {
+                if participated {
+                    break;
+                }
+                participated = self
+                    .pdu(&reply.event_id)?
+                    .is_some_and(|p| p.sender == viewer);
+            }
+            // The latest event carries its own aggregations (an edit of it); threads do not
+            // nest, so this goes one level only.
+            let latest_children =
+                self.relations(&latest_pdu.event_id, None, false, MAX_AGGREGATED)?;
+            let latest_relations =
+                self.edit_aggregation(&latest_pdu, &latest_children, with_room_id)?;
+            aggregated.insert(
+                "m.thread".into(),
+                json!({
+                    "latest_event": latest_pdu.client_json_with(with_room_id, None, latest_relations),
+                    "count": thread.len(),
+                    "current_user_participated": participated,
+                }),
+            );
+        }
+        if let Some(JsonValue::Object(edit)) =
+            self.edit_aggregation(pdu, &children, with_room_id)?
+        {
+            aggregated.extend(edit);
+        }
+        let references: Vec<JsonValue> = children
+            .iter()
+            .filter(|r| r.rel_type == "m.reference")
+            .map(|r| json!({ "event_id": r.event_id }))
+            .collect();
+        if !references.is_empty() {
+            aggregated.insert("m.reference".into(), json!({ "chunk": references }));
+        }
+        Ok((!aggregated.is_empty()).then_some(JsonValue::Object(aggregated)))
+    }
+
+    /// `{"m.replace": <the most recent valid edit>}` for `original`, if it was edited
+    /// (module "Event replacements": same sender and type, neither a state event, the edit
+    /// has `m.new_content`, and the original is not itself an edit; the most recent by
+    /// `origin_server_ts`, then the larger event id).
+    fn edit_aggregation(
+        &self,
+        original: &Pdu,
+        children: &[Relation],
+        with_room_id: bool,
+    ) -> Result<Option<JsonValue>> {
+        if original.state_key.is_some()
+            || relates_to(&original.content_value()).is_some_and(|(rel, _)| rel == "m.replace")
+        {
+            return Ok(None);
+        }
+        let mut best: Option<Pdu> = None;
+        for relation in children {
+            if relation.rel_type != "m.replace" {
+                continue;
+            }
+            let Some(edit) = self.pdu(&relation.event_id)? else {
+                continue;
+            };
+            let valid = edit.sender == original.sender
+                && edit.kind == original.kind
+                && edit.state_key.is_none()
+                && edit.content_value()["m.new_content"].is_object();
+            let newer = best.as_ref().is_none_or(|best| {
+                (edit.origin_server_ts, &edit.event_id) > (best.origin_server_ts, &best.event_id)
+            });
+            if valid && newer {
+                best = Some(edit);
+            }
+        }
+        Ok(
+            best.map(
+                |edit| json!({ "m.replace": edit.client_json_with(with_room_id, None, None) }),
+            ),
+        )
     }
 
     /// Thread roots of a room with the count of their latest reply, most recent first.
