@@ -8,9 +8,9 @@
 //! - `userpusherid_pusher`: `user 0xFF app id 0xFF pushkey` → pusher (JSON). Delivery to push
 //!   gateways is not implemented yet; pushers are stored and listed.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
@@ -74,6 +74,22 @@ impl AccountData {
             .data
             .get(&data_key(user_id, room_id, kind))?
             .map(|entry| entry.content))
+    }
+
+    /// The users `user_id` ignores (`m.ignored_user_list`, module "Ignoring Users"): their
+    /// non-state events and their invites are not shown to `user_id`.
+    pub fn ignored_users(&self, user_id: &UserId) -> Result<HashSet<OwnedUserId>> {
+        Ok(self
+            .get(user_id, None, "m.ignored_user_list")?
+            .and_then(|content| content.get("ignored_users").cloned())
+            .and_then(|users| users.as_object().cloned())
+            .map(|users| {
+                users
+                    .keys()
+                    .filter_map(|user| OwnedUserId::try_from(user.as_str()).ok())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// Sets an item, durably, at a new stream position; wakes the user's syncs.

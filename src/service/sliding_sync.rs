@@ -46,7 +46,7 @@ use serde_json::{Value as JsonValue, json};
 use super::{
     Services,
     rooms::{MembershipEntry, RoomInfo},
-    sync::{device_list_changes, invite_state, own_transaction, raw},
+    sync::{device_list_changes, invite_state, invited_by_ignored, own_transaction, raw, shown},
 };
 use crate::{Error, Result};
 
@@ -417,10 +417,13 @@ fn candidates(
     user: &UserId,
     previous: Option<&Snapshot>,
 ) -> Result<Vec<Candidate>> {
+    let ignored = services.account_data.ignored_users(user)?;
     let mut out = Vec::new();
     for (room_id, entry) in services.rooms.rooms_of(user)? {
-        let shown = match entry.membership {
-            MembershipState::Join | MembershipState::Invite | MembershipState::Knock => true,
+        let listed = match entry.membership {
+            MembershipState::Join | MembershipState::Knock => true,
+            // Invites from ignored users are not shown (module "Ignoring Users").
+            MembershipState::Invite => !invited_by_ignored(services, &room_id, user, &ignored)?,
             // Left (or kicked, banned) since the client last heard of the room: shown once.
             MembershipState::Leave | MembershipState::Ban => match previous {
                 Some(previous) => {
@@ -433,7 +436,7 @@ fn candidates(
             },
             _ => false,
         };
-        if !shown {
+        if !listed {
             continue;
         }
         let Some(info) = services.rooms.info(&room_id)? else {
@@ -855,10 +858,11 @@ fn build_room(
     room.limited = events.len() > limit;
     events.truncate(limit);
     events.reverse();
+    let ignored = services.account_data.ignored_users(user)?;
     let mut visibility = rooms.visibility(room_id, user)?;
     let mut timeline = Vec::with_capacity(events.len());
     for (count, pdu) in events {
-        if visibility.can_see(count, &pdu)? {
+        if shown(&pdu, &ignored) && visibility.can_see(count, &pdu)? {
             timeline.push((count, pdu));
         }
     }

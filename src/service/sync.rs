@@ -6,7 +6,11 @@
 //! reading a single room. A long-poll waits on the notifier, armed before the check, so an
 //! event arriving in between still wakes it.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use ruma::{
     DeviceId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
@@ -159,6 +163,7 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
     if let Some(since) = request.since {
         device_lists(services, request.user_id, since, &mut response)?;
     }
+    let ignored = services.account_data.ignored_users(request.user_id)?;
     for (room_id, entry) in rooms.rooms_of(request.user_id)? {
         let Some(info) = rooms.info(&room_id)? else {
             continue;
@@ -178,7 +183,7 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
             MembershipState::Join
                 if request.full_state || request.since.is_none_or(changed_since) =>
             {
-                let mut room = joined_room(services, request, &room_id, &info, &entry)?;
+                let mut room = joined_room(services, request, &room_id, &info, &entry, &ignored)?;
                 room.account_data.events = room_account_data.remove(&room_id).unwrap_or_default();
                 let counts = services.push.counts(request.user_id, &room_id)?;
                 room.unread_notifications.notification_count = UInt::new(counts.notifications);
@@ -196,6 +201,9 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
                 response.rooms.join.insert(room_id, room);
             }
             MembershipState::Invite if request.since.is_none_or(|since| entry.count >= since) => {
+                if invited_by_ignored(services, &room_id, request.user_id, &ignored)? {
+                    continue;
+                }
                 let room = invited_room(services, &room_id, request.user_id)?;
                 response.rooms.invite.insert(room_id, room);
             }
@@ -208,7 +216,7 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
                     let events = rooms.events_from(&info, since, request.timeline_limit)?;
                     let mut visibility = rooms.visibility(&room_id, request.user_id)?;
                     for (count, pdu) in events.iter().filter(|(count, _)| *count <= entry.count) {
-                        if visibility.can_see(*count, pdu)? {
+                        if shown(pdu, &ignored) && visibility.can_see(*count, pdu)? {
                             left.timeline.events.push(rooms.sync_event(
                                 pdu,
                                 request.user_id,
@@ -348,6 +356,7 @@ fn joined_room(
     room_id: &RoomId,
     info: &RoomInfo,
     entry: &MembershipEntry,
+    ignored: &HashSet<OwnedUserId>,
 ) -> Result<JoinedRoom> {
     let rooms = &services.rooms;
     let limit = request.timeline_limit;
@@ -363,7 +372,7 @@ fn joined_room(
     let mut visibility = rooms.visibility(room_id, request.user_id)?;
     let mut seen = Vec::with_capacity(events.len());
     for (count, pdu) in events {
-        if visibility.can_see(count, &pdu)? {
+        if shown(&pdu, ignored) && visibility.can_see(count, &pdu)? {
             seen.push((count, pdu));
         }
     }
@@ -447,6 +456,30 @@ fn joined_room(
     room.state = State::Before(state);
     room.summary = summary(services, room_id, request.user_id)?;
     Ok(room)
+}
+
+/// Whether `pdu` goes to a user who ignores `ignored`: their state events do (so a room's
+/// name does not depend on whom one ignores), nothing else of theirs (module "Ignoring
+/// Users").
+pub(crate) fn shown(pdu: &Pdu, ignored: &HashSet<OwnedUserId>) -> bool {
+    pdu.is_state() || !ignored.contains(&pdu.sender)
+}
+
+/// Whether the user's pending invite to `room_id` came from someone they ignore (such
+/// invites are not shown).
+pub(crate) fn invited_by_ignored(
+    services: &Services,
+    room_id: &RoomId,
+    user_id: &UserId,
+    ignored: &HashSet<OwnedUserId>,
+) -> Result<bool> {
+    if ignored.is_empty() {
+        return Ok(false);
+    }
+    Ok(services
+        .rooms
+        .current_state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
+        .is_some_and(|invite| ignored.contains(&invite.sender)))
 }
 
 /// The transaction id, for the device that sent the event.

@@ -1910,3 +1910,100 @@ async fn thread_summaries_and_edits_are_bundled() {
         .await;
     assert!(reply["unsigned"].get("m.relations").is_none(), "{reply}");
 }
+
+#[tokio::test]
+async fn ignored_users_messages_and_invites_are_not_shown() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let bob = User::new(&server, "bob").await;
+    let room = bob.create_room(json!({ "preset": "public_chat" })).await;
+    let (status, _) = alice
+        .call(
+            Method::POST,
+            &format!("/rooms/{room}/join"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = alice
+        .call(
+            Method::PUT,
+            "/user/@alice:localhost/account_data/m.ignored_user_list",
+            Some(json!({ "ignored_users": { "@bob:localhost": {} } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    bob.say(&room, "you can't hear me").await;
+    // Bob's state events still count: the room's name must not depend on whom one ignores.
+    let (status, _) = bob
+        .call(
+            Method::PUT,
+            &format!("/rooms/{room}/state/m.room.topic/"),
+            Some(json!({ "topic": "bob's topic" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    alice.say(&room, "anyone there?").await;
+    let invite = bob
+        .create_room(json!({ "invite": ["@alice:localhost"] }))
+        .await;
+
+    let bodies = |events: &Value| -> Vec<String> {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (_, sync) = alice.call(Method::GET, "/sync", None).await;
+    let timeline = &sync["rooms"]["join"][room.as_str()]["timeline"]["events"];
+    assert_eq!(
+        bodies(timeline),
+        vec!["anyone there?".to_owned()],
+        "{timeline}"
+    );
+    assert!(
+        timeline
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.topic"),
+        "state events of ignored users are still sent"
+    );
+    assert!(
+        sync["rooms"]["invite"].get(invite.as_str()).is_none(),
+        "{sync}"
+    );
+    let (_, page) = alice
+        .call(
+            Method::GET,
+            &format!("/rooms/{room}/messages?dir=b&limit=50"),
+            None,
+        )
+        .await;
+    assert_eq!(bodies(&page["chunk"]), vec!["anyone there?".to_owned()]);
+    // Sliding sync lists neither the invite nor bob's message.
+    let (_, sliding) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            Some(&alice.token),
+            Some(json!({ "lists": { "all": { "ranges": [[0, 9]], "timeline_limit": 10 } } })),
+        )
+        .await;
+    assert_eq!(sliding["lists"]["all"]["count"], 1, "{sliding}");
+    assert_eq!(
+        bodies(&sliding["rooms"][room.as_str()]["timeline"]),
+        vec!["anyone there?".to_owned()]
+    );
+    // Bob himself still sees everything.
+    let (_, page) = bob
+        .call(
+            Method::GET,
+            &format!("/rooms/{room}/messages?dir=b&limit=50"),
+            None,
+        )
+        .await;
+    assert_eq!(bodies(&page["chunk"]).len(), 2);
+}

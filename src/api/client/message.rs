@@ -32,6 +32,7 @@ use crate::{
             append::{NewEvent, Transaction},
             pdu::Pdu,
         },
+        sync::shown,
     },
 };
 
@@ -205,7 +206,8 @@ pub async fn get_message_events(
     } else {
         end
     };
-    events.retain(|(_, pdu)| passes(filter, pdu));
+    let ignored = services.account_data.ignored_users(sender)?;
+    events.retain(|(_, pdu)| passes(filter, pdu) && shown(pdu, &ignored));
     let events = visible(&mut visibility, events)?;
 
     // Lazy-loaded members: the member events of the senders on this page.
@@ -259,14 +261,13 @@ pub async fn get_context(
     let limit = usize::try_from(body.limit).unwrap_or(10).min(MAX_LIMIT);
     let before_limit = limit / 2;
     let after_limit = limit - before_limit;
-    let before = visible(
-        &mut visibility,
-        rooms.events_before(&info, count, before_limit)?,
-    )?;
-    let after = visible(
-        &mut visibility,
-        rooms.events_from(&info, count + 1, after_limit)?,
-    )?;
+    let ignored = services.account_data.ignored_users(sender)?;
+    let mut before = rooms.events_before(&info, count, before_limit)?;
+    before.retain(|(_, pdu)| shown(pdu, &ignored));
+    let before = visible(&mut visibility, before)?;
+    let mut after = rooms.events_from(&info, count + 1, after_limit)?;
+    after.retain(|(_, pdu)| shown(pdu, &ignored));
+    let after = visible(&mut visibility, after)?;
 
     let mut state = Vec::new();
     if let Some((before_hash, after_hash)) = rooms.state_hashes(&body.event_id)? {
