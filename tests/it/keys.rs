@@ -610,22 +610,30 @@ async fn cross_signing_keys_and_signatures_are_checked_stored_and_served() {
     );
 }
 
-#[tokio::test]
-async fn deactivation_removes_devices_cross_signing_keys_and_backups() {
-    let server = TestServer::start();
-    let alice = server.register("alice", "pw pw pw").await;
-    let bob = server.register("bob", "pw pw pw").await;
-    let device = device_of(&server, &alice).await;
-    let device_keys = signed_device_keys("@alice:localhost", &device);
-    let (status, _) = server
+/// Uploads correctly signed device keys for the token's device; returns the device id.
+async fn upload_signed_device_keys(server: &TestServer, token: &str, user: &str) -> String {
+    let device = device_of(server, token).await;
+    let device_keys = signed_device_keys(user, &device);
+    let (status, body) = server
         .client_api(
-            &alice,
+            token,
             Method::POST,
             "/keys/upload",
             Some(json!({ "device_keys": device_keys })),
         )
         .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    device
+}
+
+/// Seen from another user: devices and cross-signing keys are gone. (That the backups go
+/// too is checked in `service/backup.rs`'s unit test: after deactivation no API reads them.)
+#[tokio::test]
+async fn deactivation_removes_devices_cross_signing_keys_and_backups() {
+    let server = TestServer::start();
+    let alice = server.register("alice", "pw pw pw").await;
+    let bob = server.register("bob", "pw pw pw").await;
+    let device = upload_signed_device_keys(&server, &alice, "@alice:localhost").await;
     let keys = CrossSigningKeys::new();
     let (status, _) = server
         .client_api(

@@ -3,8 +3,8 @@
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     events::{
-        AnyStrippedStateEvent, AnySyncStateEvent, AnySyncTimelineEvent, AnyTimelineEvent,
-        StateEventType, TimelineEventType,
+        AnyStrippedStateEvent, AnySyncStateEvent, AnySyncTimelineEvent, StateEventType,
+        TimelineEventType,
     },
     serde::Raw,
 };
@@ -121,10 +121,6 @@ impl Pdu {
 
     pub fn to_sync_event(&self, transaction_id: Option<&str>) -> Raw<AnySyncTimelineEvent> {
         raw(self.client_json(false, transaction_id))
-    }
-
-    pub fn to_room_event(&self) -> Raw<AnyTimelineEvent> {
-        raw(self.client_json(true, None))
     }
 
     pub fn to_sync_state_event(&self) -> Raw<AnySyncStateEvent> {
