@@ -7,7 +7,8 @@
 //! - [`service`]: the Matrix logic; each service owns its trees and makes writes durable:
 //!   users, devices, registration, UIA, rooms (events, state core, resolution, membership,
 //!   visibility, relations, upgrades), stream and sync, account data, typing and receipts,
-//!   push (notification counts) and pusher delivery, presence, to-device messages.
+//!   push (notification counts, `/notifications`) and pusher delivery, OpenID tokens,
+//!   presence, to-device messages.
 //! - [`storage`]: the key-value trait, sled and in-memory backends, typed tables.
 //! - [`crypto`]: tokens, digests, password hashing.
 //! - [`cli`]: the `conduit user …` administration commands.

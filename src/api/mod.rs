@@ -28,8 +28,9 @@ use tower_http::{
 use self::{
     client::{
         account, account_data, alias, backup, dehydrated, device, directory, discovery, keys,
-        media, membership, message, presence, profile, push, receipt, relations, room, search,
-        session, space, state, sync, to_device, voip,
+        media, membership, message, notifications, openid, presence, profile, push, receipt,
+        relations, room, search, session, space, state, sync, thirdparty, threepid, to_device,
+        voip,
     },
     ruma::RouterExt,
 };
@@ -59,6 +60,21 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(account::whoami)
         .ruma_route(account::change_password)
         .ruma_route(account::deactivate)
+        .ruma_route(openid::request_openid_token)
+        // Third-party identifiers (none: refused with clear errors)
+        .ruma_route(threepid::get_3pids)
+        .ruma_route(threepid::add_3pid)
+        .ruma_route(threepid::delete_3pid)
+        .ruma_route(threepid::bind_3pid)
+        .ruma_route(threepid::unbind_3pid)
+        .ruma_route(threepid::request_3pid_management_token_via_email)
+        .ruma_route(threepid::request_3pid_management_token_via_msisdn)
+        .ruma_route(threepid::request_password_change_token_via_email)
+        .ruma_route(threepid::request_password_change_token_via_msisdn)
+        .ruma_route(threepid::request_registration_token_via_email)
+        .ruma_route(threepid::request_registration_token_via_msisdn)
+        .ruma_route(thirdparty::get_protocols)
+        .ruma_route(thirdparty::get_protocol)
         // Devices
         .ruma_route(device::get_devices)
         .ruma_route(device::get_device)
@@ -77,6 +93,7 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(room::report_content)
         .ruma_route(room::report_room)
         .ruma_route(room::upgrade_room)
+        .ruma_route(room::get_event_by_timestamp)
         .ruma_route(membership::join_room_by_id)
         .ruma_route(membership::join_room_by_id_or_alias)
         .ruma_route(membership::invite_user)
@@ -106,6 +123,7 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(alias::create_alias)
         .ruma_route(alias::get_alias)
         .ruma_route(alias::delete_alias)
+        .ruma_route(alias::get_room_aliases)
         .ruma_route(sync::sync_events)
         .ruma_route(sync::sliding_sync)
         .ruma_route(to_device::send_event_to_device)
@@ -160,6 +178,7 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(push::set_pushrule_actions)
         .ruma_route(push::get_pushers)
         .ruma_route(push::set_pusher)
+        .ruma_route(notifications::get_notifications)
         .ruma_route(receipt::create_typing_event)
         .ruma_route(receipt::create_receipt)
         .ruma_route(receipt::set_read_marker)

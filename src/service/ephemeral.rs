@@ -187,6 +187,29 @@ impl Ephemeral {
             .unwrap_or(0))
     }
 
+    /// The events `user_id`'s `m.read` and `m.read.private` receipts in the room point at,
+    /// in any thread.
+    pub fn read_receipt_events(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Vec<OwnedEventId>> {
+        let prefix = {
+            let mut prefix = pair_key(room_id.as_str(), user_id.as_str());
+            prefix.push(0xFF);
+            prefix
+        };
+        let mut events = Vec::new();
+        for entry in self.receipts.scan_prefix(&prefix) {
+            let (key, receipt) = entry?;
+            let kind = key[prefix.len()..].split(|&b| b == 0xFF).next();
+            if matches!(kind, Some(b"m.read" | b"m.read.private")) {
+                events.push(receipt.event_id);
+            }
+        }
+        Ok(events)
+    }
+
     /// The `m.receipt` event with the receipts changed from `since` on that `viewer` may see
     /// (private receipts only to their owner).
     pub fn receipt_event(

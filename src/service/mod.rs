@@ -13,6 +13,7 @@ pub mod ephemeral;
 pub mod keys;
 pub mod media;
 pub mod notify;
+pub mod openid;
 pub mod presence;
 pub mod push;
 pub mod pusher;
@@ -51,6 +52,8 @@ pub struct Services {
     pub ephemeral: ephemeral::Ephemeral,
     pub presence: presence::Presence,
     pub push: push::Push,
+    /// OpenID tokens for third parties (widgets, integration managers).
+    pub openid: openid::OpenId,
     pub delivery: pusher::Delivery,
     pub to_device: to_device::ToDevice,
     /// Sliding sync connections (in memory).
@@ -79,6 +82,7 @@ impl Services {
             ephemeral: ephemeral::Ephemeral::new(&db, Arc::clone(&stream))?,
             presence: presence::Presence::default(),
             push: push::Push::new(&db, Arc::clone(&stream))?,
+            openid: openid::OpenId::new(&db)?,
             to_device: to_device::ToDevice::new(&db, Arc::clone(&stream))?,
             sliding_sync: sliding_sync::SlidingSync::default(),
             stream,

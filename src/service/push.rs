@@ -5,7 +5,10 @@
 //! Delivery to push gateways is in `pusher.rs`.
 //!
 //! Tree `userroomid_notificationcounts`: `user 0xFF room` → [`Counts`] (JSON), written at a
-//! stream position so `/sync` sends changed counts.
+//! stream position so `/sync` sends changed counts. Each notification is also recorded for
+//! `GET /notifications`, in the same commit ([`notifications`]).
+
+pub mod notifications;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -46,6 +49,8 @@ pub struct Push {
     db: Db,
     stream: Arc<Stream>,
     counts: Table<Counts>,
+    /// The events each user was notified about, for `GET /notifications`.
+    pub notifications: notifications::Notifications,
     /// Parsed rule sets of users who have had events evaluated; dropped when they change.
     rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
 }
@@ -63,6 +68,7 @@ impl Push {
             db: db.clone(),
             stream,
             counts: db.table("userroomid_notificationcounts")?,
+            notifications: notifications::Notifications::new(db)?,
             rulesets: Mutex::default(),
         })
     }
@@ -164,8 +170,11 @@ impl Push {
             None => None,
         };
         let raw = pdu.to_sync_event(None);
+        let count = rooms.count_of(&pdu.event_id)?.unwrap_or(info.last_count);
+        let now = super::users::now_ms();
 
         let mut changes = Vec::new();
+        let mut records = Vec::new();
         let mut notified = Vec::new();
         for member in joined {
             if **member == pdu.sender {
@@ -191,6 +200,17 @@ impl Push {
             if notify {
                 let highlight = actions.iter().any(|action| action.is_highlight());
                 changes.push((member.clone(), Some(highlight)));
+                records.push((
+                    member.clone(),
+                    notifications::Record {
+                        room_id: room_id.clone(),
+                        event_id: pdu.event_id.clone(),
+                        count,
+                        actions: actions.to_vec(),
+                        highlight,
+                        ts: now,
+                    },
+                ));
                 let mut tweaks = serde_json::Map::new();
                 for action in actions {
                     if let ruma::push::Action::SetTweak(tweak) = action
@@ -204,20 +224,23 @@ impl Push {
                 notified.push((member.clone(), JsonValue::Object(tweaks)));
             }
         }
-        self.apply(&room_id, changes).await?;
+        self.apply(&room_id, changes, records).await?;
         Ok(notified)
     }
 
     /// A member read the room (receipt): their counts go back to zero.
     pub async fn read(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
-        self.apply(room_id, vec![(user_id.to_owned(), None)]).await
+        self.apply(room_id, vec![(user_id.to_owned(), None)], Vec::new())
+            .await
     }
 
-    /// `Some(highlight)` adds one notification; `None` resets to zero.
+    /// `Some(highlight)` adds one notification; `None` resets to zero. `records` are the
+    /// notifications to list in `GET /notifications`, written in the same commit.
     async fn apply(
         &self,
         room_id: &RoomId,
         changes: Vec<(OwnedUserId, Option<bool>)>,
+        records: Vec<(OwnedUserId, notifications::Record)>,
     ) -> Result<()> {
         let changes: Vec<_> = changes
             .into_iter()
@@ -247,6 +270,9 @@ impl Push {
                 }
                 counts.position = position;
                 batch.insert_json(&self.counts, key, &counts);
+            }
+            for (user, record) in &records {
+                self.notifications.record_into(batch, user, record)?;
             }
             Ok(())
         })?;

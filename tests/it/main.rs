@@ -10,6 +10,7 @@ mod dehydrated;
 mod devices;
 mod durability;
 mod e2ee;
+mod endpoints;
 mod errors;
 mod harness;
 mod keys;

@@ -1,9 +1,12 @@
-//! Room aliases: `PUT/GET/DELETE /directory/room/{roomAlias}`.
+//! Room aliases: `PUT/GET/DELETE /directory/room/{roomAlias}`, `GET /rooms/{roomId}/aliases`.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use ruma::api::client::alias::{create_alias, delete_alias, get_alias};
+use ruma::api::client::{
+    alias::{create_alias, delete_alias, get_alias},
+    room::aliases,
+};
 
 use super::room::require_joined;
 use crate::{
@@ -80,4 +83,17 @@ pub async fn delete_alias(
     }
     services.rooms.aliases.remove(alias, &room_id).await?;
     Ok(RumaResponse(delete_alias::v3::Response::new()))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/aliases`: for members and world-readable rooms;
+/// `403 M_FORBIDDEN` otherwise (see `Rooms::local_aliases_for`).
+pub async fn get_room_aliases(
+    State(services): State<Arc<Services>>,
+    request: Ruma<aliases::v3::Request>,
+) -> Result<RumaResponse<aliases::v3::Response>> {
+    let (sender, _) = request.sender()?;
+    let aliases = services
+        .rooms
+        .local_aliases_for(&request.body.room_id, sender)?;
+    Ok(RumaResponse(aliases::v3::Response::new(aliases)))
 }

@@ -1,4 +1,5 @@
-//! Rooms: `createRoom`, `GET /rooms/{roomId}/event/{eventId}`, `joined_rooms`.
+//! Rooms: `createRoom`, `GET /rooms/{roomId}/event/{eventId}`, `joined_rooms`,
+//! `timestamp_to_event`.
 
 use std::sync::Arc;
 
@@ -9,7 +10,8 @@ use ruma::{
         client::{
             membership::joined_rooms,
             room::{
-                Visibility, create_room, get_room_event, report_content, report_room, upgrade_room,
+                Visibility, create_room, get_event_by_timestamp, get_room_event, report_content,
+                report_room, upgrade_room,
             },
         },
         error::ErrorKind,
@@ -187,6 +189,34 @@ pub async fn get_room_event(
     }
     Ok(RumaResponse(get_room_event::v3::Response::new(
         services.rooms.room_event(&pdu, sender)?,
+    )))
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event`: the closest event the caller
+/// may see in the asked direction, or `404 M_NOT_FOUND`; `403` for a room they may not read.
+pub async fn get_event_by_timestamp(
+    State(services): State<Arc<Services>>,
+    request: Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<RumaResponse<get_event_by_timestamp::v1::Response>> {
+    let (sender, _) = request.sender()?;
+    let body = &request.body;
+    let mut visibility = reader(&services, &body.room_id, sender)?;
+    let ts = u64::from(body.ts.get());
+    let (_, pdu) = services
+        .rooms
+        .event_at_timestamp(&body.room_id, ts, body.dir, &mut visibility)?
+        .ok_or_else(|| {
+            let direction = match body.dir {
+                ruma::api::Direction::Forward => "forward",
+                ruma::api::Direction::Backward => "backward",
+            };
+            Error::not_found(format!(
+                "Unable to find an event from {ts} in the {direction} direction."
+            ))
+        })?;
+    Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(
+        pdu.event_id,
+        pdu.origin_server_ts,
     )))
 }
 

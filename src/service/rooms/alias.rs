@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
 
-use super::{pair_key, prefix_key};
+use super::{Rooms, pair_key, prefix_key};
 use crate::{
     Error, Result,
     storage::{Batch, Db, Tree},
@@ -142,5 +142,36 @@ impl Aliases {
                     .map_err(|_| Error::internal("bad public room key"))
             })
             .collect()
+    }
+}
+
+impl Rooms {
+    /// `GET /rooms/{roomId}/aliases`: the room's local aliases, for a user joined to it, or
+    /// anyone if its history is `world_readable` (client-server API, "Room aliases").
+    /// Anyone else, and any room this server does not know, is `403 M_FORBIDDEN`, so the
+    /// answer does not tell which rooms exist (as Synapse).
+    pub fn local_aliases_for(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Vec<OwnedRoomAliasId>> {
+        let forbidden = || Error::forbidden("You are not a member of this room.");
+        if self.info(room_id)?.is_none() {
+            return Err(forbidden());
+        }
+        if !self.is_joined(room_id, user_id)? {
+            let world_readable = self
+                .current_state_event(
+                    room_id,
+                    &ruma::events::StateEventType::RoomHistoryVisibility,
+                    "",
+                )?
+                .and_then(|event| event.content_str("history_visibility"))
+                .is_some_and(|visibility| visibility == "world_readable");
+            if !world_readable {
+                return Err(forbidden());
+            }
+        }
+        self.aliases.aliases_of(room_id)
     }
 }

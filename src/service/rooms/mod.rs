@@ -9,6 +9,7 @@
 //!   aliases and the public directory, room upgrades, all built on `append`.
 //! - [`visibility`], [`relations`], [`power`]: history visibility, relations and threads,
 //!   power levels for client-side checks.
+//! - [`timestamp`]: the event closest to a date (`timestamp_to_event`).
 //!
 //! Trees owned here (besides those of `short` and `state`):
 //! - `pduid_pdu`: `short room id (u64) count (u64)` → stored PDU JSON. Timeline order.
@@ -36,6 +37,7 @@ pub mod short;
 pub mod state;
 #[cfg(test)]
 mod tests;
+pub mod timestamp;
 pub mod upgrade;
 pub mod visibility;
 

@@ -1,0 +1,82 @@
+//! Jumping to a date (client-server API, `GET /rooms/{roomId}/timestamp_to_event`): the event
+//! closest to a timestamp in one direction.
+//!
+//! There is no index by timestamp. Events are appended in timeline order with the server's
+//! clock, so `origin_server_ts` grows with the count, and a binary search over the count
+//! range finds the boundary in at most 64 seeks of one event each. (If the clock ever went
+//! backwards, the answer is an event near the asked time rather than the exact closest one.)
+
+use ruma::{RoomId, api::Direction};
+
+use super::{RoomInfo, Rooms, pdu::Pdu, visibility::Visibility};
+use crate::Result;
+
+/// Events the user may not see that are skipped, at most, before giving up (404).
+const MAX_SKIPPED: usize = 1_000;
+/// Events read at a time while skipping.
+const CHUNK: usize = 32;
+
+impl Rooms {
+    /// Forwards: the first event at or after `ts` (ms); backwards: the last one at or
+    /// before it. Only events `visibility` lets its user see count; `None` if there is none.
+    pub fn event_at_timestamp(
+        &self,
+        room_id: &RoomId,
+        ts: u64,
+        direction: Direction,
+        visibility: &mut Visibility<'_>,
+    ) -> Result<Option<(u64, Pdu)>> {
+        let info = self.existing(room_id)?;
+        let forward = direction == Direction::Forward;
+        // Forwards from the first event with a timestamp >= ts; backwards from just before
+        // the first one with a timestamp > ts.
+        let mut position = self.first_count_reaching(&info, ts, !forward)?;
+        let mut examined = 0;
+        while examined < MAX_SKIPPED {
+            let chunk = if forward {
+                self.events_from(&info, position, CHUNK)?
+            } else {
+                self.events_before(&info, position, CHUNK)?
+            };
+            let Some((last, _)) = chunk.last() else {
+                return Ok(None);
+            };
+            position = if forward { last + 1 } else { *last };
+            for (count, pdu) in chunk {
+                if visibility.can_see(count, &pdu)? {
+                    return Ok(Some((count, pdu)));
+                }
+                examined += 1;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The smallest count `p` such that the first event at or after `p` has a timestamp
+    /// `>= ts` (or `> ts` when `strict`); `last_count + 1` if no event has.
+    fn first_count_reaching(&self, info: &RoomInfo, ts: u64, strict: bool) -> Result<u64> {
+        let mut low = 0;
+        let mut high = info.last_count.saturating_add(1);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match self.events_from(info, mid, 1)?.into_iter().next() {
+                None => high = mid,
+                Some((count, pdu)) => {
+                    let event_ts = u64::from(pdu.origin_server_ts.get());
+                    let reaches = if strict {
+                        event_ts > ts
+                    } else {
+                        event_ts >= ts
+                    };
+                    if reaches {
+                        high = mid;
+                    } else {
+                        // Every position up to this event's count leads to it: skip them.
+                        low = count + 1;
+                    }
+                }
+            }
+        }
+        Ok(low)
+    }
+}
