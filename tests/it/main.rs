@@ -11,6 +11,7 @@ mod devices;
 mod durability;
 mod e2ee;
 mod errors;
+mod filters;
 mod harness;
 mod keys;
 mod media;
