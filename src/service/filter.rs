@@ -112,9 +112,9 @@ impl EventMatcher {
         );
         matcher.rooms = filter.rooms.as_ref().map(|r| r.iter().cloned().collect());
         matcher.not_rooms = filter.not_rooms.iter().cloned().collect();
-        matcher.contains_url = filter.url_filter.map(|url| {
-            matches!(url, ruma::api::client::filter::UrlFilter::EventsWithUrl)
-        });
+        matcher.contains_url = filter
+            .url_filter
+            .map(|url| matches!(url, ruma::api::client::filter::UrlFilter::EventsWithUrl));
         matcher.lets_all = matcher.computed_lets_all();
         matcher
     }
@@ -135,7 +135,10 @@ impl EventMatcher {
 
     pub fn allows_room(&self, room_id: &RoomId) -> bool {
         !self.not_rooms.contains(room_id)
-            && self.rooms.as_ref().is_none_or(|rooms| rooms.contains(room_id))
+            && self
+                .rooms
+                .as_ref()
+                .is_none_or(|rooms| rooms.contains(room_id))
     }
 
     /// Type and sender rules (`sender` is `None` for account data and ephemeral events).
@@ -405,10 +408,7 @@ impl SyncFilter {
             account_data: EventMatcher::from_filter(&definition.account_data),
             lazy_members: LazyMembers::from(&room.state.lazy_load_options),
             include_leave: room.include_leave,
-            event_fields: definition
-                .event_fields
-                .as_deref()
-                .map(EventFields::new),
+            event_fields: definition.event_fields.as_deref().map(EventFields::new),
             federation_format: definition.event_format == EventFormat::Federation,
         }
     }
@@ -621,7 +621,7 @@ impl SentMembers {
 
 #[cfg(test)]
 mod tests {
-    use ruma::{device_id, event_id, owned_room_id, owned_user_id, room_id, user_id};
+    use ruma::{device_id, event_id, room_id, user_id};
     use serde_json::json;
 
     use super::*;
@@ -653,7 +653,10 @@ mod tests {
         assert!(!matcher.allows("m.room.message", Some(user_id!("@b:x"))));
         assert!(!matcher.allows("m.room.message", Some(user_id!("@c:x"))));
         assert!(!matcher.allows("m.typing", None));
-        assert!(!matcher.allows("m.room.message", None), "no sender fails `senders`");
+        assert!(
+            !matcher.allows("m.room.message", None),
+            "no sender fails `senders`"
+        );
 
         let none: Filter = serde_json::from_value(json!({ "types": [] })).unwrap();
         assert!(EventMatcher::from_filter(&none).blocks_all());
@@ -722,7 +725,6 @@ mod tests {
                 include_redundant_members: true
             }
         );
-        let _ = (owned_room_id!("!a:x"), owned_user_id!("@a:x"));
     }
 
     #[test]

@@ -17,12 +17,12 @@ use ruma::{
     api::{
         Direction,
         client::sync::sync_events::v3::{
-        InviteState, InvitedRoom, JoinedRoom, LeftRoom, Response, RoomSummary, State, StateEvents,
-        Timeline,
-    }},
+            InviteState, InvitedRoom, JoinedRoom, LeftRoom, Response, RoomSummary, State,
+            StateEvents, Timeline,
+        },
+    },
     events::{
-        AnyRoomAccountDataEvent, StateEventType, TimelineEventType,
-        room::member::MembershipState,
+        AnyRoomAccountDataEvent, StateEventType, TimelineEventType, room::member::MembershipState,
     },
     serde::Raw,
 };
@@ -473,8 +473,11 @@ fn room_part(
 ) -> Result<RoomPart> {
     let rooms = &services.rooms;
     let filter = &request.filter;
-    let (events, limited, prev_batch) =
-        timeline_events(services, request, room_id, info, until, ignored)?;
+    let TimelinePage {
+        events,
+        limited,
+        prev_batch,
+    } = timeline_events(services, request, room_id, info, until, ignored)?;
 
     // The state after the last event the timeline could show.
     let end_hash = if until == u64::MAX {
@@ -571,6 +574,16 @@ fn client_event<T>(
     })
 }
 
+/// A room's timeline in a sync, before it is turned into client events.
+struct TimelinePage {
+    /// Oldest first.
+    events: Vec<(u64, Pdu)>,
+    /// Whether more events are left before these.
+    limited: bool,
+    /// The position to paginate back from.
+    prev_batch: Option<u64>,
+}
+
 /// The timeline: up to `limit` events before `until`, from `since` on, oldest first, that
 /// the timeline filter lets through and the user may see; whether more are left
 /// (`limited`); and the `prev_batch` position.
@@ -581,7 +594,7 @@ fn timeline_events(
     info: &RoomInfo,
     until: u64,
     ignored: &HashSet<OwnedUserId>,
-) -> Result<(Vec<(u64, Pdu)>, bool, Option<u64>)> {
+) -> Result<TimelinePage> {
     let rooms = &services.rooms;
     let matcher = &request.filter.timeline;
     let limit = request.filter.timeline_limit;
@@ -591,7 +604,11 @@ fn timeline_events(
             .events_before(info, until, 1)?
             .first()
             .is_some_and(|(count, _)| request.since.is_none_or(|since| *count >= since));
-        return Ok((Vec::new(), more, None));
+        return Ok(TimelinePage {
+            events: Vec::new(),
+            limited: more,
+            prev_batch: None,
+        });
     }
     if matcher.lets_all() {
         // Newest first, one more than asked so we know whether the timeline is `limited`.
@@ -610,7 +627,11 @@ fn timeline_events(
             }
         }
         let prev_batch = seen.first().map(|(count, _)| *count);
-        return Ok((seen, limited, prev_batch));
+        return Ok(TimelinePage {
+            events: seen,
+            limited,
+            prev_batch,
+        });
     }
     // A filter that drops events: read further back to fill the timeline, within bounds.
     let walk = Walk {
@@ -632,7 +653,11 @@ fn timeline_events(
         None if limited => scanned.last_read,
         None => None,
     };
-    Ok((events, limited, prev_batch))
+    Ok(TimelinePage {
+        events,
+        limited,
+        prev_batch,
+    })
 }
 
 /// The `state` of a room: the delta from `since_hash` to `start_hash` (the state before the
@@ -703,11 +728,8 @@ fn state_section(
         let start_state = rooms.state.load(start_hash)?;
         for sender in senders {
             if !members_seen.contains(sender.as_str())
-                && let Some(pdu) = rooms.state_event(
-                    &start_state,
-                    &StateEventType::RoomMember,
-                    sender.as_str(),
-                )?
+                && let Some(pdu) =
+                    rooms.state_event(&start_state, &StateEventType::RoomMember, sender.as_str())?
             {
                 state_events.push(pdu);
             }

@@ -222,27 +222,28 @@ pub async fn get_context(
     let after_limit = limit - before_limit;
     let ignored = services.account_data.ignored_users(sender)?;
     let nothing_passes = matcher.blocks_all() || !matcher.allows_room(&body.room_id);
-    let mut around = |dir: Direction, from: u64, limit: usize| {
-        if nothing_passes {
-            return Ok(Scanned {
-                events: Vec::new(),
-                last_read: None,
-                exhausted: true,
-            });
-        }
-        let walk = Walk {
-            dir,
-            from,
-            bound: None,
-            limit,
-            max_read: (limit * READ_FACTOR).max(MIN_READ),
+    let mut around =
+        |dir: Direction, from: u64, limit: usize| {
+            if nothing_passes {
+                return Ok(Scanned {
+                    events: Vec::new(),
+                    last_read: None,
+                    exhausted: true,
+                });
+            }
+            let walk = Walk {
+                dir,
+                from,
+                bound: None,
+                limit,
+                max_read: (limit * READ_FACTOR).max(MIN_READ),
+            };
+            scan(rooms, &info, walk, |count, pdu| {
+                Ok(matcher.allows_pdu(pdu)
+                    && shown(pdu, &ignored)
+                    && visibility.can_see(count, pdu)?)
+            })
         };
-        scan(rooms, &info, walk, |count, pdu| {
-            Ok(matcher.allows_pdu(pdu)
-                && shown(pdu, &ignored)
-                && visibility.can_see(count, pdu)?)
-        })
-    };
     let before = around(Direction::Backward, count, before_limit)?;
     let after = around(Direction::Forward, count + 1, after_limit)?;
 
