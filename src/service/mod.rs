@@ -10,6 +10,7 @@ pub mod cross_signing;
 pub mod dehydrated;
 pub mod devices;
 pub mod ephemeral;
+pub mod filter;
 pub mod keys;
 pub mod media;
 pub mod notify;
@@ -59,6 +60,8 @@ pub struct Services {
     /// Sliding sync connections (in memory).
     pub sliding_sync: sliding_sync::SlidingSync,
     pub rooms: rooms::Rooms,
+    /// Member events each device was sent by lazy-loading syncs (memory only, bounded).
+    pub sent_members: filter::SentMembers,
     /// Failed password attempts per user: `/login` and the password UIA stage.
     pub password_failures: rate_limit::FailureLimiter,
 }
@@ -85,6 +88,7 @@ impl Services {
             openid: openid::OpenId::new(&db)?,
             to_device: to_device::ToDevice::new(&db, Arc::clone(&stream))?,
             sliding_sync: sliding_sync::SlidingSync::default(),
+            sent_members: filter::SentMembers::default(),
             stream,
             server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,

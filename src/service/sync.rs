@@ -14,18 +14,24 @@ use std::{
 
 use ruma::{
     DeviceId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
-    api::client::sync::sync_events::v3::{
-        InviteState, InvitedRoom, JoinedRoom, LeftRoom, Response, RoomSummary, State, StateEvents,
-        Timeline,
+    api::{
+        Direction,
+        client::sync::sync_events::v3::{
+            InviteState, InvitedRoom, JoinedRoom, LeftRoom, Response, RoomSummary, State,
+            StateEvents, Timeline,
+        },
     },
-    events::{AnyRoomAccountDataEvent, StateEventType, room::member::MembershipState},
+    events::{
+        AnyRoomAccountDataEvent, StateEventType, TimelineEventType, room::member::MembershipState,
+    },
     serde::Raw,
 };
 use serde_json::{Value as JsonValue, json};
 
 use super::{
     Services,
-    rooms::{MembershipEntry, RoomInfo, pdu::Pdu},
+    filter::{LazyMembers, SyncFilter, Walk, scan},
+    rooms::{MembershipEntry, RoomInfo, pdu::Pdu, state::StateHash},
 };
 use crate::Result;
 
@@ -35,12 +41,14 @@ pub struct SyncRequest<'a> {
     pub device_id: &'a DeviceId,
     pub since: Option<u64>,
     pub full_state: bool,
-    pub timeline_limit: usize,
     pub timeout: Duration,
-    /// Lazy-loaded members (client-server API, "Lazy-loading room members"): `state` holds
-    /// only the member events of the timeline's senders and the user's own. They are sent each
-    /// time (the spec allows redundant members), not tracked per device.
-    pub lazy_members: bool,
+    /// The request's filter, compiled (the default lets everything through). Lazy-loaded
+    /// members (client-server API, "Lazy-loading room members"): `state` holds only the
+    /// member events of the timeline's senders and the user's own; without
+    /// `include_redundant_members`, each is sent once per device ([`SentMembers`]).
+    ///
+    /// [`SentMembers`]: super::filter::SentMembers
+    pub filter: SyncFilter,
 }
 
 /// State an invitee sees (client-server API, "Stripped state").
@@ -54,28 +62,38 @@ const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.topic",
 ];
 
+/// Events read per room, at most, to fill a timeline through a filter that drops events
+/// (a multiple of the limit): past it the timeline is `limited` and the client pages back.
+const FILTERED_READ_FACTOR: usize = 10;
+
 pub async fn sync(services: &Arc<Services>, request: SyncRequest<'_>) -> Result<Response> {
     let handle = services.stream.notifier.handle(request.user_id);
-    let notified = handle.notified();
-    tokio::pin!(notified);
-    notified.as_mut().enable();
+    if request.since.is_none() || request.full_state {
+        // A new sync sequence: the client has no member events from before.
+        services
+            .sent_members
+            .reset(request.user_id, request.device_id);
+    }
+    let deadline = tokio::time::Instant::now() + request.timeout;
+    loop {
+        // Armed before building, so a change between the build and the wait still wakes it.
+        let notified = handle.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
 
-    let mut response = build(services, &request)?;
-    add_to_device(services, &request, &mut response).await?;
-    add_key_counts(services, &request, &mut response)?;
-    if request.since.is_none() || request.timeout.is_zero() || !is_empty(&response) {
-        return Ok(response);
+        let mut response = build(services, &request)?;
+        add_to_device(services, &request, &mut response).await?;
+        add_key_counts(services, &request, &mut response)?;
+        if request.since.is_none() || request.timeout.is_zero() || !is_empty(&response) {
+            return Ok(response);
+        }
+        // Nothing the filter lets through yet (a wake-up for something it drops, such as
+        // one's own presence with presence filtered out, goes back to waiting): wait for the
+        // rest of the timeout.
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(response);
+        }
     }
-    if tokio::time::timeout(request.timeout, notified)
-        .await
-        .is_err()
-    {
-        return Ok(response);
-    }
-    let mut response = build(services, &request)?;
-    add_to_device(services, &request, &mut response).await?;
-    add_key_counts(services, &request, &mut response)?;
-    Ok(response)
 }
 
 /// The syncing device's unclaimed one-time keys per algorithm and its unused fallback key
@@ -135,6 +153,7 @@ fn is_empty(response: &Response) -> bool {
 
 fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
     let rooms = &services.rooms;
+    let filter = &request.filter;
     let position = services.stream.position();
     if let Some(since) = request.since
         && !request.full_state
@@ -145,7 +164,7 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
         return Ok(Response::new(since.to_string()));
     }
     let mut response = Response::new((position + 1).to_string());
-    if services.config.allow_presence {
+    if services.config.allow_presence && !filter.presence.blocks_all() {
         response.presence.events = presence_events(services, request)?;
     }
     let mut room_account_data: BTreeMap<OwnedRoomId, Vec<Raw<AnyRoomAccountDataEvent>>> =
@@ -157,14 +176,27 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
         let event = raw(json!({ "type": item.kind, "content": item.content }));
         match item.room_id {
             None => response.account_data.events.push(event.cast_unchecked()),
-            Some(room_id) => room_account_data.entry(room_id).or_default().push(event),
+            Some(room_id) => {
+                let wanted = filter.allows_room(&room_id)
+                    && filter.room_account_data.allows_room(&room_id)
+                    && filter.room_account_data.allows(&item.kind, None);
+                if wanted {
+                    room_account_data.entry(room_id).or_default().push(event);
+                }
+            }
         }
     }
     if let Some(since) = request.since {
         device_lists(services, request.user_id, since, &mut response)?;
     }
     let ignored = services.account_data.ignored_users(request.user_id)?;
+    // Left rooms: those left since `since`, and with `include_leave` every one in an
+    // initial (or `full_state`) sync.
+    let all_left = filter.include_leave && (request.since.is_none() || request.full_state);
     for (room_id, entry) in rooms.rooms_of(request.user_id)? {
+        if !filter.allows_room(&room_id) {
+            continue;
+        }
         let Some(info) = rooms.info(&room_id)? else {
             continue;
         };
@@ -184,21 +216,26 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
                 if request.full_state || request.since.is_none_or(changed_since) =>
             {
                 let mut room = joined_room(services, request, &room_id, &info, &entry, &ignored)?;
-                room.account_data.events = room_account_data.remove(&room_id).unwrap_or_default();
+                let mut account_data = room_account_data.remove(&room_id).unwrap_or_default();
+                if let Some(limit) = filter.room_account_data.limit {
+                    account_data.truncate(limit);
+                }
+                room.account_data.events = account_data;
                 let counts = services.push.counts(request.user_id, &room_id)?;
                 room.unread_notifications.notification_count = UInt::new(counts.notifications);
                 room.unread_notifications.highlight_count = UInt::new(counts.highlights);
-                if let Some(typing) = services.ephemeral.typing_event(&room_id, request.since) {
-                    room.ephemeral.events.push(raw(typing));
+                add_ephemeral(services, request, &room_id, &mut room)?;
+                // An incremental sync leaves out a room whose news the filter all dropped,
+                // so such news does not end a long-poll.
+                let news = request.full_state
+                    || request.since.is_none_or(|since| entry.count >= since)
+                    || !room.timeline.events.is_empty()
+                    || !state_is_empty(&room.state)
+                    || !room.ephemeral.events.is_empty()
+                    || !room.account_data.events.is_empty();
+                if news {
+                    response.rooms.join.insert(room_id, room);
                 }
-                if let Some(receipts) =
-                    services
-                        .ephemeral
-                        .receipt_event(&room_id, request.user_id, request.since)?
-                {
-                    room.ephemeral.events.push(raw(receipts));
-                }
-                response.rooms.join.insert(room_id, room);
             }
             MembershipState::Invite if request.since.is_none_or(|since| entry.count >= since) => {
                 if invited_by_ignored(services, &room_id, request.user_id, &ignored)? {
@@ -207,25 +244,11 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
                 let room = invited_room(services, &room_id, request.user_id)?;
                 response.rooms.invite.insert(room_id, room);
             }
-            MembershipState::Leave | MembershipState::Ban => {
-                // Left rooms appear once, in the first incremental sync after leaving.
-                if let Some(since) = request.since
-                    && entry.count >= since
-                {
-                    let mut left = LeftRoom::new();
-                    let events = rooms.events_from(&info, since, request.timeline_limit)?;
-                    let mut visibility = rooms.visibility(&room_id, request.user_id)?;
-                    for (count, pdu) in events.iter().filter(|(count, _)| *count <= entry.count) {
-                        if shown(pdu, &ignored) && visibility.can_see(*count, pdu)? {
-                            left.timeline.events.push(rooms.sync_event(
-                                pdu,
-                                request.user_id,
-                                None,
-                            )?);
-                        }
-                    }
-                    response.rooms.leave.insert(room_id, left);
-                }
+            MembershipState::Leave | MembershipState::Ban
+                if all_left || request.since.is_some_and(|since| entry.count >= since) =>
+            {
+                let left = left_room(services, request, &room_id, &info, &entry, &ignored)?;
+                response.rooms.leave.insert(room_id, left);
             }
             MembershipState::Knock if request.since.is_none_or(|since| entry.count >= since) => {
                 let mut knocked = ruma::api::client::sync::sync_events::v3::KnockedRoom::new();
@@ -240,7 +263,66 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
             _ => {}
         }
     }
+    // Last, so that every global account data event passes the filter.
+    filter
+        .account_data
+        .retain_raw(&mut response.account_data.events);
     Ok(response)
+}
+
+fn state_is_empty(state: &State) -> bool {
+    match state {
+        State::Before(events) => events.events.is_empty(),
+        _ => false,
+    }
+}
+
+/// `m.typing` and `m.receipt` for a joined room, through the `ephemeral` filter.
+fn add_ephemeral(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    room_id: &RoomId,
+    room: &mut JoinedRoom,
+) -> Result<()> {
+    let ephemeral = &request.filter.ephemeral;
+    if ephemeral.blocks_all() || !ephemeral.allows_room(room_id) {
+        return Ok(());
+    }
+    if ephemeral.allows("m.typing", None)
+        && let Some(typing) = services.ephemeral.typing_event(room_id, request.since)
+    {
+        room.ephemeral.events.push(raw(typing));
+    }
+    if ephemeral.allows("m.receipt", None)
+        && let Some(receipts) =
+            services
+                .ephemeral
+                .receipt_event(room_id, request.user_id, request.since)?
+    {
+        room.ephemeral.events.push(raw(receipts));
+    }
+    if let Some(limit) = ephemeral.limit {
+        room.ephemeral.events.truncate(limit);
+    }
+    Ok(())
+}
+
+/// A room the user left or was banned from: its timeline up to their leaving and the full
+/// state at the timeline's start (as Synapse sends it).
+fn left_room(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    room_id: &RoomId,
+    info: &RoomInfo,
+    entry: &MembershipEntry,
+    ignored: &HashSet<OwnedUserId>,
+) -> Result<LeftRoom> {
+    let until = entry.count.saturating_add(1);
+    let part = room_part(services, request, room_id, info, entry, until, ignored)?;
+    let mut left = LeftRoom::new();
+    left.timeline = part.timeline;
+    left.state = part.state;
+    Ok(left)
 }
 
 /// `device_lists` for an incremental sync (client-server API, "Tracking the device list for
@@ -332,9 +414,10 @@ fn presence_events(
             }
         }
     }
-    Ok(changed
+    let filter = &request.filter.presence;
+    let mut events: Vec<_> = changed
         .into_iter()
-        .filter(|(user, _)| audience.contains(user))
+        .filter(|(user, _)| audience.contains(user) && filter.allows("m.presence", Some(user)))
         .map(|(user, entry)| {
             let ago = entry.last_active.elapsed();
             let mut content = json!({
@@ -347,7 +430,11 @@ fn presence_events(
             }
             raw(json!({ "type": "m.presence", "sender": user, "content": content }))
         })
-        .collect())
+        .collect();
+    if let Some(limit) = filter.limit {
+        events.truncate(limit);
+    }
+    Ok(events)
 }
 
 fn joined_room(
@@ -358,33 +445,54 @@ fn joined_room(
     entry: &MembershipEntry,
     ignored: &HashSet<OwnedUserId>,
 ) -> Result<JoinedRoom> {
-    let rooms = &services.rooms;
-    let limit = request.timeline_limit;
-    // Newest first, one more than asked so we know whether the timeline is `limited`.
-    let mut events = rooms.events_before(info, u64::MAX, limit + 1)?;
-    if let Some(since) = request.since {
-        events.retain(|(count, _)| *count >= since);
-    }
-    let limited = events.len() > limit;
-    events.truncate(limit);
-    events.reverse();
-    // History visibility: e.g. with `joined`, nothing from before the user joined.
-    let mut visibility = rooms.visibility(room_id, request.user_id)?;
-    let mut seen = Vec::with_capacity(events.len());
-    for (count, pdu) in events {
-        if shown(&pdu, ignored) && visibility.can_see(count, &pdu)? {
-            seen.push((count, pdu));
-        }
-    }
-    let events = seen;
+    let part = room_part(services, request, room_id, info, entry, u64::MAX, ignored)?;
+    let mut room = JoinedRoom::new();
+    room.timeline = part.timeline;
+    room.state = part.state;
+    room.summary = summary(services, room_id, request.user_id)?;
+    Ok(room)
+}
 
-    // `state` is the state at the start of the timeline, as a delta from what the client
-    // already has at `since` (everything, if it has nothing or just joined).
+/// A room's timeline and state in a sync.
+struct RoomPart {
+    timeline: Timeline,
+    state: State,
+}
+
+/// The timeline (events before `until`, from `since` on, through the timeline filter) and
+/// the state at its start, as a delta from what the client had at `since` (everything, if
+/// it has nothing, just joined, or asked for `full_state`), through the state filter.
+fn room_part(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    room_id: &RoomId,
+    info: &RoomInfo,
+    entry: &MembershipEntry,
+    until: u64,
+    ignored: &HashSet<OwnedUserId>,
+) -> Result<RoomPart> {
+    let rooms = &services.rooms;
+    let filter = &request.filter;
+    let TimelinePage {
+        events,
+        limited,
+        prev_batch,
+    } = timeline_events(services, request, room_id, info, until, ignored)?;
+
+    // The state after the last event the timeline could show.
+    let end_hash = if until == u64::MAX {
+        Some(info.state_hash)
+    } else {
+        match rooms.events_before(info, until, 1)?.first() {
+            Some((_, last)) => rooms.state_hashes(&last.event_id)?.map(|(_, after)| after),
+            None => None,
+        }
+    };
     let start_hash = match events.first() {
         Some((_, first)) => rooms
             .state_hashes(&first.event_id)?
             .and_then(|(before, _)| before),
-        None => Some(info.state_hash),
+        None => end_hash,
     };
     let since_hash = match request.since {
         Some(since) if !request.full_state && entry.count < since => {
@@ -397,65 +505,245 @@ fn joined_room(
         }
         _ => None,
     };
-    let mut state_events = Vec::new();
-    if let Some(start_hash) = start_hash {
-        let senders: std::collections::BTreeSet<&UserId> = events
+    let state_events = match start_hash {
+        Some(start_hash) => {
+            state_section(services, request, &events, since_hash, start_hash, end_hash)?
+        }
+        None => Vec::new(),
+    };
+
+    let lazy_dedup = matches!(
+        filter.lazy_members,
+        LazyMembers::On {
+            include_redundant_members: false
+        }
+    );
+    if lazy_dedup {
+        // Member events in this response count as sent to the device.
+        let members = state_events
             .iter()
-            .map(|(_, pdu)| &*pdu.sender)
-            .chain([request.user_id])
-            .collect();
-        let mut members_sent = std::collections::BTreeSet::new();
-        for (_, short_event) in rooms.state.changed(since_hash, start_hash)? {
-            if let Some(pdu) = rooms.pdu(&rooms.short.event_id(short_event)?)? {
-                if request.lazy_members && pdu.kind.to_string() == "m.room.member" {
-                    let wanted = pdu
-                        .state_key
-                        .as_deref()
-                        .is_some_and(|key| senders.iter().any(|s| s.as_str() == key));
-                    if !wanted {
-                        continue;
-                    }
-                    members_sent.insert(pdu.state_key.clone().unwrap_or_default());
-                }
-                state_events.push(pdu.to_sync_state_event());
-            }
-        }
-        if request.lazy_members {
-            // Senders whose member event did not change still need it.
-            let start_state = rooms.state.load(start_hash)?;
-            for sender in senders {
-                if !members_sent.contains(sender.as_str())
-                    && let Some(pdu) = rooms.state_event(
-                        &start_state,
-                        &StateEventType::RoomMember,
-                        sender.as_str(),
-                    )?
-                {
-                    state_events.push(pdu.to_sync_state_event());
-                }
-            }
-        }
+            .chain(events.iter().map(|(_, pdu)| pdu))
+            .filter(|pdu| pdu.kind == TimelineEventType::RoomMember)
+            .map(|pdu| &*pdu.event_id);
+        services
+            .sent_members
+            .record(request.user_id, request.device_id, members);
     }
 
-    let mut room = JoinedRoom::new();
     let mut timeline = Timeline::new();
     timeline.limited = limited;
-    timeline.prev_batch = events.first().map(|(count, _)| count.to_string());
+    timeline.prev_batch = prev_batch.map(|count| count.to_string());
     timeline.events = events
         .iter()
         .map(|(_, pdu)| {
-            let txn = own_transaction(services, pdu, request.user_id, request.device_id);
-            services
-                .rooms
-                .sync_event(pdu, request.user_id, txn.as_deref())
+            client_event(services, filter, pdu, || {
+                let txn = own_transaction(services, pdu, request.user_id, request.device_id);
+                rooms.sync_event(pdu, request.user_id, txn.as_deref())
+            })
         })
         .collect::<Result<_>>()?;
-    room.timeline = timeline;
     let mut state = StateEvents::new();
-    state.events = state_events;
-    room.state = State::Before(state);
-    room.summary = summary(services, room_id, request.user_id)?;
-    Ok(room)
+    state.events = state_events
+        .iter()
+        .map(|pdu| client_event(services, filter, pdu, || Ok(pdu.to_sync_state_event())))
+        .collect::<Result<_>>()?;
+    Ok(RoomPart {
+        timeline,
+        state: State::Before(state),
+    })
+}
+
+/// An event in the form the filter asks for: the client format (built by `client`) or, with
+/// `event_format: federation`, the stored PDU; then only the `event_fields`, if named.
+fn client_event<T>(
+    services: &Services,
+    filter: &SyncFilter,
+    pdu: &Pdu,
+    client: impl FnOnce() -> Result<Raw<T>>,
+) -> Result<Raw<T>> {
+    let event = match filter.federation_format {
+        true => match services.rooms.pdu_json(&pdu.event_id)? {
+            Some(stored) => raw(stored),
+            None => client()?,
+        },
+        false => client()?,
+    };
+    Ok(match &filter.event_fields {
+        Some(fields) => fields.project_raw(event),
+        None => event,
+    })
+}
+
+/// A room's timeline in a sync, before it is turned into client events.
+struct TimelinePage {
+    /// Oldest first.
+    events: Vec<(u64, Pdu)>,
+    /// Whether more events are left before these.
+    limited: bool,
+    /// The position to paginate back from.
+    prev_batch: Option<u64>,
+}
+
+/// The timeline: up to `limit` events before `until`, from `since` on, oldest first, that
+/// the timeline filter lets through and the user may see; whether more are left
+/// (`limited`); and the `prev_batch` position.
+fn timeline_events(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    room_id: &RoomId,
+    info: &RoomInfo,
+    until: u64,
+    ignored: &HashSet<OwnedUserId>,
+) -> Result<TimelinePage> {
+    let rooms = &services.rooms;
+    let matcher = &request.filter.timeline;
+    let limit = request.filter.timeline_limit;
+    let mut visibility = rooms.visibility(room_id, request.user_id)?;
+    if matcher.blocks_all() || !matcher.allows_room(room_id) {
+        let more = rooms
+            .events_before(info, until, 1)?
+            .first()
+            .is_some_and(|(count, _)| request.since.is_none_or(|since| *count >= since));
+        return Ok(TimelinePage {
+            events: Vec::new(),
+            limited: more,
+            prev_batch: None,
+        });
+    }
+    if matcher.lets_all() {
+        // Newest first, one more than asked so we know whether the timeline is `limited`.
+        let mut events = rooms.events_before(info, until, limit + 1)?;
+        if let Some(since) = request.since {
+            events.retain(|(count, _)| *count >= since);
+        }
+        let limited = events.len() > limit;
+        events.truncate(limit);
+        events.reverse();
+        // History visibility: e.g. with `joined`, nothing from before the user joined.
+        let mut seen = Vec::with_capacity(events.len());
+        for (count, pdu) in events {
+            if shown(&pdu, ignored) && visibility.can_see(count, &pdu)? {
+                seen.push((count, pdu));
+            }
+        }
+        let prev_batch = seen.first().map(|(count, _)| *count);
+        return Ok(TimelinePage {
+            events: seen,
+            limited,
+            prev_batch,
+        });
+    }
+    // A filter that drops events: read further back to fill the timeline, within bounds.
+    let walk = Walk {
+        dir: Direction::Backward,
+        from: until,
+        bound: request.since,
+        limit: limit + 1,
+        max_read: (limit * FILTERED_READ_FACTOR).max(100),
+    };
+    let scanned = scan(rooms, info, walk, |count, pdu| {
+        Ok(matcher.allows_pdu(pdu) && shown(pdu, ignored) && visibility.can_see(count, pdu)?)
+    })?;
+    let mut events = scanned.events;
+    let limited = events.len() > limit || !scanned.exhausted;
+    events.truncate(limit);
+    events.reverse();
+    let prev_batch = match events.first() {
+        Some((count, _)) => Some(*count),
+        None if limited => scanned.last_read,
+        None => None,
+    };
+    Ok(TimelinePage {
+        events,
+        limited,
+        prev_batch,
+    })
+}
+
+/// The `state` of a room: the delta from `since_hash` to `start_hash` (the state before the
+/// timeline). When the timeline filter drops events, state changes after the timeline's
+/// start that the timeline does not carry are added, so the client still ends up with the
+/// current state (as Synapse does). Then lazy-loading and the state filter.
+fn state_section(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    events: &[(u64, Pdu)],
+    since_hash: Option<StateHash>,
+    start_hash: StateHash,
+    end_hash: Option<StateHash>,
+) -> Result<Vec<Pdu>> {
+    let rooms = &services.rooms;
+    let filter = &request.filter;
+    let mut delta: BTreeMap<u64, u64> = rooms
+        .state
+        .changed(since_hash, start_hash)?
+        .into_iter()
+        .collect();
+    if !filter.timeline.lets_all()
+        && let Some(end_hash) = end_hash
+        && end_hash != start_hash
+    {
+        let in_timeline: HashSet<&ruma::EventId> =
+            events.iter().map(|(_, pdu)| &*pdu.event_id).collect();
+        for (key, short_event) in rooms.state.changed(Some(start_hash), end_hash)? {
+            let event_id = rooms.short.event_id(short_event)?;
+            if !in_timeline.contains(&*event_id) {
+                delta.insert(key, short_event);
+            }
+        }
+    }
+    let lazy = filter.lazy_members.is_on();
+    let dedup = lazy
+        && filter.lazy_members
+            == (LazyMembers::On {
+                include_redundant_members: false,
+            })
+        && request.since.is_some()
+        && !request.full_state;
+    let senders: std::collections::BTreeSet<&UserId> = events
+        .iter()
+        .map(|(_, pdu)| &*pdu.sender)
+        .chain([request.user_id])
+        .collect();
+    let mut members_seen = std::collections::BTreeSet::new();
+    let mut state_events = Vec::new();
+    for short_event in delta.into_values() {
+        let Some(pdu) = rooms.pdu(&rooms.short.event_id(short_event)?)? else {
+            continue;
+        };
+        if lazy && pdu.kind == TimelineEventType::RoomMember {
+            let wanted = pdu
+                .state_key
+                .as_deref()
+                .is_some_and(|key| senders.iter().any(|s| s.as_str() == key));
+            if !wanted {
+                continue;
+            }
+            members_seen.insert(pdu.state_key.clone().unwrap_or_default());
+        }
+        state_events.push(pdu);
+    }
+    if lazy {
+        // Senders whose member event did not change still need it.
+        let start_state = rooms.state.load(start_hash)?;
+        for sender in senders {
+            if !members_seen.contains(sender.as_str())
+                && let Some(pdu) =
+                    rooms.state_event(&start_state, &StateEventType::RoomMember, sender.as_str())?
+            {
+                state_events.push(pdu);
+            }
+        }
+    }
+    state_events.retain(|pdu| {
+        let redundant = dedup
+            && pdu.kind == TimelineEventType::RoomMember
+            && services
+                .sent_members
+                .was_sent(request.user_id, request.device_id, &pdu.event_id);
+        !redundant && filter.state.allows_pdu(pdu)
+    });
+    Ok(state_events)
 }
 
 /// Whether `pdu` goes to a user who ignores `ignored`: their state events do (so a room's

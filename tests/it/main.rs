@@ -12,6 +12,7 @@ mod durability;
 mod e2ee;
 mod endpoints;
 mod errors;
+mod filters;
 mod harness;
 mod keys;
 mod media;

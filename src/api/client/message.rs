@@ -1,5 +1,6 @@
-//! Messages: `send` (with per-device transaction-id idempotency) and `/messages`
-//! (pagination both ways, with `to`, `limit` and the type/sender/lazy-member filter).
+//! Messages: `send` (with per-device transaction-id idempotency), `/messages` (pagination
+//! both ways, with `to`, `limit` and the filter) and `/context`. Filters are compiled by
+//! `service::filter`, the same rules as `/sync`.
 //!
 //! Pagination tokens are stream positions: token `T` is the boundary just before the event
 //! with count `T`. Backwards from `T` yields counts below `T`; forwards, counts from `T` on.
@@ -13,12 +14,11 @@ use ruma::{
         Direction,
         client::{
             context::get_context,
-            filter::RoomEventFilter,
             message::{get_message_events, send_message_event},
             redact::redact_event,
         },
     },
-    events::StateEventType,
+    events::{StateEventType, TimelineEventType},
 };
 use serde_json::Value as JsonValue;
 
@@ -28,10 +28,8 @@ use crate::{
     api::ruma::{Ruma, RumaResponse},
     service::{
         Services,
-        rooms::{
-            append::{NewEvent, Transaction},
-            pdu::Pdu,
-        },
+        filter::{EventMatcher, Scanned, Walk, scan},
+        rooms::append::{NewEvent, Transaction},
         sync::shown,
     },
 };
@@ -106,20 +104,6 @@ pub async fn redact_event(
     Ok(RumaResponse(redact_event::v3::Response::new(pdu.event_id)))
 }
 
-/// The events of a page the user may see (history visibility).
-fn visible(
-    visibility: &mut crate::service::rooms::visibility::Visibility<'_>,
-    events: Vec<(u64, Pdu)>,
-) -> Result<Vec<(u64, Pdu)>> {
-    let mut out = Vec::with_capacity(events.len());
-    for (count, pdu) in events {
-        if visibility.can_see(count, &pdu)? {
-            out.push((count, pdu));
-        }
-    }
-    Ok(out)
-}
-
 fn parse_token(token: Option<&str>) -> Result<Option<u64>> {
     token
         .map(|token| {
@@ -130,33 +114,14 @@ fn parse_token(token: Option<&str>) -> Result<Option<u64>> {
         .transpose()
 }
 
-/// Whether `pdu` passes the filter's `types`, `not_types` and `senders` (with `*` wildcards).
-fn passes(filter: &RoomEventFilter, pdu: &Pdu) -> bool {
-    let kind = pdu.kind.to_string();
-    let matches = |pattern: &String| match pattern.strip_suffix('*') {
-        Some(prefix) => kind.starts_with(prefix),
-        None => *pattern == kind,
-    };
-    if filter.not_types.iter().any(matches) {
-        return false;
-    }
-    if filter
-        .types
-        .as_ref()
-        .is_some_and(|types| !types.iter().any(matches))
-    {
-        return false;
-    }
-    if filter.not_senders.contains(&pdu.sender) {
-        return false;
-    }
-    filter
-        .senders
-        .as_ref()
-        .is_none_or(|senders| senders.contains(&pdu.sender))
-}
+/// Events read, at most, per page: a filter that drops events reads further to fill the
+/// page, up to this multiple of its limit (at least [`MIN_READ`]).
+const READ_FACTOR: usize = 10;
+const MIN_READ: usize = 1000;
 
-/// `GET /_matrix/client/v3/rooms/{roomId}/messages`
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`: pages of events the `filter` (a
+/// `RoomEventFilter`: types, senders, rooms, `contains_url`, `limit`, lazy-loaded members)
+/// lets through and history visibility shows.
 pub async fn get_message_events(
     State(services): State<Arc<Services>>,
     request: Ruma<get_message_events::v3::Request>,
@@ -165,54 +130,46 @@ pub async fn get_message_events(
     let body = &request.body;
     let mut visibility = reader(&services, &body.room_id, sender)?;
     let info = services.rooms.existing(&body.room_id)?;
+    let matcher = EventMatcher::from_room_event_filter(&body.filter);
     let limit = usize::try_from(body.limit)
         .unwrap_or(MAX_LIMIT)
+        .min(matcher.limit.unwrap_or(MAX_LIMIT))
         .clamp(1, MAX_LIMIT);
     let to = parse_token(body.to.as_deref())?;
-    let filter = &body.filter;
-
-    let (from, mut events) = match body.dir {
+    let from = match body.dir {
         Direction::Backward => {
-            let from = parse_token(body.from.as_deref())?.unwrap_or(services.stream.position() + 1);
-            let events = services.rooms.events_before(&info, from, limit)?;
-            (
-                from,
-                events
-                    .into_iter()
-                    .filter(|(count, _)| to.is_none_or(|to| *count >= to))
-                    .collect::<Vec<_>>(),
-            )
+            parse_token(body.from.as_deref())?.unwrap_or(services.stream.position() + 1)
         }
-        Direction::Forward => {
-            let from = parse_token(body.from.as_deref())?.unwrap_or(0);
-            let events = services.rooms.events_from(&info, from, limit)?;
-            (
-                from,
-                events
-                    .into_iter()
-                    .filter(|(count, _)| to.is_none_or(|to| *count < to))
-                    .collect(),
-            )
-        }
+        Direction::Forward => parse_token(body.from.as_deref())?.unwrap_or(0),
     };
-    let end = match (body.dir, events.last()) {
-        (_, None) => None,
-        (Direction::Backward, Some((count, _))) => Some(count.to_string()),
-        (Direction::Forward, Some((count, _))) => Some((count + 1).to_string()),
-    };
-    // A short page means the start (or the current end) of the room was reached.
-    let end = if events.len() < limit && body.dir == Direction::Backward {
-        None
-    } else {
-        end
-    };
+    let mut response = get_message_events::v3::Response::new();
+    response.start = from.to_string();
+    if matcher.blocks_all() || !matcher.allows_room(&body.room_id) {
+        // Nothing here can pass: an empty page, and no more to come.
+        return Ok(RumaResponse(response));
+    }
     let ignored = services.account_data.ignored_users(sender)?;
-    events.retain(|(_, pdu)| passes(filter, pdu) && shown(pdu, &ignored));
-    let events = visible(&mut visibility, events)?;
+    let walk = Walk {
+        dir: body.dir,
+        from,
+        bound: to,
+        limit,
+        max_read: (limit * READ_FACTOR).max(MIN_READ),
+    };
+    let scanned = scan(&services.rooms, &info, walk, |count, pdu| {
+        Ok(matcher.allows_pdu(pdu) && shown(pdu, &ignored) && visibility.can_see(count, pdu)?)
+    })?;
+    // No `end` once the start of the room (or `to`) is reached going backwards.
+    response.end = match (body.dir, scanned.last_read) {
+        (_, None) => None,
+        (Direction::Backward, Some(_)) if scanned.exhausted => None,
+        (Direction::Backward, Some(count)) => Some(count.to_string()),
+        (Direction::Forward, Some(count)) => Some((count + 1).to_string()),
+    };
+    let events = scanned.events;
 
     // Lazy-loaded members: the member events of the senders on this page.
-    let mut state = Vec::new();
-    if !filter.lazy_load_options.is_disabled() {
+    if !body.filter.lazy_load_options.is_disabled() {
         let senders: BTreeSet<OwnedUserId> =
             events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
         for user in senders {
@@ -222,23 +179,21 @@ pub async fn get_message_events(
                     .rooms
                     .current_state_event(&body.room_id, &member, user.as_str())?
             {
-                state.push(event.to_state_event());
+                response.state.push(event.to_state_event());
             }
         }
     }
-    let mut response = get_message_events::v3::Response::new();
-    response.start = from.to_string();
-    response.end = end;
     response.chunk = events
         .iter()
         .map(|(_, pdu)| services.rooms.room_event(pdu, sender))
         .collect::<Result<_>>()?;
-    response.state = state;
     Ok(RumaResponse(response))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`: the event, up to `limit`
-/// events around it (half before, half after), and the state before it.
+/// events around it (half before, half after) that the `filter` lets through, and the state
+/// before it (with lazy-loading, only the members who sent the events returned; then
+/// through the filter, as Synapse does).
 pub async fn get_context(
     State(services): State<Arc<Services>>,
     request: Ruma<get_context::v3::Request>,
@@ -258,29 +213,53 @@ pub async fn get_context(
     if !visibility.can_see(count, &event)? {
         return Err(Error::not_found("Event not found."));
     }
-    let limit = usize::try_from(body.limit).unwrap_or(10).min(MAX_LIMIT);
+    let matcher = EventMatcher::from_room_event_filter(&body.filter);
+    let limit = usize::try_from(body.limit)
+        .unwrap_or(10)
+        .min(matcher.limit.unwrap_or(MAX_LIMIT))
+        .min(MAX_LIMIT);
     let before_limit = limit / 2;
     let after_limit = limit - before_limit;
     let ignored = services.account_data.ignored_users(sender)?;
-    let mut before = rooms.events_before(&info, count, before_limit)?;
-    before.retain(|(_, pdu)| shown(pdu, &ignored));
-    let before = visible(&mut visibility, before)?;
-    let mut after = rooms.events_from(&info, count + 1, after_limit)?;
-    after.retain(|(_, pdu)| shown(pdu, &ignored));
-    let after = visible(&mut visibility, after)?;
+    let nothing_passes = matcher.blocks_all() || !matcher.allows_room(&body.room_id);
+    let mut around =
+        |dir: Direction, from: u64, limit: usize| {
+            if nothing_passes {
+                return Ok(Scanned {
+                    events: Vec::new(),
+                    last_read: None,
+                    exhausted: true,
+                });
+            }
+            let walk = Walk {
+                dir,
+                from,
+                bound: None,
+                limit,
+                max_read: (limit * READ_FACTOR).max(MIN_READ),
+            };
+            scan(rooms, &info, walk, |count, pdu| {
+                Ok(matcher.allows_pdu(pdu)
+                    && shown(pdu, &ignored)
+                    && visibility.can_see(count, pdu)?)
+            })
+        };
+    let before = around(Direction::Backward, count, before_limit)?;
+    let after = around(Direction::Forward, count + 1, after_limit)?;
 
     let mut state = Vec::new();
     if let Some((before_hash, after_hash)) = rooms.state_hashes(&body.event_id)? {
         let hash = before_hash.unwrap_or(after_hash);
         let lazy = !body.filter.lazy_load_options.is_disabled();
         let senders: BTreeSet<&ruma::UserId> = before
+            .events
             .iter()
-            .chain(&after)
+            .chain(&after.events)
             .map(|(_, pdu)| &*pdu.sender)
             .chain([&*event.sender])
             .collect();
         for pdu in rooms.state_events(&rooms.state.load(hash)?)? {
-            let member_of_other = pdu.kind.to_string() == "m.room.member"
+            let member_of_other = pdu.kind == TimelineEventType::RoomMember
                 && pdu
                     .state_key
                     .as_deref()
@@ -288,22 +267,23 @@ pub async fn get_context(
             if lazy && member_of_other {
                 continue;
             }
-            state.push(pdu.to_state_event());
+            if matcher.allows_pdu(&pdu) {
+                state.push(pdu.to_state_event());
+            }
         }
     }
     let mut response = get_context::v3::Response::new();
-    response.start = Some(before.last().map_or(count, |(c, _)| *c).to_string());
-    response.end = Some(after.last().map_or(count + 1, |(c, _)| c + 1).to_string());
-    let rooms = &services.rooms;
+    response.start = Some(before.last_read.unwrap_or(count).to_string());
+    response.end = Some(after.last_read.map_or(count + 1, |c| c + 1).to_string());
     response.events_before = before
+        .events
         .iter()
-        .filter(|(_, pdu)| passes(&body.filter, pdu))
         .map(|(_, pdu)| rooms.room_event(pdu, sender))
         .collect::<Result<_>>()?;
     response.event = Some(rooms.room_event(&event, sender)?);
     response.events_after = after
+        .events
         .iter()
-        .filter(|(_, pdu)| passes(&body.filter, pdu))
         .map(|(_, pdu)| rooms.room_event(pdu, sender))
         .collect::<Result<_>>()?;
     response.state = state;

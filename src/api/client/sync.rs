@@ -4,21 +4,16 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{extract::State, response::IntoResponse};
-use ruma::api::{
-    OutgoingResponse,
-    client::{filter::FilterDefinition, sync::sync_events},
-};
+use ruma::api::{OutgoingResponse, client::sync::sync_events};
 
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
-    service::{Services, sync::SyncRequest},
+    service::{Services, filter, sync::SyncRequest},
 };
 
 /// The longest a long-poll is held, whatever the client asks.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_TIMELINE_LIMIT: usize = 10;
-const MAX_TIMELINE_LIMIT: usize = 100;
 
 /// `GET /_matrix/client/v3/sync`
 pub async fn sync_events(
@@ -36,30 +31,14 @@ pub async fn sync_events(
                 .map_err(|_| Error::invalid_param("Invalid since token."))
         })
         .transpose()?;
-    let filter = match &body.filter {
-        Some(sync_events::v3::Filter::FilterDefinition(filter)) => Some(filter.clone()),
-        Some(sync_events::v3::Filter::FilterId(id)) => services
-            .account_data
-            .filter(user_id, id)?
-            .and_then(|stored| serde_json::from_value::<FilterDefinition>(stored).ok()),
-        _ => None,
-    };
-    let lazy_members = filter
-        .as_ref()
-        .is_some_and(|f| !f.room.state.lazy_load_options.is_disabled());
-    let timeline_limit = filter
-        .as_ref()
-        .and_then(limit_of)
-        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
-        .clamp(1, MAX_TIMELINE_LIMIT);
+    let filter = filter::sync_filter(&services.account_data, user_id, body.filter.as_ref())?;
     let request = SyncRequest {
         user_id,
         device_id,
         since,
         full_state: body.full_state,
-        timeline_limit,
         timeout: body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
-        lazy_members,
+        filter,
     };
     // Syncing marks the user active with the presence the client asks for (default online).
     services.set_presence(user_id, body.set_presence.clone(), None)?;
@@ -79,14 +58,6 @@ pub async fn sync_events(
         return Ok(axum::Json(body).into_response());
     }
     Ok(RumaResponse(response).into_response())
-}
-
-fn limit_of(filter: &FilterDefinition) -> Option<usize> {
-    filter
-        .room
-        .timeline
-        .limit
-        .and_then(|limit| usize::try_from(limit).ok())
 }
 
 /// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync` (MSC4186)

@@ -253,6 +253,21 @@ impl Rooms {
             .transpose()
     }
 
+    /// The event as stored: the signed PDU (with `hashes` and `signatures`) plus `event_id`
+    /// and `unsigned`, for `event_format: federation`.
+    pub fn pdu_json(&self, event_id: &EventId) -> Result<Option<serde_json::Value>> {
+        let Some(id) = self.pdu_id_of(event_id)? else {
+            return Ok(None);
+        };
+        self.pdus
+            .get(&id)?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::internal(format!("corrupt stored PDU: {e}")))
+            })
+            .transpose()
+    }
+
     /// Count (stream position) of a stored event.
     pub fn count_of(&self, event_id: &EventId) -> Result<Option<u64>> {
         Ok(self.pdu_id_of(event_id)?.and_then(|id| u64_from(&id[8..])))
