@@ -14,6 +14,7 @@ mod errors;
 mod harness;
 mod keys;
 mod media;
+mod nio;
 mod process;
 mod profile;
 mod rooms;
