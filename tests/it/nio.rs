@@ -215,6 +215,57 @@ async fn a_matrix_nio_bot_and_a_matrix_sdk_user_exchange_encrypted_messages() {
     assert_eq!(names, ["nio bot"]);
 }
 
+/// Two matrix-nio bots, each with its own store: the first sends, the second decrypts and
+/// answers, the first decrypts the answer.
+#[tokio::test]
+async fn two_matrix_nio_bots_exchange_encrypted_messages() {
+    venv_python();
+    let server = TestServer::start();
+    let first = server.register("first", "pw pw pw").await;
+    server.register("second", "pw pw pw").await;
+    let (status, room) = server
+        .client_api(
+            &first,
+            Method::POST,
+            "/createRoom",
+            Some(json!({
+                "invite": ["@second:localhost"],
+                "initial_state": [{
+                    "type": "m.room.encryption",
+                    "state_key": "",
+                    "content": { "algorithm": "m.megolm.v1.aes-sha2" },
+                }],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{room}");
+    let room_id = room["room_id"].as_str().expect("room_id");
+
+    // The second bot is in the room before the first sends, so it gets the room key.
+    let mut second = Bot::spawn(
+        &server,
+        "@second:localhost",
+        room_id,
+        &["--reply", "--expect", "Ping", "--send", "Pong"],
+    );
+    second.expect("READY").await;
+    second.expect("JOINED").await;
+    let mut first = Bot::spawn(
+        &server,
+        "@first:localhost",
+        room_id,
+        &["--send", "Ping", "--expect", "Pong"],
+    );
+    first.expect("READY").await;
+    first.expect("JOINED").await;
+    first.expect("SENT").await;
+    assert_eq!(second.expect("RECEIVED").await, "@first:localhost");
+    second.expect("SENT").await;
+    assert_eq!(first.expect("RECEIVED").await, "@second:localhost");
+    first.finish().await;
+    second.finish().await;
+}
+
 /// Every device in a `keys/query` answer has the fields the spec requires (and matrix-nio
 /// checks): `user_id`, `device_id`, `algorithms`, `keys`, `signatures`, and `unsigned`
 /// whose `device_display_name` is a string when the device has a name and absent when it
