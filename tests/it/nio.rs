@@ -57,6 +57,8 @@ struct Bot {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
     stderr: Arc<Mutex<String>>,
+    /// The thread copying stderr; it ends when the bot's stderr closes.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     _store: tempfile::TempDir,
 }
 
@@ -87,7 +89,7 @@ impl Bot {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().expect("stderr");
         let kept = Arc::clone(&stderr);
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buffer = [0; 4096];
             while let Ok(n) = pipe.read(&mut buffer) {
                 if n == 0 {
@@ -102,6 +104,7 @@ impl Bot {
             child,
             lines,
             stderr,
+            stderr_reader: Some(stderr_reader),
             _store: store,
         }
     }
@@ -136,8 +139,10 @@ impl Bot {
     fn fail(&mut self, what: &str) -> ! {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Let the stderr reader drain what the bot printed last.
-        std::thread::sleep(Duration::from_millis(200));
+        // The bot is gone, so its stderr is closed: the reader has all it printed.
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
         panic!("{what}; its stderr:\n{}", self.stderr.lock().unwrap());
     }
 }
