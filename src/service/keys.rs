@@ -79,6 +79,19 @@ fn parse_object(raw: &RawValue, what: &str) -> Result<CanonicalJsonObject> {
     serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("Invalid {what}: {e}")))
 }
 
+/// The `unsigned` object added to a device's keys in `keys/query` (spec "Key management
+/// API": `UnsignedDeviceInfo`). `device_display_name` is a string when present: a device
+/// without a name leaves it out, as Synapse does, rather than sending `null`. A `null`
+/// here makes matrix-nio (whose store keeps the name in a NOT NULL column) silently drop
+/// the device, so its bots could never encrypt to it.
+pub fn unsigned_device_info(display_name: Option<&str>) -> JsonValue {
+    let mut unsigned = serde_json::Map::new();
+    if let Some(name) = display_name {
+        unsigned.insert("device_display_name".to_owned(), name.into());
+    }
+    JsonValue::Object(unsigned)
+}
+
 /// Checks that `object` carries a valid signature by `entity`'s key `key_id` (the only
 /// signature considered; others, e.g. by cross-signing keys, are left for their own checks).
 pub fn verify_signed_by(
@@ -421,6 +434,15 @@ mod tests {
         .expect("object");
         sign_json(user, &pair, &mut object).expect("sign");
         object
+    }
+
+    #[test]
+    fn a_device_without_a_name_has_no_display_name_field() {
+        assert_eq!(unsigned_device_info(None), json!({}));
+        assert_eq!(
+            unsigned_device_info(Some("Phone")),
+            json!({ "device_display_name": "Phone" })
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use serde_json::Value;
 use crate::harness::TestServer;
 
 /// A client with encryption and automatic cross-signing, logged in as `name`.
-async fn encrypting_client(server: &TestServer, name: &str) -> Client {
+pub(crate) async fn encrypting_client(server: &TestServer, name: &str) -> Client {
     let client = Client::builder()
         .homeserver_url(&server.url)
         .with_encryption_settings(EncryptionSettings {
@@ -46,7 +46,7 @@ async fn encrypting_client(server: &TestServer, name: &str) -> Client {
     client
 }
 
-fn quick_sync() -> SyncSettings {
+pub(crate) fn quick_sync() -> SyncSettings {
     SyncSettings::default().timeout(Duration::from_secs(0))
 }
 
@@ -58,7 +58,7 @@ fn decrypted_body(event: &TimelineEvent) -> Option<String> {
 }
 
 /// Syncs `client` (at most 20 times) until `room_id`'s timeline yields `body` decrypted.
-async fn receive(client: &Client, room_id: &RoomId, body: &str) {
+pub(crate) async fn receive(client: &Client, room_id: &RoomId, body: &str) {
     for _ in 0..20 {
         let sync = client.sync_once(quick_sync()).await.expect("sync");
         if let Some(room) = sync.rooms.joined.get(room_id)
@@ -75,7 +75,7 @@ async fn receive(client: &Client, room_id: &RoomId, body: &str) {
     panic!("{body:?} never arrived decrypted");
 }
 
-async fn send(client: &Client, room_id: &RoomId, body: &str) -> OwnedEventId {
+pub(crate) async fn send(client: &Client, room_id: &RoomId, body: &str) -> OwnedEventId {
     let room = client.get_room(room_id).expect("room known");
     room.send(RoomMessageEventContent::text_plain(body))
         .await

@@ -16,6 +16,7 @@ mod filters;
 mod harness;
 mod keys;
 mod media;
+mod nio;
 mod process;
 mod profile;
 mod rooms;

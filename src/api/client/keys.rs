@@ -21,6 +21,7 @@ use crate::{
     service::{
         Services,
         cross_signing::{MASTER, SELF_SIGNING, SigningKeysUpload, USER_SIGNING, public_key},
+        keys::unsigned_device_info,
         uiaa::Stage,
     },
 };
@@ -104,7 +105,7 @@ pub async fn get_keys(
             if let Some(object) = keys.as_object_mut() {
                 object.insert(
                     "unsigned".to_owned(),
-                    json!({ "device_display_name": device.display_name }),
+                    unsigned_device_info(device.display_name.as_deref()),
                 );
             }
             services.cross_signing.merge_signatures(
