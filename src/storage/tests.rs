@@ -249,7 +249,10 @@ fn a_closed_database_reopens_at_once() {
     for n in 0u32..30 {
         let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
         let tree = db.tree("t").unwrap();
-        assert_eq!(tree.get(b"n").unwrap(), n.checked_sub(1).map(|p| p.to_be_bytes().to_vec()));
+        assert_eq!(
+            tree.get(b"n").unwrap(),
+            n.checked_sub(1).map(|p| p.to_be_bytes().to_vec())
+        );
         tree.insert(b"n", &n.to_be_bytes()).unwrap();
         db.flush_blocking().unwrap();
     }
@@ -268,5 +271,8 @@ fn a_tree_keeps_the_database_open_until_it_is_dropped() {
     ));
     drop(tree);
     let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
-    assert_eq!(db.tree("t").unwrap().get(b"k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(
+        db.tree("t").unwrap().get(b"k").unwrap(),
+        Some(b"v".to_vec())
+    );
 }
