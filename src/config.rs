@@ -46,7 +46,8 @@ pub struct Config {
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// Seconds a connection has to send a complete request head (from its opening, or from
-    /// the end of the previous response on HTTP/1.1).
+    /// the end of the previous response on HTTP/1.1); also the longest pause allowed in a
+    /// request body.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: u64,
     /// Seconds a connection with no request in progress is kept open.

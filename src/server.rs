@@ -21,6 +21,8 @@
 //!   after `keepalive_timeout`, and dropped if they have not gone `CLOSE_GRACE` later.
 //!   HTTP/2 connections are also pinged, so a vanished peer is noticed while a request is
 //!   in progress.
+//! - **Request bodies** must keep arriving: a gap of `header_timeout` without a byte fails
+//!   the body, and the handler answers `400`.
 //! - **Requests handled at once** are capped at `max_concurrent_requests`; more wait their
 //!   turn. Long-polls (`/sync`, sliding sync, media downloads waiting for an upload) spend
 //!   their time waiting, not working, and are not counted, so idle clients cannot starve the
@@ -60,6 +62,7 @@ use tokio_rustls::{
         pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     },
 };
+use tower_http::timeout::TimeoutBody;
 
 use crate::{api, config::Config, service::Services};
 
@@ -350,7 +353,10 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<axum::response::Response, Infallible> {
     let busy = activity.begin();
-    let mut request = request.map(Body::new);
+    // A body that stops arriving fails (the handler answers 400) after `header_timeout`
+    // without a byte, so a stalled upload holds neither its turn nor the connection for ever.
+    let body_timeout = shared.limits.header_timeout;
+    let mut request = request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
     request.extensions_mut().insert(ConnectInfo(peer));
     let permit = if is_long_poll(request.uri().path()) {
         None

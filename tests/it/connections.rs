@@ -284,3 +284,51 @@ async fn the_connection_cap_holds_and_long_polls_do_not_count_as_requests() {
     }
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_holds_no_turn_for_ever() {
+    let timeout = TIMEOUT_SECS.to_string();
+    let server = TestServer::with_env(&[
+        ("CONDUIT_HEADER_TIMEOUT", &timeout),
+        ("CONDUIT_MAX_CONCURRENT_REQUESTS", "1"),
+    ]);
+    let token = server.register("carol", "correct horse").await;
+
+    // A login whose head is complete but whose body stops after 8 of its 100 bytes.
+    let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+    stream
+        .write_all(
+            b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"type\":",
+        )
+        .await
+        .unwrap();
+    let sent = Instant::now();
+
+    // With one request handled at a time, another request is served: at once, or once the
+    // stalled one has given up its turn.
+    let (status, body) = tokio::time::timeout(TIMEOUT + MARGIN, server.whoami(&token))
+        .await
+        .expect("whoami waited for ever behind a stalled body");
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The stalled request fails after header_timeout without a byte, with a 400.
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read =
+            tokio::time::timeout_at((sent + TIMEOUT + MARGIN).into(), stream.read(&mut buffer))
+                .await
+                .expect("the stalled request is answered")
+                .unwrap();
+        assert!(read > 0, "closed without an answer");
+        head.extend_from_slice(&buffer[..read]);
+    }
+    let waited = sent.elapsed();
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(
+        waited + Duration::from_millis(200) >= TIMEOUT,
+        "answered after {waited:?}, before the body timeout"
+    );
+}
