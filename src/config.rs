@@ -37,6 +37,22 @@ pub struct Config {
     /// Largest accepted request body, in bytes.
     #[serde(default = "default_max_request_size")]
     pub max_request_size: u32,
+    /// Requests handled at once; more wait their turn. Long-polls (`/sync`) are not counted.
+    /// Conduit's key (there it limits requests to other servers; see `server.rs`).
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: u32,
+    /// Open client connections; at the cap, new ones wait until one closes. Lowered at
+    /// start to fit the open-files limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Seconds a connection has to send a complete request head (from its opening, or from
+    /// the end of the previous response on HTTP/1.1); also the longest pause allowed in a
+    /// request body.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: u64,
+    /// Seconds a connection with no request in progress is kept open.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: u64,
     #[serde(default)]
     pub allow_registration: bool,
     #[serde(default)]
@@ -111,6 +127,18 @@ fn default_port() -> u16 {
 fn default_max_request_size() -> u32 {
     20 * 1024 * 1024
 }
+fn default_max_concurrent_requests() -> u32 {
+    100
+}
+fn default_max_connections() -> u32 {
+    4096
+}
+fn default_header_timeout() -> u64 {
+    30
+}
+fn default_keepalive_timeout() -> u64 {
+    60
+}
 fn default_true() -> bool {
     true
 }
@@ -133,6 +161,10 @@ const KNOWN_KEYS: &[&str] = &[
     "address",
     "port",
     "max_request_size",
+    "max_concurrent_requests",
+    "max_connections",
+    "header_timeout",
+    "keepalive_timeout",
     "allow_registration",
     "registration_token",
     "registration_shared_secret",
@@ -225,6 +257,19 @@ impl Config {
             return Err(ConfigError(
                 "global.max_request_size: must be at least 1024 bytes".into(),
             ));
+        }
+        for (key, value) in [
+            (
+                "max_concurrent_requests",
+                u64::from(self.max_concurrent_requests),
+            ),
+            ("max_connections", u64::from(self.max_connections)),
+            ("header_timeout", self.header_timeout),
+            ("keepalive_timeout", self.keepalive_timeout),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!("global.{key}: must be at least 1")));
+            }
         }
         if self
             .registration_token
@@ -418,6 +463,9 @@ mod tests {
             assert!(!config.allow_registration);
             assert_eq!(config.database_backend, "sled");
             assert_eq!(config.db_cache_capacity_bytes(), 32 << 20);
+            assert_eq!(config.max_concurrent_requests, 100);
+            assert_eq!(config.max_connections, 4096);
+            assert_eq!((config.header_timeout, config.keepalive_timeout), (30, 60));
             Ok(())
         });
     }
@@ -553,6 +601,25 @@ mod tests {
                 .to_string();
             assert!(!error.contains('\n'), "{error}");
             assert!(error.contains("bad.toml"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn connection_limits_must_be_positive() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CONDUIT_HEADER_TIMEOUT", "0");
+            let error = load("[global]\nserver_name = \"a.b\"")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains("global.header_timeout"), "{error}");
+            jail.set_env("CONDUIT_HEADER_TIMEOUT", "5");
+            let error = load("[global]\nserver_name = \"a.b\"\nmax_connections = 0")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains("global.max_connections"), "{error}");
             Ok(())
         });
     }

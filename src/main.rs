@@ -131,6 +131,8 @@ async fn serve(config: Config) -> Result<(), String> {
         Some(tls) => Some(server::tls_acceptor(&tls.certs, &tls.key)?),
         None => None,
     };
+    // Before anything opens files: every connection is a file descriptor.
+    server::raise_open_files_limit();
     let db = cli::open_database(&config)?;
     let address = SocketAddr::new(config.address, config.port);
     let services = Services::build(config, db).map_err(|e| e.to_string())?;

@@ -166,12 +166,7 @@ fn foreign_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         // What Conduit leaves: a `global` tree with its own version key, no schema_version.
-        let db = ::sled::open(dir.path()).unwrap();
-        db.open_tree("global")
-            .unwrap()
-            .insert(b"version", &13u64.to_be_bytes())
-            .unwrap();
-        db.flush().unwrap();
+        super::sled::write_foreign(dir.path(), "global", b"version", &13u64.to_be_bytes());
     }
     assert!(matches!(
         Db::open_sled(dir.path(), 8 << 20),
@@ -244,4 +239,40 @@ async fn concurrent_persist_calls_all_complete() {
     // Group commit: far fewer flushes than callers, and at least one.
     let flushes = db.flush.started.load(std::sync::atomic::Ordering::Acquire);
     assert!((1..=32).contains(&flushes), "flushes: {flushes}");
+}
+
+#[test]
+fn a_closed_database_reopens_at_once() {
+    // Closing is complete when the last handle is dropped: reopening in the same process
+    // never finds sled's lock still held (it used to, now and then, after a write).
+    let dir = tempfile::tempdir().unwrap();
+    for n in 0u32..30 {
+        let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+        let tree = db.tree("t").unwrap();
+        assert_eq!(
+            tree.get(b"n").unwrap(),
+            n.checked_sub(1).map(|p| p.to_be_bytes().to_vec())
+        );
+        tree.insert(b"n", &n.to_be_bytes()).unwrap();
+        db.flush_blocking().unwrap();
+    }
+}
+
+#[test]
+fn a_tree_keeps_the_database_open_until_it_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+    let tree = db.tree("t").unwrap();
+    drop(db);
+    tree.insert(b"k", b"v").unwrap();
+    assert!(matches!(
+        Db::open_sled(dir.path(), 8 << 20),
+        Err(StorageError::Locked(_))
+    ));
+    drop(tree);
+    let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+    assert_eq!(
+        db.tree("t").unwrap().get(b"k").unwrap(),
+        Some(b"v".to_vec())
+    );
 }

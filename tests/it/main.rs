@@ -6,6 +6,7 @@ mod account;
 mod admin;
 mod backup;
 mod client_state;
+mod connections;
 mod dehydrated;
 mod devices;
 mod durability;
