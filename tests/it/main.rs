@@ -19,3 +19,4 @@ mod profile;
 mod rooms;
 mod sliding_sync;
 mod turn;
+mod uia;
