@@ -1,9 +1,11 @@
 //! Serving: binds nothing itself. [`run`] takes a listener that is already bound (so tests
 //! and `port = 0` work), optionally wraps connections in TLS, serves the router until the
-//! shutdown future resolves, then flushes the store.
+//! shutdown future resolves, then flushes the store. Alongside, it runs the task that writes
+//! devices' last-seen times, and writes the rest at shutdown.
 
 use std::{future::Future, io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
+use axum::serve::ListenerExt;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::mpsc,
@@ -17,7 +19,10 @@ use tokio_rustls::{
     server::TlsStream,
 };
 
-use crate::{api, service::Services};
+use crate::{
+    api,
+    service::{Services, devices},
+};
 
 /// Serves until `shutdown` resolves, then waits for open requests and flushes the database.
 pub async fn run(
@@ -26,19 +31,43 @@ pub async fn run(
     services: Arc<Services>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let app = api::router(Arc::clone(&services));
-    match tls {
+    // Each request carries its peer address as `ConnectInfo<SocketAddr>` (devices' last
+    // seen address).
+    let app =
+        api::router(Arc::clone(&services)).into_make_service_with_connect_info::<SocketAddr>();
+    let (stop_flusher, flusher_stopped) = tokio::sync::oneshot::channel::<()>();
+    let seen_flusher = tokio::spawn({
+        let services = Arc::clone(&services);
+        async move {
+            let stop = async {
+                let _ = flusher_stopped.await;
+            };
+            services
+                .devices
+                .flush_seen_until(devices::SEEN_FLUSH_INTERVAL, stop)
+                .await
+        }
+    });
+    let served = match tls {
         None => {
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
-                .await?
+                .await
         }
         Some(acceptor) => {
-            axum::serve(TlsListener::new(listener, acceptor)?, app)
+            // `tap_io` only so that axum fills in `ConnectInfo` for a listener of our own.
+            let listener = TlsListener::new(listener, acceptor)?.tap_io(|_| {});
+            axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
-                .await?
+                .await
         }
+    };
+    let _ = stop_flusher.send(());
+    let _ = seen_flusher.await;
+    if let Err(error) = services.devices.flush_seen().await {
+        tracing::error!(%error, "could not write last-seen times at shutdown");
     }
+    served?;
     services.db.flush_blocking().map_err(io::Error::other)?;
     tracing::info!("stopped; database flushed");
     Ok(())

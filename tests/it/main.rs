@@ -13,6 +13,7 @@ mod e2ee;
 mod errors;
 mod harness;
 mod keys;
+mod last_seen;
 mod media;
 mod process;
 mod profile;
