@@ -17,6 +17,7 @@ mod last_seen;
 mod media;
 mod process;
 mod profile;
+mod push_rules;
 mod rooms;
 mod sliding_sync;
 mod turn;
