@@ -13,7 +13,7 @@
 //!
 //! Last-seen times change on every request, so they are recorded in memory
 //! ([`Devices::record_seen`]) and written in one batch per minute by a task that
-//! [`crate::server::run`] starts ([`Devices::flush_seen_every`]), and once more at shutdown:
+//! [`crate::server::run`] starts ([`Devices::flush_seen_until`]), and once more at shutdown:
 //! never a write per request. Readers see the in-memory value at once.
 
 use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
