@@ -50,10 +50,10 @@ async fn nio(
 /// The rule ids of one kind, in priority order.
 async fn rule_ids(server: &TestServer, token: &str, kind: &str) -> Vec<String> {
     let (status, rules) = server
-        .client_api(token, Method::GET, "/pushrules/global/", None)
+        .client_api(token, Method::GET, "/pushrules/", None)
         .await;
     assert_eq!(status, StatusCode::OK, "{rules}");
-    rules[kind]
+    rules["global"][kind]
         .as_array()
         .map(|rules| {
             rules
@@ -605,6 +605,14 @@ async fn sync_carries_push_rules_initially_and_after_each_change() {
         .client_api(&token, Method::GET, "/pushrules/", None)
         .await;
     assert_eq!(*rules, all, "the same rule set as GET /pushrules/");
+    let (status, global) = server
+        .client_api(&token, Method::GET, "/pushrules/global/", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{global}");
+    assert_eq!(
+        global, all["global"],
+        "GET /pushrules/global/ is the global scope"
+    );
     let since = sync["next_batch"].as_str().unwrap().to_owned();
 
     // Nothing changed: an incremental sync does not repeat it.
