@@ -564,6 +564,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_flush_task_writes_each_interval_and_stops_when_asked() {
+        let devices = std::sync::Arc::new(test_devices());
+        let alice = user_id!("@alice:example.org");
+        let (device, _) = devices.login(alice, None, None).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let devices = std::sync::Arc::clone(&devices);
+            async move {
+                let stop = async {
+                    let _ = stopped.await;
+                };
+                devices
+                    .flush_seen_until(Duration::from_millis(10), stop)
+                    .await;
+            }
+        });
+        let key = device_key(alice, &device);
+        for round in 0..2 {
+            devices.record_seen(&(alice.to_owned(), device.clone()), None);
+            let recorded = devices.last_seen(alice, &device).unwrap();
+            // Bounded: the task writes within one interval; give it up to 5 s.
+            let mut written = None;
+            for _ in 0..500 {
+                written = devices.last_seen.get(&key).unwrap();
+                if written == recorded {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(written, recorded, "round {round}");
+            // Later times differ from the stored one, so round 2 needs a new write.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task stops when asked")
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn remove_all_keeps_one_and_other_users_untouched() {
         let devices = test_devices();
         let alice = user_id!("@alice:example.org");
