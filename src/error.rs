@@ -118,7 +118,17 @@ impl Error {
 
     fn into_ruma(self) -> UiaaResponse {
         let (status, kind, message) = match self {
-            Self::Uiaa(info) => return UiaaResponse::AuthResponse(*info),
+            Self::Uiaa(mut info) => {
+                // The spec's examples always carry `params`, and some clients (matrix-nio)
+                // read it unconditionally: an empty object when no stage has parameters.
+                if info.params.is_none() {
+                    info.params = Some(
+                        serde_json::value::to_raw_value(&serde_json::json!({}))
+                            .expect("an empty object serialises"),
+                    );
+                }
+                return UiaaResponse::AuthResponse(*info);
+            }
             Self::Matrix {
                 status,
                 kind,
@@ -223,6 +233,19 @@ mod tests {
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(body["errcode"], "M_UNKNOWN");
         assert!(!body.to_string().contains("secret detail"));
+    }
+
+    #[tokio::test]
+    async fn uiaa_answer_always_has_params_and_session() {
+        let mut info = UiaaInfo::new(vec![ruma::api::client::uiaa::AuthFlow::new(vec![
+            ruma::api::client::uiaa::AuthType::Password,
+        ])]);
+        info.session = Some("abc".into());
+        let (status, body, _) = body_of(Error::Uiaa(Box::new(info))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["flows"][0]["stages"][0], "m.login.password");
+        assert_eq!(body["params"], serde_json::json!({}));
+        assert_eq!(body["session"], "abc");
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Serving: binds nothing itself. [`run`] takes a listener that is already bound (so tests
 //! and `port = 0` work), optionally wraps connections in TLS, serves the router until the
-//! shutdown future resolves, then flushes the store.
+//! shutdown future resolves, then flushes the store. Alongside, it runs the task that writes
+//! devices' last-seen times every minute, and writes the rest at shutdown.
 //!
 //! Connections are served here with hyper directly rather than through `axum::serve`, which
 //! has no time limits: a client that opens a connection and never finishes its request would
@@ -64,7 +65,11 @@ use tokio_rustls::{
 };
 use tower_http::timeout::TimeoutBody;
 
-use crate::{api, config::Config, service::Services};
+use crate::{
+    api,
+    config::Config,
+    service::{Services, devices},
+};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an HTTP/2 connection is pinged, and how long the answer may take.
@@ -200,6 +205,19 @@ pub async fn run(
         limits: limits.clone(),
     });
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_flusher, flusher_stopped) = tokio::sync::oneshot::channel::<()>();
+    let seen_flusher = tokio::spawn({
+        let services = Arc::clone(&services);
+        async move {
+            let stop = async {
+                let _ = flusher_stopped.await;
+            };
+            services
+                .devices
+                .flush_seen_until(devices::SEEN_FLUSH_INTERVAL, stop)
+                .await
+        }
+    });
     // Shutdown: `stop` tells every connection to finish; `open` counts the tasks still
     // running (each holds a receiver).
     let (stop, stopped) = watch::channel(false);
@@ -254,6 +272,12 @@ pub async fn run(
             "{} connection(s) still busy after {SHUTDOWN_GRACE:?}; stopping anyway",
             stop.receiver_count()
         );
+    }
+    // Last-seen times of the requests just served, then the final flush.
+    let _ = stop_flusher.send(());
+    let _ = seen_flusher.await;
+    if let Err(error) = services.devices.flush_seen().await {
+        tracing::error!(%error, "could not write last-seen times at shutdown");
     }
     services.db.flush_blocking().map_err(io::Error::other)?;
     tracing::info!("stopped; database flushed");

@@ -3,12 +3,15 @@
 //! [`RouterExt::ruma_route`], which mounts a handler on every path and method its ruma
 //! endpoint metadata lists.
 
-use std::sync::Arc;
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     Router,
     body::Body,
-    extract::{FromRequest, FromRequestParts, Path, Request},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
     response::{IntoResponse, Response},
     routing::{MethodFilter, on},
 };
@@ -106,6 +109,16 @@ fn access_token(parts: &Parts) -> Result<Option<&str>> {
     }))
 }
 
+/// The client's address: the peer of the connection, which the server puts into each
+/// request's extensions as `ConnectInfo<SocketAddr>` (`server::run`). Headers such as
+/// `X-Forwarded-For` are not trusted: any client could set them.
+fn peer_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip())
+}
+
 async fn authenticate(
     services: &Services,
     parts: &Parts,
@@ -127,6 +140,7 @@ async fn authenticate(
                     .account(&sender.0)?
                     .is_some_and(|account| !account.deactivated) =>
             {
+                services.devices.record_seen(&sender, peer_ip(parts));
                 Ok(Some(sender))
             }
             _ => Err(Error::unknown_token("Unknown access token.")),

@@ -7,6 +7,16 @@
 //!   Tokens themselves are never stored: a stolen database yields no usable token.
 //! - `userid_devicelistposition`: user → stream position of the last change to their device
 //!   list (u64), for `device_lists.changed` in `/sync`.
+//! - `userdeviceid_lastseen`: `user_id 0xFF device_id` → [`LastSeen`] (JSON): when and from
+//!   where the device last made an authenticated request. Kept apart from the device record,
+//!   so a late write can never bring back a deleted device.
+//!
+//! Last-seen times change on every request, so they are recorded in memory
+//! ([`Devices::record_seen`]) and written in one batch per minute by a task that
+//! [`crate::server::run`] starts ([`Devices::flush_seen_until`]), and once more at shutdown:
+//! never a write per request. Readers see the in-memory value at once.
+
+use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
@@ -19,7 +29,11 @@ use crate::{
 
 const USERDEVICEID_DEVICE: &str = "userdeviceid_device";
 const TOKENDIGEST_USERDEVICEID: &str = "tokendigest_userdeviceid";
+const USERDEVICEID_LASTSEEN: &str = "userdeviceid_lastseen";
 const SEPARATOR: u8 = 0xFF;
+
+/// How often recorded last-seen times are written: at most once per device in this time.
+pub const SEEN_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Device {
@@ -27,6 +41,20 @@ pub struct Device {
     /// Hex SHA-256 of the device's access token.
     token_digest: String,
     pub created_ts: u64,
+}
+
+/// When (milliseconds since the Unix epoch) and from which address a device last made an
+/// authenticated request.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct LastSeen {
+    pub ts: u64,
+    pub ip: Option<String>,
+}
+
+/// A last-seen time recorded in memory, and whether it is newer than the stored one.
+struct Seen {
+    last: LastSeen,
+    dirty: bool,
 }
 
 pub struct Devices {
@@ -39,6 +67,11 @@ pub struct Devices {
     list_positions: std::sync::Arc<dyn Tree>,
     /// A device's encryption keys go with it.
     keys: std::sync::Arc<super::keys::Keys>,
+    last_seen: Table<LastSeen>,
+    /// Last-seen times recorded since start, by device. Only requests with a live token
+    /// add entries, and entries of removed devices go, so this holds at most one entry
+    /// per device with a token.
+    seen: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), Seen>>,
 }
 
 fn device_key(user_id: &UserId, device_id: &DeviceId) -> Vec<u8> {
@@ -69,7 +102,129 @@ impl Devices {
             devices: db.table(USERDEVICEID_DEVICE)?,
             tokens: db.tree(TOKENDIGEST_USERDEVICEID)?,
             list_positions: db.tree("userid_devicelistposition")?,
+            last_seen: db.table(USERDEVICEID_LASTSEEN)?,
+            seen: Mutex::default(),
         })
+    }
+
+    /// Records, in memory only, that the device made an authenticated request now from
+    /// `ip` (the peer address; `None` when unknown).
+    pub fn record_seen(&self, device: &(OwnedUserId, OwnedDeviceId), ip: Option<IpAddr>) {
+        let last = LastSeen {
+            ts: now_ms(),
+            ip: ip.map(|ip| ip.to_canonical().to_string()),
+        };
+        let mut seen = self.seen.lock().expect("last-seen map");
+        match seen.get_mut(device) {
+            Some(entry) => {
+                entry.last = last;
+                entry.dirty = true;
+            }
+            None => {
+                seen.insert(device.clone(), Seen { last, dirty: true });
+            }
+        }
+    }
+
+    /// When and from where the device was last seen: the value in memory, else the
+    /// stored one.
+    pub fn last_seen(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<LastSeen>> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        if let Some(seen) = self.seen.lock().expect("last-seen map").get(&key) {
+            return Ok(Some(seen.last.clone()));
+        }
+        Ok(self.last_seen.get(&device_key(user_id, device_id))?)
+    }
+
+    /// Writes every last-seen time recorded since the previous flush, in one batch, for
+    /// devices that still exist; entries of devices that are gone are dropped.
+    pub async fn flush_seen(&self) -> Result<()> {
+        let due: Vec<_> = {
+            let mut seen = self.seen.lock().expect("last-seen map");
+            seen.iter_mut()
+                .filter(|(_, entry)| entry.dirty)
+                .map(|(key, entry)| {
+                    entry.dirty = false;
+                    (key.clone(), entry.last.clone())
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        let written = self.write_seen(&due).await;
+        {
+            let mut seen = self.seen.lock().expect("last-seen map");
+            match &written {
+                Ok(gone) => {
+                    for key in gone {
+                        seen.remove(key);
+                    }
+                }
+                Err(_) => {
+                    // Try again next time, unless a newer request has replaced the entry.
+                    for (key, last) in &due {
+                        if let Some(entry) = seen.get_mut(key)
+                            && entry.last == *last
+                        {
+                            entry.dirty = true;
+                        }
+                    }
+                }
+            }
+        }
+        written?;
+        self.db.persist().await?;
+        Ok(())
+    }
+
+    /// Applies one batch with the last-seen rows of the devices in `due` that still exist;
+    /// returns the ones that are gone.
+    async fn write_seen(
+        &self,
+        due: &[((OwnedUserId, OwnedDeviceId), LastSeen)],
+    ) -> Result<Vec<(OwnedUserId, OwnedDeviceId)>> {
+        // Under the write lock, so a device removed through `remove` or `remove_all` is
+        // either seen as gone here or removed after this write, its last-seen row with it.
+        let _guard = self.write_lock.lock().await;
+        let mut batch = Batch::new();
+        let mut gone = Vec::new();
+        for ((user_id, device_id), last) in due {
+            let key = device_key(user_id, device_id);
+            if self.devices.tree().get(&key)?.is_some() {
+                batch.insert_json(&self.last_seen, key, last);
+            } else {
+                gone.push((user_id.clone(), device_id.clone()));
+            }
+        }
+        self.db.apply(&batch)?;
+        Ok(gone)
+    }
+
+    /// Flushes last-seen times every `interval` until `stop` resolves; a flush under way
+    /// then still finishes. The server then calls [`Devices::flush_seen`] once more.
+    pub async fn flush_seen_until(&self, interval: Duration, stop: impl Future<Output = ()>) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = ticks.tick() => {
+                    if let Err(error) = self.flush_seen().await {
+                        tracing::warn!(%error, "could not write last-seen times");
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget_seen<'a>(&self, user_id: &UserId, device_ids: impl Iterator<Item = &'a DeviceId>) {
+        let mut seen = self.seen.lock().expect("last-seen map");
+        for device_id in device_ids {
+            seen.remove(&(user_id.to_owned(), device_id.to_owned()));
+        }
     }
 
     /// Creates the device, or gives an existing one a fresh token (revoking the old one).
@@ -95,11 +250,15 @@ impl Devices {
                 existing.token_digest = crypto::hex_encode(&digest);
                 existing
             }
-            None => Device {
-                display_name,
-                token_digest: crypto::hex_encode(&digest),
-                created_ts: now_ms(),
-            },
+            None => {
+                // A device id used before starts without the old device's last-seen time.
+                batch.remove(self.last_seen.tree(), key.clone());
+                Device {
+                    display_name,
+                    token_digest: crypto::hex_encode(&digest),
+                    created_ts: now_ms(),
+                }
+            }
         };
         batch.insert_json(&self.devices, key.clone(), &device);
         batch.insert(&*self.tokens, digest.to_vec(), key);
@@ -130,6 +289,7 @@ impl Devices {
             token_digest: String::new(),
             created_ts: now_ms(),
         };
+        batch.remove(self.last_seen.tree(), key.clone());
         batch.insert_json(&self.devices, key, &device);
         self.db.apply(&batch)?;
         drop(guard);
@@ -209,27 +369,35 @@ impl Devices {
         }
         self.db.apply(&batch)?;
         drop(guard);
+        self.forget_seen(user_id, device_ids.iter().map(|id| &**id));
         self.db.persist().await?;
         Ok(())
     }
 
     /// Removes all of a user's devices except `keep`.
     pub async fn remove_all(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<()> {
+        let guard = self.write_lock.lock().await;
         let batch = self.removal(user_id, keep)?;
         self.db.apply(&batch)?;
+        drop(guard);
         self.db.persist().await?;
         Ok(())
     }
 
     /// The writes that remove all of a user's devices (except `keep`) and their tokens, for
-    /// a caller to apply together with its own change (password, deactivation).
+    /// a caller to apply together with its own change (password, deactivation). Their
+    /// last-seen times are forgotten at once; should a flush still write one, the row stays
+    /// without a device, where no one reads it, until the device id is used again.
     pub fn removal(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<Batch> {
         let mut batch = Batch::new();
+        let mut removed = Vec::new();
         for (device_id, device) in self.list(user_id)? {
             if Some(&*device_id) != keep {
                 self.remove_into(&mut batch, device_key(user_id, &device_id), &device)?;
+                removed.push(device_id);
             }
         }
+        self.forget_seen(user_id, removed.iter().map(|id| &**id));
         Ok(batch)
     }
 
@@ -256,6 +424,7 @@ impl Devices {
             batch.remove(&*self.tokens, digest);
         }
         self.keys.removal_into(batch, &key)?;
+        batch.remove(self.last_seen.tree(), key.clone());
         batch.remove(self.devices.tree(), key);
         Ok(())
     }
@@ -328,6 +497,111 @@ mod tests {
             Some("Laptop")
         );
         assert_eq!(devices.list(alice).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn last_seen_is_kept_in_memory_and_written_only_by_a_flush() {
+        let devices = test_devices();
+        let alice = user_id!("@alice:example.org");
+        let (device, _) = devices.login(alice, None, None).await.unwrap();
+        let (gone, _) = devices.login(alice, None, None).await.unwrap();
+        assert_eq!(devices.last_seen(alice, &device).unwrap(), None);
+
+        let ip = "::ffff:10.0.0.7".parse().ok();
+        devices.record_seen(&(alice.to_owned(), device.clone()), ip);
+        devices.record_seen(&(alice.to_owned(), gone.clone()), None);
+        let seen = devices.last_seen(alice, &device).unwrap().unwrap();
+        assert_eq!(
+            seen.ip.as_deref(),
+            Some("10.0.0.7"),
+            "IPv4-mapped shown as IPv4"
+        );
+        assert!(
+            devices
+                .last_seen
+                .tree()
+                .get(&device_key(alice, &device))
+                .unwrap()
+                .is_none(),
+            "nothing written per request"
+        );
+
+        // A device removed before the flush is not brought back by it.
+        devices
+            .remove(alice, std::slice::from_ref(&gone))
+            .await
+            .unwrap();
+        devices.record_seen(&(alice.to_owned(), gone.clone()), None);
+        devices.flush_seen().await.unwrap();
+        assert_eq!(
+            devices.last_seen.get(&device_key(alice, &device)).unwrap(),
+            Some(seen)
+        );
+        assert!(devices.get(alice, &gone).unwrap().is_none());
+        assert!(
+            devices
+                .last_seen
+                .get(&device_key(alice, &gone))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            devices.seen.lock().unwrap().len(),
+            1,
+            "the removed device's entry went"
+        );
+
+        // Removing a device takes its stored last-seen time with it.
+        devices.remove_all(alice, None).await.unwrap();
+        assert!(
+            devices
+                .last_seen
+                .get(&device_key(alice, &device))
+                .unwrap()
+                .is_none()
+        );
+        assert!(devices.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_flush_task_writes_each_interval_and_stops_when_asked() {
+        let devices = std::sync::Arc::new(test_devices());
+        let alice = user_id!("@alice:example.org");
+        let (device, _) = devices.login(alice, None, None).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let devices = std::sync::Arc::clone(&devices);
+            async move {
+                let stop = async {
+                    let _ = stopped.await;
+                };
+                devices
+                    .flush_seen_until(Duration::from_millis(10), stop)
+                    .await;
+            }
+        });
+        let key = device_key(alice, &device);
+        for round in 0..2 {
+            devices.record_seen(&(alice.to_owned(), device.clone()), None);
+            let recorded = devices.last_seen(alice, &device).unwrap();
+            // Bounded: the task writes within one interval; give it up to 5 s.
+            let mut written = None;
+            for _ in 0..500 {
+                written = devices.last_seen.get(&key).unwrap();
+                if written == recorded {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(written, recorded, "round {round}");
+            // Later times differ from the stored one, so round 2 needs a new write.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task stops when asked")
+            .unwrap();
     }
 
     #[tokio::test]

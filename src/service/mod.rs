@@ -212,6 +212,52 @@ impl Services {
         Ok(())
     }
 
+    /// Account data changed from `since` on (all of it without `since`), for `/sync` and
+    /// sliding sync. `m.push_rules` is the whole rule set, server defaults included, and an
+    /// initial sync always carries it, also when the user never changed a rule (so nothing
+    /// is stored): Element and matrix-js-sdk evaluate notifications from it (client-server
+    /// API, "Push Rules: Events").
+    pub fn account_data_since(
+        &self,
+        user_id: &ruma::UserId,
+        since: Option<u64>,
+    ) -> Result<Vec<account_data::Item>> {
+        let mut items = self.account_data.changed_since(user_id, since)?;
+        // Built from the stored item read here, not from `Push`'s cache: a sync woken by a
+        // change could otherwise send the rules from before it at the new position.
+        match items
+            .iter_mut()
+            .find(|item| item.room_id.is_none() && item.kind == push::PUSH_RULES)
+        {
+            Some(item) => {
+                let rules = push::rules_from_stored(user_id, Some(&item.content));
+                item.content = push::rules_content(&rules);
+            }
+            None if since.is_none() => items.push(account_data::Item {
+                room_id: None,
+                kind: push::PUSH_RULES.to_owned(),
+                content: push::rules_content(&ruma::push::Ruleset::server_default(user_id)),
+                position: 0,
+            }),
+            None => {}
+        }
+        Ok(items)
+    }
+
+    /// Global account data of `kind`, as `GET /user/{userId}/account_data/{type}` reads
+    /// it: `m.push_rules` is the whole rule set even before the user changed any rule.
+    pub fn global_account_data(
+        &self,
+        user_id: &ruma::UserId,
+        kind: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        if kind == push::PUSH_RULES {
+            let rules = self.push.ruleset(&self.account_data, user_id)?;
+            return Ok(Some(push::rules_content(&rules)));
+        }
+        self.account_data.get(user_id, None, kind)
+    }
+
     /// Users sharing a joined room with `user_id`, and the user.
     pub fn room_peers(
         &self,

@@ -4,6 +4,12 @@
 //! highlights. A member's counts reset when they send a read receipt in the room or post there.
 //! Delivery to push gateways is in `pusher.rs`.
 //!
+//! The rules themselves are the `m.push_rules` global account data (`{"global": ruleset}`),
+//! kept by [`Push::change_rules`]: it is stored only once the user changes a rule, and is
+//! read merged with this version's server-default rules ([`load_rules`]), so rules the
+//! server adds later appear and rules it drops disappear, keeping the user's `enabled` and
+//! `actions` of the rest.
+//!
 //! Tree `userroomid_notificationcounts`: `user 0xFF room` → [`Counts`] (JSON), written at a
 //! stream position so `/sync` sends changed counts. Each notification is also recorded for
 //! `GET /notifications`, in the same commit ([`notifications`]).
@@ -20,7 +26,10 @@ use ruma::{
     Int, OwnedUserId, RoomId, UInt, UserId,
     events::{StateEventType, room::member::MembershipState},
     power_levels::NotificationPowerLevels,
-    push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    push::{
+        InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
+        Ruleset,
+    },
     room_version_rules::RoomPowerLevelsRules,
 };
 use serde::{Deserialize, Serialize};
@@ -36,7 +45,8 @@ use crate::{
     storage::{Db, Table},
 };
 
-const PUSH_RULES: &str = "m.push_rules";
+/// The global account-data type holding the user's push rules.
+pub const PUSH_RULES: &str = "m.push_rules";
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Counts {
@@ -51,8 +61,72 @@ pub struct Push {
     counts: Table<Counts>,
     /// The events each user was notified about, for `GET /notifications`.
     pub notifications: notifications::Notifications,
-    /// Parsed rule sets of users who have had events evaluated; dropped when they change.
+    /// Parsed rule sets of users who have had events evaluated (at most one per local
+    /// user); replaced when they change.
     rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    /// Serialises rule changes (read, change, store), so two at once lose neither.
+    change_lock: tokio::sync::Mutex<()>,
+}
+
+/// The user's rule set as stored, merged with the server-default rules of this version.
+/// Without stored rules, the server defaults.
+pub fn load_rules(account_data: &AccountData, user_id: &UserId) -> Result<Ruleset> {
+    let stored = account_data.get(user_id, None, PUSH_RULES)?;
+    Ok(rules_from_stored(user_id, stored.as_ref()))
+}
+
+/// The rule set of stored `m.push_rules` content (`None`: nothing stored), merged with the
+/// server-default rules of this version.
+pub fn rules_from_stored(user_id: &UserId, stored: Option<&JsonValue>) -> Ruleset {
+    let defaults = Ruleset::server_default(user_id);
+    let Some(stored) = stored else {
+        return defaults;
+    };
+    match serde_json::from_value::<Ruleset>(stored["global"].clone()) {
+        Ok(mut rules) => {
+            rules.update_with_server_default(defaults);
+            rules
+        }
+        Err(error) => {
+            tracing::warn!(%user_id, %error, "stored push rules are invalid; using the defaults");
+            defaults
+        }
+    }
+}
+
+/// Adds a user-defined rule, or replaces one of the same kind and id (which keeps whether
+/// it is enabled, and its place unless `after` or `before` names a new one).
+///
+/// ruma's `Ruleset::insert` moves an existing rule one place too far when it goes down
+/// the list (and panics when it should become the last), so a rule being moved is taken
+/// out first and put back as new.
+pub fn insert_rule(
+    rules: &mut Ruleset,
+    rule: NewPushRule,
+    after: Option<&str>,
+    before: Option<&str>,
+) -> std::result::Result<(), InsertPushRuleError> {
+    let kind = rule.kind();
+    let rule_id = rule.rule_id().to_owned();
+    let moved = (after.is_some() || before.is_some())
+        && !rule_id.starts_with('.')
+        && rules.get(kind.clone(), &rule_id).is_some();
+    if !moved {
+        return rules.insert(rule, after, before);
+    }
+    let enabled = rules
+        .get(kind.clone(), &rule_id)
+        .is_some_and(|existing| existing.enabled());
+    // A user-defined rule that exists: removing it cannot fail.
+    let _ = rules.remove(kind.clone(), &rule_id);
+    rules.insert(rule, after, before)?;
+    let _ = rules.set_enabled(kind, &rule_id, enabled);
+    Ok(())
+}
+
+/// The content of the `m.push_rules` account data for a rule set.
+pub fn rules_content(rules: &Ruleset) -> JsonValue {
+    serde_json::json!({ "global": rules })
 }
 
 fn int(value: &JsonValue) -> Option<Int> {
@@ -70,30 +144,41 @@ impl Push {
             counts: db.table("userroomid_notificationcounts")?,
             notifications: notifications::Notifications::new(db)?,
             rulesets: Mutex::default(),
+            change_lock: tokio::sync::Mutex::new(()),
         })
     }
 
     /// The user's rule set (the spec's defaults until they change it).
     pub fn ruleset(&self, account_data: &AccountData, user_id: &UserId) -> Result<Arc<Ruleset>> {
-        if let Some(rules) = self.rulesets.lock().expect("ruleset cache").get(user_id) {
+        // Loaded under the cache lock, so a load that raced a change cannot put the old
+        // rules back after `change_rules` stored the new ones.
+        let mut cache = self.rulesets.lock().expect("ruleset cache");
+        if let Some(rules) = cache.get(user_id) {
             return Ok(Arc::clone(rules));
         }
-        let rules = match account_data.get(user_id, None, PUSH_RULES)? {
-            Some(stored) => serde_json::from_value(stored["global"].clone())
-                .unwrap_or_else(|_| Ruleset::server_default(user_id)),
-            None => Ruleset::server_default(user_id),
-        };
-        let rules = Arc::new(rules);
-        self.rulesets
-            .lock()
-            .expect("ruleset cache")
-            .insert(user_id.to_owned(), Arc::clone(&rules));
+        let rules = Arc::new(load_rules(account_data, user_id)?);
+        cache.insert(user_id.to_owned(), Arc::clone(&rules));
         Ok(rules)
     }
 
-    /// Forgets a cached rule set (after the user changed it).
-    pub fn rules_changed(&self, user_id: &UserId) {
+    /// Applies `change` to the user's rule set and stores the result as `m.push_rules`
+    /// account data, at a new stream position (so `/sync` sends it and long-polls wake).
+    /// Nothing is stored when `change` fails.
+    pub async fn change_rules<T>(
+        &self,
+        account_data: &AccountData,
+        user_id: &UserId,
+        change: impl FnOnce(&mut Ruleset) -> Result<T>,
+    ) -> Result<T> {
+        let _guard = self.change_lock.lock().await;
+        let mut rules = load_rules(account_data, user_id)?;
+        let outcome = change(&mut rules)?;
+        let stored = account_data
+            .set(user_id, None, PUSH_RULES, rules_content(&rules))
+            .await;
+        // Even a failed store may have been applied; the next read loads what is there.
         self.rulesets.lock().expect("ruleset cache").remove(user_id);
+        stored.map(|()| outcome)
     }
 
     pub fn counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<Counts> {
@@ -280,5 +365,105 @@ impl Push {
             .touch(changes.iter().map(|(user, _)| user.as_ref()), position);
         self.db.persist().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{
+        push::{Action, NewPatternedPushRule, RuleKind},
+        user_id,
+    };
+
+    use super::*;
+
+    fn content_rule(id: &str) -> NewPushRule {
+        NewPushRule::Content(NewPatternedPushRule::new(
+            id.to_owned(),
+            id.to_owned(),
+            vec![Action::Notify],
+        ))
+    }
+
+    fn content_ids(rules: &Ruleset) -> Vec<&str> {
+        rules
+            .content
+            .iter()
+            .map(|rule| rule.rule_id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn rules_move_to_the_place_asked_for_and_stay_disabled() {
+        let mut rules = Ruleset::server_default(user_id!("@a:example.org"));
+        for id in ["c", "b", "a"] {
+            insert_rule(&mut rules, content_rule(id), None, None).unwrap();
+        }
+        assert_eq!(content_ids(&rules), ["a", "b", "c"]);
+        rules.set_enabled(RuleKind::Content, "a", false).unwrap();
+        insert_rule(&mut rules, content_rule("a"), Some("b"), None).unwrap();
+        assert_eq!(content_ids(&rules), ["b", "a", "c"]);
+        insert_rule(&mut rules, content_rule("b"), Some("c"), None).unwrap();
+        assert_eq!(content_ids(&rules), ["a", "c", "b"], "to the end");
+        insert_rule(&mut rules, content_rule("a"), None, Some("b")).unwrap();
+        assert_eq!(content_ids(&rules), ["c", "a", "b"]);
+        insert_rule(&mut rules, content_rule("b"), None, Some("c")).unwrap();
+        assert_eq!(content_ids(&rules), ["b", "c", "a"]);
+        assert!(
+            !rules.get(RuleKind::Content, "a").unwrap().enabled(),
+            "moving keeps a rule disabled"
+        );
+        // Replacing without a place keeps the place; an unknown neighbour changes nothing.
+        insert_rule(&mut rules, content_rule("c"), None, None).unwrap();
+        assert_eq!(content_ids(&rules), ["b", "c", "a"]);
+        let mut failed = rules.clone();
+        assert!(insert_rule(&mut failed, content_rule("c"), Some("zz"), None).is_err());
+        assert!(insert_rule(&mut failed, content_rule(".m.c"), Some("a"), None).is_err());
+    }
+
+    #[tokio::test]
+    async fn stored_rules_follow_the_server_defaults_and_keep_the_users_changes() {
+        let db = Db::memory();
+        let stream = Arc::new(Stream::new(&db).unwrap());
+        let account_data = AccountData::new(&db, stream).unwrap();
+        let user = user_id!("@a:example.org");
+        let mut old = Ruleset::server_default(user);
+        old.set_enabled(RuleKind::Override, ".m.rule.master", true)
+            .unwrap();
+        old.set_actions(RuleKind::Underride, ".m.rule.message", vec![])
+            .unwrap();
+        // A default this version no longer has, and one it added since.
+        let mut gone = old.override_.get(".m.rule.tombstone").unwrap().clone();
+        gone.rule_id = ".m.rule.retired".to_owned();
+        old.override_.insert(gone);
+        old.override_.shift_remove(".m.rule.reaction");
+        insert_rule(&mut old, content_rule("mine"), None, None).unwrap();
+        account_data
+            .set(user, None, PUSH_RULES, rules_content(&old))
+            .await
+            .unwrap();
+
+        let rules = load_rules(&account_data, user).unwrap();
+        assert!(
+            rules
+                .get(RuleKind::Override, ".m.rule.master")
+                .unwrap()
+                .enabled()
+        );
+        assert!(
+            rules
+                .get(RuleKind::Underride, ".m.rule.message")
+                .unwrap()
+                .actions()
+                .is_empty()
+        );
+        assert!(rules.get(RuleKind::Override, ".m.rule.retired").is_none());
+        assert!(rules.get(RuleKind::Override, ".m.rule.reaction").is_some());
+        assert!(rules.get(RuleKind::Content, "mine").is_some());
+        assert_eq!(
+            rules.override_.first().unwrap().rule_id,
+            ".m.rule.master",
+            "master stays first"
+        );
     }
 }

@@ -691,7 +691,7 @@ fn build(
                 since.map(|since| oldest.min(since))
             });
         let data = &mut response.extensions.account_data;
-        for item in services.account_data.changed_since(user, oldest)? {
+        for item in services.account_data_since(user, oldest)? {
             let event = json!({ "type": item.kind, "content": item.content });
             match item.room_id {
                 None if since.is_none_or(|since| item.position >= since) => {

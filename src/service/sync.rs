@@ -169,10 +169,7 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
     }
     let mut room_account_data: BTreeMap<OwnedRoomId, Vec<Raw<AnyRoomAccountDataEvent>>> =
         BTreeMap::new();
-    for item in services
-        .account_data
-        .changed_since(request.user_id, request.since)?
-    {
+    for item in services.account_data_since(request.user_id, request.since)? {
         let event = raw(json!({ "type": item.kind, "content": item.content }));
         match item.room_id {
             None => response.account_data.events.push(event.cast_unchecked()),

@@ -355,14 +355,14 @@ fn cross_signing_key(user: &str, usage: &str, public: &str) -> Value {
 }
 
 /// Master, self-signing and user-signing keys for `user`, the subkeys signed by the master.
-struct CrossSigningKeys {
+pub(crate) struct CrossSigningKeys {
     master: (Ed25519KeyPair, String),
     self_signing: (Ed25519KeyPair, String),
     user_signing: (Ed25519KeyPair, String),
 }
 
 impl CrossSigningKeys {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             master: cross_signing_pair(),
             self_signing: cross_signing_pair(),
@@ -370,7 +370,7 @@ impl CrossSigningKeys {
         }
     }
 
-    fn upload_body(&self, user: &str) -> Value {
+    pub(crate) fn upload_body(&self, user: &str) -> Value {
         json!({
             "master_key": cross_signing_key(user, "master", &self.master.1),
             "self_signing_key": sign(

@@ -72,8 +72,7 @@ pub async fn get_global_account_data(
     let body = &request.body;
     own(sender, &body.user_id)?;
     let value = services
-        .account_data
-        .get(sender, None, &body.event_type.to_string())?
+        .global_account_data(sender, &body.event_type.to_string())?
         .ok_or_else(|| Error::not_found("No account data of this type."))?;
     Ok(RumaResponse(get_global_account_data::v3::Response::new(
         raw(value),

@@ -1,14 +1,16 @@
-//! Devices: list, get, rename, delete one (UIA), delete several (UIA).
+//! Devices: list, get (with last-seen time and address), rename, delete one (UIA), delete
+//! several (UIA).
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::{Json, extract::State};
 use ruma::{
-    OwnedDeviceId,
+    MilliSecondsSinceUnixEpoch, OwnedDeviceId, UInt, UserId,
     api::client::device::{
         self as ruma_device, delete_device, delete_devices, get_device, get_devices, update_device,
     },
 };
+use serde_json::Value as JsonValue;
 
 use crate::{
     Error, Result,
@@ -16,42 +18,67 @@ use crate::{
     service::{Services, devices::Device, uiaa::Stage},
 };
 
-fn to_ruma(device_id: OwnedDeviceId, device: Device) -> ruma_device::Device {
+/// A device as the spec describes it, with its last-seen time and address (recorded on
+/// each authenticated request).
+fn to_ruma(
+    services: &Services,
+    user_id: &UserId,
+    device_id: OwnedDeviceId,
+    device: Device,
+) -> Result<ruma_device::Device> {
+    let last_seen = services.devices.last_seen(user_id, &device_id)?;
     let mut out = ruma_device::Device::new(device_id);
     out.display_name = device.display_name;
-    // Last-seen time and address are not tracked yet (a write per request); see issue notes.
-    out
+    if let Some(last_seen) = last_seen {
+        out.last_seen_ip = last_seen.ip;
+        out.last_seen_ts = UInt::new(last_seen.ts).map(MilliSecondsSinceUnixEpoch);
+    }
+    Ok(out)
+}
+
+/// The device as JSON with every field present: `display_name`, `last_seen_ip` and
+/// `last_seen_ts` are `null` when unknown, as Synapse answers. ruma leaves out an absent
+/// `last_seen_ts`, and some client libraries (matrix-nio) reject a device without it.
+fn device_json(device: ruma_device::Device) -> Result<JsonValue> {
+    let mut value = serde_json::to_value(device)
+        .map_err(|error| Error::internal(format!("device serialisation: {error}")))?;
+    if let Some(fields) = value.as_object_mut() {
+        for field in ["display_name", "last_seen_ip", "last_seen_ts"] {
+            fields.entry(field).or_insert(JsonValue::Null);
+        }
+    }
+    Ok(value)
 }
 
 /// `GET /_matrix/client/v3/devices`
 pub async fn get_devices(
     State(services): State<Arc<Services>>,
     request: Ruma<get_devices::v3::Request>,
-) -> Result<RumaResponse<get_devices::v3::Response>> {
+) -> Result<Json<JsonValue>> {
     let (user_id, _) = request.sender()?;
     let devices = services
         .devices
         .list(user_id)?
         .into_iter()
-        .map(|(id, d)| to_ruma(id, d))
-        .collect();
-    Ok(RumaResponse(get_devices::v3::Response::new(devices)))
+        .map(|(id, device)| device_json(to_ruma(&services, user_id, id, device)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Json(serde_json::json!({ "devices": devices })))
 }
 
 /// `GET /_matrix/client/v3/devices/{deviceId}`
 pub async fn get_device(
     State(services): State<Arc<Services>>,
     request: Ruma<get_device::v3::Request>,
-) -> Result<RumaResponse<get_device::v3::Response>> {
+) -> Result<Json<JsonValue>> {
     let (user_id, _) = request.sender()?;
     let device_id = request.body.device_id.clone();
     let device = services
         .devices
         .get(user_id, &device_id)?
         .ok_or_else(|| Error::not_found("No such device."))?;
-    Ok(RumaResponse(get_device::v3::Response::new(to_ruma(
-        device_id, device,
-    ))))
+    Ok(Json(device_json(to_ruma(
+        &services, user_id, device_id, device,
+    )?)?))
 }
 
 /// `PUT /_matrix/client/v3/devices/{deviceId}`: sets (or with `null`, clears) the name.
