@@ -3,12 +3,13 @@
 //! [`RouterExt::ruma_route`], which mounts a handler on every path and method its ruma
 //! endpoint metadata lists.
 
-use std::sync::Arc;
+use std::{any::TypeId, panic::AssertUnwindSafe, sync::Arc};
 
 use axum::{
     Router,
     body::Body,
     extract::{FromRequest, FromRequestParts, Path, Request},
+    handler::Handler,
     response::{IntoResponse, Response},
     routing::{MethodFilter, on},
 };
@@ -23,6 +24,7 @@ use ruma::{
             AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional,
             NoAccessToken, NoAuthentication,
         },
+        client::session::login,
         error::{DeserializationError, ErrorKind, FromHttpRequestError},
         path_builder::PathBuilder,
     },
@@ -199,9 +201,42 @@ fn parse_error(error: FromHttpRequestError) -> Error {
     }
 }
 
+/// Inputs on which ruma's own parser panics instead of failing, refused before it runs.
+fn check_before_parse<T: 'static>(body: &[u8]) -> Result<()> {
+    // ruma-client-api 0.24 reads the login body's `type` with `data["type"]`, which panics
+    // when the field is missing (e.g. `POST /login` with `{}`).
+    if TypeId::of::<T>() == TypeId::of::<login::v3::Request>() {
+        let has_type = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+            .map_or(true, |object| object.contains_key("type"));
+        if !has_type {
+            return Err(Error::new(
+                ErrorKind::MissingParam,
+                "Missing parameter: the login `type`.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// ruma's `try_from_http_request`, which must never take the server down with it: a panic in
+/// ruma's parsing (a bug there, for some input) is caught here and answered as a bad request
+/// rather than reaching the panic guard's 500. The panic hook has already logged it.
+fn parse<T: IncomingRequest>(request: http::Request<Bytes>, path_args: &[String]) -> Result<T> {
+    let path = request.uri().path().to_owned();
+    match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        T::try_from_http_request(request, path_args)
+    })) {
+        Ok(parsed) => parsed.map_err(parse_error),
+        Err(_) => {
+            tracing::error!(%path, "ruma panicked while parsing a request");
+            Err(Error::bad_json("The request could not be parsed."))
+        }
+    }
+}
+
 impl<T> FromRequest<Arc<Services>> for Ruma<T>
 where
-    T: IncomingRequest + Send,
+    T: IncomingRequest + Send + 'static,
     T::Authentication: AuthRule,
 {
     type Rejection = Error;
@@ -213,8 +248,8 @@ where
             .map_err(|_| Error::invalid_param("Invalid path parameter."))?;
         let sender = authenticate(services, &parts, T::Authentication::RULE).await?;
         let bytes = read_json_body(services, &parts, body).await?;
-        let http_request = http::Request::from_parts(parts, bytes);
-        let body = T::try_from_http_request(http_request, &path_args).map_err(parse_error)?;
+        check_before_parse::<T>(&bytes)?;
+        let body = parse::<T>(http::Request::from_parts(parts, bytes), &path_args)?;
         Ok(Self { body, sender })
     }
 }
@@ -267,6 +302,61 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
 /// The last path segment of endpoints that take a state key.
 const STATE_KEY_SEGMENT: &str = "/{state_key}";
 
+/// The router under construction, together with the method and path of every route added
+/// to it, so that [`super::route_list`] lists exactly what the router answers, with no
+/// second, hand-kept list.
+pub struct Routes {
+    router: Router<Arc<Services>>,
+    list: Vec<(Method, String)>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Self {
+            router: Router::new(),
+            list: Vec::new(),
+        }
+    }
+
+    /// Routes `method` on `path` to a handler that is not a ruma endpoint (media streams the
+    /// body; Synapse's admin API has no ruma type).
+    pub fn on<H, X>(mut self, method: Method, path: &str, handler: H) -> Self
+    where
+        H: Handler<X, Arc<Services>>,
+        X: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+        self.router = self.router.route(path, on(filter, handler));
+        self.list.push((method, path.to_owned()));
+        self
+    }
+
+    pub fn merge(mut self, other: Routes) -> Self {
+        self.router = self.router.merge(other.router);
+        self.list.extend(other.list);
+        self
+    }
+
+    /// Changes the router (e.g. adds a `route_layer`) without changing its routes.
+    pub fn map_router(
+        mut self,
+        f: impl FnOnce(Router<Arc<Services>>) -> Router<Arc<Services>>,
+    ) -> Self {
+        self.router = f(self.router);
+        self
+    }
+
+    pub fn into_parts(self) -> (Router<Arc<Services>>, Vec<(Method, String)>) {
+        (self.router, self.list)
+    }
+}
+
 /// Mounting handlers by their ruma request type.
 pub trait RouterExt {
     /// Routes every path in `T`'s metadata, with `T`'s method, to `handler`.
@@ -283,7 +373,7 @@ pub trait RouterExt {
         R: IntoResponse + 'static;
 }
 
-impl RouterExt for Router<Arc<Services>> {
+impl RouterExt for Routes {
     fn ruma_route<T, H, Fut, R>(mut self, handler: H) -> Self
     where
         T: IncomingRequest + Send + 'static,
@@ -296,15 +386,13 @@ impl RouterExt for Router<Arc<Services>> {
         Fut: Future<Output = Result<R>> + Send + 'static,
         R: IntoResponse + 'static,
     {
-        let filter =
-            MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
         for path in T::PATH_BUILDER.all_paths() {
-            self = self.route(path, on(filter, handler.clone()));
+            self = self.on(T::METHOD, path, handler.clone());
             // An empty state key makes a path end in `/` or lose its last segment; clients
             // send both forms (`/state/m.room.name/`, `/state/m.room.name`).
             if let Some(prefix) = path.strip_suffix(STATE_KEY_SEGMENT) {
-                self = self.route(prefix, on(filter, handler.clone()));
-                self = self.route(&format!("{prefix}/"), on(filter, handler.clone()));
+                self = self.on(T::METHOD, prefix, handler.clone());
+                self = self.on(T::METHOD, &format!("{prefix}/"), handler.clone());
             }
         }
         self
