@@ -729,3 +729,47 @@ async fn receipts_check_their_type_and_thread() {
         assert_eq!(status, StatusCode::OK, "{kind} {body}: {json}");
     }
 }
+
+/// `/hierarchy` shows every room's join rule, whatever string `m.room.join_rules` holds (the
+/// malformed-input test found a 500 here), and a restricted room's `allowed_room_ids`.
+#[tokio::test]
+async fn the_hierarchy_shows_any_join_rule() {
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let room = alice.create_room(json!({})).await;
+    let hierarchy = format!("/_matrix/client/v1/rooms/{room}/hierarchy");
+    let join_rules = format!("/rooms/{room}/state/m.room.join_rules/");
+
+    let space = alice.create_room(json!({})).await;
+    alice
+        .ok(
+            Method::PUT,
+            &join_rules,
+            Some(json!({
+                "join_rule": "restricted",
+                "allow": [{ "type": "m.room_membership", "room_id": space }],
+            })),
+        )
+        .await;
+    let restricted = alice.ok(Method::GET, &hierarchy, None).await;
+    assert_eq!(
+        restricted["rooms"][0]["join_rule"], "restricted",
+        "{restricted}"
+    );
+    assert_eq!(
+        restricted["rooms"][0]["allowed_room_ids"],
+        json!([space]),
+        "{restricted}"
+    );
+
+    // Any string is a valid join rule; one the spec does not define lets no one join, and
+    // is shown as `private` (the spec's rule reserved with no meaning).
+    for rule in ["org.example.custom", ""] {
+        alice
+            .ok(Method::PUT, &join_rules, Some(json!({ "join_rule": rule })))
+            .await;
+        let custom = alice.ok(Method::GET, &hierarchy, None).await;
+        assert_eq!(custom["rooms"][0]["room_id"], room.as_str(), "{custom}");
+        assert_eq!(custom["rooms"][0]["join_rule"], "private", "{custom}");
+    }
+}
