@@ -136,9 +136,12 @@ async fn authenticate(
     }
 }
 
-/// Reads the body, refusing more than `max_request_size` bytes with 413 `M_TOO_LARGE`, and
-/// a body that is not JSON with 400 `M_NOT_JSON`. An empty body reads as `{}` (except for
-/// GET), which is what clients mean when they send nothing to a POST endpoint.
+/// Reads the body, refusing more than `max_request_size` bytes with 413 `M_TOO_LARGE`, a
+/// body that is not JSON with 400 `M_NOT_JSON`, and JSON that is not an object with 400
+/// `M_BAD_JSON` (every request body in the client-server API is an object; serde would
+/// otherwise read a struct from an array, field by field, as Synapse does not). An empty body
+/// reads as `{}` (except for GET), which is what clients mean when they send nothing to a
+/// POST endpoint.
 async fn read_json_body(services: &Services, parts: &Parts, body: Body) -> Result<Bytes> {
     let limit = services.config.max_request_size as usize;
     let too_large = || Error::new(ErrorKind::TooLarge, "The request body is too large.");
@@ -169,6 +172,9 @@ async fn read_json_body(services: &Services, parts: &Parts, body: Body) -> Resul
             ErrorKind::NotJson,
             "The request body is not valid JSON.",
         ));
+    }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::bad_json("The request body must be a JSON object."));
     }
     Ok(bytes)
 }

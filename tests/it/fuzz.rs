@@ -742,9 +742,8 @@ const PASSWORD: &str = "fuzz pass word";
 const RANDOM: usize = 6;
 const MUTATIONS: usize = 40;
 
-#[tokio::test]
-async fn malformed_input_never_panics_or_fails_with_5xx() {
-    let server = TestServer::start();
+/// The fuzzer's account, with a room, a message, a friend and a key backup.
+async fn setup(server: &TestServer) -> (String, Ids) {
     let token = server.register("fuzzer", PASSWORD).await;
     let (_, whoami) = server.whoami(&token).await;
     let (status, room) = server
@@ -782,6 +781,13 @@ async fn malformed_input_never_panics_or_fails_with_5xx() {
         backup: backup["version"].as_str().unwrap().to_owned(),
         event: sent["event_id"].as_str().unwrap().to_owned(),
     };
+    (token, ids)
+}
+
+#[tokio::test]
+async fn malformed_input_never_panics_or_fails_with_5xx() {
+    let server = TestServer::start();
+    let (token, ids) = setup(&server).await;
     let pool = strings(&ids.user, &ids.room, &ids.event);
 
     let mut routes = conduit::api::route_list();
@@ -935,4 +941,53 @@ async fn malformed_input_never_panics_or_fails_with_5xx() {
         .request(Method::GET, "/_matrix/client/versions", None, None)
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Spec, "Standard error response": a body that is not JSON is `M_NOT_JSON`, and JSON of the
+/// wrong shape is `M_BAD_JSON` (which also covers missing keys), both 400, on every route that
+/// takes a JSON body, before anything else happens.
+#[tokio::test]
+async fn bodies_that_do_not_parse_are_400_with_the_spec_errcode() {
+    let server = TestServer::start();
+    let (token, ids) = setup(&server).await;
+    let client = http();
+    let mut rng = Rng(1);
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    let mut routes = conduit::api::route_list();
+    routes.sort_by_key(|(method, path)| stage(method, path));
+    for (method, template) in routes {
+        let Some(seed) = seed(&method, &template, &ids) else {
+            continue;
+        };
+        let mut path = fill(&mut rng, &template, &ids, None);
+        if template.contains("/room_keys/keys") {
+            path.push_str(&format!("?version={}", ids.backup));
+        }
+        // Serde reads a struct from an array too, field by field: `[{…}]` was accepted.
+        for (body, errcode) in [
+            ("{not json".to_owned(), "M_NOT_JSON"),
+            ("{\"a\":1} trailing".to_owned(), "M_NOT_JSON"),
+            (format!("[{seed}]"), "M_BAD_JSON"),
+            ("null".to_owned(), "M_BAD_JSON"),
+            ("\"{}\"".to_owned(), "M_BAD_JSON"),
+        ] {
+            let response = client
+                .request(method.clone(), format!("{}{path}", server.url))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let json: Value = response.json().await.unwrap_or_default();
+            checked += 1;
+            if status != StatusCode::BAD_REQUEST || json["errcode"] != errcode {
+                wrong.push(format!("{method} {template} {body:.40} -> {status} {json}"));
+            }
+        }
+    }
+    assert!(checked > 300, "only {checked} requests");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
