@@ -17,7 +17,6 @@ use axum::{
     extract::{DefaultBodyLimit, Request},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
 };
 use http::{HeaderName, Method, StatusCode, header};
 use tower_http::{
@@ -32,17 +31,23 @@ use self::{
         relations, room, search, session, space, state, sync, thirdparty, threepid, to_device,
         voip,
     },
-    ruma::RouterExt,
+    ruma::{RouterExt, Routes},
 };
 use crate::{Error, service::Services};
 
 /// Every route this server answers, behind the common layers.
 pub fn router(services: Arc<Services>) -> Router {
-    with_layers(routes()).with_state(services)
+    with_layers(routes().into_parts().0).with_state(services)
 }
 
-fn routes() -> Router<Arc<Services>> {
-    Router::new()
+/// The method and path template (`/_matrix/client/v3/rooms/{room_id}/send/…`) of every route
+/// [`router`] answers, from the same table (the malformed-input test walks it).
+pub fn route_list() -> Vec<(Method, String)> {
+    routes().into_parts().1
+}
+
+fn routes() -> Routes {
+    Routes::new()
         // Discovery
         .ruma_route(discovery::get_supported_versions)
         .ruma_route(discovery::discover_homeserver)
@@ -113,9 +118,9 @@ fn routes() -> Router<Arc<Services>> {
         .ruma_route(relations::get_relating_events_with_rel_type)
         .ruma_route(relations::get_relating_events_with_rel_type_and_event_type)
         .merge(
-            Router::new()
+            Routes::new()
                 .ruma_route(relations::get_threads)
-                .route_layer(middleware::from_fn(default_threads_include)),
+                .map_router(|r| r.route_layer(middleware::from_fn(default_threads_include))),
         )
         .ruma_route(state::send_state_event)
         .ruma_route(state::get_state_events)
@@ -189,56 +194,69 @@ fn routes() -> Router<Arc<Services>> {
         // Media (streamed, so routed by hand; see client/media.rs)
         .merge(media_routes())
         // Administration
-        .route(
+        .on(
+            Method::GET,
             "/_synapse/admin/v1/register",
-            get(synapse_admin::get_nonce).post(synapse_admin::register),
+            synapse_admin::get_nonce,
+        )
+        .on(
+            Method::POST,
+            "/_synapse/admin/v1/register",
+            synapse_admin::register,
         )
 }
 
 /// The media repository: authenticated (`/_matrix/client/v1/media`), upload and deprecated
 /// (`/_matrix/media/{v3,r0}`) paths, all with the media security headers.
-fn media_routes() -> Router<Arc<Services>> {
-    let mut router = Router::new()
+fn media_routes() -> Routes {
+    let mut routes = Routes::new()
         .ruma_route(media::create_mxc_uri)
         .ruma_route(media::get_media_config)
         .ruma_route(media::legacy_get_media_config)
         .ruma_route(media::get_media_preview)
         .ruma_route(media::legacy_get_media_preview)
-        .route(
+        .on(
+            Method::GET,
             "/_matrix/client/v1/media/download/{server}/{id}",
-            get(media::download),
+            media::download,
         )
-        .route(
+        .on(
+            Method::GET,
             "/_matrix/client/v1/media/download/{server}/{id}/{filename}",
-            get(media::download),
+            media::download,
         )
-        .route(
+        .on(
+            Method::GET,
             "/_matrix/client/v1/media/thumbnail/{server}/{id}",
-            get(media::thumbnail),
+            media::thumbnail,
         );
     for version in ["v3", "r0"] {
         let base = format!("/_matrix/media/{version}");
-        router = router
-            .route(&format!("{base}/upload"), post(media::upload))
-            .route(
+        routes = routes
+            .on(Method::POST, &format!("{base}/upload"), media::upload)
+            .on(
+                Method::GET,
                 &format!("{base}/download/{{server}}/{{id}}"),
-                get(media::legacy_download),
+                media::legacy_download,
             )
-            .route(
+            .on(
+                Method::GET,
                 &format!("{base}/download/{{server}}/{{id}}/{{filename}}"),
-                get(media::legacy_download),
+                media::legacy_download,
             )
-            .route(
+            .on(
+                Method::GET,
                 &format!("{base}/thumbnail/{{server}}/{{id}}"),
-                get(media::legacy_thumbnail),
+                media::legacy_thumbnail,
             );
     }
-    router
-        .route(
+    routes
+        .on(
+            Method::PUT,
             "/_matrix/media/v3/upload/{server}/{id}",
-            put(media::upload_to),
+            media::upload_to,
         )
-        .route_layer(middleware::from_fn(media::security_headers))
+        .map_router(|r| r.route_layer(middleware::from_fn(media::security_headers)))
 }
 
 /// The layers every request passes through, outermost last.
@@ -357,7 +375,13 @@ mod tests {
         async fn boom() -> &'static str {
             panic!("deliberate test panic")
         }
-        let app = with_layers(routes().route("/boom", get(boom))).with_state(services());
+        let app = with_layers(
+            routes()
+                .into_parts()
+                .0
+                .route("/boom", axum::routing::get(boom)),
+        )
+        .with_state(services());
         let (status, body) = call(&app, "/boom").await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(body["errcode"], "M_UNKNOWN");

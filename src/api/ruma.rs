@@ -4,7 +4,9 @@
 //! endpoint metadata lists.
 
 use std::{
+    any::TypeId,
     net::{IpAddr, SocketAddr},
+    panic::AssertUnwindSafe,
     sync::Arc,
 };
 
@@ -12,6 +14,7 @@ use axum::{
     Router,
     body::Body,
     extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
+    handler::Handler,
     response::{IntoResponse, Response},
     routing::{MethodFilter, on},
 };
@@ -26,6 +29,7 @@ use ruma::{
             AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional,
             NoAccessToken, NoAuthentication,
         },
+        client::session::login,
         error::{DeserializationError, ErrorKind, FromHttpRequestError},
         path_builder::PathBuilder,
     },
@@ -148,9 +152,12 @@ async fn authenticate(
     }
 }
 
-/// Reads the body, refusing more than `max_request_size` bytes with 413 `M_TOO_LARGE`, and
-/// a body that is not JSON with 400 `M_NOT_JSON`. An empty body reads as `{}` (except for
-/// GET), which is what clients mean when they send nothing to a POST endpoint.
+/// Reads the body, refusing more than `max_request_size` bytes with 413 `M_TOO_LARGE`, a
+/// body that is not JSON with 400 `M_NOT_JSON`, and JSON that is not an object with 400
+/// `M_BAD_JSON` (every request body in the client-server API is an object; serde would
+/// otherwise read a struct from an array, field by field, as Synapse does not). An empty body
+/// reads as `{}` (except for GET), which is what clients mean when they send nothing to a
+/// POST endpoint.
 async fn read_json_body(services: &Services, parts: &Parts, body: Body) -> Result<Bytes> {
     let limit = services.config.max_request_size as usize;
     let too_large = || Error::new(ErrorKind::TooLarge, "The request body is too large.");
@@ -181,6 +188,9 @@ async fn read_json_body(services: &Services, parts: &Parts, body: Body) -> Resul
             ErrorKind::NotJson,
             "The request body is not valid JSON.",
         ));
+    }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::bad_json("The request body must be a JSON object."));
     }
     Ok(bytes)
 }
@@ -213,9 +223,42 @@ fn parse_error(error: FromHttpRequestError) -> Error {
     }
 }
 
+/// Inputs on which ruma's own parser panics instead of failing, refused before it runs.
+fn check_before_parse<T: 'static>(body: &[u8]) -> Result<()> {
+    // ruma-client-api 0.24 reads the login body's `type` with `data["type"]`, which panics
+    // when the field is missing (e.g. `POST /login` with `{}`).
+    if TypeId::of::<T>() == TypeId::of::<login::v3::Request>() {
+        let has_type = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+            .map_or(true, |object| object.contains_key("type"));
+        if !has_type {
+            return Err(Error::new(
+                ErrorKind::MissingParam,
+                "Missing parameter: the login `type`.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// ruma's `try_from_http_request`, which must never take the server down with it: a panic in
+/// ruma's parsing (a bug there, for some input) is caught here and answered as a bad request
+/// rather than reaching the panic guard's 500. The panic hook has already logged it.
+fn parse<T: IncomingRequest>(request: http::Request<Bytes>, path_args: &[String]) -> Result<T> {
+    let path = request.uri().path().to_owned();
+    match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        T::try_from_http_request(request, path_args)
+    })) {
+        Ok(parsed) => parsed.map_err(parse_error),
+        Err(_) => {
+            tracing::error!(%path, "ruma panicked while parsing a request");
+            Err(Error::bad_json("The request could not be parsed."))
+        }
+    }
+}
+
 impl<T> FromRequest<Arc<Services>> for Ruma<T>
 where
-    T: IncomingRequest + Send,
+    T: IncomingRequest + Send + 'static,
     T::Authentication: AuthRule,
 {
     type Rejection = Error;
@@ -227,8 +270,8 @@ where
             .map_err(|_| Error::invalid_param("Invalid path parameter."))?;
         let sender = authenticate(services, &parts, T::Authentication::RULE).await?;
         let bytes = read_json_body(services, &parts, body).await?;
-        let http_request = http::Request::from_parts(parts, bytes);
-        let body = T::try_from_http_request(http_request, &path_args).map_err(parse_error)?;
+        check_before_parse::<T>(&bytes)?;
+        let body = parse::<T>(http::Request::from_parts(parts, bytes), &path_args)?;
         Ok(Self { body, sender })
     }
 }
@@ -281,6 +324,61 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
 /// The last path segment of endpoints that take a state key.
 const STATE_KEY_SEGMENT: &str = "/{state_key}";
 
+/// The router under construction, together with the method and path of every route added
+/// to it, so that [`super::route_list`] lists exactly what the router answers, with no
+/// second, hand-kept list.
+pub struct Routes {
+    router: Router<Arc<Services>>,
+    list: Vec<(Method, String)>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Self {
+            router: Router::new(),
+            list: Vec::new(),
+        }
+    }
+
+    /// Routes `method` on `path` to a handler that is not a ruma endpoint (media streams the
+    /// body; Synapse's admin API has no ruma type).
+    pub fn on<H, X>(mut self, method: Method, path: &str, handler: H) -> Self
+    where
+        H: Handler<X, Arc<Services>>,
+        X: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+        self.router = self.router.route(path, on(filter, handler));
+        self.list.push((method, path.to_owned()));
+        self
+    }
+
+    pub fn merge(mut self, other: Routes) -> Self {
+        self.router = self.router.merge(other.router);
+        self.list.extend(other.list);
+        self
+    }
+
+    /// Changes the router (e.g. adds a `route_layer`) without changing its routes.
+    pub fn map_router(
+        mut self,
+        f: impl FnOnce(Router<Arc<Services>>) -> Router<Arc<Services>>,
+    ) -> Self {
+        self.router = f(self.router);
+        self
+    }
+
+    pub fn into_parts(self) -> (Router<Arc<Services>>, Vec<(Method, String)>) {
+        (self.router, self.list)
+    }
+}
+
 /// Mounting handlers by their ruma request type.
 pub trait RouterExt {
     /// Routes every path in `T`'s metadata, with `T`'s method, to `handler`.
@@ -297,7 +395,7 @@ pub trait RouterExt {
         R: IntoResponse + 'static;
 }
 
-impl RouterExt for Router<Arc<Services>> {
+impl RouterExt for Routes {
     fn ruma_route<T, H, Fut, R>(mut self, handler: H) -> Self
     where
         T: IncomingRequest + Send + 'static,
@@ -310,15 +408,13 @@ impl RouterExt for Router<Arc<Services>> {
         Fut: Future<Output = Result<R>> + Send + 'static,
         R: IntoResponse + 'static,
     {
-        let filter =
-            MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
         for path in T::PATH_BUILDER.all_paths() {
-            self = self.route(path, on(filter, handler.clone()));
+            self = self.on(T::METHOD, path, handler.clone());
             // An empty state key makes a path end in `/` or lose its last segment; clients
             // send both forms (`/state/m.room.name/`, `/state/m.room.name`).
             if let Some(prefix) = path.strip_suffix(STATE_KEY_SEGMENT) {
-                self = self.route(prefix, on(filter, handler.clone()));
-                self = self.route(&format!("{prefix}/"), on(filter, handler.clone()));
+                self = self.on(T::METHOD, prefix, handler.clone());
+                self = self.on(T::METHOD, &format!("{prefix}/"), handler.clone());
             }
         }
         self

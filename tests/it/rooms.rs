@@ -1192,7 +1192,8 @@ async fn relations_threads_and_reports() {
             .map_or(0, Vec::len),
         0
     );
-    // Outsiders see nothing of it.
+    // Outsiders see nothing of it, not even that it exists (spec: 404 when "the user does
+    // not have permission to read this event").
     let (status, _) = server
         .request(
             Method::GET,
@@ -1201,7 +1202,7 @@ async fn relations_threads_and_reports() {
             None,
         )
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Reports: of a visible event, of a room; an invisible event is "not found".
     let report = json!({ "reason": "spam" });

@@ -16,7 +16,7 @@ use ruma::{
     events::{StateEventType, room::member::MembershipState},
 };
 
-use super::room::{member_profile, require_joined};
+use super::room::{member_profile, readable_state, require_joined};
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
@@ -226,10 +226,12 @@ pub async fn get_member_events(
 ) -> Result<RumaResponse<get_member_events::v3::Response>> {
     let (sender, _) = request.sender()?;
     let body = &request.body;
-    require_joined(&services, &body.room_id, sender)?;
+    let readable = readable_state(&services, &body.room_id, sender)?;
     let rooms = &services.rooms;
     let info = rooms.existing(&body.room_id)?;
     let hash = match body.at.as_deref() {
+        // A former member sees the members as they left them, whatever `at` says.
+        _ if readable != info.state_hash => readable,
         Some(token) => {
             let at: u64 = token
                 .parse()

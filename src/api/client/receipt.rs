@@ -4,13 +4,13 @@ use std::{sync::Arc, time::Duration};
 
 use axum::extract::State;
 use ruma::{
-    OwnedUserId, RoomId,
+    EventId, OwnedUserId, RoomId,
     api::client::{
         read_marker::set_read_marker,
         receipt::create_receipt,
         typing::create_typing_event::{self, v3::Typing},
     },
-    events::room::member::MembershipState,
+    events::{receipt::ReceiptThread, room::member::MembershipState},
 };
 use serde_json::json;
 
@@ -18,7 +18,7 @@ use super::room::require_joined;
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
-    service::Services,
+    service::{Services, rooms::relations::relates_to},
 };
 
 fn joined_members(services: &Services, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
@@ -106,6 +106,49 @@ async fn receipt(
     Ok(())
 }
 
+/// A receipt's type and thread (client-server API, `POST /rooms/{roomId}/receipt/…`):
+/// 400 `M_INVALID_PARAM` for an unknown type, and for a `thread_id` that is empty or not
+/// `main` or an event id, that comes with `m.fully_read`, or that names a thread the event is
+/// not part of (as Synapse).
+fn check_receipt(
+    services: &Services,
+    kind: &str,
+    thread: &ReceiptThread,
+    event_id: &EventId,
+) -> Result<()> {
+    if !matches!(kind, "m.read" | "m.read.private" | "m.fully_read") {
+        return Err(Error::invalid_param(format!(
+            "Unknown receipt type {kind}: expected m.read, m.read.private or m.fully_read."
+        )));
+    }
+    match thread {
+        ReceiptThread::Unthreaded => Ok(()),
+        _ if kind == "m.fully_read" => Err(Error::invalid_param(
+            "A thread_id cannot be given for m.fully_read.",
+        )),
+        ReceiptThread::Main => Ok(()),
+        ReceiptThread::Thread(root) => {
+            let in_thread = root == event_id
+                || services.rooms.pdu(event_id)?.is_some_and(|pdu| {
+                    serde_json::from_str(pdu.content.get())
+                        .ok()
+                        .and_then(|content| relates_to(&content))
+                        .is_some_and(|(rel_type, target)| rel_type == "m.thread" && target == *root)
+                });
+            if in_thread {
+                Ok(())
+            } else {
+                Err(Error::invalid_param(
+                    "The event is not part of the thread named by thread_id.",
+                ))
+            }
+        }
+        _ => Err(Error::invalid_param(
+            "thread_id must be \"main\" or the id of a thread's root event.",
+        )),
+    }
+}
+
 /// `POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}`
 pub async fn create_receipt(
     State(services): State<Arc<Services>>,
@@ -115,6 +158,7 @@ pub async fn create_receipt(
     let body = &request.body;
     require_joined(&services, &body.room_id, sender)?;
     let kind = body.receipt_type.to_string();
+    check_receipt(&services, &kind, &body.thread, &body.event_id)?;
     if kind == "m.fully_read" {
         services
             .account_data

@@ -19,7 +19,7 @@ use ruma::{
     serde::Raw,
 };
 
-use super::room::reader;
+use super::room::{event_reader, reader};
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
@@ -46,7 +46,7 @@ fn relating(
     dir: Direction,
     limit: Option<UInt>,
 ) -> Result<Page> {
-    let mut visibility = reader(services, room_id, user)?;
+    let mut visibility = event_reader(services, room_id, user)?;
     let rooms = &services.rooms;
     let parent = rooms
         .pdu(target)?

@@ -65,6 +65,35 @@ pub fn reader<'a>(
     }
 }
 
+/// [`reader`] for endpoints about one event (`/event`, `/relations`), whose spec answers 404
+/// "not found or you do not have permission" alike: a room the user may not read gives
+/// nothing away either.
+pub fn event_reader<'a>(
+    services: &'a Services,
+    room_id: &RoomId,
+    user_id: &'a UserId,
+) -> Result<crate::service::rooms::visibility::Visibility<'a>> {
+    match reader(services, room_id, user_id) {
+        Err(error) if error.status() == http::StatusCode::FORBIDDEN => {
+            Err(Error::not_found("Event not found."))
+        }
+        other => other,
+    }
+}
+
+/// The state `user_id` may read in the room (see `Rooms::readable_state`), or 403
+/// "You aren't a member of the room and weren't previously a member of the room".
+pub fn readable_state(
+    services: &Services,
+    room_id: &RoomId,
+    user_id: &UserId,
+) -> Result<crate::service::rooms::state::StateHash> {
+    services
+        .rooms
+        .readable_state(room_id, user_id)?
+        .ok_or_else(|| Error::forbidden("You are not and were not a member of this room."))
+}
+
 /// Refuses unless `user_id` is joined to the room: for sending, and for the state and
 /// member listings (which do not yet serve non-members of world-readable rooms). Reading
 /// events goes through [`reader`] and history visibility instead.
@@ -176,16 +205,18 @@ pub async fn get_room_event(
 ) -> Result<RumaResponse<get_room_event::v3::Response>> {
     let (sender, _) = request.sender()?;
     let body = &request.body;
-    let mut visibility = reader(&services, &body.room_id, sender)?;
+    // Spec: 404 "The event was not found or you do not have permission to read this event",
+    // alike for a room the user cannot read at all: nothing tells that the event exists.
+    let not_found = || Error::not_found("Event not found.");
+    let mut visibility = event_reader(&services, &body.room_id, sender)?;
     let pdu = services
         .rooms
         .pdu(&body.event_id)?
         .filter(|pdu| pdu.room_id() == body.room_id)
-        .ok_or_else(|| Error::not_found("Event not found."))?;
-    // Spec: an event the user may not see is "not found".
+        .ok_or_else(not_found)?;
     let count = services.rooms.count_of(&body.event_id)?.unwrap_or(0);
     if !visibility.can_see(count, &pdu)? {
-        return Err(Error::not_found("Event not found."));
+        return Err(not_found());
     }
     Ok(RumaResponse(get_room_event::v3::Response::new(
         services.rooms.room_event(&pdu, sender)?,

@@ -6,12 +6,19 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::{
+    body::Body,
+    extract::State,
+    response::{IntoResponse, Response},
+};
 use ruma::{
     OwnedRoomId, UInt,
-    api::client::search::search_events::{
-        self,
-        v3::{Criteria, ResultCategories, ResultRoomEvents, SearchKeys, SearchResult},
+    api::{
+        OutgoingResponse,
+        client::search::search_events::{
+            self,
+            v3::{Criteria, ResultCategories, ResultRoomEvents, SearchKeys, SearchResult},
+        },
     },
     events::room::member::MembershipState,
 };
@@ -19,7 +26,7 @@ use serde_json::Value as JsonValue;
 
 use crate::{
     Error, Result,
-    api::ruma::{Ruma, RumaResponse},
+    api::ruma::Ruma,
     service::{Services, rooms::pdu::Pdu},
 };
 
@@ -135,11 +142,42 @@ fn search_rooms(
     Ok(found)
 }
 
+/// The search answer with `results` present even when empty: ruma leaves an empty list out,
+/// but Synapse always sends it and clients (matrix-js-sdk) iterate it without a check.
+pub struct SearchResponse(search_events::v3::Response);
+
+impl IntoResponse for SearchResponse {
+    fn into_response(self) -> Response {
+        let response = match self.0.try_into_http_response::<Vec<u8>>() {
+            Ok(response) => response,
+            Err(error) => {
+                return Error::internal(format!("response serialisation: {error}")).into_response();
+            }
+        };
+        response
+            .map(|bytes| {
+                let Ok(mut json) = serde_json::from_slice::<JsonValue>(&bytes) else {
+                    return Body::from(bytes);
+                };
+                if let Some(events) = json
+                    .pointer_mut("/search_categories/room_events")
+                    .and_then(JsonValue::as_object_mut)
+                {
+                    events
+                        .entry("results")
+                        .or_insert_with(|| JsonValue::Array(Vec::new()));
+                }
+                Body::from(json.to_string())
+            })
+            .into_response()
+    }
+}
+
 /// `POST /_matrix/client/v3/search`
 pub async fn search_events(
     State(services): State<Arc<Services>>,
     request: Ruma<search_events::v3::Request>,
-) -> Result<RumaResponse<search_events::v3::Response>> {
+) -> Result<SearchResponse> {
     let (sender, _) = request.sender()?;
     let body = &request.body;
     let mut categories = ResultCategories::new();
@@ -147,5 +185,5 @@ pub async fn search_events(
         categories.room_events =
             search_rooms(&services, sender, criteria, body.next_batch.as_deref())?;
     }
-    Ok(RumaResponse(search_events::v3::Response::new(categories)))
+    Ok(SearchResponse(search_events::v3::Response::new(categories)))
 }

@@ -11,7 +11,7 @@ use ruma::{
     OwnedRoomId, RoomId, UInt, UserId,
     api::client::space::{SpaceHierarchyRoomsChunk, get_hierarchy},
     events::{StateEventType, room::member::MembershipState},
-    room::{JoinRuleKind, JoinRuleSummary, RoomSummary},
+    room::{JoinRule, JoinRuleKind, JoinRuleSummary, RoomSummary},
     serde::Raw,
 };
 use serde_json::json;
@@ -51,6 +51,37 @@ fn may_see(services: &Services, room_id: &RoomId, user: &UserId) -> Result<bool>
     )
 }
 
+/// The room's join rule as the summary shows it, with `allowed_room_ids` for a restricted
+/// room (spec: `GET /hierarchy`). A rule this server gives no meaning to (any string is valid
+/// in `m.room.join_rules`) lets no one join, as the auth rules say; ruma cannot write such a
+/// rule back out, so it is shown as `private`, the spec's rule reserved with no meaning.
+fn join_rule_summary(services: &Services, room_id: &RoomId) -> Result<JoinRuleSummary> {
+    let content = services
+        .rooms
+        .current_state_event(room_id, &StateEventType::RoomJoinRules, "")?
+        .map(|event| event.content_value());
+    let summary = match content {
+        // A room without join rules is invite-only (spec: auth rules, m.room.join_rules).
+        None => JoinRuleSummary::Invite,
+        Some(content) => match serde_json::from_value::<JoinRule>(content.clone()) {
+            Ok(rule) => JoinRuleSummary::from(rule),
+            // A known rule with a malformed extra field (a restricted rule's `allow`).
+            Err(_) => JoinRuleSummary::from(JoinRuleKind::from(
+                content["join_rule"].as_str().unwrap_or_default(),
+            )),
+        },
+    };
+    Ok(match summary.kind() {
+        JoinRuleKind::Invite
+        | JoinRuleKind::Knock
+        | JoinRuleKind::Private
+        | JoinRuleKind::Restricted
+        | JoinRuleKind::KnockRestricted
+        | JoinRuleKind::Public => summary,
+        _ => JoinRuleSummary::Private,
+    })
+}
+
 fn chunk(
     services: &Services,
     room_id: &RoomId,
@@ -58,13 +89,9 @@ fn chunk(
 ) -> Result<(SpaceHierarchyRoomsChunk, Vec<OwnedRoomId>)> {
     let rooms = &services.rooms;
     let facts = rooms.facts(room_id)?;
-    let join_rule = facts
-        .join_rule
-        .as_deref()
-        .map_or(JoinRuleKind::Invite, JoinRuleKind::from);
     let mut summary = RoomSummary::new(
         room_id.to_owned(),
-        JoinRuleSummary::from(join_rule),
+        join_rule_summary(services, room_id)?,
         facts.guest_can_join,
         UInt::new(facts.joined_members).unwrap_or_default(),
         facts.world_readable,

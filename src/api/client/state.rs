@@ -3,10 +3,16 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
+use ruma::{
+    OwnedRoomAliasId,
+    api::{
+        client::state::{get_state_event_for_key, get_state_events, send_state_event},
+        error::ErrorKind,
+    },
+};
 use serde_json::Value as JsonValue;
 
-use super::room::require_joined;
+use super::room::readable_state;
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
@@ -25,22 +31,14 @@ pub async fn send_state_event(
     if !content.is_object() {
         return Err(Error::bad_json("Event content must be an object."));
     }
-    // Aliases named in m.room.canonical_alias must point at this room (spec: m.room.canonical_alias).
+    // Aliases named in m.room.canonical_alias must be valid (400 M_INVALID_PARAM) and point at
+    // this room (400 M_BAD_ALIAS): client-server API, `PUT /rooms/{roomId}/state`.
     if body.event_type.to_string() == "m.room.canonical_alias" {
-        let mut named = Vec::new();
-        if let Some(alias) = content.get("alias").and_then(JsonValue::as_str) {
-            named.push(alias.to_owned());
-        }
-        if let Some(list) = content.get("alt_aliases").and_then(JsonValue::as_array) {
-            named.extend(list.iter().filter_map(JsonValue::as_str).map(str::to_owned));
-        }
-        for alias in named {
-            let alias = ruma::OwnedRoomAliasId::try_from(alias)
-                .map_err(|_| Error::new(ruma::api::error::ErrorKind::BadAlias, "Invalid alias."))?;
+        for alias in canonical_aliases(&content)? {
             if services.rooms.aliases.resolve_local(&alias)?.as_deref() != Some(&*body.room_id) {
                 return Err(Error::new(
-                    ruma::api::error::ErrorKind::BadAlias,
-                    format!("{alias} does not point at this room."),
+                    ErrorKind::BadAlias,
+                    format!("The alias {alias} does not point to this room."),
                 ));
             }
         }
@@ -58,6 +56,33 @@ pub async fn send_state_event(
     )))
 }
 
+/// The aliases an `m.room.canonical_alias` content names (`alias`, `alt_aliases`); 400
+/// `M_INVALID_PARAM` for one that is not a string with alias syntax.
+fn canonical_aliases(content: &JsonValue) -> Result<Vec<OwnedRoomAliasId>> {
+    let invalid = |what: &JsonValue| Error::invalid_param(format!("Invalid alias: {what}"));
+    let parse = |value: &JsonValue| {
+        value
+            .as_str()
+            .and_then(|alias| OwnedRoomAliasId::try_from(alias).ok())
+            .ok_or_else(|| invalid(value))
+    };
+    let mut aliases = Vec::new();
+    match content.get("alias") {
+        None | Some(JsonValue::Null) => {}
+        Some(value) => aliases.push(parse(value)?),
+    }
+    match content.get("alt_aliases") {
+        None => {}
+        Some(JsonValue::Array(list)) => {
+            for value in list {
+                aliases.push(parse(value)?);
+            }
+        }
+        Some(other) => return Err(invalid(other)),
+    }
+    Ok(aliases)
+}
+
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`
 pub async fn get_state_events(
     State(services): State<Arc<Services>>,
@@ -65,9 +90,10 @@ pub async fn get_state_events(
 ) -> Result<RumaResponse<get_state_events::v3::Response>> {
     let (sender, _) = request.sender()?;
     let room_id = &request.body.room_id;
-    require_joined(&services, room_id, sender)?;
-    let info = services.rooms.existing(room_id)?;
-    let state = services.rooms.current_state(&info)?;
+    let state = services
+        .rooms
+        .state
+        .load(readable_state(&services, room_id, sender)?)?;
     let events = services
         .rooms
         .state_events(&state)?
@@ -84,10 +110,12 @@ pub async fn get_state_event_for_key(
 ) -> Result<RumaResponse<get_state_event_for_key::v3::Response>> {
     let (sender, _) = request.sender()?;
     let body = &request.body;
-    require_joined(&services, &body.room_id, sender)?;
-    let pdu = services
-        .rooms
-        .current_state_event(&body.room_id, &body.event_type, &body.state_key)?
+    let rooms = &services.rooms;
+    let state = rooms
+        .state
+        .load(readable_state(&services, &body.room_id, sender)?)?;
+    let pdu = rooms
+        .state_event(&state, &body.event_type, &body.state_key)?
         .ok_or_else(|| Error::not_found("State event not found."))?;
     let raw = match body.format {
         get_state_event_for_key::v3::StateEventFormat::Event => pdu.to_state_event().into_json(),

@@ -12,7 +12,7 @@ use ruma::{
     RoomId, RoomVersionId, UserId,
     api::error::ErrorKind,
     events::{StateEventType, TimelineEventType, room::member::MembershipState},
-    signatures::{hash_and_sign_event, reference_hash},
+    signatures::{JsonError, hash_and_sign_event, reference_hash},
     state_res::{
         auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
     },
@@ -100,6 +100,44 @@ pub fn supported_room_version(version: &RoomVersionId) -> bool {
             | RoomVersionId::V11
             | RoomVersionId::V12
     )
+}
+
+/// The largest event, signed and as canonical JSON (client-server API, "Size limits").
+pub const MAX_EVENT_BYTES: usize = 65_536;
+/// The longest `type` and `state_key`, in bytes (the same section).
+pub const MAX_KEY_BYTES: usize = 255;
+
+fn too_large() -> Error {
+    Error::new(
+        ErrorKind::TooLarge,
+        format!("The event is larger than {MAX_EVENT_BYTES} bytes."),
+    )
+}
+
+/// `type` and `state_key` within their limits; 413 `M_TOO_LARGE` otherwise, as Synapse.
+fn check_key_sizes(event: &NewEvent) -> Result<()> {
+    let kind = event.kind.to_string();
+    let state_key = event.state_key.as_deref().unwrap_or_default();
+    for (name, value) in [("type", kind.as_str()), ("state_key", state_key)] {
+        if value.len() > MAX_KEY_BYTES {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("The event's `{name}` is longer than {MAX_KEY_BYTES} bytes."),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The complete signed event, as canonical JSON, within [`MAX_EVENT_BYTES`].
+fn check_event_size(object: &CanonicalJsonObject) -> Result<()> {
+    let size = serde_json::to_vec(object)
+        .map_err(|e| Error::internal(format!("event serialisation: {e}")))?
+        .len();
+    if size > MAX_EVENT_BYTES {
+        return Err(too_large());
+    }
+    Ok(())
 }
 
 fn canonical(value: JsonValue) -> Result<CanonicalJsonObject> {
@@ -222,6 +260,7 @@ impl Rooms {
             prev_events: prev_override,
         } = extra;
         let room_id_given = room_id;
+        check_key_sizes(&event)?;
         let rules = version
             .rules()
             .filter(|_| supported_room_version(version))
@@ -291,9 +330,15 @@ impl Rooms {
             &mut object,
             &rules.redaction,
         )
-        .map_err(|e| Error::bad_json(format!("Event cannot be signed: {e}")))?;
-        let hash = reference_hash(&object, &rules)
-            .map_err(|e| Error::new(ErrorKind::TooLarge, format!("Event too large: {e}")))?;
+        .map_err(|e| match e {
+            JsonError::PduTooLarge => too_large(),
+            e => Error::bad_json(format!("Event cannot be signed: {e}")),
+        })?;
+        check_event_size(&object)?;
+        let hash = reference_hash(&object, &rules).map_err(|e| match e {
+            JsonError::PduTooLarge => too_large(),
+            e => Error::bad_json(format!("Event cannot be hashed: {e}")),
+        })?;
         let event_id = OwnedEventId::try_from(format!("${hash}"))
             .map_err(|_| Error::internal("reference hash is not an event id"))?;
         let room_id = match room_id {

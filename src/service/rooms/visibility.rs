@@ -33,6 +33,8 @@ struct Facts {
 pub struct Visibility<'a> {
     rooms: &'a Rooms,
     user_id: &'a UserId,
+    /// The user is or was in the room, and has not forgotten it.
+    member: bool,
     /// Events before this count are covered by rule 3 (`shared`): the user is joined now
     /// (`u64::MAX`), or was until they left at this count; 0 if they never joined.
     joined_until: u64,
@@ -46,7 +48,8 @@ impl Rooms {
         room_id: &RoomId,
         user_id: &'a UserId,
     ) -> Result<Visibility<'a>> {
-        let joined_until = match self.membership(room_id, user_id)? {
+        let membership = self.remembered_membership(room_id, user_id)?;
+        let joined_until = match membership {
             Some(MembershipState::Join) => u64::MAX,
             Some(MembershipState::Leave | MembershipState::Ban) => {
                 // They count as having joined if their leaving event ended a join.
@@ -67,9 +70,59 @@ impl Rooms {
         Ok(Visibility {
             rooms: self,
             user_id,
+            member: membership.is_some(),
             joined_until,
             memo: HashMap::new(),
         })
+    }
+}
+
+impl Rooms {
+    /// The user's membership, except that a room they left and then forgot counts as one
+    /// they were never in: "a user will no longer be able to retrieve history for this
+    /// room" (client-server API, `POST /rooms/{roomId}/forget`).
+    pub fn remembered_membership(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<MembershipState>> {
+        let membership = self.membership(room_id, user_id)?;
+        let forgotten = matches!(
+            membership,
+            Some(MembershipState::Leave | MembershipState::Ban)
+        ) && self.membership_entry(room_id, user_id)?.is_none();
+        Ok(membership.filter(|_| !forgotten))
+    }
+}
+
+impl Rooms {
+    /// The state `user_id` may read in `room_id` (client-server API, `GET /rooms/{roomId}/state`
+    /// and `/members`): the current state while joined or when the room is world-readable,
+    /// the state as they left it for a former member (left, kicked or banned, and not
+    /// forgotten; as Synapse), and none otherwise.
+    pub fn readable_state(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<StateHash>> {
+        let Some(info) = self.info(room_id)? else {
+            return Ok(None);
+        };
+        match self.remembered_membership(room_id, user_id)? {
+            Some(MembershipState::Join) => return Ok(Some(info.state_hash)),
+            Some(MembershipState::Leave | MembershipState::Ban) => {
+                let left = self.current_state_event(
+                    room_id,
+                    &StateEventType::RoomMember,
+                    user_id.as_str(),
+                )?;
+                if let Some(event) = left
+                    && let Some((_, after)) = self.state_hashes(&event.event_id)?
+                {
+                    return Ok(Some(after));
+                }
+            }
+            _ => {}
+        }
+        let mut visibility = self.visibility(room_id, user_id)?;
+        let world_readable = visibility.facts(info.state_hash)?.visibility == "world_readable";
+        Ok(world_readable.then_some(info.state_hash))
     }
 }
 
@@ -81,13 +134,17 @@ fn prev_membership(event: &Pdu) -> Option<String> {
 }
 
 impl Visibility<'_> {
-    /// Whether the user may read the room at all: they are or were in it, or it is
-    /// world-readable now.
+    /// Whether the user may read the room at all: they are or were in it (and have not
+    /// forgotten it), or it is world-readable now.
     pub fn may_enter(&mut self, room_id: &RoomId) -> Result<bool> {
-        if self.rooms.membership(room_id, self.user_id)?.is_some() {
+        if self.member {
             return Ok(true);
         }
-        let info = self.rooms.existing(room_id)?;
+        // A room that does not exist is refused like one the user may not read, so that
+        // neither answer tells whether a room exists.
+        let Some(info) = self.rooms.info(room_id)? else {
+            return Ok(false);
+        };
         Ok(self.facts(info.state_hash)?.visibility == "world_readable")
     }
 
