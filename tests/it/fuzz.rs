@@ -631,6 +631,24 @@ fn seed(method: &Method, template: &str, ids: &Ids) -> Option<Value> {
         ("PUT", "user/*/account_data/*" | "user/*/rooms/*/account_data/*") => {
             json!({ "ignored_users": { "@nobody:localhost": {} }, "a": [1, { "b": null }] })
         }
+        ("POST", "user/*/openid/request_token") => json!({}),
+        ("POST", "account/3pid/add") => {
+            json!({ "client_secret": "secret", "sid": "sid", "auth": auth })
+        }
+        ("POST", "account/3pid/bind") => json!({
+            "client_secret": "secret", "sid": "sid", "id_server": "id.example.org",
+            "id_access_token": "token",
+        }),
+        ("POST", "account/3pid/delete" | "account/3pid/unbind") => {
+            json!({ "medium": "email", "address": "a@example.org" })
+        }
+        ("POST", "account/3pid/email/requestToken") => json!({
+            "client_secret": "secret", "email": "a@example.org", "send_attempt": 1,
+        }),
+        ("POST", "account/3pid/msisdn/requestToken") => json!({
+            "client_secret": "secret", "country": "DE", "phone_number": "1234567",
+            "send_attempt": 1,
+        }),
         _ => return None,
     };
     Some(seed)
