@@ -507,6 +507,24 @@ async fn parameters_are_validated() {
             response.1
         );
     }
+    // `limit=0` asks for at most no events: none, and a token to go on from.
+    let empty = alice
+        .ok(
+            Method::GET,
+            &format!("/rooms/{room}/messages?dir=b&limit=0"),
+            None,
+        )
+        .await;
+    assert_eq!(empty["chunk"], json!([]), "{empty}");
+    let end = empty["end"].as_str().expect("an end token to go on from");
+    let next = alice
+        .ok(
+            Method::GET,
+            &format!("/rooms/{room}/messages?dir=b&limit=1&from={end}"),
+            None,
+        )
+        .await;
+    assert_eq!(next["chunk"][0]["event_id"], event.as_str(), "{next}");
     // A required query parameter that is missing.
     assert_error(
         &alice

@@ -134,7 +134,7 @@ pub async fn get_message_events(
     let limit = usize::try_from(body.limit)
         .unwrap_or(MAX_LIMIT)
         .min(matcher.limit.unwrap_or(MAX_LIMIT))
-        .clamp(1, MAX_LIMIT);
+        .min(MAX_LIMIT);
     let to = parse_token(body.to.as_deref())?;
     let from = match body.dir {
         Direction::Backward => {
@@ -144,6 +144,12 @@ pub async fn get_message_events(
     };
     let mut response = get_message_events::v3::Response::new();
     response.start = from.to_string();
+    if body.limit == ruma::UInt::MIN || matcher.limit == Some(0) {
+        // `limit` is "the maximum number of events to return": none, and the client may go
+        // on from where it asked.
+        response.end = Some(from.to_string());
+        return Ok(RumaResponse(response));
+    }
     if matcher.blocks_all() || !matcher.allows_room(&body.room_id) {
         // Nothing here can pass: an empty page, and no more to come.
         return Ok(RumaResponse(response));
