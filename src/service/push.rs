@@ -288,8 +288,7 @@ impl Push {
                 records.push((
                     member.clone(),
                     notifications::Record {
-                        room_id: room_id.clone(),
-                        event_id: pdu.event_id.clone(),
+                        short_room_id: info.short_room_id,
                         count,
                         actions: actions.to_vec(),
                         highlight,

@@ -268,6 +268,14 @@ impl Rooms {
             .transpose()
     }
 
+    /// The event at `count` in the room, if there is one.
+    pub fn pdu_at(&self, short_room_id: ShortRoomId, count: u64) -> Result<Option<Pdu>> {
+        self.pdus
+            .get(&pdu_id(short_room_id, count))?
+            .map(|bytes| Self::decode_pdu(&bytes))
+            .transpose()
+    }
+
     /// Count (stream position) of a stored event.
     pub fn count_of(&self, event_id: &EventId) -> Result<Option<u64>> {
         Ok(self.pdu_id_of(event_id)?.and_then(|id| u64_from(&id[8..])))
