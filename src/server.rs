@@ -241,6 +241,12 @@ pub async fn run(
                 }
             },
         };
+        // Small answers whose body follows the headers in a second write (a cached
+        // thumbnail, say) must not wait for the peer's delayed ACK (Nagle's algorithm):
+        // the load benchmark saw 20 ms instead of 0.5 ms on such a request now and then.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
+        }
         let shared = Arc::clone(&shared);
         let stopped = stopped.clone();
         match &tls {
