@@ -48,7 +48,8 @@ pub struct Device {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct LastSeen {
     pub ts: u64,
-    pub ip: Option<String>,
+    /// Stored as its text form (serde writes an address as a string in JSON).
+    pub ip: Option<IpAddr>,
 }
 
 /// A last-seen time recorded in memory, and whether it is newer than the stored one.
@@ -112,7 +113,7 @@ impl Devices {
     pub fn record_seen(&self, device: &(OwnedUserId, OwnedDeviceId), ip: Option<IpAddr>) {
         let last = LastSeen {
             ts: now_ms(),
-            ip: ip.map(|ip| ip.to_canonical().to_string()),
+            ip: ip.map(|ip| ip.to_canonical()),
         };
         let mut seen = self.seen.lock().expect("last-seen map");
         match seen.get_mut(device) {
@@ -512,7 +513,7 @@ mod tests {
         devices.record_seen(&(alice.to_owned(), gone.clone()), None);
         let seen = devices.last_seen(alice, &device).unwrap().unwrap();
         assert_eq!(
-            seen.ip.as_deref(),
+            seen.ip.map(|ip| ip.to_string()).as_deref(),
             Some("10.0.0.7"),
             "IPv4-mapped shown as IPv4"
         );

@@ -30,7 +30,7 @@ fn to_ruma(
     let mut out = ruma_device::Device::new(device_id);
     out.display_name = device.display_name;
     if let Some(last_seen) = last_seen {
-        out.last_seen_ip = last_seen.ip;
+        out.last_seen_ip = last_seen.ip.map(|ip| ip.to_string());
         out.last_seen_ts = UInt::new(last_seen.ts).map(MilliSecondsSinceUnixEpoch);
     }
     Ok(out)

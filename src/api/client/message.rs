@@ -145,8 +145,8 @@ pub async fn get_message_events(
     let mut response = get_message_events::v3::Response::new();
     response.start = from.to_string();
     if body.limit == ruma::UInt::MIN || matcher.limit == Some(0) {
-        // `limit` is "the maximum number of events to return": none, and the client may go
-        // on from where it asked.
+        // `limit` is "the maximum number of events to return" (client-server API, `GET
+        // /rooms/{roomId}/messages`): none, and an `end` the client may go on from.
         response.end = Some(from.to_string());
         return Ok(RumaResponse(response));
     }

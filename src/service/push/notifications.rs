@@ -335,6 +335,23 @@ mod tests {
             "bob's is untouched"
         );
         assert_eq!(notifications.newest_seq(user_id!("@carol:x")).unwrap(), 0);
+
+        // After a restart the next number comes from the disk, not from memory: the new
+        // record follows the newest, and the oldest kept one goes.
+        let restarted = Notifications::new(&db).unwrap();
+        let mut batch = Batch::new();
+        restarted
+            .record_into(&mut batch, alice, &record(KEPT_PER_USER + 6))
+            .unwrap();
+        db.apply(&batch).unwrap();
+        let kept: Vec<u64> = restarted
+            .records
+            .scan_prefix(&user_prefix(alice))
+            .map(|entry| Record::decode(&entry.unwrap().1).unwrap().count)
+            .collect();
+        assert_eq!(kept.len() as u64, KEPT_PER_USER);
+        assert_eq!(kept.first(), Some(&7));
+        assert_eq!(kept.last(), Some(&(KEPT_PER_USER + 6)));
     }
 
     #[test]
