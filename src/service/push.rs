@@ -11,8 +11,8 @@
 //! `actions` of the rest.
 //!
 //! Tree `userroomid_notificationcounts`: `user 0xFF room` → [`Counts`] (JSON), written at a
-//! stream position so `/sync` sends changed counts. Each notification is also recorded for
-//! `GET /notifications`, in the same commit ([`notifications`]).
+//! stream position so `/sync` sends changed counts. `GET /notifications` is worked out when
+//! asked, from the timelines ([`notifications`]): nothing more is written per send.
 
 pub mod notifications;
 
@@ -23,21 +23,22 @@ use std::{
 
 use futures_util::FutureExt;
 use ruma::{
-    Int, OwnedUserId, RoomId, UInt, UserId,
-    events::{StateEventType, room::member::MembershipState},
+    Int, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    events::{AnySyncTimelineEvent, StateEventType, room::member::MembershipState},
     power_levels::NotificationPowerLevels,
     push::{
-        InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
-        Ruleset,
+        Action, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx,
+        PushConditionRoomCtx, Ruleset,
     },
     room_version_rules::RoomPowerLevelsRules,
+    serde::Raw,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
 use super::{
     account_data::AccountData,
-    rooms::{Rooms, pair_key, pdu::Pdu},
+    rooms::{Rooms, pair_key, pdu::Pdu, state::StateSet},
     stream::Stream,
 };
 use crate::{
@@ -59,8 +60,6 @@ pub struct Push {
     db: Db,
     stream: Arc<Stream>,
     counts: Table<Counts>,
-    /// The events each user was notified about, for `GET /notifications`.
-    pub notifications: notifications::Notifications,
     /// Parsed rule sets of users who have had events evaluated (at most one per local
     /// user); replaced when they change.
     rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
@@ -129,6 +128,121 @@ pub fn rules_content(rules: &Ruleset) -> JsonValue {
     serde_json::json!({ "global": rules })
 }
 
+/// What the push rules' conditions read from a room: its current state, joined members
+/// and power levels. Made once per event (or per room of a `/notifications` page) and
+/// used for every member.
+pub struct RoomContext {
+    pub room_id: OwnedRoomId,
+    pub state: StateSet,
+    pub joined: Vec<OwnedUserId>,
+    member_count: UInt,
+    power_levels: Option<PushConditionPowerLevelsCtx>,
+}
+
+impl RoomContext {
+    /// The room as it is now.
+    pub fn current(rooms: &Rooms, room_id: &RoomId) -> Result<Self> {
+        let info = rooms.existing(room_id)?;
+        let state = rooms.current_state(&info)?;
+        let joined: Vec<OwnedUserId> = rooms
+            .members(room_id)?
+            .into_iter()
+            .filter(|(_, m)| *m == MembershipState::Join)
+            .map(|(user, _)| user)
+            .collect();
+        let member_count = UInt::new(joined.len() as u64).unwrap_or_default();
+        let power_levels = match rooms.state_event(&state, &StateEventType::RoomPowerLevels, "")? {
+            Some(levels) => {
+                let content = levels.content_value();
+                let users: BTreeMap<OwnedUserId, Int> = content["users"]
+                    .as_object()
+                    .map(|users| {
+                        users
+                            .iter()
+                            .filter_map(|(user, level)| {
+                                Some((OwnedUserId::try_from(user.as_str()).ok()?, int(level)?))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let notifications: NotificationPowerLevels =
+                    serde_json::from_value(content["notifications"].clone()).unwrap_or_default();
+                let creators = rooms
+                    .state_event(&state, &StateEventType::RoomCreate, "")?
+                    .map(|create| {
+                        let mut creators = vec![create.sender.clone()];
+                        if let Some(extra) =
+                            create.content_value()["additional_creators"].as_array()
+                        {
+                            creators.extend(
+                                extra
+                                    .iter()
+                                    .filter_map(|u| u.as_str())
+                                    .filter_map(|u| OwnedUserId::try_from(u).ok()),
+                            );
+                        }
+                        creators
+                    })
+                    .unwrap_or_default();
+                let rules = info
+                    .version
+                    .rules()
+                    .map(|rules| RoomPowerLevelsRules::new(&rules.authorization, creators));
+                rules.map(|rules| {
+                    PushConditionPowerLevelsCtx::new(
+                        users,
+                        int(&content["users_default"]).unwrap_or_default(),
+                        notifications,
+                        rules,
+                    )
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
+            room_id: room_id.to_owned(),
+            state,
+            joined,
+            member_count,
+            power_levels,
+        })
+    }
+}
+
+/// The tweaks among `actions` as an object (`{"sound": "default", "highlight": true}`),
+/// as push gateways receive them.
+fn tweaks(actions: &[Action]) -> JsonValue {
+    let mut tweaks = serde_json::Map::new();
+    for action in actions {
+        if let Action::SetTweak(tweak) = action
+            && let Ok(JsonValue::Object(pair)) = serde_json::to_value(tweak)
+            && let Some(name) = pair.get("set_tweak").and_then(JsonValue::as_str)
+        {
+            let value = pair.get("value").cloned().unwrap_or(JsonValue::Bool(true));
+            tweaks.insert(name.to_owned(), value);
+        }
+    }
+    JsonValue::Object(tweaks)
+}
+
+/// Empties `useridseq_notification`, where earlier builds of this release recorded each
+/// notification on send (see [`notifications`] for why they no longer do). One batch, once:
+/// on later starts the tree is empty and this is one lookup.
+fn forget_notification_records(db: &Db) -> Result<()> {
+    let records = db.tree("useridseq_notification")?;
+    if records.iter_from(b"", false).next().is_none() {
+        return Ok(());
+    }
+    let mut batch = crate::storage::Batch::new();
+    for entry in records.iter_from(b"", false) {
+        let (key, _) = entry?;
+        batch.remove(&*records, key);
+    }
+    db.apply(&batch)?;
+    db.flush_blocking()?;
+    Ok(())
+}
+
 fn int(value: &JsonValue) -> Option<Int> {
     value
         .as_i64()
@@ -138,11 +252,11 @@ fn int(value: &JsonValue) -> Option<Int> {
 
 impl Push {
     pub fn new(db: &Db, stream: Arc<Stream>) -> Result<Self> {
+        forget_notification_records(db)?;
         Ok(Self {
             db: db.clone(),
             stream,
             counts: db.table("userroomid_notificationcounts")?,
-            notifications: notifications::Notifications::new(db)?,
             rulesets: Mutex::default(),
             change_lock: tokio::sync::Mutex::new(()),
         })
@@ -197,134 +311,69 @@ impl Push {
         pdu: &Pdu,
     ) -> Result<Vec<(OwnedUserId, JsonValue)>> {
         let room_id = pdu.room_id();
-        let info = rooms.existing(&room_id)?;
-        let state = rooms.current_state(&info)?;
-        let members = rooms.members(&room_id)?;
-        let joined: Vec<&OwnedUserId> = members
-            .iter()
-            .filter(|(_, m)| *m == MembershipState::Join)
-            .map(|(user, _)| user)
-            .collect();
-        let member_count = UInt::new(joined.len() as u64).unwrap_or_default();
-        let power_levels = match rooms.state_event(&state, &StateEventType::RoomPowerLevels, "")? {
-            Some(levels) => {
-                let content = levels.content_value();
-                let users: BTreeMap<OwnedUserId, Int> = content["users"]
-                    .as_object()
-                    .map(|users| {
-                        users
-                            .iter()
-                            .filter_map(|(user, level)| {
-                                Some((OwnedUserId::try_from(user.as_str()).ok()?, int(level)?))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let notifications: NotificationPowerLevels =
-                    serde_json::from_value(content["notifications"].clone()).unwrap_or_default();
-                let creators = rooms
-                    .state_event(&state, &StateEventType::RoomCreate, "")?
-                    .map(|create| {
-                        let mut creators = vec![create.sender.clone()];
-                        if let Some(extra) =
-                            create.content_value()["additional_creators"].as_array()
-                        {
-                            creators.extend(
-                                extra
-                                    .iter()
-                                    .filter_map(|u| u.as_str())
-                                    .filter_map(|u| OwnedUserId::try_from(u).ok()),
-                            );
-                        }
-                        creators
-                    })
-                    .unwrap_or_default();
-                let rules = info
-                    .version
-                    .rules()
-                    .map(|rules| RoomPowerLevelsRules::new(&rules.authorization, creators));
-                rules.map(|rules| {
-                    PushConditionPowerLevelsCtx::new(
-                        users,
-                        int(&content["users_default"]).unwrap_or_default(),
-                        notifications,
-                        rules,
-                    )
-                })
-            }
-            None => None,
-        };
+        let room = RoomContext::current(rooms, &room_id)?;
         let raw = pdu.to_sync_event(None);
-        let count = rooms.count_of(&pdu.event_id)?.unwrap_or(info.last_count);
-        let now = super::users::now_ms();
 
         let mut changes = Vec::new();
-        let mut records = Vec::new();
         let mut notified = Vec::new();
-        for member in joined {
-            if **member == pdu.sender {
+        for member in &room.joined {
+            if *member == pdu.sender {
                 changes.push((member.clone(), None));
                 continue;
             }
-            let name = rooms
-                .state_event(&state, &StateEventType::RoomMember, member.as_str())?
-                .and_then(|event| event.content_str("displayname"))
-                .unwrap_or_else(|| member.localpart().to_owned());
-            let mut context =
-                PushConditionRoomCtx::new(room_id.clone(), member_count, member.clone(), name);
-            if let Some(power_levels) = &power_levels {
-                context = context.with_power_levels(power_levels.clone());
-            }
-            let rules = self.ruleset(account_data, member)?;
-            // The evaluator is async only for lookups we do not use; it completes at once.
-            let actions = rules
-                .get_actions(&raw, &context)
-                .now_or_never()
-                .unwrap_or(&[]);
-            let notify = actions.iter().any(|action| action.should_notify());
-            if notify {
-                let highlight = actions.iter().any(|action| action.is_highlight());
+            let actions = self.actions(rooms, account_data, &room, member, &raw)?;
+            if actions.iter().any(Action::should_notify) {
+                let highlight = actions.iter().any(Action::is_highlight);
                 changes.push((member.clone(), Some(highlight)));
-                records.push((
-                    member.clone(),
-                    notifications::Record {
-                        short_room_id: info.short_room_id,
-                        count,
-                        actions: actions.to_vec(),
-                        highlight,
-                        ts: now,
-                    },
-                ));
-                let mut tweaks = serde_json::Map::new();
-                for action in actions {
-                    if let ruma::push::Action::SetTweak(tweak) = action
-                        && let Ok(JsonValue::Object(pair)) = serde_json::to_value(tweak)
-                        && let Some(name) = pair.get("set_tweak").and_then(JsonValue::as_str)
-                    {
-                        let value = pair.get("value").cloned().unwrap_or(JsonValue::Bool(true));
-                        tweaks.insert(name.to_owned(), value);
-                    }
-                }
-                notified.push((member.clone(), JsonValue::Object(tweaks)));
+                notified.push((member.clone(), tweaks(&actions)));
             }
         }
-        self.apply(&room_id, changes, records).await?;
+        self.apply(&room_id, changes).await?;
         Ok(notified)
+    }
+
+    /// The actions `user_id`'s push rules give `event` in the room (the spec's "Push
+    /// Rules"), with the room as `room` describes it.
+    pub fn actions(
+        &self,
+        rooms: &Rooms,
+        account_data: &AccountData,
+        room: &RoomContext,
+        user_id: &UserId,
+        event: &Raw<AnySyncTimelineEvent>,
+    ) -> Result<Vec<Action>> {
+        let name = rooms
+            .state_event(&room.state, &StateEventType::RoomMember, user_id.as_str())?
+            .and_then(|event| event.content_str("displayname"))
+            .unwrap_or_else(|| user_id.localpart().to_owned());
+        let mut context = PushConditionRoomCtx::new(
+            room.room_id.clone(),
+            room.member_count,
+            user_id.to_owned(),
+            name,
+        );
+        if let Some(power_levels) = &room.power_levels {
+            context = context.with_power_levels(power_levels.clone());
+        }
+        let rules = self.ruleset(account_data, user_id)?;
+        // The evaluator is async only for lookups we do not use; it completes at once.
+        Ok(rules
+            .get_actions(event, &context)
+            .now_or_never()
+            .unwrap_or(&[])
+            .to_vec())
     }
 
     /// A member read the room (receipt): their counts go back to zero.
     pub async fn read(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
-        self.apply(room_id, vec![(user_id.to_owned(), None)], Vec::new())
-            .await
+        self.apply(room_id, vec![(user_id.to_owned(), None)]).await
     }
 
-    /// `Some(highlight)` adds one notification; `None` resets to zero. `records` are the
-    /// notifications to list in `GET /notifications`, written in the same commit.
+    /// `Some(highlight)` adds one notification; `None` resets to zero.
     async fn apply(
         &self,
         room_id: &RoomId,
         changes: Vec<(OwnedUserId, Option<bool>)>,
-        records: Vec<(OwnedUserId, notifications::Record)>,
     ) -> Result<()> {
         let changes: Vec<_> = changes
             .into_iter()
@@ -354,9 +403,6 @@ impl Push {
                 }
                 counts.position = position;
                 batch.insert_json(&self.counts, key, &counts);
-            }
-            for (user, record) in &records {
-                self.notifications.record_into(batch, user, record)?;
             }
             Ok(())
         })?;

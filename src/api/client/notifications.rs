@@ -11,7 +11,7 @@ use crate::{
     api::ruma::{Ruma, RumaResponse},
     service::{
         Services,
-        push::notifications::{DEFAULT_LIMIT, MAX_LIMIT},
+        push::notifications::{DEFAULT_LIMIT, MAX_LIMIT, Query, SCAN_BUDGET},
     },
 };
 
@@ -38,13 +38,17 @@ pub async fn get_notifications(
             .min(MAX_LIMIT)
     });
     let only_highlight = body.only.as_deref() == Some("highlight");
-    let page = services.push.notifications.page(
+    let page = services.push.notifications(
         &services.rooms,
         &services.ephemeral,
+        &services.account_data,
         sender,
-        from,
-        limit,
-        only_highlight,
+        Query {
+            from,
+            limit,
+            only_highlight,
+            budget: SCAN_BUDGET,
+        },
     )?;
     let mut response = get_notifications::v3::Response::new(page.notifications);
     response.next_token = page.next_token;

@@ -1,137 +1,61 @@
 //! The events a user was notified about, for `GET /notifications` (client-server API, "Push
 //! notifications", "Listing Notifications").
 //!
-//! Tree `useridseq_notification`: `user 0xFF seq (u64, big-endian)` → [`Record`], in a
-//! compact binary form ([`Record::encode`]): every send writes one per notified member, so
-//! its size is what the disk pays (the JSON form tripled the database in the load benchmark
-//! and cost a third of the send throughput). `seq` numbers a user's notifications 1, 2,
-//! 3, … (the next one is the newest key + 1), so keeping only the newest [`KEPT_PER_USER`]
-//! costs one removal per new record, never a scan. Records are written in the same commit as
-//! the notification counts ([`super::Push`]). A record names the event by its place (short
-//! room id and count); the event itself is read when listed, so a later redaction shows.
+//! Worked out when asked, not recorded on send: the rooms' timelines are the record. A page
+//! walks the timelines of the user's rooms backwards, merged by count (the stream position,
+//! one order across rooms), and evaluates each event against the user's push rules, as
+//! [`super::Push::event_sent`] does for the counts. Recording a row per notified member
+//! per send cost a third of the send throughput and 70% more database in the load
+//! benchmark (`docs/benchmarks.md`), for a list few clients ever ask for.
+//!
+//! What that means, and where it differs from Synapse (which stores the actions at send):
+//! - the actions are those of the user's rules *now* and of the room's current state
+//!   (member count, the user's display name, power levels), so a rule changed since shows
+//!   its new effect;
+//! - the events listed are those since the user's current stretch of membership began
+//!   (their join), up to their leave in a room they left and have not forgotten;
+//! - `ts` is the event's `origin_server_ts`;
+//! - one page examines at most [`SCAN_BUDGET`] events, so a page may hold fewer than
+//!   `limit` notifications and still carry a `next_token` (the spec allows it: no token
+//!   means no more results, a token means look further).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::collections::{BinaryHeap, VecDeque};
 
 use ruma::{
-    MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
-    api::client::push::get_notifications::v3::Notification, push::Action,
+    OwnedEventId, OwnedRoomId, RoomId, UserId,
+    api::client::push::get_notifications::v3::Notification,
+    events::{StateEventType, room::member::MembershipState},
+    push::Action,
 };
 
+use super::{Push, RoomContext};
 use crate::{
-    Error, Result,
+    Result,
     service::{
+        account_data::AccountData,
         ephemeral::Ephemeral,
-        rooms::{Rooms, short::ShortRoomId},
+        rooms::{RoomInfo, Rooms, pdu::Pdu, visibility::prev_membership},
     },
-    storage::{Batch, Db, Tree},
 };
 
-/// Notifications kept per user; older ones are dropped as new ones arrive.
-pub const KEPT_PER_USER: u64 = 1_000;
 /// `limit` when the client gives none, and the largest honoured (as Synapse).
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
+/// Events one page examines at most, over all rooms.
+pub const SCAN_BUDGET: usize = 2_000;
+/// Events read from a room's timeline at a time: the first read is small (most rooms give
+/// a page one or two events), later ones grow to this.
+const MAX_CHUNK: usize = 64;
 
-#[derive(Clone, Debug)]
-pub struct Record {
-    /// Where the event is: its room (interned) and its count (timeline position, compared
-    /// with the user's read receipt).
-    pub short_room_id: ShortRoomId,
-    pub count: u64,
-    pub actions: Vec<Action>,
-    pub highlight: bool,
-    /// When the notification was made (ms since the epoch).
-    pub ts: u64,
-}
-
-/// The actions of the default rules that notify, stored as one byte; any others as JSON.
-/// (`.m.rule.message` and friends: notify, with or without the default sound; mentions
-/// also highlight.)
-fn common_actions() -> [Vec<Action>; 4] {
-    use ruma::push::Tweak;
-    let sound = || Action::SetTweak(Tweak::Sound("default".into()));
-    [
-        vec![Action::Notify],
-        vec![Action::Notify, sound()],
-        vec![
-            Action::Notify,
-            sound(),
-            Action::SetTweak(Tweak::Highlight(true.into())),
-        ],
-        vec![
-            Action::Notify,
-            Action::SetTweak(Tweak::Highlight(true.into())),
-        ],
-    ]
-}
-
-/// [`common_actions`] as JSON, made once (a constant, not state).
-static COMMON_JSON: std::sync::LazyLock<Vec<Vec<u8>>> = std::sync::LazyLock::new(|| {
-    common_actions()
-        .iter()
-        .map(|actions| serde_json::to_vec(actions).unwrap_or_default())
-        .collect()
-});
-
-/// Flag bit: the record is a highlight.
-const HIGHLIGHT: u8 = 0x80;
-/// Tag (low bits) for actions stored as JSON after the fixed part.
-const JSON_ACTIONS: u8 = 0x7F;
-
-impl Record {
-    /// `short room id (8) | count (8) | ts (8) | flags (1) [| actions JSON]`, numbers
-    /// big-endian; the flags hold the highlight bit and the index of a common action list,
-    /// or [`JSON_ACTIONS`].
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(25);
-        out.extend_from_slice(&self.short_room_id.to_be_bytes());
-        out.extend_from_slice(&self.count.to_be_bytes());
-        out.extend_from_slice(&self.ts.to_be_bytes());
-        let highlight = if self.highlight { HIGHLIGHT } else { 0 };
-        // `Action` has no `PartialEq`: compare the JSON forms. A list of actions always
-        // serialises.
-        let json = serde_json::to_vec(&self.actions).unwrap_or_default();
-        let common = COMMON_JSON.iter().position(|common| *common == json);
-        match common {
-            Some(index) => out.push(highlight | index as u8),
-            None => {
-                out.push(highlight | JSON_ACTIONS);
-                out.extend(json);
-            }
-        }
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self> {
-        let corrupt = || Error::internal("corrupt notification record");
-        let number = |range: std::ops::Range<usize>| {
-            bytes
-                .get(range)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(corrupt)
-        };
-        let flags = *bytes.get(24).ok_or_else(corrupt)?;
-        let tag = flags & !HIGHLIGHT;
-        let actions = if tag == JSON_ACTIONS {
-            serde_json::from_slice(&bytes[25..]).map_err(|_| corrupt())?
-        } else {
-            common_actions()
-                .into_iter()
-                .nth(usize::from(tag))
-                .ok_or_else(corrupt)?
-        };
-        Ok(Self {
-            short_room_id: number(0..8)?,
-            count: number(8..16)?,
-            ts: number(16..24)?,
-            highlight: flags & HIGHLIGHT != 0,
-            actions,
-        })
-    }
+/// What one page asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct Query {
+    /// Events older than this count (a `next_token`); `None` for the newest.
+    pub from: Option<u64>,
+    pub limit: usize,
+    pub only_highlight: bool,
+    /// Events to examine at most ([`SCAN_BUDGET`]; smaller in tests).
+    pub budget: usize,
 }
 
 /// One page of `/notifications`.
@@ -141,130 +65,214 @@ pub struct Page {
     pub next_token: Option<String>,
 }
 
-pub struct Notifications {
-    records: Arc<dyn Tree>,
-    /// Each user's newest `seq`, once looked up: a reverse seek per notified member per
-    /// send cost more than the write. At most one entry per local user. Set while the
-    /// batch is built (under `Stream::commit`'s lock, so writers never share a `seq`); if
-    /// the batch then fails, the entry is ahead of the disk, which only leaves a gap.
-    newest: Mutex<HashMap<OwnedUserId, u64>>,
+/// One room's timeline, read backwards a chunk at a time.
+struct Cursor {
+    room_id: OwnedRoomId,
+    info: RoomInfo,
+    /// Events with a count below this are still to be read.
+    below: u64,
+    /// The user's join that began their current membership: older events are not theirs.
+    joined_at: u64,
+    /// Read and not yet examined, newest first.
+    buffer: VecDeque<(u64, Pdu)>,
+    chunk: usize,
+    /// Made when the first event of the room is evaluated.
+    context: Option<RoomContext>,
+    /// How far the user has read (count), looked up with the first notification.
+    read_up_to: Option<u64>,
 }
 
-fn user_prefix(user_id: &UserId) -> Vec<u8> {
-    let mut key = user_id.as_bytes().to_vec();
-    key.push(0xFF);
-    key
-}
-
-fn record_key(user_id: &UserId, seq: u64) -> Vec<u8> {
-    let mut key = user_prefix(user_id);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-impl Notifications {
-    pub fn new(db: &Db) -> Result<Self> {
-        Ok(Self {
-            records: db.tree("useridseq_notification")?,
-            newest: Mutex::default(),
-        })
-    }
-
-    /// The sequence number of the user's newest record (0 if none).
-    fn newest_seq(&self, user_id: &UserId) -> Result<u64> {
-        let prefix = user_prefix(user_id);
-        let start = record_key(user_id, u64::MAX);
-        match self.records.iter_from(&start, true).next() {
-            Some(entry) => {
-                let (key, _) = entry?;
-                Ok(key
-                    .strip_prefix(prefix.as_slice())
-                    .and_then(|seq| seq.try_into().ok())
-                    .map_or(0, u64::from_be_bytes))
+impl Cursor {
+    /// The count of the next event to examine, reading a chunk when the buffer is empty.
+    fn head(&mut self, rooms: &Rooms) -> Result<Option<u64>> {
+        if self.buffer.is_empty() && self.below > self.joined_at + 1 {
+            let events = rooms.events_before(&self.info, self.below, self.chunk)?;
+            self.chunk = (self.chunk * 4).min(MAX_CHUNK);
+            match events.last() {
+                Some((oldest, _)) => self.below = *oldest,
+                None => self.below = 0,
             }
-            None => Ok(0),
+            let joined_at = self.joined_at;
+            self.buffer
+                .extend(events.into_iter().filter(|(count, _)| *count > joined_at));
+        }
+        Ok(self.buffer.front().map(|(count, _)| *count))
+    }
+}
+
+/// Member events followed back (display name and avatar changes) to find a join.
+const MAX_PROFILE_CHANGES: usize = 64;
+
+/// The count of the join that began the user's current (or, in a room they left, last)
+/// stretch of membership, found by following their member events back through
+/// `unsigned.replaces_state` past profile changes (a join replacing a join); at most
+/// [`MAX_PROFILE_CHANGES`] of them, after which the oldest reached stands in. `None` if
+/// their membership did not end or pass through a join.
+fn joined_at(
+    rooms: &Rooms,
+    room_id: &RoomId,
+    user_id: &UserId,
+    membership: &MembershipState,
+) -> Result<Option<u64>> {
+    let replaced = |pdu: &Pdu| -> Result<Option<Pdu>> {
+        let unsigned: Option<serde_json::Value> = pdu
+            .unsigned
+            .as_ref()
+            .and_then(|unsigned| serde_json::from_str(unsigned.get()).ok());
+        let Some(id) = unsigned
+            .as_ref()
+            .and_then(|unsigned| unsigned["replaces_state"].as_str())
+            .and_then(|id| OwnedEventId::try_from(id).ok())
+        else {
+            return Ok(None);
+        };
+        rooms.pdu(&id)
+    };
+    let Some(current) =
+        rooms.current_state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
+    else {
+        return Ok(None);
+    };
+    let mut event = match membership {
+        MembershipState::Join => current,
+        _ if prev_membership(&current).as_deref() == Some("join") => match replaced(&current)? {
+            Some(join) => join,
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    for _ in 0..MAX_PROFILE_CHANGES {
+        if prev_membership(&event).as_deref() != Some("join") {
+            break;
+        }
+        match replaced(&event)? {
+            Some(older) => event = older,
+            None => break,
         }
     }
+    rooms.count_of(&event.event_id)
+}
 
-    /// Adds `record` for `user_id` to `batch`, dropping the user's oldest record beyond
-    /// [`KEPT_PER_USER`]. Call it inside `Stream::commit`, which serialises the writers.
-    pub fn record_into(&self, batch: &mut Batch, user_id: &UserId, record: &Record) -> Result<()> {
-        let mut newest = self.newest.lock().expect("notification seq lock");
-        let seq = match newest.get(user_id) {
-            Some(seq) => *seq,
-            None => self.newest_seq(user_id)?,
-        } + 1;
-        newest.insert(user_id.to_owned(), seq);
-        drop(newest);
-        batch.insert(&*self.records, record_key(user_id, seq), record.encode());
-        if seq > KEPT_PER_USER {
-            batch.remove(&*self.records, record_key(user_id, seq - KEPT_PER_USER));
-        }
-        Ok(())
-    }
-
-    /// The user's notifications older than `from` (a `next_token`), newest first: at most
-    /// `limit`, only highlights if asked. `read` is whether the user's latest `m.read` or
-    /// `m.read.private` receipt in the room is at or after the event (as Synapse decides it).
-    pub fn page(
+impl Push {
+    /// The user's notifications older than `query.from`, newest first: at most `limit`, only
+    /// highlights if asked. `read` is whether the user's latest `m.read` or `m.read.private`
+    /// receipt in the room is at or after the event (as Synapse decides it).
+    pub fn notifications(
         &self,
         rooms: &Rooms,
         ephemeral: &Ephemeral,
+        account_data: &AccountData,
         user_id: &UserId,
-        from: Option<u64>,
-        limit: usize,
-        only_highlight: bool,
+        query: Query,
     ) -> Result<Page> {
-        let prefix = user_prefix(user_id);
-        let start = record_key(
-            user_id,
-            from.map_or(u64::MAX, |from| from.saturating_sub(1)),
-        );
-        let mut notifications = Vec::new();
-        let mut next_token = None;
-        let mut last_returned = None;
-        // Per room of this page: its id and how far the user has read.
-        let mut room_of: HashMap<ShortRoomId, (OwnedRoomId, u64)> = HashMap::new();
-        for entry in self.records.iter_from(&start, true) {
-            let (key, bytes) = entry?;
-            let Some(seq) = key
-                .strip_prefix(prefix.as_slice())
-                .and_then(|seq| <[u8; 8]>::try_from(seq).ok())
-                .map(u64::from_be_bytes)
-            else {
-                break;
+        let from = query.from.unwrap_or(u64::MAX);
+        let mut cursors = Vec::new();
+        for (room_id, entry) in rooms.rooms_of(user_id)? {
+            // Joined rooms up to now; rooms left (and not forgotten) up to the leave.
+            let upper = match entry.membership {
+                MembershipState::Join => u64::MAX,
+                MembershipState::Leave | MembershipState::Ban => entry.count,
+                _ => continue,
             };
-            let record = Record::decode(&bytes)?;
-            if only_highlight && !record.highlight {
-                continue;
-            }
-            if notifications.len() == limit {
-                // There is at least one more: the next page starts below the last one returned.
-                next_token = last_returned.map(|seq: u64| seq.to_string());
-                break;
-            }
-            let Some(pdu) = rooms.pdu_at(record.short_room_id, record.count)? else {
+            let Some(info) = rooms.info(&room_id)? else {
                 continue;
             };
-            let (room_id, read_count) = match room_of.get(&record.short_room_id) {
-                Some(known) => known.clone(),
-                None => {
-                    let room_id = rooms.short.room_id(record.short_room_id)?;
-                    let read = read_position(rooms, ephemeral, &room_id, user_id)?;
-                    room_of.insert(record.short_room_id, (room_id.clone(), read));
-                    (room_id, read)
-                }
+            let Some(joined_at) = joined_at(rooms, &room_id, user_id, &entry.membership)? else {
+                continue;
             };
-            let ts = MilliSecondsSinceUnixEpoch(UInt::new_saturating(record.ts));
-            notifications.push(Notification::new(
-                record.actions,
-                rooms.sync_event(&pdu, user_id, None)?,
-                read_count >= record.count,
+            cursors.push(Cursor {
                 room_id,
-                ts,
-            ));
-            last_returned = Some(seq);
+                info,
+                below: upper.min(from),
+                joined_at,
+                buffer: VecDeque::new(),
+                chunk: 2,
+                context: None,
+                read_up_to: None,
+            });
         }
+
+        // The cursors ordered by their next event's count, newest first.
+        let mut heap = BinaryHeap::new();
+        for (index, cursor) in cursors.iter_mut().enumerate() {
+            if let Some(count) = cursor.head(rooms)? {
+                heap.push((count, index));
+            }
+        }
+
+        let mut notifications = Vec::new();
+        let mut examined = 0;
+        let mut last_examined = None;
+        let mut last_returned = None;
+        let mut more = false;
+        while let Some((count, index)) = heap.pop() {
+            if examined == query.budget {
+                // Out of budget with events left: the next page goes on from here.
+                more = true;
+                break;
+            }
+            examined += 1;
+            let cursor = &mut cursors[index];
+            let Some((_, pdu)) = cursor.buffer.pop_front() else {
+                continue;
+            };
+            last_examined = Some(count);
+            if let Some(next) = cursor.head(rooms)? {
+                heap.push((next, index));
+            }
+            if pdu.sender == user_id {
+                continue;
+            }
+            let context = match &mut cursor.context {
+                Some(context) => context,
+                None => cursor
+                    .context
+                    .insert(RoomContext::current(rooms, &cursor.room_id)?),
+            };
+            let actions = self.actions(
+                rooms,
+                account_data,
+                context,
+                user_id,
+                &pdu.to_sync_event(None),
+            )?;
+            if !actions.iter().any(Action::should_notify) {
+                continue;
+            }
+            if query.only_highlight && !actions.iter().any(Action::is_highlight) {
+                continue;
+            }
+            if notifications.len() == query.limit {
+                // There is at least one more: the next page starts below the last returned.
+                more = true;
+                break;
+            }
+            let read_up_to = match cursor.read_up_to {
+                Some(read) => read,
+                None => *cursor.read_up_to.insert(read_position(
+                    rooms,
+                    ephemeral,
+                    &cursor.room_id,
+                    user_id,
+                )?),
+            };
+            notifications.push(Notification::new(
+                actions,
+                rooms.sync_event(&pdu, user_id, None)?,
+                read_up_to >= count,
+                cursor.room_id.clone(),
+                pdu.origin_server_ts,
+            ));
+            last_returned = Some(count);
+        }
+        // A full page resumes below its last notification; a page cut short by the budget,
+        // below the last event it examined.
+        let resume = if notifications.len() == query.limit {
+            last_returned
+        } else {
+            last_examined
+        };
+        let next_token = resume.filter(|_| more).map(|count| count.to_string());
         Ok(Page {
             notifications,
             next_token,
@@ -290,107 +298,199 @@ fn read_position(
 
 #[cfg(test)]
 mod tests {
-    use ruma::user_id;
+    use std::sync::Arc;
+
+    use ruma::{RoomVersionId, server_name, user_id};
+    use serde_json::json;
 
     use super::*;
+    use crate::{
+        service::{
+            rooms::{
+                append::NewEvent,
+                create::{CreateRoom, Preset},
+                membership::MemberProfile,
+            },
+            server_keys::ServerKeys,
+            stream::Stream,
+        },
+        storage::Db,
+    };
 
-    fn record(count: u64) -> Record {
-        Record {
-            short_room_id: 7,
-            count,
-            actions: vec![Action::Notify],
-            highlight: false,
-            ts: count,
-        }
+    struct World {
+        rooms: Rooms,
+        push: Push,
+        ephemeral: Ephemeral,
+        account_data: AccountData,
     }
 
-    #[test]
-    fn only_the_newest_records_are_kept_per_user() {
+    fn world() -> World {
         let db = Db::memory();
-        let notifications = Notifications::new(&db).unwrap();
-        let (alice, bob) = (user_id!("@alice:x"), user_id!("@bob:x"));
-        let mut batch = Batch::new();
-        notifications
-            .record_into(&mut batch, bob, &record(1))
-            .unwrap();
-        db.apply(&batch).unwrap();
-        for count in 1..=KEPT_PER_USER + 5 {
-            let mut batch = Batch::new();
-            notifications
-                .record_into(&mut batch, alice, &record(count))
-                .unwrap();
-            db.apply(&batch).unwrap();
+        let keys = Arc::new(ServerKeys::load_or_generate(&db).unwrap());
+        let stream = Arc::new(Stream::new(&db).unwrap());
+        World {
+            rooms: Rooms::new(
+                &db,
+                server_name!("example.org").to_owned(),
+                keys,
+                Arc::clone(&stream),
+            )
+            .unwrap(),
+            push: Push::new(&db, Arc::clone(&stream)).unwrap(),
+            ephemeral: Ephemeral::new(&db, Arc::clone(&stream)).unwrap(),
+            account_data: AccountData::new(&db, stream).unwrap(),
         }
-        let kept: Vec<u64> = notifications
-            .records
-            .scan_prefix(&user_prefix(alice))
-            .map(|entry| Record::decode(&entry.unwrap().1).unwrap().count)
-            .collect();
-        assert_eq!(kept.len() as u64, KEPT_PER_USER);
-        assert_eq!(kept.first(), Some(&6), "the five oldest were dropped");
-        assert_eq!(kept.last(), Some(&(KEPT_PER_USER + 5)));
-        assert_eq!(
-            notifications.newest_seq(bob).unwrap(),
-            1,
-            "bob's is untouched"
-        );
-        assert_eq!(notifications.newest_seq(user_id!("@carol:x")).unwrap(), 0);
-
-        // After a restart the next number comes from the disk, not from memory: the new
-        // record follows the newest, and the oldest kept one goes.
-        let restarted = Notifications::new(&db).unwrap();
-        let mut batch = Batch::new();
-        restarted
-            .record_into(&mut batch, alice, &record(KEPT_PER_USER + 6))
-            .unwrap();
-        db.apply(&batch).unwrap();
-        let kept: Vec<u64> = restarted
-            .records
-            .scan_prefix(&user_prefix(alice))
-            .map(|entry| Record::decode(&entry.unwrap().1).unwrap().count)
-            .collect();
-        assert_eq!(kept.len() as u64, KEPT_PER_USER);
-        assert_eq!(kept.first(), Some(&7));
-        assert_eq!(kept.last(), Some(&(KEPT_PER_USER + 6)));
     }
 
-    #[test]
-    fn records_round_trip_in_their_compact_form() {
-        use ruma::push::Tweak;
-        let mut records = vec![];
-        for (index, actions) in common_actions().into_iter().enumerate() {
-            records.push(Record {
-                short_room_id: 3,
-                count: u64::MAX - index as u64,
-                highlight: index >= 2,
-                ts: 1_796_647_389_252,
-                actions,
-            });
+    fn profile(name: &str) -> MemberProfile {
+        MemberProfile {
+            displayname: Some(name.to_owned()),
+            avatar_url: None,
         }
-        records.push(Record {
-            short_room_id: 0,
-            count: 1,
-            highlight: false,
-            ts: 0,
-            actions: vec![
-                Action::Notify,
-                Action::SetTweak(Tweak::Sound("ping".into())),
-            ],
-        });
-        for record in records {
-            let bytes = record.encode();
-            let decoded = Record::decode(&bytes).unwrap();
-            assert_eq!(format!("{decoded:?}"), format!("{record:?}"));
-        }
-        // The default rules' actions take one byte after the fixed part.
-        assert_eq!(record(1).encode().len(), 25);
-        assert!(
-            Record::decode(&[0; 10]).is_err(),
-            "a short record is an error"
+    }
+
+    async fn room_of(world: &World, creator: &UserId, invite: &UserId) -> OwnedRoomId {
+        world
+            .rooms
+            .create_room(
+                creator,
+                profile("creator"),
+                CreateRoom {
+                    version: RoomVersionId::V11,
+                    preset: Preset::PrivateChat,
+                    creation_content: serde_json::Map::new(),
+                    power_level_content_override: None,
+                    alias: None,
+                    initial_state: Vec::new(),
+                    name: None,
+                    topic: None,
+                    invite: vec![invite.to_owned()],
+                    is_direct: false,
+                    publish: false,
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn say(world: &World, room: &RoomId, sender: &UserId, body: &str) -> OwnedEventId {
+        let event = NewEvent::message(
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": body }),
         );
-        assert!(
-            Record::decode(&[0; 25].map(|_| 0x7E)).is_err(),
-            "an unknown tag too"
+        world
+            .rooms
+            .send(room, sender, event, None)
+            .await
+            .unwrap()
+            .event_id
+    }
+
+    /// Every page of the user's notifications, followed to the end: the event ids in order
+    /// and the number of each page's notifications.
+    fn all_pages(
+        world: &World,
+        user: &UserId,
+        limit: usize,
+        budget: usize,
+    ) -> (Vec<String>, Vec<usize>) {
+        let (mut ids, mut sizes) = (Vec::new(), Vec::new());
+        let mut from = None;
+        for _ in 0..100 {
+            let page = world
+                .push
+                .notifications(
+                    &world.rooms,
+                    &world.ephemeral,
+                    &world.account_data,
+                    user,
+                    Query {
+                        from,
+                        limit,
+                        only_highlight: false,
+                        budget,
+                    },
+                )
+                .unwrap();
+            assert!(page.notifications.len() <= limit);
+            sizes.push(page.notifications.len());
+            for notification in &page.notifications {
+                let event: serde_json::Value =
+                    serde_json::from_str(notification.event.json().get()).unwrap();
+                ids.push(event["event_id"].as_str().unwrap().to_owned());
+            }
+            match page.next_token {
+                Some(token) => from = Some(token.parse().unwrap()),
+                None => return (ids, sizes),
+            }
+        }
+        panic!("paging did not end");
+    }
+
+    #[tokio::test]
+    async fn notifications_merge_the_rooms_since_the_join_and_page_within_the_budget() {
+        let world = world();
+        let (alice, bob, carol) = (
+            user_id!("@alice:example.org"),
+            user_id!("@bob:example.org"),
+            user_id!("@carol:example.org"),
+        );
+        let a = room_of(&world, bob, alice).await;
+        say(&world, &a, bob, "before alice joined").await;
+        world
+            .rooms
+            .join(&a, alice, &profile("Alice"), None)
+            .await
+            .unwrap();
+        let m1 = say(&world, &a, bob, "one").await;
+        let b = room_of(&world, carol, alice).await;
+        world
+            .rooms
+            .join(&b, alice, &profile("Alice"), None)
+            .await
+            .unwrap();
+        let m2 = say(&world, &b, carol, "two").await;
+        say(&world, &a, alice, "alice's own").await;
+        let m3 = say(&world, &a, bob, "three").await;
+        // A new display name is a join after a join: older events still count.
+        world
+            .rooms
+            .join(&a, alice, &profile("Alice L."), None)
+            .await
+            .unwrap();
+        let m4 = say(&world, &a, bob, "four").await;
+        world.rooms.leave(&b, alice, alice, None).await.unwrap();
+        say(&world, &b, carol, "after alice left").await;
+
+        let expected: Vec<String> = [&m4, &m3, &m2, &m1]
+            .iter()
+            .map(|id| id.to_string())
+            .collect();
+        let (ids, sizes) = all_pages(&world, alice, 50, SCAN_BUDGET);
+        assert_eq!(
+            ids, expected,
+            "newest first, both rooms, nothing before the join or after the leave"
+        );
+        assert_eq!(sizes, [4]);
+
+        let (ids, sizes) = all_pages(&world, alice, 1, SCAN_BUDGET);
+        assert_eq!(ids, expected);
+        assert_eq!(
+            sizes,
+            [1, 1, 1, 1],
+            "the last page finds nothing more and has no token"
+        );
+
+        // A budget of three events per page: pages may come back short but with a token,
+        // and following them still finds every notification once.
+        let (ids, sizes) = all_pages(&world, alice, 50, 3);
+        assert_eq!(ids, expected);
+        assert!(sizes.len() > 1, "the budget ended pages early: {sizes:?}");
+
+        // The sender of every event has none.
+        assert_eq!(
+            all_pages(&world, carol, 50, SCAN_BUDGET).0,
+            Vec::<String>::new()
         );
     }
 }

@@ -126,7 +126,8 @@ impl Rooms {
     }
 }
 
-fn prev_membership(event: &Pdu) -> Option<String> {
+/// The membership the event replaced (`unsigned.prev_content`), if it names one.
+pub(crate) fn prev_membership(event: &Pdu) -> Option<String> {
     let unsigned: serde_json::Value = serde_json::from_str(event.unsigned.as_ref()?.get()).ok()?;
     unsigned["prev_content"]["membership"]
         .as_str()
