@@ -223,9 +223,13 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
                 room.unread_notifications.highlight_count = UInt::new(counts.highlights);
                 add_ephemeral(services, request, &room_id, &mut room)?;
                 // An incremental sync leaves out a room whose news the filter all dropped,
-                // so such news does not end a long-poll.
+                // so such news does not end a long-poll. Changed counts are news: they are
+                // committed just after the event that changed them, so a long-poll woken by
+                // the event may have answered with the counts before it.
                 let news = request.full_state
-                    || request.since.is_none_or(|since| entry.count >= since)
+                    || request
+                        .since
+                        .is_none_or(|since| entry.count >= since || counts.position >= since)
                     || !room.timeline.events.is_empty()
                     || !state_is_empty(&room.state)
                     || !room.ephemeral.events.is_empty()

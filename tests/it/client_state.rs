@@ -434,6 +434,35 @@ async fn notification_counts_follow_push_rules_and_reset_on_read() {
         .await;
     assert_eq!(counts(&sync), (0, 0), "{sync}");
 
+    // The counts are committed just after the event. A long-poll woken by the event can
+    // answer before them, with a token just past the event: the counts must still come in
+    // the next sync from that token. (Tokens are stream positions here; the timeline's
+    // `prev_batch` is the event's.)
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    say("m5", json!({ "msgtype": "m.text", "body": "one more" })).await;
+    let (_, sync) = server
+        .client_api(&bob, Method::GET, &format!("/sync?since={since}"), None)
+        .await;
+    let event_position: u64 = sync["rooms"]["join"][&room]["timeline"]["prev_batch"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let just_past_the_event = event_position + 1;
+    let (_, sync) = server
+        .client_api(
+            &bob,
+            Method::GET,
+            &format!("/sync?since={just_past_the_event}&timeout=0"),
+            None,
+        )
+        .await;
+    assert_eq!(counts(&sync), (1, 0), "{sync}");
+    let (_, read) = server
+        .client_api(&bob, Method::POST, &receipt, Some(json!({})))
+        .await;
+    assert!(read.is_object());
+
     // Bob's own rule silences the room.
     let mute = json!({ "actions": [] });
     assert_eq!(
