@@ -8,6 +8,7 @@ pub mod account_data;
 pub mod backup;
 pub mod cross_signing;
 pub mod dehydrated;
+pub mod federation;
 pub mod devices;
 pub mod ephemeral;
 pub mod filter;

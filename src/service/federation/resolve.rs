@@ -1,0 +1,1 @@
+//! Finding other servers (server-server API, "Resolving server names").
