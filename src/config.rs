@@ -59,8 +59,15 @@ pub struct Config {
     pub registration_token: Option<String>,
     #[serde(default)]
     pub registration_shared_secret: Option<String>,
-    #[serde(default = "default_true")]
+    /// Federation with other Matrix servers. Off until the admin turns it on (issue 11):
+    /// with it off no federation path is served and nothing is sent to other servers.
+    #[serde(default)]
     pub allow_federation: bool,
+    /// Whether the certificates of other servers are checked on outgoing federation
+    /// requests (Synapse's key). Only for tests on loopback: off, anyone on the path can
+    /// pretend to be any server. A loud warning at start says so.
+    #[serde(default = "default_true")]
+    pub federation_verify_certificates: bool,
     /// Presence (online/offline status). Off saves a little work on busy servers.
     #[serde(default = "default_true")]
     pub allow_presence: bool,
@@ -169,6 +176,7 @@ const KNOWN_KEYS: &[&str] = &[
     "registration_token",
     "registration_shared_secret",
     "allow_federation",
+    "federation_verify_certificates",
     "allow_presence",
     "allow_legacy_media",
     "allow_url_preview",

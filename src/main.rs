@@ -94,6 +94,12 @@ fn main() -> ExitCode {
     if args.dev {
         tracing::warn!("development mode: anyone who can reach this server may register");
     }
+    if loaded.config.allow_federation && !loaded.config.federation_verify_certificates {
+        tracing::warn!(
+            "federation_verify_certificates is false: other servers' TLS certificates are NOT \
+             checked, so anyone on the network path can impersonate any server. Only for tests."
+        );
+    }
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -49,6 +49,8 @@ pub struct Services {
     pub uiaa: uiaa::Uiaa,
     pub registration: registration::Registration,
     pub server_keys: Arc<server_keys::ServerKeys>,
+    /// Talking to other servers (off unless `allow_federation`).
+    pub federation: federation::Federation,
     pub stream: Arc<stream::Stream>,
     pub account_data: Arc<account_data::AccountData>,
     pub ephemeral: ephemeral::Ephemeral,
@@ -91,6 +93,7 @@ impl Services {
             sliding_sync: sliding_sync::SlidingSync::default(),
             sent_members: filter::SentMembers::default(),
             stream,
+            federation: federation::Federation::new(&config, Arc::clone(&server_keys))?,
             server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,
             devices: devices::Devices::new(&db, Arc::clone(&keys))?,

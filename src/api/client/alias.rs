@@ -48,10 +48,15 @@ pub async fn get_alias(
     State(services): State<Arc<Services>>,
     request: Ruma<get_alias::v3::Request>,
 ) -> Result<RumaResponse<get_alias::v3::Response>> {
+    let alias = &request.body.room_alias;
+    if alias.server_name() != services.config.server_name {
+        let (room_id, servers) = services.federation.alias(alias).await?;
+        return Ok(RumaResponse(get_alias::v3::Response::new(room_id, servers)));
+    }
     let room_id = services
         .rooms
         .aliases
-        .resolve_local(&request.body.room_alias)?
+        .resolve_local(alias)?
         .ok_or_else(|| Error::not_found("Room alias not found."))?;
     Ok(RumaResponse(get_alias::v3::Response::new(
         room_id,

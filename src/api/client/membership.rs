@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use axum::extract::State;
 use ruma::{
-    OwnedRoomId, OwnedRoomOrAliasId, RoomId,
+    OwnedRoomId, OwnedRoomOrAliasId, OwnedServerName, RoomId,
     api::client::{
         knock::knock_room,
         membership::{
@@ -23,28 +23,70 @@ use crate::{
     service::Services,
 };
 
-/// A room id, or the room a local alias points at.
-fn resolve(services: &Services, target: &OwnedRoomOrAliasId) -> Result<OwnedRoomId> {
+/// A room id, or the room an alias points at (asking the alias's server for another
+/// server's alias), with the servers known to be in it.
+async fn resolve(
+    services: &Services,
+    target: &OwnedRoomOrAliasId,
+    via: &[OwnedServerName],
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
     match OwnedRoomId::try_from(target.as_str()) {
-        Ok(room_id) => Ok(room_id),
+        Ok(room_id) => {
+            let mut servers = via.to_vec();
+            if servers.is_empty()
+                && let Some(server) = room_id.server_name()
+            {
+                servers.push(server.to_owned());
+            }
+            Ok((room_id, servers))
+        }
         Err(_) => {
             let alias = ruma::OwnedRoomAliasId::try_from(target.as_str())
                 .map_err(|_| Error::invalid_param("Not a room id or alias."))?;
-            services
+            if alias.server_name() != services.config.server_name {
+                return services.federation.alias(&alias).await;
+            }
+            let room_id = services
                 .rooms
                 .aliases
                 .resolve_local(&alias)?
-                .ok_or_else(|| Error::not_found("Room alias not found."))
+                .ok_or_else(|| Error::not_found("Room alias not found."))?;
+            Ok((room_id, Vec::new()))
         }
+    }
+}
+
+/// A room this server is not in: joining (or knocking) needs another server in it, which
+/// this server cannot do yet; the error names the first of `servers` (with federation off,
+/// that it is off). A room with no server known is unknown.
+fn remote_room(
+    services: &Services,
+    room_id: &RoomId,
+    servers: &[OwnedServerName],
+    what: &str,
+) -> Result<()> {
+    if services.rooms.info(room_id)?.is_some() {
+        return Ok(());
+    }
+    match servers
+        .iter()
+        .find(|server| **server != services.config.server_name)
+    {
+        Some(server) => Err(services
+            .federation
+            .not_yet(server, &format!("{what} {room_id}"))),
+        None => Err(Error::not_found("No known room with this id.")),
     }
 }
 
 async fn join(
     services: &Services,
     room_id: &RoomId,
+    servers: &[OwnedServerName],
     user: &ruma::UserId,
     reason: Option<&str>,
 ) -> Result<()> {
+    remote_room(services, room_id, servers, "joining")?;
     let profile = member_profile(services, user)?;
     services.rooms.join(room_id, user, &profile, reason).await?;
     Ok(())
@@ -56,9 +98,16 @@ pub async fn join_room_by_id(
     request: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<RumaResponse<join_room_by_id::v3::Response>> {
     let (sender, _) = request.sender()?;
+    let room_id = &request.body.room_id;
+    let servers: Vec<OwnedServerName> = room_id
+        .server_name()
+        .map(ToOwned::to_owned)
+        .into_iter()
+        .collect();
     join(
         &services,
-        &request.body.room_id,
+        room_id,
+        &servers,
         sender,
         request.body.reason.as_deref(),
     )
@@ -74,8 +123,16 @@ pub async fn join_room_by_id_or_alias(
     request: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
     let (sender, _) = request.sender()?;
-    let room_id = resolve(&services, &request.body.room_id_or_alias)?;
-    join(&services, &room_id, sender, request.body.reason.as_deref()).await?;
+    let body = &request.body;
+    let (room_id, servers) = resolve(&services, &body.room_id_or_alias, &body.via).await?;
+    join(
+        &services,
+        &room_id,
+        &servers,
+        sender,
+        body.reason.as_deref(),
+    )
+    .await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(
         room_id,
     )))
@@ -91,7 +148,12 @@ pub async fn invite_user(
         return Err(Error::forbidden("Third-party invites are not supported."));
     };
     let target = &recipient.user_id;
-    if services.users.is_local(target) && !services.users.exists(target)? {
+    if !services.users.is_local(target) {
+        return Err(services
+            .federation
+            .not_yet(target.server_name(), &format!("inviting {target}")));
+    }
+    if !services.users.exists(target)? {
         return Err(Error::not_found("Unknown user."));
     }
     let profile = member_profile(&services, target)?;
@@ -182,7 +244,9 @@ pub async fn knock_room(
     request: Ruma<knock_room::v3::Request>,
 ) -> Result<RumaResponse<knock_room::v3::Response>> {
     let (sender, _) = request.sender()?;
-    let room_id = resolve(&services, &request.body.room_id_or_alias)?;
+    let body = &request.body;
+    let (room_id, servers) = resolve(&services, &body.room_id_or_alias, &body.via).await?;
+    remote_room(&services, &room_id, &servers, "knocking on")?;
     let profile = member_profile(&services, sender)?;
     services
         .rooms

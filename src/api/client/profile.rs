@@ -22,9 +22,14 @@ pub async fn get_profile(
     State(services): State<Arc<Services>>,
     request: Ruma<get_profile::v3::Request>,
 ) -> Result<RumaResponse<get_profile::v3::Response>> {
+    let user_id = &request.body.user_id;
+    if !services.users.is_local(user_id) {
+        let profile = services.federation.profile(user_id, None).await?;
+        return Ok(RumaResponse(profile.into_iter().collect()));
+    }
     let profile = services
         .users
-        .profile(&request.body.user_id)?
+        .profile(user_id)?
         .ok_or_else(|| Error::not_found("Profile not found."))?;
     Ok(RumaResponse(profile.into_iter().collect()))
 }
@@ -36,11 +41,18 @@ pub async fn get_profile_field(
 ) -> Result<RumaResponse<get_profile_field::v3::Response>> {
     let body = request.body;
     let not_found = || Error::not_found("Profile field not found.");
-    let mut profile = services
-        .users
-        .profile(&body.user_id)?
-        .ok_or_else(not_found)?;
     let field = body.field.as_str();
+    let mut profile = if services.users.is_local(&body.user_id) {
+        services
+            .users
+            .profile(&body.user_id)?
+            .ok_or_else(not_found)?
+    } else {
+        services
+            .federation
+            .profile(&body.user_id, Some(field))
+            .await?
+    };
     let value = profile.remove(field).ok_or_else(not_found)?;
     let value = ProfileFieldValue::new(field, value)
         .map_err(|_| Error::internal(format!("stored profile field {field} has a bad value")))?;

@@ -169,7 +169,12 @@ pub async fn create_room(
         initial_state.push((kind.to_owned(), state_key.to_owned(), content));
     }
     for invitee in &body.invite {
-        if services.users.is_local(invitee) && !services.users.exists(invitee)? {
+        if !services.users.is_local(invitee) {
+            return Err(services
+                .federation
+                .not_yet(invitee.server_name(), &format!("inviting {invitee}")));
+        }
+        if !services.users.exists(invitee)? {
             return Err(Error::not_found(format!("Unknown user {invitee}.")));
         }
     }

@@ -1,7 +1,107 @@
 //! Federation (server-server API): finding other servers ([`resolve`]), server signing
-//! keys, ours and theirs ([`keys`]).
+//! keys, ours and theirs ([`keys`]), and signed requests to other servers ([`client`]).
 //!
-//! Under construction for issue 11; nothing here is reachable from a request yet.
+//! Off unless `allow_federation` is set: then no federation path is served, nothing is sent,
+//! and a client request that needs another server is refused with a clear error
+//! ([`Federation::reach`]).
 
+pub mod client;
 pub mod keys;
 pub mod resolve;
+
+use std::sync::Arc;
+
+use ruma::{OwnedServerName, ServerName};
+
+use crate::{Error, Result, config::Config, service::server_keys::ServerKeys};
+
+pub struct Federation {
+    server_name: OwnedServerName,
+    enabled: bool,
+    /// Outgoing requests; `None` when federation is off.
+    client: Option<client::FederationClient>,
+}
+
+impl Federation {
+    pub fn new(config: &Config, server_keys: Arc<ServerKeys>) -> Result<Self> {
+        let client = if config.allow_federation {
+            Some(client::FederationClient::new(
+                config.server_name.clone(),
+                server_keys,
+                Arc::new(resolve::Resolver::default()),
+                config.federation_verify_certificates,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            server_name: config.server_name.clone(),
+            enabled: config.allow_federation,
+            client,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The client for a request that needs `server` (another server) for `what` (e.g.
+    /// "inviting @bob:example.org"): with federation off, `403 M_FORBIDDEN` naming the
+    /// server, as Synapse answers a destination it may not federate with.
+    pub fn reach(&self, server: &ServerName, what: &str) -> Result<&client::FederationClient> {
+        if server == self.server_name {
+            return Err(Error::internal(format!("{what}: {server} is this server")));
+        }
+        self.client.as_ref().ok_or_else(|| {
+            Error::forbidden(format!(
+                "Federation is off on this server, so {what} cannot reach {server}."
+            ))
+        })
+    }
+
+    /// For what federation cannot do yet (joining and inviting across servers come with
+    /// rooms across servers): `403 M_FORBIDDEN` saying so, after the same check as
+    /// [`Self::reach`].
+    pub fn not_yet(&self, server: &ServerName, what: &str) -> Error {
+        match self.reach(server, what) {
+            Err(error) => error,
+            Ok(_) => Error::forbidden(format!(
+                "{what} on {server} is not possible yet: this server cannot share rooms with \
+                 other servers yet."
+            )),
+        }
+    }
+}
+
+impl Federation {
+    /// A remote user's profile (`GET /_matrix/federation/v1/query/profile`), all of it or
+    /// one field.
+    pub async fn profile(
+        &self,
+        user_id: &ruma::UserId,
+        field: Option<&str>,
+    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+        use ruma::api::federation::query::get_profile_information::v1 as query;
+        let server = user_id.server_name();
+        let client = self.reach(server, &format!("the profile of {user_id}"))?;
+        let mut request = query::Request::new(user_id.to_owned());
+        request.field = field.map(ruma::profile::ProfileFieldName::from);
+        let response = client.send(server, request).await?;
+        Ok(response.into_iter().collect())
+    }
+
+    /// The room a remote alias points at, and servers in it
+    /// (`GET /_matrix/federation/v1/query/directory`).
+    pub async fn alias(
+        &self,
+        alias: &ruma::RoomAliasId,
+    ) -> Result<(ruma::OwnedRoomId, Vec<OwnedServerName>)> {
+        use ruma::api::federation::query::get_room_information::v1 as query;
+        let server = alias.server_name();
+        let client = self.reach(server, &format!("the alias {alias}"))?;
+        let response = client
+            .send(server, query::Request::new(alias.to_owned()))
+            .await?;
+        Ok((response.room_id, response.servers))
+    }
+}

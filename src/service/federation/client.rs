@@ -1,0 +1,262 @@
+//! Outgoing federation requests (server-server API, "Request Authentication"): the other
+//! server's name is resolved ([`super::resolve`]), the request is made over HTTPS with
+//! the certificate checked for the name the resolution says (unless
+//! `federation_verify_certificates` is off, for tests), signed with our key in an
+//! `X-Matrix` header naming the `destination`, and never follows a redirect.
+//!
+//! One HTTP client (one connection pool) serves every destination: the resolved addresses
+//! are handed to it through [`Pinned`], its DNS resolver, so a connection goes where the
+//! resolution said while TLS checks the name it said.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::StatusCode;
+use ruma::{
+    OwnedServerName, ServerName,
+    api::{
+        IncomingResponse, OutgoingRequest,
+        auth_scheme::{AuthScheme, NoAuthentication},
+        error::{ErrorBody, ErrorKind, FromHttpResponseError},
+        federation::authentication::{ServerSignatures, ServerSignaturesInput},
+        path_builder::PathBuilder,
+    },
+    signatures::Ed25519KeyPair,
+};
+
+use super::resolve::{Destination, Resolver};
+use crate::{Error, Result, service::server_keys::ServerKeys};
+
+/// Time to open a connection, and for a whole request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest answer read from another server.
+pub const MAX_RESPONSE: usize = 32 << 20;
+/// Names [`Pinned`] remembers at most; beyond it the table starts again (a name missing from
+/// it is only looked up again).
+const MAX_PINNED: usize = 4_096;
+
+/// The HTTP client's DNS resolver: answers with the addresses the last resolution of a
+/// name found, so requests go where server-name resolution (SRV, well-known) sent them.
+#[derive(Default)]
+struct Pinned(Mutex<HashMap<String, Vec<SocketAddr>>>);
+
+impl Pinned {
+    fn pin(&self, name: &str, addrs: &[SocketAddr]) {
+        let mut table = self.0.lock().expect("pinned addresses");
+        if table.len() >= MAX_PINNED && !table.contains_key(name) {
+            table.clear();
+        }
+        table.insert(name.to_owned(), addrs.to_vec());
+    }
+}
+
+impl reqwest::dns::Resolve for Pinned {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addrs = self
+            .0
+            .lock()
+            .expect("pinned addresses")
+            .get(name.as_str())
+            .cloned();
+        Box::pin(async move {
+            match addrs {
+                Some(addrs) if !addrs.is_empty() => {
+                    Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+                }
+                _ => Err(format!("{} was not resolved as a Matrix server", name.as_str()).into()),
+            }
+        })
+    }
+}
+
+/// How a request authenticates, for the two schemes federation uses.
+pub trait FederationAuth: AuthScheme {
+    fn input<'a>(
+        origin: &ServerName,
+        destination: &ServerName,
+        key_pair: &'a Ed25519KeyPair,
+    ) -> Self::Input<'a>;
+}
+
+impl FederationAuth for ServerSignatures {
+    fn input<'a>(
+        origin: &ServerName,
+        destination: &ServerName,
+        key_pair: &'a Ed25519KeyPair,
+    ) -> ServerSignaturesInput<'a> {
+        ServerSignaturesInput::new(origin.to_owned(), destination.to_owned(), key_pair)
+    }
+}
+
+impl FederationAuth for NoAuthentication {
+    fn input<'a>(_: &ServerName, _: &ServerName, _: &'a Ed25519KeyPair) {}
+}
+
+pub struct FederationClient {
+    server_name: OwnedServerName,
+    keys: Arc<ServerKeys>,
+    resolver: Arc<Resolver>,
+    pinned: Arc<Pinned>,
+    http: reqwest::Client,
+}
+
+impl FederationClient {
+    pub fn new(
+        server_name: OwnedServerName,
+        keys: Arc<ServerKeys>,
+        resolver: Arc<Resolver>,
+        verify_certificates: bool,
+    ) -> Result<Self> {
+        let pinned = Arc::new(Pinned::default());
+        let http = reqwest::Client::builder()
+            .dns_resolver(Arc::clone(&pinned))
+            // The spec: "Servers MUST NOT follow redirects" for federation requests.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("conduit/", env!("CARGO_PKG_VERSION")))
+            .tls_danger_accept_invalid_certs(!verify_certificates)
+            .build()
+            .map_err(|e| Error::internal(format!("federation HTTP client: {e}")))?;
+        Ok(Self {
+            server_name,
+            keys,
+            resolver,
+            pinned,
+            http,
+        })
+    }
+
+    /// Sends `request` to `destination` and reads its answer. A Matrix error from the other
+    /// server comes back with its status and errcode, the message naming the server; a
+    /// server that cannot be reached is `502 M_UNKNOWN` naming it.
+    pub async fn send<T>(&self, destination: &ServerName, request: T) -> Result<T::IncomingResponse>
+    where
+        T: OutgoingRequest<EndpointError = ruma::api::error::Error>,
+        T::Authentication: FederationAuth,
+        for<'a> T::PathBuilder: PathBuilder<Input<'a> = ()>,
+    {
+        if destination == self.server_name {
+            return Err(Error::internal(format!(
+                "a federation request to ourselves ({destination})"
+            )));
+        }
+        let unreachable = |detail: String| {
+            Error::with_status(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Unknown,
+                format!("Could not reach {destination}: {detail}"),
+            )
+        };
+        let target = self.resolver.resolve(destination).await?;
+        let base = self.base_url(&target).map_err(unreachable)?;
+        let auth = T::Authentication::input(&self.server_name, destination, self.keys.keypair());
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(&base, auth, ())
+            .map_err(|e| Error::internal(format!("federation request: {e}")))?;
+        let (parts, body) = http_request.into_parts();
+        let url = parts.uri.to_string();
+        let mut outgoing = self
+            .http
+            .request(parts.method, url)
+            .headers(parts.headers)
+            .body(body);
+        if target.host != host_of_url(&base) {
+            outgoing = outgoing.header(http::header::HOST, target.host.as_str());
+        }
+        let response = outgoing
+            .send()
+            .await
+            .map_err(|e| unreachable(e.without_url().to_string()))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = read_limited(response)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut http_response = http::Response::new(body);
+        *http_response.status_mut() = status;
+        *http_response.headers_mut() = headers;
+        T::IncomingResponse::try_from_http_response(http_response).map_err(|error| match error {
+            FromHttpResponseError::Server(error) => remote_error(destination, error),
+            other => unreachable(format!("its answer could not be read: {other}")),
+        })
+    }
+
+    /// `https://<tls name>:<port>`, the name pinned to the resolved addresses.
+    fn base_url(&self, target: &Destination) -> std::result::Result<String, String> {
+        let first = target
+            .addrs
+            .first()
+            .ok_or_else(|| "no address found".to_owned())?;
+        let port = first.port();
+        // A connection goes to the URL's port, so only addresses on that port are used.
+        let addrs: Vec<SocketAddr> = target
+            .addrs
+            .iter()
+            .copied()
+            .filter(|addr| addr.port() == port)
+            .collect();
+        let host = match target.tls_name.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+            Ok(std::net::IpAddr::V4(ip)) => ip.to_string(),
+            Err(_) => {
+                self.pinned.pin(&target.tls_name, &addrs);
+                target.tls_name.clone()
+            }
+        };
+        Ok(format!("https://{host}:{port}"))
+    }
+}
+
+/// The `Host` reqwest sends for `base` (`host:port`).
+fn host_of_url(base: &str) -> &str {
+    base.trim_start_matches("https://")
+}
+
+/// Reads a response body, failing past [`MAX_RESPONSE`] bytes.
+async fn read_limited(mut response: reqwest::Response) -> std::result::Result<Bytes, String> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_RESPONSE as u64)
+    {
+        return Err("its answer is too large".into());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| e.without_url().to_string())?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE {
+            return Err("its answer is too large".into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
+
+/// Another server's Matrix error, passed on with its status and errcode.
+fn remote_error(server: &ServerName, error: ruma::api::error::Error) -> Error {
+    match error.body {
+        ErrorBody::Standard(body) => Error::with_status(
+            error.status_code,
+            body.kind,
+            format!("{server} answered: {}", body.message),
+        ),
+        _ => Error::with_status(
+            StatusCode::BAD_GATEWAY,
+            ErrorKind::Unknown,
+            format!(
+                "{server} answered {} without a Matrix error",
+                error.status_code
+            ),
+        ),
+    }
+}
