@@ -6,6 +6,7 @@
 //! **Invariant:** handlers never touch storage; they call services.
 
 pub mod client;
+pub mod federation;
 pub mod ruma;
 pub mod synapse_admin;
 
@@ -36,14 +37,21 @@ use self::{
 use crate::{Error, service::Services};
 
 /// Every route this server answers, behind the common layers.
+/// The federation routes (`/_matrix/federation/*`, `/_matrix/key/*`) only when
+/// `allow_federation` is on; otherwise they are unknown paths (`404 M_UNRECOGNIZED`).
 pub fn router(services: Arc<Services>) -> Router {
-    with_layers(routes().into_parts().0).with_state(services)
+    let mut all = routes();
+    if services.config.allow_federation {
+        all = all.merge(federation::routes());
+    }
+    with_layers(all.into_parts().0).with_state(services)
 }
 
 /// The method and path template (`/_matrix/client/v3/rooms/{room_id}/send/…`) of every route
-/// [`router`] answers, from the same table (the malformed-input test walks it).
+/// [`router`] can answer, federation's included, from the same tables (the malformed-input
+/// test walks it).
 pub fn route_list() -> Vec<(Method, String)> {
-    routes().into_parts().1
+    routes().merge(federation::routes()).into_parts().1
 }
 
 fn routes() -> Routes {

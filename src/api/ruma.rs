@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http::{Method, header, request::Parts};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use ruma::{
-    OwnedDeviceId, OwnedUserId,
+    OwnedDeviceId, OwnedServerName, OwnedUserId,
     api::{
         IncomingRequest, OutgoingResponse,
         auth_scheme::{
@@ -31,6 +31,7 @@ use ruma::{
         },
         client::session::login,
         error::{DeserializationError, ErrorKind, FromHttpRequestError},
+        federation::authentication::{ServerSignatures, XMatrix},
         path_builder::PathBuilder,
     },
 };
@@ -38,12 +39,15 @@ use serde::de::DeserializeOwned;
 
 use crate::{Error, Result, service::Services};
 
-/// Whether an endpoint needs an access token, as its ruma metadata says.
+/// Whether an endpoint needs an access token, as its ruma metadata says, or a server's
+/// signature (federation).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum TokenRule {
     Required,
     Optional,
     Ignored,
+    /// An `X-Matrix` signed request from another server.
+    Server,
 }
 
 /// Maps ruma's authentication schemes onto [`TokenRule`].
@@ -70,12 +74,17 @@ impl AuthRule for AppserviceToken {
 impl AuthRule for AppserviceTokenOptional {
     const RULE: TokenRule = TokenRule::Ignored;
 }
+impl AuthRule for ServerSignatures {
+    const RULE: TokenRule = TokenRule::Server;
+}
 
 /// A parsed, authenticated request of ruma type `T`.
 pub struct Ruma<T> {
     pub body: T,
     /// The user and device the access token belongs to, when one was given and checked.
     pub sender: Option<(OwnedUserId, OwnedDeviceId)>,
+    /// The server that signed a federation request (its signature checked).
+    pub origin: Option<OwnedServerName>,
 }
 
 impl<T> Ruma<T> {
@@ -128,7 +137,7 @@ async fn authenticate(
     parts: &Parts,
     rule: TokenRule,
 ) -> Result<Option<(OwnedUserId, OwnedDeviceId)>> {
-    if rule == TokenRule::Ignored {
+    if matches!(rule, TokenRule::Ignored | TokenRule::Server) {
         return Ok(None);
     }
     match access_token(parts)? {
@@ -152,13 +161,8 @@ async fn authenticate(
     }
 }
 
-/// Reads the body, refusing more than `max_request_size` bytes with 413 `M_TOO_LARGE`, a
-/// body that is not JSON with 400 `M_NOT_JSON`, and JSON that is not an object with 400
-/// `M_BAD_JSON` (every request body in the client-server API is an object; serde would
-/// otherwise read a struct from an array, field by field, as Synapse does not). An empty body
-/// reads as `{}` (except for GET), which is what clients mean when they send nothing to a
-/// POST endpoint.
-async fn read_json_body(services: &Services, parts: &Parts, body: Body) -> Result<Bytes> {
+/// Reads the body, refusing more than `max_request_size` bytes with 413 `M_TOO_LARGE`.
+async fn read_body(services: &Services, parts: &Parts, body: Body) -> Result<Bytes> {
     let limit = services.config.max_request_size as usize;
     let too_large = || Error::new(ErrorKind::TooLarge, "The request body is too large.");
     let declared = parts
@@ -171,11 +175,19 @@ async fn read_json_body(services: &Services, parts: &Parts, body: Body) -> Resul
     {
         return Err(too_large());
     }
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-        Err(_) => return Err(Error::bad_json("The request body could not be read.")),
-    };
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(Error::bad_json("The request body could not be read.")),
+    }
+}
+
+/// Checks a body read by [`read_body`]: one that is not JSON is 400 `M_NOT_JSON`, and JSON
+/// that is not an object 400 `M_BAD_JSON` (every request body in the client-server API is an
+/// object; serde would otherwise read a struct from an array, field by field, as Synapse
+/// does not). An empty body reads as `{}` (except for GET), which is what clients mean when
+/// they send nothing to a POST endpoint.
+fn check_json(parts: &Parts, bytes: Bytes) -> Result<Bytes> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(if parts.method == Method::GET {
             Bytes::new()
@@ -193,6 +205,56 @@ async fn read_json_body(services: &Services, parts: &Parts, body: Body) -> Resul
         return Err(Error::bad_json("The request body must be a JSON object."));
     }
     Ok(bytes)
+}
+
+async fn read_json_body(services: &Services, parts: &Parts, body: Body) -> Result<Bytes> {
+    let bytes = read_body(services, parts, body).await?;
+    check_json(parts, bytes)
+}
+
+/// Checks a federation request's `X-Matrix` signature (server-server API, "Request
+/// Authentication") against the origin's keys, over the body as it was sent, and returns
+/// the origin. Any failure is `401 M_UNAUTHORIZED`.
+async fn authenticate_server(
+    services: &Services,
+    parts: &Parts,
+    body: &Bytes,
+) -> Result<OwnedServerName> {
+    let unauthorized = |message: &str| Error::new(ErrorKind::Unauthorized, message);
+    let header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("Missing X-Matrix authorization."))?;
+    let x_matrix = XMatrix::try_from(header)
+        .map_err(|_| unauthorized("The Authorization header is not a valid X-Matrix header."))?;
+    let ours = &services.config.server_name;
+    if x_matrix
+        .destination
+        .as_ref()
+        .is_some_and(|destination| destination != ours)
+    {
+        return Err(unauthorized(
+            "The request is for another server (destination).",
+        ));
+    }
+    if x_matrix.origin == *ours {
+        return Err(unauthorized("The request claims to come from this server."));
+    }
+    let keys = services
+        .federation
+        .origin_keys(&x_matrix.origin, &x_matrix.key)
+        .await
+        .map_err(|error| {
+            tracing::debug!(origin = %x_matrix.origin, %error, "no key to check a request");
+            unauthorized("The origin's signing key could not be found.")
+        })?;
+    let mut request = http::Request::new(body.as_ref());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    x_matrix
+        .verify_request(&request, ours, &keys)
+        .map_err(|_| unauthorized("The X-Matrix signature is not valid."))?;
+    Ok(x_matrix.origin)
 }
 
 /// ruma's parse errors: bad query or path → `M_INVALID_PARAM`, bad body → `M_BAD_JSON`.
@@ -269,10 +331,19 @@ where
             .await
             .map_err(|_| Error::invalid_param("Invalid path parameter."))?;
         let sender = authenticate(services, &parts, T::Authentication::RULE).await?;
-        let bytes = read_json_body(services, &parts, body).await?;
+        let bytes = read_body(services, &parts, body).await?;
+        let origin = match T::Authentication::RULE {
+            TokenRule::Server => Some(authenticate_server(services, &parts, &bytes).await?),
+            _ => None,
+        };
+        let bytes = check_json(&parts, bytes)?;
         check_before_parse::<T>(&bytes)?;
         let body = parse::<T>(http::Request::from_parts(parts, bytes), &path_args)?;
-        Ok(Self { body, sender })
+        Ok(Self {
+            body,
+            sender,
+            origin,
+        })
     }
 }
 

@@ -12,6 +12,7 @@ pub mod devices;
 pub mod ephemeral;
 pub mod federation;
 pub mod filter;
+pub mod key_query;
 pub mod keys;
 pub mod media;
 pub mod notify;

@@ -3,46 +3,22 @@
 //! `keys/signatures/upload` ("Cross-signing"). The Matrix logic is in `service::keys` and
 //! `service::cross_signing`.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use axum::extract::State;
-use ruma::{
-    OwnedUserId,
-    api::client::keys::{
-        claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
-    },
-    serde::Raw,
+use ruma::api::client::keys::{
+    claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
 };
-use serde_json::{Value as JsonValue, json};
+use serde_json::json;
 
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
-    service::{
-        Services,
-        cross_signing::{MASTER, SELF_SIGNING, SigningKeysUpload, USER_SIGNING, public_key},
-        keys::unsigned_device_info,
-        uiaa::Stage,
-    },
+    service::{Services, cross_signing::SigningKeysUpload, uiaa::Stage},
 };
 
 /// Users one query or claim may name, and devices per user in a claim.
 const MAX_USERS: usize = 1_000;
-
-fn raw<T>(value: &JsonValue) -> Result<Raw<T>> {
-    serde_json::value::to_raw_value(value)
-        .map(Raw::from_json)
-        .map_err(|e| Error::internal(e.to_string()))
-}
-
-/// Users on other servers cannot be reached before federation exists; the spec reports
-/// them in `failures`, keyed by server name.
-fn unreachable(failures: &mut BTreeMap<String, JsonValue>, user_id: &OwnedUserId) {
-    failures.insert(
-        user_id.server_name().to_string(),
-        json!({ "status": 503, "message": "Federation is not available on this server." }),
-    );
-}
 
 /// `POST /_matrix/client/v3/keys/upload`
 pub async fn upload_keys(
@@ -79,67 +55,26 @@ pub async fn upload_keys(
     )))
 }
 
-/// `POST /_matrix/client/v3/keys/query`
+/// `POST /_matrix/client/v3/keys/query`: this server's users from the store, others' from
+/// their servers (`service::key_query`).
 pub async fn get_keys(
     State(services): State<Arc<Services>>,
     request: Ruma<get_keys::v3::Request>,
 ) -> Result<RumaResponse<get_keys::v3::Response>> {
     let (viewer, _) = request.sender()?;
-    if request.body.device_keys.len() > MAX_USERS {
+    let body = &request.body;
+    if body.device_keys.len() > MAX_USERS {
         return Err(Error::bad_json("Too many users in one query."));
     }
+    let answer = services
+        .query_keys(viewer, &body.device_keys, body.timeout)
+        .await?;
     let mut response = get_keys::v3::Response::new();
-    for (user_id, wanted) in &request.body.device_keys {
-        if !services.users.is_local(user_id) {
-            unreachable(&mut response.failures, user_id);
-            continue;
-        }
-        let mut devices = BTreeMap::new();
-        for (device_id, device) in services.devices.list(user_id)? {
-            if !wanted.is_empty() && !wanted.contains(&device_id) {
-                continue;
-            }
-            let Some(mut keys) = services.keys.device_keys(user_id, &device_id)? else {
-                continue;
-            };
-            if let Some(object) = keys.as_object_mut() {
-                object.insert(
-                    "unsigned".to_owned(),
-                    unsigned_device_info(device.display_name.as_deref()),
-                );
-            }
-            services.cross_signing.merge_signatures(
-                &mut keys,
-                user_id,
-                device_id.as_str(),
-                viewer,
-            )?;
-            devices.insert(device_id, raw(&keys)?);
-        }
-        response.device_keys.insert(user_id.clone(), devices);
-        if let Some(mut master) = services.cross_signing.key(user_id, MASTER)? {
-            let object = serde_json::from_value(master.clone())
-                .map_err(|e| Error::internal(e.to_string()))?;
-            let key_id = public_key(&object)?;
-            services
-                .cross_signing
-                .merge_signatures(&mut master, user_id, &key_id, viewer)?;
-            response.master_keys.insert(user_id.clone(), raw(&master)?);
-        }
-        if let Some(key) = services.cross_signing.key(user_id, SELF_SIGNING)? {
-            response
-                .self_signing_keys
-                .insert(user_id.clone(), raw(&key)?);
-        }
-        // The user-signing key is shown to its owner only.
-        if user_id == viewer
-            && let Some(key) = services.cross_signing.key(user_id, USER_SIGNING)?
-        {
-            response
-                .user_signing_keys
-                .insert(user_id.clone(), raw(&key)?);
-        }
-    }
+    response.device_keys = answer.device_keys;
+    response.master_keys = answer.master_keys;
+    response.self_signing_keys = answer.self_signing_keys;
+    response.user_signing_keys = answer.user_signing_keys;
+    response.failures = answer.failures;
     Ok(RumaResponse(response))
 }
 
@@ -149,45 +84,20 @@ pub async fn claim_keys(
     request: Ruma<claim_keys::v3::Request>,
 ) -> Result<RumaResponse<claim_keys::v3::Response>> {
     request.sender()?;
-    if request.body.one_time_keys.len() > MAX_USERS
-        || request
-            .body
+    let body = &request.body;
+    if body.one_time_keys.len() > MAX_USERS
+        || body
             .one_time_keys
             .values()
             .any(|devices| devices.len() > MAX_USERS)
     {
         return Err(Error::bad_json("Too many keys claimed in one request."));
     }
-    let mut response = claim_keys::v3::Response::new(BTreeMap::new());
-    for (user_id, devices) in &request.body.one_time_keys {
-        if !services.users.is_local(user_id) {
-            unreachable(&mut response.failures, user_id);
-            continue;
-        }
-        let mut claimed_for_user = BTreeMap::new();
-        for (device_id, algorithm) in devices {
-            if let Some(claimed) = services
-                .keys
-                .claim(user_id, device_id, algorithm.as_str())
-                .await?
-            {
-                let key_id = claimed
-                    .key_id
-                    .as_str()
-                    .try_into()
-                    .map_err(|_| Error::internal("stored one-time key id is invalid"))?;
-                claimed_for_user.insert(
-                    device_id.clone(),
-                    BTreeMap::from([(key_id, raw(&claimed.key)?)]),
-                );
-            }
-        }
-        if !claimed_for_user.is_empty() {
-            response
-                .one_time_keys
-                .insert(user_id.clone(), claimed_for_user);
-        }
-    }
+    let answer = services
+        .claim_keys(&body.one_time_keys, body.timeout)
+        .await?;
+    let mut response = claim_keys::v3::Response::new(answer.one_time_keys);
+    response.failures = answer.failures;
     Ok(RumaResponse(response))
 }
 

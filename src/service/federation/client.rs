@@ -95,7 +95,7 @@ impl FederationAuth for ServerSignatures {
 }
 
 impl FederationAuth for NoAuthentication {
-    fn input<'a>(_: &ServerName, _: &ServerName, _: &'a Ed25519KeyPair) {}
+    fn input(_: &ServerName, _: &ServerName, _: &Ed25519KeyPair) {}
 }
 
 pub struct FederationClient {

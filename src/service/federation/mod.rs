@@ -28,7 +28,7 @@ impl Federation {
             Some(client::FederationClient::new(
                 config.server_name.clone(),
                 server_keys,
-                Arc::new(resolve::Resolver::default()),
+                Arc::new(resolve::Resolver),
                 config.federation_verify_certificates,
             )?)
         } else {
@@ -74,6 +74,18 @@ impl Federation {
 }
 
 impl Federation {
+    /// The public key `key_id` of `origin`, as a map for ruma's signature checks.
+    /// PLACEHOLDER until the key store lands (branch `fedkeys`): no key is known.
+    pub async fn origin_keys(
+        &self,
+        origin: &ServerName,
+        key_id: &ruma::ServerSigningKeyId,
+    ) -> Result<ruma::signatures::PublicKeyMap> {
+        Err(Error::internal(format!(
+            "no key {key_id} of {origin} known yet"
+        )))
+    }
+
     /// A remote user's profile (`GET /_matrix/federation/v1/query/profile`), all of it or
     /// one field.
     pub async fn profile(
