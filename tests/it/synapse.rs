@@ -435,6 +435,15 @@ async fn our_federating_server_serves_the_client_api_over_tls() {
     let (status, json) = server.whoami(&token).await;
     assert_eq!(status, StatusCode::OK, "{json}");
     assert_eq!(json["user_id"], server.user_id("alice"));
+    // matrix-sdk trusts the certificate too.
+    let client = server.client().await;
+    let login = client
+        .matrix_auth()
+        .login_username("alice", "alice password")
+        .send()
+        .await
+        .expect("matrix-sdk logs in over TLS");
+    assert_eq!(login.user_id.as_str(), server.user_id("alice"));
 
     // Plain HTTP on the TLS port gets no answer.
     let plain = crate::harness::http()
