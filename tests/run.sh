@@ -5,7 +5,9 @@
 # - openssl: the TLS tests make their certificates with it;
 # - python3: the push test runs a small HTTPS push gateway (standard library only);
 # - coturn (turnserver, turnutils_uclient): the TURN credentials are tested against it;
-# - a Python virtualenv with matrix-nio (tests/nio/setup.sh): the Python-bot tests.
+# - a Python virtualenv with matrix-nio (tests/nio/setup.sh): the Python-bot tests;
+# - a Python virtualenv with Synapse (tests/synapse/setup.sh): the federation tests run a
+#   real Synapse on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,9 @@ fi
 
 if [ -f tests/nio/setup.sh ]; then
     bash tests/nio/setup.sh
+fi
+if [ -f tests/synapse/setup.sh ]; then
+    bash tests/synapse/setup.sh
 fi
 
 cargo test --locked "$@"

@@ -2,7 +2,8 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::Path,
+    net::{Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex, mpsc},
     time::Duration,
@@ -19,9 +20,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct TestServer {
     child: Option<Child>,
     pub url: String,
+    /// `localhost` ([`SERVER_NAME`]), or `localhost:PORT` for a federating server.
+    pub server_name: String,
     data: Arc<tempfile::TempDir>,
     env: Vec<(String, String)>,
     log: Arc<Mutex<Vec<String>>>,
+    /// The self-signed certificate a federating server serves (and clients trust).
+    certificate: Option<PathBuf>,
 }
 
 /// The binary under test.
@@ -64,12 +69,72 @@ impl TestServer {
         let mut server = Self {
             child: None,
             url: String::new(),
+            server_name: SERVER_NAME.to_owned(),
             data,
             env,
             log: Default::default(),
+            certificate: None,
         };
         server.spawn();
         server
+    }
+
+    /// Starts a server other servers can reach by its name, for federation tests: TLS with
+    /// a self-signed certificate (for `localhost` and 127.0.0.1) on a free port of
+    /// 127.0.0.1, server name `localhost:PORT` (a name with a port needs no DNS or
+    /// well-known lookup: the spec's resolution connects to it directly), federation on,
+    /// no notaries (`trusted_servers = []`: nothing leaves the machine) and certificate
+    /// verification off for its outgoing requests.
+    pub fn start_federating() -> Self {
+        Self::federating_with_env(&[])
+    }
+
+    /// [`TestServer::start_federating`] with extra `CONDUIT_*` settings.
+    pub fn federating_with_env(env: &[(&str, &str)]) -> Self {
+        let data = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let (certificate, key) = self_signed_certificate(data.path());
+        // The port is part of the server name, so it is chosen before the start; another
+        // process may take it in between, so a start that finds it taken tries another.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let port = free_port();
+            let server_name = format!("localhost:{port}");
+            let mut all = vec![
+                ("CONDUIT_SERVER_NAME".to_owned(), server_name.clone()),
+                ("CONDUIT_PORT".to_owned(), port.to_string()),
+                (
+                    "CONDUIT_TLS_CERTS".to_owned(),
+                    certificate.to_string_lossy().into_owned(),
+                ),
+                (
+                    "CONDUIT_TLS_KEY".to_owned(),
+                    key.to_string_lossy().into_owned(),
+                ),
+                ("CONDUIT_ALLOW_FEDERATION".to_owned(), "true".to_owned()),
+                ("CONDUIT_TRUSTED_SERVERS".to_owned(), "[]".to_owned()),
+                // Synapse's key name; an unknown key is only warned about until it exists.
+                (
+                    "CONDUIT_FEDERATION_VERIFY_CERTIFICATES".to_owned(),
+                    "false".to_owned(),
+                ),
+            ];
+            all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            let mut server = Self {
+                child: None,
+                url: String::new(),
+                server_name,
+                data: Arc::clone(&data),
+                env: all,
+                log: Default::default(),
+                certificate: Some(certificate.clone()),
+            };
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(log) if attempts < 3 && log.contains("in use") => continue,
+                Err(log) => panic!("conduit did not start; output:\n{log}"),
+            }
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -77,6 +142,13 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("conduit did not start; output:\n{log}");
+        }
+    }
+
+    /// Starts the process and waits for its address; on failure, returns its output.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut child = command(self.data.path(), &self.env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -98,17 +170,31 @@ impl TestServer {
                 }
             });
         }
+        // Only the readers hold senders now: a process that exits early ends the wait.
+        drop(sender);
         match receiver.recv_timeout(START_TIMEOUT) {
             Ok(url) => self.url = url,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "conduit did not start; output:\n{}",
-                    self.log.lock().unwrap().join("\n")
-                );
+                let _ = child.wait();
+                return Err(self.log.lock().unwrap().join("\n"));
             }
         }
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// The user ID of `name` on this server.
+    pub fn user_id(&self, name: &str) -> String {
+        format!("@{name}:{}", self.server_name)
+    }
+
+    /// An HTTP client for this server: one that trusts its certificate, if it has one.
+    pub fn http(&self) -> reqwest::Client {
+        match &self.certificate {
+            Some(certificate) => https_client(certificate),
+            None => http(),
+        }
     }
 
     /// Everything the server printed so far.
@@ -151,11 +237,14 @@ impl TestServer {
 
     /// A matrix-sdk client for this server, not logged in.
     pub async fn client(&self) -> Client {
-        Client::builder()
-            .homeserver_url(&self.url)
-            .build()
-            .await
-            .expect("build matrix-sdk client")
+        let mut builder = Client::builder().homeserver_url(&self.url);
+        if let Some(certificate) = &self.certificate {
+            let pem = std::fs::read(certificate).expect("read the certificate");
+            let certificate =
+                matrix_sdk::reqwest::Certificate::from_pem(&pem).expect("a PEM certificate");
+            builder = builder.add_root_certificates(vec![certificate]);
+        }
+        builder.build().await.expect("build matrix-sdk client")
     }
 
     /// Sends a request with an optional token and JSON body; returns status and JSON.
@@ -166,7 +255,7 @@ impl TestServer {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = http().request(method, format!("{}{path}", self.url));
+        let mut request = self.http().request(method, format!("{}{path}", self.url));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -246,7 +335,55 @@ impl Drop for TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Shown with the failed test's output (the test runner captures it otherwise).
+        if std::thread::panicking() && self.certificate.is_some() {
+            eprintln!("--- conduit {} log ---\n{}", self.server_name, self.log());
+        }
     }
+}
+
+/// A free TCP port on 127.0.0.1, for a server whose port must be known before it starts.
+/// The port is free when this returns; a start that finds it taken should try again.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a free port on 127.0.0.1")
+        .port()
+}
+
+/// Makes a self-signed certificate for `localhost` and 127.0.0.1 (valid for a day) with
+/// `openssl` in `dir`; returns the paths of the certificate and its key (PEM).
+pub fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (certificate, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    let output = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&certificate)
+        .output()
+        .expect("openssl is installed (tests/run.sh installs it)");
+    assert!(
+        output.status.success(),
+        "openssl could not make a certificate: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (certificate, key)
+}
+
+/// An HTTP client that trusts `certificate` (a PEM file) and no proxy.
+pub fn https_client(certificate: &Path) -> reqwest::Client {
+    let pem = std::fs::read(certificate).expect("read the certificate");
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("a PEM certificate"))
+        .build()
+        .expect("HTTPS client")
 }
 
 pub fn http() -> reqwest::Client {

@@ -26,5 +26,6 @@ mod profile;
 mod push_rules;
 mod rooms;
 mod sliding_sync;
+mod synapse;
 mod turn;
 mod uia;
