@@ -277,7 +277,17 @@ impl Rooms {
         };
         // The state before the event: after its one prev_event, or resolved over several.
         let (state, before_source) = self.state_before(&rules, &prev_events)?;
-        let depth = info.as_ref().map_or(1, |info| info.depth + 1);
+        // Server-server API, "PDUs": `depth` is one more than the largest `depth` among the
+        // prev events, capped at the largest integer canonical JSON allows (2^53 - 1).
+        let mut depth: u64 = 0;
+        for prev in &prev_events {
+            let prev = self
+                .pdu(prev)?
+                .ok_or_else(|| Error::internal(format!("prev event {prev} is not stored")))?;
+            depth = depth.max(u64::from(prev.depth));
+        }
+        let depth = (depth + 1).min(u64::from(ruma::UInt::MAX));
+        let room_depth = info.as_ref().map_or(depth, |info| info.depth.max(depth));
 
         // Auth events: the room version's selection from the state before the event
         // (server-server API, "Auth events selection").
@@ -382,18 +392,38 @@ impl Rooms {
 
         // Authorization rules (server-server API, "Checks performed on receipt of a PDU",
         // steps 4 and 5): against the auth events, and against the state before the event.
-        let fetch = |id: &ruma::EventId| self.pdu(id).ok().flatten();
-        check_state_independent_auth_rules(&rules.authorization, &pdu, fetch)
-            .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))?;
-        let fetch_state = |kind: &StateEventType, key: &str| {
-            let short_key = self.short.get_short_state_key(kind, key).ok().flatten()?;
-            let short_event = state.get(&short_key)?;
-            self.pdu(&self.short.event_id(*short_event).ok()?)
-                .ok()
-                .flatten()
+        // ruma's fetch callbacks can only say "missing": a storage error is kept aside and
+        // returned instead of the verdict, so a failing disk never reads as a missing event.
+        let failure: std::cell::RefCell<Option<Error>> = std::cell::RefCell::new(None);
+        let keep = |result: Result<Option<Pdu>>| match result {
+            Ok(pdu) => pdu,
+            Err(error) => {
+                failure.borrow_mut().get_or_insert(error);
+                None
+            }
         };
-        check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
-            .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))?;
+        let fetch = |id: &ruma::EventId| keep(self.pdu(id));
+        let verdict = check_state_independent_auth_rules(&rules.authorization, &pdu, fetch);
+        if let Some(error) = failure.borrow_mut().take() {
+            return Err(error);
+        }
+        verdict.map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))?;
+        let fetch_state = |kind: &StateEventType, key: &str| {
+            keep((|| {
+                let Some(short_key) = self.short.get_short_state_key(kind, key)? else {
+                    return Ok(None);
+                };
+                let Some(short_event) = state.get(&short_key) else {
+                    return Ok(None);
+                };
+                self.pdu(&self.short.event_id(*short_event)?)
+            })())
+        };
+        let verdict = check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state);
+        if let Some(error) = failure.borrow_mut().take() {
+            return Err(error);
+        }
+        verdict.map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))?;
 
         // A redaction rewrites its target with the room version's redaction algorithm, in
         // the same batch (client-server API, "Redactions"; rooms, "Handling redactions").
@@ -497,7 +527,7 @@ impl Rooms {
                 short_room_id,
                 state_hash: current,
                 last_count: count,
-                depth,
+                depth: room_depth,
                 bump_count,
             };
             batch.insert_json(&self.info, room_id.as_bytes().to_vec(), &new_info);

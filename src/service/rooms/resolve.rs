@@ -142,9 +142,24 @@ impl Rooms {
             chains.push(chain);
             maps.push(map);
         }
-        let fetch_event = |id: &EventId| self.lookup(id, pending).ok().flatten();
-        let fetch_subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| {
-            self.conflicted_subgraph(conflicted, pending).ok()
+        // ruma's callbacks can only say "missing": a storage error is kept aside and returned
+        // instead of the outcome, so a failing disk never reads as a missing event.
+        let failure: std::cell::RefCell<Option<Error>> = std::cell::RefCell::new(None);
+        let fetch_event = |id: &EventId| match self.lookup(id, pending) {
+            Ok(pdu) => pdu,
+            Err(error) => {
+                failure.borrow_mut().get_or_insert(error);
+                None
+            }
+        };
+        let fetch_subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| match self
+            .conflicted_subgraph(conflicted, pending)
+        {
+            Ok(subgraph) => Some(subgraph),
+            Err(error) => {
+                failure.borrow_mut().get_or_insert(error);
+                None
+            }
         };
         let resolved = ruma::state_res::resolve(
             &rules.authorization,
@@ -153,8 +168,12 @@ impl Rooms {
             chains,
             fetch_event,
             fetch_subgraph,
-        )
-        .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
+        );
+        if let Some(error) = failure.borrow_mut().take() {
+            return Err(error);
+        }
+        let resolved =
+            resolved.map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
         resolved
             .into_iter()
             .map(|((kind, state_key), event_id)| {

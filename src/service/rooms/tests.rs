@@ -1171,3 +1171,34 @@ async fn a_ban_beats_a_racing_join_v10() {
 async fn a_ban_beats_a_racing_join_v12() {
     check_ban_racing_join(RoomVersionId::V12).await;
 }
+
+/// `depth` is one more than the largest among an event's `prev_events` (server-server API,
+/// "PDUs"), not the room's largest depth plus one: a branch from an older point starts
+/// lower, and the event that merges two branches follows the longer one.
+#[tokio::test]
+async fn depth_follows_the_prev_events() {
+    let (rooms, room, fork) = forked_room(RoomVersionId::V11).await;
+    let (alice, bob) = (user_id!("@alice:example.org"), user_id!("@bob:example.org"));
+    let fork_depth = u64::from(rooms.pdu(&fork).unwrap().unwrap().depth);
+    // The long branch: three messages on top of the fork point.
+    let mut long = fork.clone();
+    for n in 0..3 {
+        let pdu = rooms
+            .send_with_prev_events(&room, alice, text(&format!("long {n}")), vec![long])
+            .await
+            .unwrap();
+        assert_eq!(u64::from(pdu.depth), fork_depth + 1 + n);
+        long = pdu.event_id;
+    }
+    // The short branch, from the fork point again: its depth is the fork's plus one.
+    let short = rooms
+        .send_with_prev_events(&room, bob, text("short"), vec![fork.clone()])
+        .await
+        .unwrap();
+    assert_eq!(u64::from(short.depth), fork_depth + 1);
+    assert_eq!(rooms.existing(&room).unwrap().depth, fork_depth + 3);
+    // The next event has both tips as prev events and follows the longer.
+    let merge = rooms.send(&room, alice, text("merge"), None).await.unwrap();
+    assert_eq!(merge.prev_events.len(), 2);
+    assert_eq!(u64::from(merge.depth), fork_depth + 4);
+}
