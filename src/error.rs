@@ -103,6 +103,16 @@ impl Error {
         Self::with_status(StatusCode::BAD_REQUEST, kind, message)
     }
 
+    /// A request needed another server and could not find or reach it: `502 M_UNKNOWN`, as
+    /// Synapse answers, with a message naming the server.
+    pub fn remote_unreachable(server: &ruma::ServerName, reason: impl std::fmt::Display) -> Self {
+        Self::with_status(
+            StatusCode::BAD_GATEWAY,
+            ErrorKind::Unknown,
+            format!("Could not reach {server}: {reason}"),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into())
     }
