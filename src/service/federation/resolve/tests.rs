@@ -4,21 +4,14 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use futures_util::{FutureExt, future::BoxFuture};
 use http::StatusCode;
-use reqwest::{
-    Url,
-    header::{CACHE_CONTROL, EXPIRES, HeaderMap, HeaderValue},
-};
 use ruma::ServerName;
 
-use super::{
-    system::{cache_period_from_headers, redirect_refusal},
-    *,
-};
+use super::*;
 
 /// DNS from tables: SRV records by name, addresses by host; a name in `failing` fails.
 #[derive(Default)]
@@ -795,77 +788,6 @@ fn well_known_cache_is_bounded_and_drops_the_oldest() {
     cache.insert("e", entry());
     assert!(cache.get("c").is_none());
     assert_eq!(cache.len(), 3);
-}
-
-// The pieces of the real well-known fetch.
-
-#[test]
-fn cache_period_from_headers_reads_cache_control_and_expires() {
-    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let period = |pairs: &[(&http::HeaderName, &str)]| {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, HeaderValue::from_str(value).unwrap());
-        }
-        cache_period_from_headers(&headers, now)
-    };
-    let secs = |s| Some(Duration::from_secs(s));
-    assert_eq!(period(&[]), None);
-    assert_eq!(period(&[(&CACHE_CONTROL, "max-age=3600")]), secs(3600));
-    assert_eq!(
-        period(&[(&CACHE_CONTROL, "public, Max-Age=\"600\"")]),
-        secs(600)
-    );
-    assert_eq!(
-        period(&[(&CACHE_CONTROL, "max-age=3600, no-store")]),
-        secs(0)
-    );
-    assert_eq!(
-        period(&[(&CACHE_CONTROL, "public"), (&CACHE_CONTROL, "max-age=60")]),
-        secs(60)
-    );
-    let in_an_hour = httpdate::fmt_http_date(now + Duration::from_secs(3600));
-    let an_hour_ago = httpdate::fmt_http_date(now - Duration::from_secs(3600));
-    // An unusable max-age falls back to Expires.
-    assert_eq!(
-        period(&[(&CACHE_CONTROL, "max-age=soon"), (&EXPIRES, &in_an_hour)]),
-        secs(3600)
-    );
-    assert_eq!(period(&[(&EXPIRES, &in_an_hour)]), secs(3600));
-    assert_eq!(period(&[(&EXPIRES, &an_hour_ago)]), secs(0));
-    assert_eq!(period(&[(&EXPIRES, "0")]), secs(0));
-    // max-age wins over Expires.
-    assert_eq!(
-        period(&[(&CACHE_CONTROL, "max-age=5"), (&EXPIRES, &in_an_hour)]),
-        secs(5)
-    );
-}
-
-#[test]
-fn redirects_are_bounded_https_only_and_loop_free() {
-    let url = |u: &str| Url::parse(u).unwrap();
-    let first = url("https://example.org/.well-known/matrix/server");
-    let next = url("https://www.example.org/.well-known/matrix/server");
-    assert_eq!(redirect_refusal(&next, std::slice::from_ref(&first)), None);
-    assert_eq!(
-        redirect_refusal(&first, &[first.clone(), next.clone()]),
-        Some("redirect loop")
-    );
-    assert_eq!(
-        redirect_refusal(
-            &url("http://www.example.org/.well-known/matrix/server"),
-            std::slice::from_ref(&first)
-        ),
-        Some("redirected away from https")
-    );
-    let chain: Vec<Url> = (0..=MAX_WELL_KNOWN_REDIRECTS)
-        .map(|i| url(&format!("https://r{i}.example.org/")))
-        .collect();
-    assert_eq!(
-        redirect_refusal(&next, &chain[..MAX_WELL_KNOWN_REDIRECTS]),
-        None
-    );
-    assert_eq!(redirect_refusal(&next, &chain), Some("too many redirects"));
 }
 
 // The real resolver, without any network: `localhost` comes from /etc/hosts.
