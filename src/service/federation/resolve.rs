@@ -209,7 +209,9 @@ impl Resolver {
                 Ok(destination)
             }
             Err(reason) => {
-                tracing::info!(%server, %reason, "could not resolve server name");
+                // The caller reports the error; a queue retrying a dead server would
+                // fill the log at a higher level.
+                tracing::debug!(%server, %reason, "could not resolve server name");
                 Err(Error::remote_unreachable(server, reason))
             }
         }
