@@ -238,6 +238,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unreachable_server_is_502_naming_the_server() {
+        let server = ruma::server_name!("example.org");
+        let (status, body, _) = body_of(Error::remote_unreachable(server, "no address")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(body["errcode"], "M_UNKNOWN");
+        assert_eq!(body["error"], "Could not reach example.org: no address");
+    }
+
+    #[tokio::test]
     async fn internal_errors_hide_details() {
         let (status, body, _) = body_of(Error::internal("secret detail")).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
