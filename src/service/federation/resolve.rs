@@ -28,7 +28,7 @@
 //! `.` means the service is not offered there (RFC 2782): an error, as in Synapse. So is a
 //! failed SRV lookup (other than "no such record"), as in Synapse; the caller may retry.
 //!
-//! **Well-known caching** (the spec recommends one; the figures are Synapse's): a valid answer
+//! **Well-known caching** (the spec asks for one; the figures are Synapse's): a valid answer
 //! is kept as long as its `Cache-Control: max-age` (or `Expires`) says, clamped to 5 min–48 h,
 //! else 24 h ± 10 %. An invalid or missing one (bad JSON, no `m.server`, non-200, no
 //! connection) is kept 1 h ± 10 %, or only 2 min when the host had a valid answer within
