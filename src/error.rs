@@ -103,6 +103,16 @@ impl Error {
         Self::with_status(StatusCode::BAD_REQUEST, kind, message)
     }
 
+    /// A request needed another server and could not find or reach it: `502 M_UNKNOWN`, as
+    /// Synapse answers, with a message naming the server.
+    pub fn remote_unreachable(server: &ruma::ServerName, reason: impl std::fmt::Display) -> Self {
+        Self::with_status(
+            StatusCode::BAD_GATEWAY,
+            ErrorKind::Unknown,
+            format!("Could not reach {server}: {reason}"),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into())
     }
@@ -225,6 +235,15 @@ mod tests {
         let (status, body, _) = body_of(Error::custom("M_PROFILE_TOO_LARGE", "big")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["errcode"], "M_PROFILE_TOO_LARGE");
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_502_naming_the_server() {
+        let server = ruma::server_name!("example.org");
+        let (status, body, _) = body_of(Error::remote_unreachable(server, "no address")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(body["errcode"], "M_UNKNOWN");
+        assert_eq!(body["error"], "Could not reach example.org: no address");
     }
 
     #[tokio::test]

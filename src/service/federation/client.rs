@@ -148,13 +148,7 @@ impl FederationClient {
                 "a federation request to ourselves ({destination})"
             )));
         }
-        let unreachable = |detail: String| {
-            Error::with_status(
-                StatusCode::BAD_GATEWAY,
-                ErrorKind::Unknown,
-                format!("Could not reach {destination}: {detail}"),
-            )
-        };
+        let unreachable = |detail: String| Error::remote_unreachable(destination, detail);
         let target = self.resolver.resolve(destination).await?;
         let base = self.base_url(&target).map_err(unreachable)?;
         let auth = T::Authentication::input(&self.server_name, destination, self.keys.keypair());

@@ -28,7 +28,9 @@ impl Federation {
             Some(client::FederationClient::new(
                 config.server_name.clone(),
                 server_keys,
-                Arc::new(resolve::Resolver),
+                Arc::new(resolve::Resolver::system(
+                    config.federation_verify_certificates,
+                )?),
                 config.federation_verify_certificates,
             )?)
         } else {
