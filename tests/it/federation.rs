@@ -183,3 +183,146 @@ async fn federation_requests_without_a_valid_signature_are_401() {
         unauthorized((status, body));
     }
 }
+
+/// Two of our servers over TLS on 127.0.0.1, each asking the other: profiles, an alias,
+/// device keys and one-time keys. Every request between them is signed and checked (the
+/// answering server fetches the asking server's key).
+#[tokio::test]
+async fn two_servers_answer_each_others_queries() {
+    let a = TestServer::start_federating();
+    let b = TestServer::start_federating();
+    let alice = a.register("alice", "correct horse").await;
+    let bob = b.register("bob", "battery staple").await;
+    let (alice_id, bob_id) = (a.user_id("alice"), b.user_id("bob"));
+
+    let (status, body) = b
+        .client_api(
+            &bob,
+            Method::PUT,
+            &format!("/profile/{bob_id}/displayname"),
+            Some(json!({ "displayname": "Bob from B" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, created) = b
+        .client_api(
+            &bob,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "room_alias_name": "club", "preset": "public_chat" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room_id = created["room_id"].as_str().unwrap().to_owned();
+    let (_, whoami) = b.whoami(&bob).await;
+    let bob_device = whoami["device_id"].as_str().unwrap().to_owned();
+    let (status, body) = b
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/upload",
+            Some(json!({
+                "device_keys": crate::keys::signed_device_keys(&bob_id, &bob_device),
+                "one_time_keys": crate::keys::one_time_keys(2),
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Alice, on A, asks about Bob, on B.
+    let (status, profile) = a
+        .client_api(&alice, Method::GET, &format!("/profile/{bob_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{profile}\n{}", b.log());
+    assert_eq!(profile["displayname"], "Bob from B");
+    let (status, name) = a
+        .client_api(
+            &alice,
+            Method::GET,
+            &format!("/profile/{bob_id}/displayname"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{name}");
+    assert_eq!(name["displayname"], "Bob from B");
+    // B's own "not found" comes back as it is.
+    assert_error(
+        &a.client_api(
+            &alice,
+            Method::GET,
+            &format!("/profile/{}", b.user_id("nobody")),
+            None,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    let (status, alias) = a
+        .client_api(
+            &alice,
+            Method::GET,
+            &format!("/directory/room/%23club:{}", b.server_name),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{alias}");
+    assert_eq!(alias["room_id"], room_id.as_str());
+    assert_eq!(alias["servers"], json!([b.server_name]));
+
+    let (status, keys) = a
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/query",
+            Some(json!({ "device_keys": { bob_id.as_str(): [] } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(keys["failures"], json!({}), "{keys}");
+    let device = &keys["device_keys"][bob_id.as_str()][bob_device.as_str()];
+    assert_eq!(device["user_id"], bob_id.as_str(), "{keys}");
+    assert!(device["signatures"][bob_id.as_str()].is_object(), "{keys}");
+    assert!(
+        device["unsigned"].get("device_display_name").is_none(),
+        "device names stay on their server: {keys}"
+    );
+    let (status, claimed) = a
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/claim",
+            Some(json!({ "one_time_keys": { bob_id.as_str(): { bob_device.as_str(): "signed_curve25519" } } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    let keys_of_device = claimed["one_time_keys"][bob_id.as_str()][bob_device.as_str()]
+        .as_object()
+        .unwrap_or_else(|| panic!("a key claimed: {claimed}"));
+    assert_eq!(keys_of_device.len(), 1);
+
+    // And the other way: Bob asks about Alice.
+    let (status, profile) = b
+        .client_api(&bob, Method::GET, &format!("/profile/{alice_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{profile}");
+    assert_eq!(profile["displayname"], "alice");
+
+    // Joining B's room from A needs rooms across servers, which are not there yet.
+    let response = a
+        .client_api(
+            &alice,
+            Method::POST,
+            &format!("/join/%23club:{}", b.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_error(&response, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    assert!(
+        response.1["error"]
+            .as_str()
+            .unwrap()
+            .contains("not possible yet"),
+        "{}",
+        response.1
+    );
+}

@@ -236,8 +236,17 @@ async fn read_limited(mut response: reqwest::Response) -> std::result::Result<By
     Ok(Bytes::from(body))
 }
 
-/// Another server's Matrix error, passed on with its status and errcode.
+/// Another server's Matrix error, passed on with its status and errcode: except a `401`
+/// (the other server did not accept our signature; passed on, a client would take it
+/// for its own token being refused) and server errors, which are `502`.
 fn remote_error(server: &ServerName, error: ruma::api::error::Error) -> Error {
+    if error.status_code == StatusCode::UNAUTHORIZED || error.status_code.is_server_error() {
+        let detail = match &error.body {
+            ErrorBody::Standard(body) => body.message.clone(),
+            _ => error.status_code.to_string(),
+        };
+        return Error::remote_unreachable(server, format!("it answered {detail}"));
+    }
     match error.body {
         ErrorBody::Standard(body) => Error::with_status(
             error.status_code,
