@@ -68,6 +68,12 @@ pub struct Config {
     /// pretend to be any server. A loud warning at start says so.
     #[serde(default = "default_true")]
     pub federation_verify_certificates: bool,
+    /// A second listener, on `address:federation_port`, for other servers (the spec's
+    /// default port is 8448); it needs `[global.tls]` and serves the same paths over HTTPS.
+    /// Without it, federation is served on `port` (behind a proxy, with
+    /// `well_known.server` delegating to it).
+    #[serde(default)]
+    pub federation_port: Option<u16>,
     /// Presence (online/offline status). Off saves a little work on busy servers.
     #[serde(default = "default_true")]
     pub allow_presence: bool,
@@ -177,6 +183,7 @@ const KNOWN_KEYS: &[&str] = &[
     "registration_shared_secret",
     "allow_federation",
     "federation_verify_certificates",
+    "federation_port",
     "allow_presence",
     "allow_legacy_media",
     "allow_url_preview",

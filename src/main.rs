@@ -139,18 +139,36 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     // Before anything opens files: every connection is a file descriptor.
     server::raise_open_files_limit();
+    let federation_port = match config.federation_port {
+        Some(_) if tls.is_none() => {
+            return Err("federation_port needs [global.tls]: other servers speak HTTPS".into());
+        }
+        port => port,
+    };
     let db = cli::open_database(&config)?;
     let address = SocketAddr::new(config.address, config.port);
     let services = Services::build(config, db).map_err(|e| e.to_string())?;
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!("listening on {scheme}://{local}");
-    server::run(listener, tls, services, shutdown_signal())
+    let mut listeners = vec![bind(address, tls.clone()).await?];
+    if let Some(port) = federation_port {
+        let address = SocketAddr::new(address.ip(), port);
+        listeners.push(bind(address, tls).await?);
+    }
+    server::run(listeners, services, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+async fn bind(
+    address: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<server::Listener, String> {
+    let tcp = TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let local = tcp.local_addr().map_err(|e| e.to_string())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("listening on {scheme}://{local}");
+    Ok(server::Listener { tcp, tls })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -184,9 +184,14 @@ fn current_open_files_limit() -> Option<u64> {
 }
 
 /// Serves until `shutdown` resolves, then waits for open requests and flushes the database.
+/// A bound listener and, for HTTPS, its TLS acceptor.
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
 pub async fn run(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    listeners: Vec<Listener>,
     services: Arc<Services>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
@@ -219,9 +224,60 @@ pub async fn run(
         }
     });
     // Shutdown: `stop` tells every connection to finish; `open` counts the tasks still
-    // running (each holds a receiver).
+    // running (each holds a receiver). `closing` stops the accept loops.
     let (stop, stopped) = watch::channel(false);
-    let mut shutdown = pin!(shutdown);
+    let (closing, closed) = watch::channel(false);
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(accept_loop(
+                listener,
+                Arc::clone(&shared),
+                Arc::clone(&connections),
+                stopped.clone(),
+                closed.clone(),
+            ))
+        })
+        .collect();
+    shutdown.await;
+    let _ = closing.send(true);
+    for accepting in loops {
+        let _ = accepting.await;
+    }
+    drop(stopped);
+    let _ = stop.send(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, stop.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{} connection(s) still busy after {SHUTDOWN_GRACE:?}; stopping anyway",
+            stop.receiver_count()
+        );
+    }
+    // Last-seen times of the requests just served, then the final flush.
+    let _ = stop_flusher.send(());
+    let _ = seen_flusher.await;
+    if let Err(error) = services.devices.flush_seen().await {
+        tracing::error!(%error, "could not write last-seen times at shutdown");
+    }
+    services.db.flush_blocking().map_err(io::Error::other)?;
+    tracing::info!("stopped; database flushed");
+    Ok(())
+}
+
+/// Accepts connections on one listener until `closed` turns true.
+async fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    stopped: watch::Receiver<bool>,
+    mut closed: watch::Receiver<bool>,
+) {
+    let Listener { tcp: listener, tls } = listener;
+    let mut shutdown = pin!(async move {
+        let _ = closed.wait_for(|closed| *closed).await;
+    });
     loop {
         let permit = tokio::select! {
             () = &mut shutdown => break,
@@ -267,27 +323,6 @@ pub async fn run(
             }
         }
     }
-    drop(listener);
-    drop(stopped);
-    let _ = stop.send(true);
-    if tokio::time::timeout(SHUTDOWN_GRACE, stop.closed())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "{} connection(s) still busy after {SHUTDOWN_GRACE:?}; stopping anyway",
-            stop.receiver_count()
-        );
-    }
-    // Last-seen times of the requests just served, then the final flush.
-    let _ = stop_flusher.send(());
-    let _ = seen_flusher.await;
-    if let Err(error) = services.devices.flush_seen().await {
-        tracing::error!(%error, "could not write last-seen times at shutdown");
-    }
-    services.db.flush_blocking().map_err(io::Error::other)?;
-    tracing::info!("stopped; database flushed");
-    Ok(())
 }
 
 /// What every connection task needs.

@@ -141,6 +141,28 @@ async fn with_federation_off_nothing_is_served_and_remote_requests_are_refused()
     assert_eq!(claimed["one_time_keys"], json!({}));
 }
 
+/// `federation_port`: a second HTTPS listener for other servers, answering the same paths.
+#[tokio::test]
+async fn a_federation_port_serves_federation_too() {
+    let port = crate::harness::free_port();
+    let server = TestServer::federating_with_env(&[("CONDUIT_FEDERATION_PORT", &port.to_string())]);
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id=@alice:{}",
+        server.server_name
+    );
+    for base in [server.url.clone(), format!("https://127.0.0.1:{port}")] {
+        let response = server
+            .http()
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{base}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{base}");
+    }
+}
+
 #[tokio::test]
 async fn federation_requests_without_a_valid_signature_are_401() {
     let server = TestServer::start_federating();

@@ -46,6 +46,14 @@ fn configuration_errors_exit_with_one_line_naming_the_key() {
     assert!(stderr.contains("global.server_name"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
+    // A federation listener speaks HTTPS, so it needs a certificate.
+    let (ok, stderr) = run_with(&[("CONDUIT_FEDERATION_PORT", "8448")], &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("federation_port needs [global.tls]"),
+        "{stderr}"
+    );
+
     let (ok, stderr) = run_with(&[], &["--config", "/nonexistent/conduit.toml"]);
     assert!(!ok);
     assert!(stderr.contains("/nonexistent/conduit.toml"), "{stderr}");
