@@ -148,6 +148,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let db = cli::open_database(&config)?;
     let address = SocketAddr::new(config.address, config.port);
     let services = Services::build(config, db).map_err(|e| e.to_string())?;
+    services.federation.resume().map_err(|e| e.to_string())?;
     let mut listeners = vec![bind(address, tls.clone()).await?];
     if let Some(port) = federation_port {
         let address = SocketAddr::new(address.ip(), port);

@@ -94,7 +94,7 @@ impl Services {
             sliding_sync: sliding_sync::SlidingSync::default(),
             sent_members: filter::SentMembers::default(),
             stream,
-            federation: federation::Federation::new(&config, Arc::clone(&server_keys))?,
+            federation: federation::Federation::new(&config, &db, Arc::clone(&server_keys))?,
             server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,
             devices: devices::Devices::new(&db, Arc::clone(&keys))?,

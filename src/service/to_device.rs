@@ -46,7 +46,21 @@ impl ToDevice {
         })
     }
 
+    /// Whether the sender's device already sent this transaction.
+    pub fn was_sent(
+        &self,
+        sender: &UserId,
+        sender_device: &DeviceId,
+        txn_id: &str,
+    ) -> Result<bool> {
+        Ok(self
+            .txns
+            .get(&txn_key(sender, sender_device, txn_id))?
+            .is_some())
+    }
+
     /// Queues one message for each `(user, device)`; a repeated transaction does nothing.
+    /// Returns whether the transaction was new.
     pub async fn send(
         &self,
         sender: &UserId,
@@ -54,10 +68,10 @@ impl ToDevice {
         txn_id: &str,
         kind: &str,
         targets: Vec<(OwnedUserId, OwnedDeviceId, JsonValue)>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let txn = txn_key(sender, sender_device, txn_id);
         if self.txns.get(&txn)?.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         let (position, ()) = self.stream.commit(|position, batch: &mut Batch| {
             for (user, device, content) in &targets {
@@ -75,7 +89,7 @@ impl ToDevice {
         self.stream
             .touch(targets.iter().map(|(user, _, _)| user.as_ref()), position);
         self.db.persist().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes what a sync with `since` acknowledges, and returns up to [`MAX_PER_SYNC`]

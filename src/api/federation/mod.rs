@@ -3,6 +3,7 @@
 //! [`super::ruma::Ruma`] extractor before a handler runs (the origin is in `Ruma::origin`).
 
 pub mod query;
+pub mod transactions;
 pub mod user;
 
 use super::ruma::{RouterExt, Routes};
@@ -16,4 +17,5 @@ pub fn routes() -> Routes {
         .ruma_route(user::get_keys)
         .ruma_route(user::claim_keys)
         .ruma_route(user::get_openid_userinfo)
+        .ruma_route(transactions::send_transaction)
 }

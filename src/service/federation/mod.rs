@@ -7,40 +7,60 @@
 
 pub mod client;
 pub mod keys;
+pub mod receive;
 pub mod resolve;
+pub mod sender;
 
 use std::sync::Arc;
 
 use ruma::{OwnedServerName, ServerName};
 
-use crate::{Error, Result, config::Config, service::server_keys::ServerKeys};
+use crate::{Error, Result, config::Config, service::server_keys::ServerKeys, storage::Db};
 
 pub struct Federation {
     server_name: OwnedServerName,
     enabled: bool,
     /// Outgoing requests; `None` when federation is off.
-    client: Option<client::FederationClient>,
+    client: Option<Arc<client::FederationClient>>,
+    /// The outgoing queue; `None` when federation is off.
+    sender: Option<Arc<sender::Sender>>,
 }
 
 impl Federation {
-    pub fn new(config: &Config, server_keys: Arc<ServerKeys>) -> Result<Self> {
-        let client = if config.allow_federation {
-            Some(client::FederationClient::new(
+    pub fn new(config: &Config, db: &Db, server_keys: Arc<ServerKeys>) -> Result<Self> {
+        let (client, sender) = if config.allow_federation {
+            let client = Arc::new(client::FederationClient::new(
                 config.server_name.clone(),
                 server_keys,
                 Arc::new(resolve::Resolver::system(
                     config.federation_verify_certificates,
                 )?),
                 config.federation_verify_certificates,
-            )?)
+            )?);
+            let sender = sender::Sender::new(db, Arc::clone(&client), config.server_name.clone())?;
+            (Some(client), Some(sender))
         } else {
-            None
+            (None, None)
         };
         Ok(Self {
             server_name: config.server_name.clone(),
             enabled: config.allow_federation,
             client,
+            sender,
         })
+    }
+
+    /// Starts sending what was queued before a restart. Call once, inside the runtime.
+    pub fn resume(&self) -> Result<()> {
+        match &self.sender {
+            Some(sender) => sender.resume(),
+            None => Ok(()),
+        }
+    }
+
+    /// The outgoing queue, when federation is on.
+    pub fn sender(&self) -> Option<&Arc<sender::Sender>> {
+        self.sender.as_ref()
     }
 
     pub fn enabled(&self) -> bool {
@@ -50,7 +70,7 @@ impl Federation {
     /// The client for a request that needs `server` (another server) for `what` (e.g.
     /// "inviting @bob:example.org"): with federation off, `403 M_FORBIDDEN` naming the
     /// server, as Synapse answers a destination it may not federate with.
-    pub fn reach(&self, server: &ServerName, what: &str) -> Result<&client::FederationClient> {
+    pub fn reach(&self, server: &ServerName, what: &str) -> Result<&Arc<client::FederationClient>> {
         if server == self.server_name {
             return Err(Error::internal(format!("{what}: {server} is this server")));
         }

@@ -1,0 +1,122 @@
+//! Incoming transactions (server-server API, "Transactions", `PUT /send/{txnId}`): once per
+//! transaction id and origin; EDUs applied, PDUs answered one by one.
+//!
+//! Tree `origintxnid_transaction`: `origin 0xFF txn id` → empty, written once a transaction
+//! is applied; a repeat is answered 200 without applying it again (the spec: "the same
+//! transaction ID … should be treated as the same transaction").
+//!
+//! What is applied today: `m.direct_to_device` (send-to-device messages for local users).
+//! PDUs are answered with an error each, since this server cannot share rooms with others
+//! yet; typing, receipts, presence and device-list updates only matter in shared rooms and
+//! are dropped.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    OwnedDeviceId, OwnedEventId, OwnedUserId, ServerName, api::federation::transactions::edu::Edu,
+    serde::Raw, to_device::DeviceIdOrAllDevices,
+};
+use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
+
+use super::sender::{MAX_EDUS, MAX_PDUS};
+use crate::{Error, Result, service::Services, storage::Batch};
+
+fn txn_key(origin: &ServerName, txn_id: &str) -> Vec<u8> {
+    let mut key = origin.as_bytes().to_vec();
+    key.push(0xFF);
+    key.extend_from_slice(txn_id.as_bytes());
+    key
+}
+
+impl Services {
+    /// Applies a transaction from `origin` (its signature already checked) and returns the
+    /// per-PDU results.
+    pub async fn receive_transaction(
+        &self,
+        origin: &ServerName,
+        txn_id: &str,
+        pdus: &[Box<RawJsonValue>],
+        edus: &[Raw<Edu>],
+    ) -> Result<BTreeMap<OwnedEventId, std::result::Result<(), String>>> {
+        if pdus.len() > MAX_PDUS || edus.len() > MAX_EDUS {
+            return Err(Error::new(
+                ruma::api::error::ErrorKind::TooLarge,
+                format!("A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs."),
+            ));
+        }
+        let seen = self.db.tree("origintxnid_transaction")?;
+        let key = txn_key(origin, txn_id);
+        let mut results = BTreeMap::new();
+        for pdu in pdus {
+            // The event id of a v3+ PDU is its reference hash; without a room this server
+            // shares, there is nothing to check it against, so it is only read when given.
+            let event_id = serde_json::from_str::<JsonValue>(pdu.get())
+                .ok()
+                .and_then(|pdu| pdu["event_id"].as_str().map(str::to_owned))
+                .and_then(|id| OwnedEventId::try_from(id).ok());
+            if let Some(event_id) = event_id {
+                results.insert(
+                    event_id,
+                    Err("This server does not share rooms with other servers yet.".to_owned()),
+                );
+            }
+        }
+        if seen.get(&key)?.is_some() {
+            return Ok(results);
+        }
+        for edu in edus {
+            match edu.deserialize() {
+                Ok(Edu::DirectToDevice(content)) => {
+                    if content.sender.server_name() != origin {
+                        tracing::debug!(%origin, sender = %content.sender, "to-device message from another server's user dropped");
+                        continue;
+                    }
+                    let mut targets: Vec<(OwnedUserId, OwnedDeviceId, JsonValue)> = Vec::new();
+                    for (user_id, by_device) in &content.messages {
+                        if !self.users.is_local(user_id) {
+                            continue;
+                        }
+                        for (target, raw) in by_device {
+                            let Ok(message) = serde_json::from_str::<JsonValue>(raw.json().get())
+                            else {
+                                continue;
+                            };
+                            match target {
+                                DeviceIdOrAllDevices::DeviceId(device_id) => {
+                                    targets.push((user_id.clone(), device_id.clone(), message));
+                                }
+                                DeviceIdOrAllDevices::AllDevices => {
+                                    for (device_id, _) in self.devices.list(user_id)? {
+                                        targets.push((user_id.clone(), device_id, message.clone()));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // Idempotent per sender and message id, whatever the transaction.
+                    let origin_device = <&ruma::DeviceId>::from(origin.as_str());
+                    self.to_device
+                        .send(
+                            &content.sender,
+                            origin_device,
+                            content.message_id.as_str(),
+                            &content.ev_type.to_string(),
+                            targets,
+                        )
+                        .await?;
+                }
+                Ok(other) => {
+                    tracing::debug!(%origin, edu = ?std::mem::discriminant(&other), "EDU dropped: no shared rooms yet");
+                }
+                Err(error) => {
+                    tracing::debug!(%origin, %error, "EDU that does not parse dropped");
+                }
+            }
+        }
+        let mut batch = Batch::new();
+        batch.insert(&*seen, key, Vec::new());
+        self.db.apply(&batch)?;
+        self.db.persist().await?;
+        Ok(results)
+    }
+}

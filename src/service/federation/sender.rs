@@ -1,0 +1,318 @@
+//! The outgoing queue (server-server API, "Transactions"): PDUs and EDUs for other servers
+//! are queued durably per destination and sent in `PUT /_matrix/federation/v1/send/{txnId}`
+//! transactions of at most 50 PDUs and 100 EDUs.
+//!
+//! Trees:
+//! - `servernameseq_outgoing`: `destination 0xFF seq (u64)` → [`Item`] (JSON). `seq` comes
+//!   from the store's id counter, so it only grows.
+//! - `servername_transaction`: `destination` → [`InFlight`] (JSON): the transaction being
+//!   sent: its id and the last `seq` it holds. It is written before the first attempt, so a
+//!   retry — after a failure or after a restart — sends the same items under the same id
+//!   (the receiver drops a transaction id it has seen), and is removed with its items, in
+//!   one batch, once the destination has answered 200. Nothing is lost; nothing is sent
+//!   twice under a new id.
+//!
+//! One task per destination with something to send. A destination that fails is retried
+//! after a delay that doubles from [`FIRST_RETRY`] up to [`MAX_RETRY`] (hours: a server that
+//! is gone stays cheap); each task waits on its own, so a failing destination slows no
+//! other and no client request. Retry state is in memory: after a restart every queue is
+//! tried at once.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, ServerName,
+    api::federation::transactions::{edu::Edu, send_transaction_message},
+    serde::Raw,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
+use tokio::sync::Notify;
+
+use super::client::FederationClient;
+use crate::{
+    Error, Result,
+    storage::{Batch, Db, Table, Tree},
+};
+
+/// The spec's limits per transaction.
+pub const MAX_PDUS: usize = 50;
+pub const MAX_EDUS: usize = 100;
+/// Delays between attempts for a failing destination.
+const FIRST_RETRY: Duration = Duration::from_secs(10);
+const MAX_RETRY: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// One queued thing to send.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub enum Item {
+    /// A PDU in its federation form.
+    Pdu(JsonValue),
+    /// An EDU: `{"edu_type": …, "content": …}`.
+    Edu(JsonValue),
+}
+
+/// The transaction a destination is being sent.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct InFlight {
+    txn_id: String,
+    /// The largest `seq` it holds; it holds every queued item up to it.
+    last_seq: u64,
+}
+
+pub struct Sender {
+    db: Db,
+    queue: Arc<dyn Tree>,
+    in_flight: Table<InFlight>,
+    client: Arc<FederationClient>,
+    origin: OwnedServerName,
+    /// A wake-up per destination whose task runs. At most one entry per destination with
+    /// something queued; removed when its queue is empty.
+    running: Mutex<HashMap<OwnedServerName, Arc<Notify>>>,
+    me: Weak<Sender>,
+}
+
+fn prefix(destination: &ServerName) -> Vec<u8> {
+    let mut key = destination.as_bytes().to_vec();
+    key.push(0xFF);
+    key
+}
+
+impl Sender {
+    pub fn new(
+        db: &Db,
+        client: Arc<FederationClient>,
+        origin: OwnedServerName,
+    ) -> Result<Arc<Self>> {
+        let queue = db.tree("servernameseq_outgoing")?;
+        let in_flight = db.table("servername_transaction")?;
+        Ok(Arc::new_cyclic(|me| Self {
+            db: db.clone(),
+            queue,
+            in_flight,
+            client,
+            origin,
+            running: Mutex::default(),
+            me: me.clone(),
+        }))
+    }
+
+    /// Starts a task for every destination with something queued (at start).
+    pub fn resume(&self) -> Result<()> {
+        let mut destinations = Vec::new();
+        let mut from = Vec::new();
+        // One seek per destination: after a destination's items, jump past its prefix.
+        while let Some(entry) = self.queue.iter_from(&from, false).next() {
+            let (key, _) = entry?;
+            let Some(end) = key.iter().position(|b| *b == 0xFF) else {
+                break;
+            };
+            if let Ok(name) = std::str::from_utf8(&key[..end])
+                && let Ok(server) = OwnedServerName::try_from(name)
+            {
+                destinations.push(server);
+            }
+            from = key[..end].to_vec();
+            from.push(0xFF);
+            from.extend_from_slice(&[0xFF; 9]);
+        }
+        for destination in destinations {
+            tracing::info!(%destination, "resuming federation queue");
+            self.wake(&destination);
+        }
+        Ok(())
+    }
+
+    /// Queues `items` for `destination` durably (they are on disk when this returns) and
+    /// wakes its task.
+    pub async fn queue(&self, destination: &ServerName, items: Vec<Item>) -> Result<()> {
+        if destination == self.origin {
+            return Err(Error::internal("queueing federation traffic to ourselves"));
+        }
+        let mut batch = Batch::new();
+        for item in &items {
+            let mut key = prefix(destination);
+            key.extend_from_slice(&self.db.next_id()?.to_be_bytes());
+            let value = serde_json::to_vec(item).map_err(|e| Error::internal(e.to_string()))?;
+            batch.insert(&*self.queue, key, value);
+        }
+        self.db.apply(&batch)?;
+        self.db.persist().await?;
+        self.wake(destination);
+        Ok(())
+    }
+
+    fn wake(&self, destination: &ServerName) {
+        let mut running = self.running.lock().expect("sender tasks");
+        if let Some(notify) = running.get(destination) {
+            notify.notify_one();
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let notify = Arc::new(Notify::new());
+        running.insert(destination.to_owned(), Arc::clone(&notify));
+        let destination = destination.to_owned();
+        tokio::spawn(async move { me.run(destination, notify).await });
+    }
+
+    /// Sends `destination`'s queue until it is empty.
+    async fn run(self: Arc<Self>, destination: OwnedServerName, notify: Arc<Notify>) {
+        let mut delay = FIRST_RETRY;
+        loop {
+            match self.send_one(&destination).await {
+                Ok(true) => delay = FIRST_RETRY,
+                Ok(false) => {
+                    // Empty: stop, unless something was queued meanwhile (checked under the
+                    // lock that `wake` takes, so no item is left without a task).
+                    let mut running = self.running.lock().expect("sender tasks");
+                    match self.has_items(&destination) {
+                        Ok(false) => {
+                            running.remove(&destination);
+                            return;
+                        }
+                        Ok(true) => continue,
+                        Err(error) => {
+                            tracing::error!(%destination, %error, "federation queue unreadable");
+                            running.remove(&destination);
+                            return;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%destination, %error, retry_in = ?delay, "federation transaction failed");
+                    // A new item does not cut a back-off short: the destination is down.
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY);
+                }
+            }
+            // Let items queued together go in one transaction.
+            let _ = tokio::time::timeout(Duration::ZERO, notify.notified()).await;
+        }
+    }
+
+    fn has_items(&self, destination: &ServerName) -> Result<bool> {
+        Ok(self
+            .queue
+            .scan_prefix(&prefix(destination))
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    /// Sends one transaction (the one in flight, or a new one); `false` when nothing is
+    /// queued.
+    async fn send_one(&self, destination: &ServerName) -> Result<bool> {
+        let key = destination.as_bytes();
+        let in_flight = match self.in_flight.get(key)? {
+            Some(in_flight) => in_flight,
+            None => {
+                let Some(last_seq) = self.next_batch_end(destination)? else {
+                    return Ok(false);
+                };
+                let in_flight = InFlight {
+                    txn_id: crate::crypto::random_string(
+                        16,
+                        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+                    ),
+                    last_seq,
+                };
+                self.in_flight.insert(key, &in_flight)?;
+                self.db.persist().await?;
+                in_flight
+            }
+        };
+        let items = self.items_up_to(destination, in_flight.last_seq)?;
+        let mut pdus: Vec<Box<RawJsonValue>> = Vec::new();
+        let mut edus: Vec<Raw<Edu>> = Vec::new();
+        for (_, item) in &items {
+            match item {
+                Item::Pdu(pdu) => pdus.push(
+                    serde_json::value::to_raw_value(pdu)
+                        .map_err(|e| Error::internal(e.to_string()))?,
+                ),
+                Item::Edu(edu) => edus.push(Raw::from_json(
+                    serde_json::value::to_raw_value(edu)
+                        .map_err(|e| Error::internal(e.to_string()))?,
+                )),
+            }
+        }
+        let mut request = send_transaction_message::v1::Request::new(
+            OwnedTransactionId::from(in_flight.txn_id.as_str()),
+            self.origin.clone(),
+            MilliSecondsSinceUnixEpoch::now(),
+        );
+        request.pdus = pdus;
+        request.edus = edus;
+        let response = self.client.send(destination, request).await?;
+        for (event_id, result) in &response.pdus {
+            if let Err(reason) = result {
+                tracing::debug!(%destination, %event_id, %reason, "PDU refused by the destination");
+            }
+        }
+        let mut batch = Batch::new();
+        for (key, _) in &items {
+            batch.remove(&*self.queue, key.clone());
+        }
+        batch.remove(self.in_flight.tree(), destination.as_bytes().to_vec());
+        self.db.apply(&batch)?;
+        self.db.persist().await?;
+        Ok(true)
+    }
+
+    /// The `seq` of the last item the next transaction can hold (the spec's limits).
+    fn next_batch_end(&self, destination: &ServerName) -> Result<Option<u64>> {
+        let prefix = prefix(destination);
+        let (mut pdus, mut edus) = (0, 0);
+        let mut last = None;
+        for entry in self.queue.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            let item: Item = serde_json::from_slice(&value)
+                .map_err(|e| Error::internal(format!("corrupt federation queue item: {e}")))?;
+            match item {
+                Item::Pdu(_) if pdus == MAX_PDUS => break,
+                Item::Edu(_) if edus == MAX_EDUS => break,
+                Item::Pdu(_) => pdus += 1,
+                Item::Edu(_) => edus += 1,
+            }
+            last = Some(seq_of(&key, prefix.len())?);
+        }
+        Ok(last)
+    }
+
+    fn items_up_to(&self, destination: &ServerName, last_seq: u64) -> Result<Vec<(Vec<u8>, Item)>> {
+        let prefix = prefix(destination);
+        let mut items = Vec::new();
+        for entry in self.queue.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            if seq_of(&key, prefix.len())? > last_seq {
+                break;
+            }
+            let item = serde_json::from_slice(&value)
+                .map_err(|e| Error::internal(format!("corrupt federation queue item: {e}")))?;
+            items.push((key, item));
+        }
+        Ok(items)
+    }
+
+    /// Items waiting for `destination` (for metrics and tests).
+    pub fn pending(&self, destination: &ServerName) -> Result<usize> {
+        let mut count = 0;
+        for entry in self.queue.scan_prefix(&prefix(destination)) {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+fn seq_of(key: &[u8], prefix_len: usize) -> Result<u64> {
+    key.get(prefix_len..)
+        .and_then(|seq| <[u8; 8]>::try_from(seq).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Error::internal("corrupt federation queue key"))
+}
