@@ -6,6 +6,7 @@
 //! **Invariant:** handlers never touch storage; they call services.
 
 pub mod client;
+pub mod federation;
 pub mod ruma;
 pub mod synapse_admin;
 
@@ -191,6 +192,8 @@ fn routes() -> Routes {
         .ruma_route(receipt::set_read_marker)
         .ruma_route(presence::set_presence)
         .ruma_route(presence::get_presence)
+        // Federation (server-server API)
+        .merge(federation::routes())
         // Media (streamed, so routed by hand; see client/media.rs)
         .merge(media_routes())
         // Administration

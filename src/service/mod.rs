@@ -49,6 +49,8 @@ pub struct Services {
     pub uiaa: uiaa::Uiaa,
     pub registration: registration::Registration,
     pub server_keys: Arc<server_keys::ServerKeys>,
+    /// Other servers' signing keys (fetched, checked, cached), and the notary answers.
+    pub keyring: federation::keys::Keyring,
     pub stream: Arc<stream::Stream>,
     pub account_data: Arc<account_data::AccountData>,
     pub ephemeral: ephemeral::Ephemeral,
@@ -74,7 +76,18 @@ impl Services {
         let stream = Arc::new(stream::Stream::new(&db)?);
         let account_data = Arc::new(account_data::AccountData::new(&db, Arc::clone(&stream))?);
         let keys = Arc::new(keys::Keys::new(&db)?);
+        // Until the outgoing federation client exists, keys are fetched from
+        // `https://<server name>` as written (see `DirectKeyFetch`).
+        let keyring = federation::keys::Keyring::new(
+            &db,
+            config.server_name.clone(),
+            Arc::clone(&server_keys),
+            config.trusted_servers.clone(),
+            config.allow_federation,
+            Arc::new(federation::keys::DirectKeyFetch::new()),
+        )?;
         Ok(Arc::new(Self {
+            keyring,
             rooms: rooms::Rooms::new(
                 &db,
                 config.server_name.clone(),

@@ -14,6 +14,7 @@ mod e2ee;
 mod endpoints;
 mod errcodes;
 mod errors;
+mod federation_keys;
 mod filters;
 mod fuzz;
 mod harness;

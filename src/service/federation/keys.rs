@@ -242,37 +242,10 @@ impl Keyring {
                 "At most {MAX_QUERY_SERVERS} servers per key query."
             )));
         }
-        let now = MilliSecondsSinceUnixEpoch::now();
-        let answers = join_all(criteria.iter().map(|(server, wanted)| async move {
-            if *server == self.server_name {
-                return self.own.published(&self.server_name, now).map(Some);
-            }
-            let minimum = wanted
-                .values()
-                .filter_map(|c| c.minimum_valid_until_ts)
-                .max()
-                .unwrap_or(now);
+        let answers = join_all(criteria.iter().map(|(server, wanted)| {
+            let minimum = wanted.values().filter_map(|c| c.minimum_valid_until_ts).max();
             let key_ids: Vec<_> = wanted.keys().cloned().collect();
-            let fresh = |stored: &StoredKeys| {
-                stored.valid_until_ts >= u64::from(minimum.get())
-                    && key_ids.iter().all(|id| stored.keys.contains_key(id.as_str()))
-            };
-            let mut stored = self.stored(server)?;
-            if !stored.as_deref().is_some_and(fresh) {
-                // A notary asks the servers themselves, never other notaries.
-                match self.fetch(server, &key_ids, minimum, false, fresh).await {
-                    Ok(Some(newer)) => stored = Some(newer),
-                    Ok(None) => {}
-                    Err(error) => tracing::warn!(%server, %error, "key query: no keys"),
-                }
-            }
-            let Some(stored) = stored else {
-                return Ok(None);
-            };
-            let mut object: CanonicalJsonObject = serde_json::from_str(stored.response.get())
-                .map_err(|e| Error::internal(format!("stored key response: {e}")))?;
-            self.own.sign_json(&self.server_name, &mut object)?;
-            raw_object(&object).map(Some)
+            async move { self.notary_answer(server, &key_ids, minimum).await }
         }))
         .await;
         let mut out = Vec::new();
@@ -282,6 +255,56 @@ impl Keyring {
             }
         }
         Ok(out)
+    }
+
+    /// `GET /_matrix/key/v2/query/{serverName}`: [`Self::notary_query`] for one server and
+    /// all its keys.
+    pub async fn notary_query_server(
+        &self,
+        server: &ServerName,
+        minimum_valid_until_ts: Option<MilliSecondsSinceUnixEpoch>,
+    ) -> Result<Vec<Raw<ServerSigningKeys>>> {
+        Ok(self
+            .notary_answer(server, &[], minimum_valid_until_ts)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// One server's answer for the notary endpoints, signed by us; `None` when we have
+    /// nothing for it.
+    async fn notary_answer(
+        &self,
+        server: &ServerName,
+        key_ids: &[OwnedServerSigningKeyId],
+        minimum: Option<MilliSecondsSinceUnixEpoch>,
+    ) -> Result<Option<Raw<ServerSigningKeys>>> {
+        let now = MilliSecondsSinceUnixEpoch::now();
+        if server == self.server_name {
+            return self.own.published(&self.server_name, now).map(Some);
+        }
+        // Spec: without `minimum_valid_until_ts` the notary uses the current time.
+        let minimum = minimum.unwrap_or(now);
+        let fresh = |stored: &StoredKeys| {
+            stored.valid_until_ts >= u64::from(minimum.get())
+                && key_ids.iter().all(|id| stored.keys.contains_key(id.as_str()))
+        };
+        let mut stored = self.stored(server)?;
+        if !stored.as_deref().is_some_and(fresh) {
+            // A notary asks the servers themselves, never other notaries.
+            match self.fetch(server, key_ids, minimum, false, fresh).await {
+                Ok(Some(newer)) => stored = Some(newer),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%server, %error, "key query: no keys"),
+            }
+        }
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let mut object: CanonicalJsonObject = serde_json::from_str(stored.response.get())
+            .map_err(|e| Error::internal(format!("stored key response: {e}")))?;
+        self.own.sign_json(&self.server_name, &mut object)?;
+        raw_object(&object).map(Some)
     }
 
     /// What we hold for `server`: memory first, then the tree (and into memory).
