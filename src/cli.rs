@@ -276,7 +276,9 @@ pub async fn run_keys(command: KeysCommand, config: Config) -> Result<String, St
         KeysCommand::Show => before,
         KeysCommand::Rotate => ServerKeys::rotate(&db).map_err(|e| e.to_string())?,
     };
-    let public = |key: &[u8]| ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(key.to_vec()).encode();
+    let public = |key: &[u8]| {
+        ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(key.to_vec()).encode()
+    };
     let mut out = format!(
         "signing key: {} {}",
         keys.key_id(),

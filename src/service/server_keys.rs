@@ -76,10 +76,7 @@ impl ServerKeys {
                 .map_err(|e| Error::internal(format!("stored old key is unusable: {e}")))?;
             let public = Base64::parse(&stored.key)
                 .map_err(|e| Error::internal(format!("stored old key is unusable: {e}")))?;
-            old.insert(
-                key_id,
-                OldVerifyKey::new(millis(stored.expired_ts), public),
-            );
+            old.insert(key_id, OldVerifyKey::new(millis(stored.expired_ts), public));
         }
         Ok(Self { keypair, old })
     }
@@ -93,8 +90,7 @@ impl ServerKeys {
         let version = loop {
             let version = crypto::random_string(6, VERSION_ALPHABET);
             let key_id = format!("ed25519:{version}");
-            if key_id != current.key_id() && !current.old.keys().any(|old| old.as_str() == key_id)
-            {
+            if key_id != current.key_id() && !current.old.keys().any(|old| old.as_str() == key_id) {
                 break version;
             }
         };
@@ -140,7 +136,10 @@ impl ServerKeys {
     /// is `None`, as room versions 1 to 4 ignore key validity).
     pub fn public_keys(&self, signed_at: Option<MilliSecondsSinceUnixEpoch>) -> PublicKeySet {
         let mut keys = PublicKeySet::new();
-        keys.insert(self.key_id(), Base64::new(self.keypair.public_key().to_vec()));
+        keys.insert(
+            self.key_id(),
+            Base64::new(self.keypair.public_key().to_vec()),
+        );
         for (key_id, old) in &self.old {
             if signed_at.is_none_or(|ts| ts < old.expired_ts) {
                 keys.insert(key_id.to_string(), old.key.clone());
@@ -150,7 +149,11 @@ impl ServerKeys {
     }
 
     /// Adds our signature to `object` (appendices, "Signing JSON").
-    pub fn sign_json(&self, server_name: &ServerName, object: &mut CanonicalJsonObject) -> Result<()> {
+    pub fn sign_json(
+        &self,
+        server_name: &ServerName,
+        object: &mut CanonicalJsonObject,
+    ) -> Result<()> {
         sign_json(server_name.as_str(), &self.keypair, object)
             .map_err(|e| Error::internal(format!("cannot sign JSON: {e}")))
     }
@@ -192,8 +195,7 @@ pub fn millis(ms: u64) -> MilliSecondsSinceUnixEpoch {
 
 /// A JSON object as a typed raw value.
 pub fn raw_object<T>(object: &CanonicalJsonObject) -> Result<Raw<T>> {
-    let json =
-        serde_json::to_string(object).map_err(|e| Error::internal(format!("JSON: {e}")))?;
+    let json = serde_json::to_string(object).map_err(|e| Error::internal(format!("JSON: {e}")))?;
     Raw::from_json_string(json).map_err(|e| Error::internal(format!("JSON: {e}")))
 }
 
@@ -219,7 +221,10 @@ mod tests {
 
     fn published_object(keys: &ServerKeys) -> CanonicalJsonObject {
         let raw = keys
-            .published(server_name!("example.org"), MilliSecondsSinceUnixEpoch::now())
+            .published(
+                server_name!("example.org"),
+                MilliSecondsSinceUnixEpoch::now(),
+            )
             .unwrap();
         serde_json::from_str(raw.json().get()).unwrap()
     }
@@ -270,7 +275,10 @@ mod tests {
 
         // Published: the new key verifies, the old one is listed with its expiry.
         let parsed = reloaded
-            .published(server_name!("example.org"), MilliSecondsSinceUnixEpoch::now())
+            .published(
+                server_name!("example.org"),
+                MilliSecondsSinceUnixEpoch::now(),
+            )
             .unwrap()
             .deserialize()
             .unwrap();
@@ -301,13 +309,25 @@ mod tests {
         verify_json(&only_new, &object).unwrap();
 
         // The old key verifies what it signed before it expired, not after.
-        assert!(reloaded.public_keys(Some(started)).contains_key(&before.key_id()));
+        assert!(
+            reloaded
+                .public_keys(Some(started))
+                .contains_key(&before.key_id())
+        );
         let later = millis(u64::from(old.expired_ts.get()) + 1);
-        assert!(!reloaded.public_keys(Some(later)).contains_key(&before.key_id()));
+        assert!(
+            !reloaded
+                .public_keys(Some(later))
+                .contains_key(&before.key_id())
+        );
 
         // A second rotation keeps both old keys.
         let third = ServerKeys::rotate(&db).unwrap();
         assert_eq!(third.old_verify_keys().len(), 2);
-        assert!(third.old_verify_keys().contains_key(after.key_id().as_str()));
+        assert!(
+            third
+                .old_verify_keys()
+                .contains_key(after.key_id().as_str())
+        );
     }
 }

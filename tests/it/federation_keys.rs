@@ -141,14 +141,23 @@ async fn a_rotated_key_is_published_as_an_old_verify_key() {
     let old = &after["old_verify_keys"][old_id];
     assert_eq!(old["key"], old_key.encode(), "{after}");
     let expired = old["expired_ts"].as_u64().expect("expired_ts");
-    assert!(expired <= now_ms() && expired > now_ms() - 60_000, "{after}");
+    assert!(
+        expired <= now_ms() && expired > now_ms() - 60_000,
+        "{after}"
+    );
 }
 
 fn certificate(dir: &Path) -> (String, String) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = std::process::Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec"])
-        .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args([
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
         .args(["-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])

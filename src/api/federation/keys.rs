@@ -22,9 +22,10 @@ pub async fn get_server_keys(
     State(services): State<Arc<Services>>,
     _request: Ruma<get_server_keys::v2::Request>,
 ) -> Result<RumaResponse<get_server_keys::v2::Response>> {
-    let keys = services
-        .server_keys
-        .published(&services.config.server_name, MilliSecondsSinceUnixEpoch::now())?;
+    let keys = services.server_keys.published(
+        &services.config.server_name,
+        MilliSecondsSinceUnixEpoch::now(),
+    )?;
     Ok(RumaResponse(get_server_keys::v2::Response::new(keys)))
 }
 

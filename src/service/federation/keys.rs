@@ -126,8 +126,7 @@ impl Cache {
 
     fn attempted(&mut self, server: &ServerName) {
         if self.attempts.len() >= CACHE_SERVERS {
-            self.attempts
-                .retain(|_, at| at.elapsed() < FETCH_COOLDOWN);
+            self.attempts.retain(|_, at| at.elapsed() < FETCH_COOLDOWN);
             if self.attempts.len() >= CACHE_SERVERS {
                 self.attempts.clear();
             }
@@ -243,7 +242,10 @@ impl Keyring {
             )));
         }
         let answers = join_all(criteria.iter().map(|(server, wanted)| {
-            let minimum = wanted.values().filter_map(|c| c.minimum_valid_until_ts).max();
+            let minimum = wanted
+                .values()
+                .filter_map(|c| c.minimum_valid_until_ts)
+                .max();
             let key_ids: Vec<_> = wanted.keys().cloned().collect();
             async move { self.notary_answer(server, &key_ids, minimum).await }
         }))
@@ -287,7 +289,9 @@ impl Keyring {
         let minimum = minimum.unwrap_or(now);
         let fresh = |stored: &StoredKeys| {
             stored.valid_until_ts >= u64::from(minimum.get())
-                && key_ids.iter().all(|id| stored.keys.contains_key(id.as_str()))
+                && key_ids
+                    .iter()
+                    .all(|id| stored.keys.contains_key(id.as_str()))
         };
         let mut stored = self.stored(server)?;
         if !stored.as_deref().is_some_and(fresh) {
@@ -424,7 +428,9 @@ impl Keyring {
         // only, so the recursion stops there).
         let notary_keys: PublicKeySet = Box::pin(self.notary_keys(notary)).await?;
         if notary_keys.is_empty() {
-            return Err(Error::forbidden(format!("no keys known for notary {notary}")));
+            return Err(Error::forbidden(format!(
+                "no keys known for notary {notary}"
+            )));
         }
         let mut kept = None;
         for raw in self.fetcher.notary_query(notary, criteria).await? {
@@ -470,7 +476,9 @@ impl Keyring {
             .unwrap_or_default();
         for (id, new) in checked.keys {
             match keys.get_mut(&id) {
-                Some(old) if old.key == new.key => old.valid_until = old.valid_until.max(new.valid_until),
+                Some(old) if old.key == new.key => {
+                    old.valid_until = old.valid_until.max(new.valid_until)
+                }
                 _ => {
                     keys.insert(id, new);
                 }

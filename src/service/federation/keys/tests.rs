@@ -72,10 +72,16 @@ struct TableFetch {
 
 impl TableFetch {
     fn serve(&self, server: &str, object: CanonicalJsonObject) {
-        self.direct.lock().unwrap().insert(server.to_owned(), object);
+        self.direct
+            .lock()
+            .unwrap()
+            .insert(server.to_owned(), object);
     }
     fn notary_answers(&self, notary: &str, objects: Vec<CanonicalJsonObject>) {
-        self.notary.lock().unwrap().insert(notary.to_owned(), objects);
+        self.notary
+            .lock()
+            .unwrap()
+            .insert(notary.to_owned(), objects);
     }
     fn direct_calls(&self) -> usize {
         self.direct_calls.load(Ordering::SeqCst)
@@ -150,8 +156,10 @@ fn at(ms: u64) -> Option<MilliSecondsSinceUnixEpoch> {
 async fn a_valid_response_is_accepted_then_cached_and_persisted() {
     let s = setup(&[]);
     let key = keypair("a1");
-    s.fetch
-        .serve("them.test", response("them.test", &key, &key, now() + DAY, &[]));
+    s.fetch.serve(
+        "them.test",
+        response("them.test", &key, &key, now() + DAY, &[]),
+    );
     let them = server_name!("them.test");
     let found = s
         .keyring
@@ -196,7 +204,12 @@ async fn a_response_not_signed_by_the_key_it_lists_is_refused() {
         .await
         .unwrap();
     assert!(found.is_empty());
-    assert!(s.keyring.stored(server_name!("them.test")).unwrap().is_none());
+    assert!(
+        s.keyring
+            .stored(server_name!("them.test"))
+            .unwrap()
+            .is_none()
+    );
 
     // Nor one with no signature at all.
     let mut unsigned = response("them.test", &listed, &listed, now() + DAY, &[]);
@@ -230,7 +243,13 @@ async fn expired_keys_only_verify_what_was_signed_before_they_expired() {
     let valid_until = now() - 60 * 60 * 1000;
     s.fetch.serve(
         "them.test",
-        response("them.test", &current, &current, valid_until, &[(&old, expired_at)]),
+        response(
+            "them.test",
+            &current,
+            &current,
+            valid_until,
+            &[(&old, expired_at)],
+        ),
     );
     let them = server_name!("them.test");
     let ids = [id(&current), id(&old)];
@@ -246,7 +265,10 @@ async fn expired_keys_only_verify_what_was_signed_before_they_expired() {
         .verify_keys(them, &ids, at(expired_at + 1))
         .await
         .unwrap();
-    assert_eq!(found.keys().collect::<Vec<_>>(), vec![id(&current).as_str()]);
+    assert_eq!(
+        found.keys().collect::<Vec<_>>(),
+        vec![id(&current).as_str()]
+    );
 
     // Signed before the old key expired: both.
     let found = s
@@ -305,7 +327,10 @@ async fn notary_answers_are_checked() {
         .verify_keys(server_name!("them.test"), &[id(&origin_key)], at(now()))
         .await
         .unwrap();
-    assert_eq!(found[id(&origin_key).as_str()].as_bytes(), origin_key.public_key());
+    assert_eq!(
+        found[id(&origin_key).as_str()].as_bytes(),
+        origin_key.public_key()
+    );
     // One direct attempt at the origin, one at the notary for its own keys.
     assert_eq!(s.fetch.direct_calls(), 2);
     assert_eq!(s.fetch.notary_calls(), 1);
@@ -354,14 +379,23 @@ async fn our_own_keys_come_from_server_keys() {
     let ours: OwnedServerSigningKeyId = s.own.key_id().try_into().unwrap();
     let found = s
         .keyring
-        .verify_keys(server_name!("us.test"), &[ours.clone()], at(now()))
+        .verify_keys(
+            server_name!("us.test"),
+            std::slice::from_ref(&ours),
+            at(now()),
+        )
         .await
         .unwrap();
-    assert_eq!(found[ours.as_str()].as_bytes(), s.own.keypair().public_key());
+    assert_eq!(
+        found[ours.as_str()].as_bytes(),
+        s.own.keypair().public_key()
+    );
     assert_eq!(s.fetch.direct_calls(), 0);
 }
 
-fn criteria(server: &str) -> BTreeMap<OwnedServerName, BTreeMap<OwnedServerSigningKeyId, QueryCriteria>> {
+fn criteria(
+    server: &str,
+) -> BTreeMap<OwnedServerName, BTreeMap<OwnedServerSigningKeyId, QueryCriteria>> {
     BTreeMap::from([(server.try_into().unwrap(), BTreeMap::new())])
 }
 
@@ -369,9 +403,15 @@ fn criteria(server: &str) -> BTreeMap<OwnedServerName, BTreeMap<OwnedServerSigni
 async fn the_notary_endpoint_adds_our_signature_and_answers_from_the_cache() {
     let s = setup(&[]);
     let key = keypair("a1");
-    s.fetch
-        .serve("them.test", response("them.test", &key, &key, now() + DAY, &[]));
-    let answers = s.keyring.notary_query(&criteria("them.test")).await.unwrap();
+    s.fetch.serve(
+        "them.test",
+        response("them.test", &key, &key, now() + DAY, &[]),
+    );
+    let answers = s
+        .keyring
+        .notary_query(&criteria("them.test"))
+        .await
+        .unwrap();
     assert_eq!(answers.len(), 1);
     let object: CanonicalJsonObject = serde_json::from_str(answers[0].json().get()).unwrap();
     let map = PublicKeyMap::from([
@@ -392,7 +432,11 @@ async fn the_notary_endpoint_adds_our_signature_and_answers_from_the_cache() {
     assert_eq!(s.fetch.direct_calls(), 1);
 
     // Answered from the cache the second time.
-    let again = s.keyring.notary_query(&criteria("them.test")).await.unwrap();
+    let again = s
+        .keyring
+        .notary_query(&criteria("them.test"))
+        .await
+        .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(s.fetch.direct_calls(), 1);
 
@@ -420,15 +464,23 @@ async fn the_notary_endpoint_adds_our_signature_and_answers_from_the_cache() {
 async fn nothing_is_fetched_when_federation_is_off() {
     let s = setup_with(Db::memory(), &["notary.test"], false);
     let key = keypair("a1");
-    s.fetch
-        .serve("them.test", response("them.test", &key, &key, now() + DAY, &[]));
+    s.fetch.serve(
+        "them.test",
+        response("them.test", &key, &key, now() + DAY, &[]),
+    );
     let found = s
         .keyring
         .verify_keys(server_name!("them.test"), &[id(&key)], at(now()))
         .await
         .unwrap();
     assert!(found.is_empty());
-    assert!(s.keyring.notary_query(&criteria("them.test")).await.unwrap().is_empty());
+    assert!(
+        s.keyring
+            .notary_query(&criteria("them.test"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.fetch.direct_calls() + s.fetch.notary_calls(), 0);
 }
 
