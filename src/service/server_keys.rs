@@ -132,7 +132,7 @@ impl ServerKeys {
     }
 
     /// Our public keys usable for a signature made at `signed_at`: the current key always,
-    /// old keys only for signatures from before they expired (all of them when `signed_at`
+    /// old keys only for signatures made up to their expiry (all of them when `signed_at`
     /// is `None`, as room versions 1 to 4 ignore key validity).
     pub fn public_keys(&self, signed_at: Option<MilliSecondsSinceUnixEpoch>) -> PublicKeySet {
         let mut keys = PublicKeySet::new();
@@ -141,7 +141,7 @@ impl ServerKeys {
             Base64::new(self.keypair.public_key().to_vec()),
         );
         for (key_id, old) in &self.old {
-            if signed_at.is_none_or(|ts| ts < old.expired_ts) {
+            if signed_at.is_none_or(|ts| ts <= old.expired_ts) {
                 keys.insert(key_id.to_string(), old.key.clone());
             }
         }

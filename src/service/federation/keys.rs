@@ -57,6 +57,8 @@ const KEYS_PER_SERVER: usize = 64;
 /// A server is not asked again within this time after an attempt, whatever the outcome:
 /// signatures with made-up key ids must not turn into a request each.
 pub const FETCH_COOLDOWN: Duration = Duration::from_secs(30);
+/// Largest key response kept (about 100 old keys): the cache holds one per server.
+pub const MAX_KEY_RESPONSE: usize = 16 * 1024;
 /// Servers one notary query may name.
 pub const MAX_QUERY_SERVERS: usize = 100;
 
@@ -153,7 +155,7 @@ pub struct Keyring {
     db: Db,
     cache: Mutex<Cache>,
     /// One fetch per server at a time; the others wait for it and read its result.
-    in_flight: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: InFlightMap,
 }
 
 impl Keyring {
@@ -194,16 +196,20 @@ impl Keyring {
             keys.retain(|id, _| key_ids.iter().any(|k| k.as_str() == id));
             return Ok(keys);
         }
+        let wanted = key_ids
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         let usable = |stored: Option<&StoredKeys>| usable_keys(stored, key_ids, signed_at);
         let known = self.stored(server)?;
         let found = usable(known.as_deref());
-        if found.len() == key_ids.len() {
+        if found.len() == wanted {
             return Ok(found);
         }
         let minimum = signed_at.unwrap_or_else(MilliSecondsSinceUnixEpoch::now);
         let fetched = self
             .fetch(server, key_ids, minimum, true, |stored| {
-                usable(Some(stored)).len() == key_ids.len()
+                usable(Some(stored)).len() == wanted
             })
             .await?;
         Ok(usable(fetched.as_deref()))
@@ -342,32 +348,18 @@ impl Keyring {
         if !self.fetch_allowed {
             return self.stored(server);
         }
-        let gate = Arc::clone(
-            self.in_flight
-                .lock()
-                .expect("key fetches")
-                .entry(server.to_owned())
-                .or_default(),
-        );
-        let result = {
-            let _turn = gate.lock().await;
-            // Whoever fetched while we waited may have found it.
-            let stored = self.stored(server)?;
-            if stored.as_deref().is_some_and(&enough)
-                || self.cache.lock().expect("key cache").cooling_down(server)
-            {
-                Ok(stored)
-            } else {
-                self.cache.lock().expect("key cache").attempted(server);
-                self.fetch_now(server, key_ids, minimum, via_notaries, &enough)
-                    .await
-            }
-        };
-        let mut in_flight = self.in_flight.lock().expect("key fetches");
-        if Arc::strong_count(&gate) == 2 {
-            in_flight.remove(server);
+        let gate = InFlight::enter(&self.in_flight, server);
+        let _turn = gate.gate.lock().await;
+        // Whoever fetched while we waited may have found it.
+        let stored = self.stored(server)?;
+        if stored.as_deref().is_some_and(&enough)
+            || self.cache.lock().expect("key cache").cooling_down(server)
+        {
+            return Ok(stored);
         }
-        result
+        self.cache.lock().expect("key cache").attempted(server);
+        self.fetch_now(server, key_ids, minimum, via_notaries, &enough)
+            .await
     }
 
     async fn fetch_now(
@@ -516,6 +508,43 @@ impl Keyring {
     }
 }
 
+type InFlightMap = Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A turn at fetching one server's keys. Its entry in the map goes with the last waiter,
+/// also when a fetch is abandoned (its request cancelled), so the map holds only servers
+/// being fetched right now.
+struct InFlight<'a> {
+    map: &'a InFlightMap,
+    server: OwnedServerName,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(map: &'a InFlightMap, server: &ServerName) -> Self {
+        let gate = Arc::clone(
+            map.lock()
+                .expect("key fetches")
+                .entry(server.to_owned())
+                .or_default(),
+        );
+        Self {
+            map,
+            server: server.to_owned(),
+            gate,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().expect("key fetches");
+        // The map's reference and ours: nobody else waits.
+        if Arc::strong_count(&self.gate) == 2 {
+            map.remove(&self.server);
+        }
+    }
+}
+
 /// The keys among `key_ids` usable for a signature made at `signed_at`.
 fn usable_keys(
     stored: Option<&StoredKeys>,
@@ -578,6 +607,9 @@ fn check_response(
     notary: Option<(&ServerName, &PublicKeySet)>,
 ) -> Result<Checked> {
     let refuse = |why: String| Error::forbidden(format!("keys of {server}: {why}"));
+    if raw.json().get().len() > MAX_KEY_RESPONSE {
+        return Err(refuse("the response is too large".to_owned()));
+    }
     let object: CanonicalJsonObject = serde_json::from_str(raw.json().get())
         .map_err(|e| refuse(format!("not canonical JSON: {e}")))?;
     let parsed: ServerSigningKeys = raw

@@ -177,6 +177,13 @@ async fn a_valid_response_is_accepted_then_cached_and_persisted() {
         .unwrap();
     assert_eq!(again, found);
     assert_eq!(s.fetch.direct_calls(), 1);
+    // Nor for the same key named twice.
+    s.keyring
+        .verify_keys(them, &[id(&key), id(&key)], at(now()))
+        .await
+        .unwrap();
+    assert_eq!(s.fetch.direct_calls(), 1);
+    assert!(s.keyring.in_flight.lock().unwrap().is_empty());
 
     // Persisted: a new keyring on the same database does not fetch either.
     let restarted = setup_with(s.db.clone(), &[], true);
@@ -215,6 +222,24 @@ async fn a_response_not_signed_by_the_key_it_lists_is_refused() {
     let mut unsigned = response("them.test", &listed, &listed, now() + DAY, &[]);
     unsigned.remove("signatures");
     assert!(check_response(server_name!("them.test"), &raw(&unsigned), None).is_err());
+}
+
+#[test]
+fn an_oversized_response_is_refused() {
+    let key = keypair("a1");
+    let mut object: CanonicalJsonObject = serde_json::from_value(json!({
+        "server_name": "them.test",
+        "verify_keys": { id(&key).as_str(): { "key": b64(&key) } },
+        "valid_until_ts": now() + DAY,
+        "padding": "x".repeat(MAX_KEY_RESPONSE),
+    }))
+    .unwrap();
+    ruma::signatures::sign_json("them.test", &key, &mut object).unwrap();
+    assert!(check_response(server_name!("them.test"), &raw(&object), None).is_err());
+    object.remove("padding");
+    object.remove("signatures");
+    ruma::signatures::sign_json("them.test", &key, &mut object).unwrap();
+    assert!(check_response(server_name!("them.test"), &raw(&object), None).is_ok());
 }
 
 #[tokio::test]
