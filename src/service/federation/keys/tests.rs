@@ -526,3 +526,27 @@ fn the_memory_cache_is_bounded() {
     assert!(cache.attempts.len() <= CACHE_SERVERS);
     assert!(!cache.servers.contains_key(server_name!("s0.test")));
 }
+
+#[tokio::test]
+async fn public_key_map_finds_the_keys_an_object_names() {
+    let s = setup(&[]);
+    let key = keypair("a1");
+    s.fetch.serve(
+        "them.test",
+        response("them.test", &key, &key, now() + DAY, &[]),
+    );
+    let mut object: CanonicalJsonObject =
+        serde_json::from_value(json!({ "sender": "@a:them.test", "body": "signed" })).unwrap();
+    ruma::signatures::sign_json("them.test", &key, &mut object).unwrap();
+    let map = s
+        .keyring
+        .public_key_map(&object, [server_name!("them.test")], at(now()))
+        .await
+        .unwrap();
+    verify_json(&map, &object).unwrap();
+    assert_eq!(
+        signature_key_ids(&object, server_name!("them.test")),
+        vec![id(&key)]
+    );
+    assert!(signature_key_ids(&object, server_name!("other.test")).is_empty());
+}
