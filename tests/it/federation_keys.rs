@@ -264,3 +264,105 @@ async fn a_notary_answers_for_another_server_over_tls() {
     assert_eq!(verify_keys(relayed), keys_b, "{answer}");
     check_signed(relayed, &[(&name_b, &keys_b), (&name_a, &keys_a)]);
 }
+
+/// An HTTPS client that trusts the test certificate.
+fn trusting(cert: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(cert).unwrap()).unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn keys_of_a_server_that_is_down_come_through_a_trusted_notary() {
+    use std::sync::Arc;
+
+    use conduit::{
+        service::{
+            federation::keys::{DirectKeyFetch, KeyFetch, Keyring},
+            server_keys::ServerKeys,
+        },
+        storage::Db,
+    };
+    use ruma::{MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedServerSigningKeyId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let tls = |name: &str, port: u16| {
+        TestServer::with_env(&[
+            ("CONDUIT_SERVER_NAME", name),
+            ("CONDUIT_PORT", &port.to_string()),
+            ("CONDUIT_TLS_CERTS", &cert),
+            ("CONDUIT_TLS_KEY", &key),
+            ("CONDUIT_ALLOW_FEDERATION", "true"),
+            ("SSL_CERT_FILE", &cert),
+        ])
+    };
+    let port_b = free_port();
+    let name_b = format!("localhost:{port_b}");
+    let mut origin = tls(&name_b, port_b);
+    let port_a = free_port();
+    let name_a = format!("localhost:{port_a}");
+    let _notary = tls(&name_a, port_a);
+    let https = trusting(&cert);
+
+    // The notary learns B's keys while B is up; then B goes down.
+    let direct: Value = https
+        .get(format!("https://{name_b}/_matrix/key/v2/server"))
+        .send()
+        .await
+        .expect("HTTPS to B")
+        .json()
+        .await
+        .unwrap();
+    let keys_b = check_published(&direct, &name_b);
+    let (key_id, public) = keys_b.iter().next().unwrap();
+    let primed: Value = https
+        .get(format!("https://{name_a}/_matrix/key/v2/query/{name_b}"))
+        .send()
+        .await
+        .expect("HTTPS to A")
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        primed["server_keys"].as_array().unwrap().len(),
+        1,
+        "{primed}"
+    );
+    assert!(origin.stop().success());
+
+    // A third server's keyring, trusting A: B itself cannot be reached, so it asks A, checks
+    // A's signature (with A's keys, fetched from A) and B's own, and keeps the keys.
+    let db = Db::memory();
+    let own = Arc::new(ServerKeys::load_or_generate(&db).unwrap());
+    let name_a: OwnedServerName = name_a.try_into().unwrap();
+    let keyring = Keyring::new(
+        &db,
+        "localhost:1".try_into().unwrap(),
+        own,
+        vec![name_a.clone()],
+        true,
+        Arc::new(DirectKeyFetch::with_client(https.clone())) as Arc<dyn KeyFetch>,
+    )
+    .unwrap();
+    let name_b: OwnedServerName = name_b.try_into().unwrap();
+    let key_id: OwnedServerSigningKeyId = key_id.as_str().try_into().unwrap();
+    let found = keyring
+        .verify_keys(
+            &name_b,
+            std::slice::from_ref(&key_id),
+            Some(MilliSecondsSinceUnixEpoch::now()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.get(key_id.as_str()), Some(public), "{found:?}");
+
+    // And as a notary itself, it now answers for B from what it kept.
+    let answers = keyring.notary_query_server(&name_b, None).await.unwrap();
+    assert_eq!(answers.len(), 1);
+}

@@ -707,6 +707,14 @@ impl DirectKeyFetch {
         }
     }
 
+    /// With a client of the caller's (e.g. one that trusts a test certificate). It should
+    /// not follow redirects, and should time out.
+    pub fn with_client(http: reqwest::Client) -> Self {
+        let fetch = Self::new();
+        let _ = fetch.http.set(http);
+        fetch
+    }
+
     /// Built on first use: loading the system's certificates costs memory.
     fn http(&self) -> Result<&reqwest::Client> {
         if self.http.get().is_none() {
