@@ -416,9 +416,7 @@ impl Keyring {
         server: &ServerName,
         criteria: &BTreeMap<OwnedServerName, BTreeMap<OwnedServerSigningKeyId, QueryCriteria>>,
     ) -> Result<Option<Arc<StoredKeys>>> {
-        // Boxed: this is reached from `fetch`, which `notary_keys` calls again (directly
-        // only, so the recursion stops there).
-        let notary_keys: PublicKeySet = Box::pin(self.notary_keys(notary)).await?;
+        let notary_keys = self.notary_keys(notary).await?;
         if notary_keys.is_empty() {
             return Err(Error::forbidden(format!(
                 "no keys known for notary {notary}"
@@ -435,6 +433,10 @@ impl Keyring {
     }
 
     /// A notary's own current keys, from the notary itself (never through another notary).
+    ///
+    /// Fetched without taking the notary's turn in `in_flight`: the caller holds another
+    /// server's turn, and two lookups that each wait for the other's notary would wait
+    /// forever. At worst two requests for the same keys go out at once.
     async fn notary_keys(&self, notary: &ServerName) -> Result<PublicKeySet> {
         let now = MilliSecondsSinceUnixEpoch::now();
         let current = |stored: &StoredKeys| {
@@ -444,8 +446,22 @@ impl Keyring {
                 .any(|key| key.valid_until >= u64::from(now.get()))
         };
         let mut stored = self.stored(notary)?;
-        if !stored.as_deref().is_some_and(current) {
-            stored = self.fetch(notary, &[], now, false, current).await?;
+        let may_fetch = || {
+            let mut cache = self.cache.lock().expect("key cache");
+            if cache.cooling_down(notary) {
+                return false;
+            }
+            cache.attempted(notary);
+            true
+        };
+        if !stored.as_deref().is_some_and(current) && may_fetch() {
+            match self.fetcher.server_keys(notary).await {
+                Ok(raw) => match check_response(notary, &raw, None) {
+                    Ok(checked) => stored = Some(self.keep(notary, checked).await?),
+                    Err(error) => tracing::warn!(%notary, %error, "refused the notary's keys"),
+                },
+                Err(error) => tracing::info!(%notary, %error, "could not fetch the notary's keys"),
+            }
         }
         Ok(stored
             .map(|stored| {

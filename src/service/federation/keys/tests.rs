@@ -68,6 +68,8 @@ struct TableFetch {
     notary: Mutex<HashMap<String, Vec<CanonicalJsonObject>>>,
     direct_calls: AtomicUsize,
     notary_calls: AtomicUsize,
+    /// Answers after a pause, so that concurrent lookups interleave.
+    slow: bool,
 }
 
 impl TableFetch {
@@ -98,7 +100,13 @@ impl KeyFetch for TableFetch {
     ) -> BoxFuture<'a, Result<Raw<ServerSigningKeys>>> {
         self.direct_calls.fetch_add(1, Ordering::SeqCst);
         let found = self.direct.lock().unwrap().get(server.as_str()).map(raw);
-        Box::pin(async move { found.ok_or_else(|| Error::internal("unreachable")) })
+        let slow = self.slow;
+        Box::pin(async move {
+            if slow {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            found.ok_or_else(|| Error::internal("unreachable"))
+        })
     }
 
     fn notary_query<'a>(
@@ -549,4 +557,46 @@ async fn public_key_map_finds_the_keys_an_object_names() {
         vec![id(&key)]
     );
     assert!(signature_key_ids(&object, server_name!("other.test")).is_empty());
+}
+
+#[tokio::test]
+async fn two_lookups_that_need_each_others_notary_do_not_wait_for_each_other() {
+    let db = Db::memory();
+    let fetch = Arc::new(TableFetch {
+        slow: true,
+        ..TableFetch::default()
+    });
+    let keyring = Keyring::new(
+        &db,
+        server_name!("us.test").to_owned(),
+        Arc::new(ServerKeys::load_or_generate(&db).unwrap()),
+        vec![
+            server_name!("x.test").to_owned(),
+            server_name!("n.test").to_owned(),
+        ],
+        true,
+        Arc::clone(&fetch) as Arc<dyn KeyFetch>,
+    )
+    .unwrap();
+    let wanted: OwnedServerSigningKeyId = "ed25519:a1".try_into().unwrap();
+    let both = async {
+        tokio::join!(
+            keyring.verify_keys(
+                server_name!("x.test"),
+                std::slice::from_ref(&wanted),
+                at(now())
+            ),
+            keyring.verify_keys(
+                server_name!("n.test"),
+                std::slice::from_ref(&wanted),
+                at(now())
+            ),
+        )
+    };
+    let (x, n) = tokio::time::timeout(Duration::from_secs(5), both)
+        .await
+        .expect("no deadlock");
+    assert!(x.unwrap().is_empty());
+    assert!(n.unwrap().is_empty());
+    assert!(keyring.in_flight.lock().unwrap().is_empty());
 }
