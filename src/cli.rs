@@ -1,4 +1,4 @@
-//! `conduit user …` and `conduit media …`: administration on the database of a *stopped*
+//! `conduit user …`, `conduit media …` and `conduit keys …`: administration on the database of a *stopped*
 //! server.
 //!
 //! sled locks the database directory, so while the server runs these commands fail with a
@@ -10,7 +10,7 @@ use ruma::OwnedUserId;
 use crate::{
     config::Config,
     crypto,
-    service::Services,
+    service::{Services, server_keys::ServerKeys},
     storage::{Db, StorageError},
 };
 
@@ -48,6 +48,16 @@ pub enum MediaCommand {
     List { name: String },
     /// Delete all media a user uploaded.
     PurgeUser { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Show the server's signing key and the old keys it still publishes.
+    Show,
+    /// Make a new signing key. The current one is kept as an old verify key that expires
+    /// now: other servers can still check what it signed, and new events are signed with
+    /// the new key from the next start.
+    Rotate,
 }
 
 /// The given password, or a generated one that must also be shown.
@@ -256,4 +266,31 @@ pub async fn run_media(command: MediaCommand, config: Config) -> Result<String, 
     };
     db.flush_blocking().map_err(|e| e.to_string())?;
     Ok(output)
+}
+
+/// Runs one key command; the `Ok` text is printed to standard output.
+pub async fn run_keys(command: KeysCommand, config: Config) -> Result<String, String> {
+    let db = open_database(&config)?;
+    let before = ServerKeys::load_or_generate(&db).map_err(|e| e.to_string())?;
+    let keys = match command {
+        KeysCommand::Show => before,
+        KeysCommand::Rotate => ServerKeys::rotate(&db).map_err(|e| e.to_string())?,
+    };
+    let public = |key: &[u8]| {
+        ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(key.to_vec()).encode()
+    };
+    let mut out = format!(
+        "signing key: {} {}",
+        keys.key_id(),
+        public(&keys.keypair().public_key())
+    );
+    for (key_id, old) in keys.old_verify_keys() {
+        out.push_str(&format!(
+            "\nold key: {key_id} {} (expired at {} ms)",
+            old.key.encode(),
+            old.expired_ts.get()
+        ));
+    }
+    db.flush_blocking().map_err(|e| e.to_string())?;
+    Ok(out)
 }

@@ -8,10 +8,10 @@
 //!   users, devices, registration, UIA, rooms (events, state core, resolution, membership,
 //!   visibility, relations, upgrades), stream and sync, account data, typing and receipts,
 //!   push (notification counts, `/notifications`) and pusher delivery, OpenID tokens,
-//!   presence, to-device messages.
+//!   presence, to-device messages, server signing keys (ours and other servers').
 //! - [`storage`]: the key-value trait, sled and in-memory backends, typed tables.
 //! - [`crypto`]: tokens, digests, password hashing.
-//! - [`cli`]: the `conduit user …` administration commands.
+//! - [`cli`]: the `conduit user …`, `media …` and `keys …` administration commands.
 //! - [`error`]: the one error type and its mapping to Matrix errors.
 //!
 //! Calls go `api → service → storage`, never back. `ARCHITECTURE.md` has the full map.

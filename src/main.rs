@@ -5,7 +5,7 @@ use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use conduit::{
-    cli::{self, MediaCommand, UserCommand},
+    cli::{self, KeysCommand, MediaCommand, UserCommand},
     config::Config,
     server,
     service::Services,
@@ -37,6 +37,9 @@ enum Command {
     /// Manage uploaded media (works while the server is stopped).
     #[command(subcommand)]
     Media(MediaCommand),
+    /// The server's signing keys: show them, or rotate (works while the server is stopped).
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 /// glibc raises its mmap threshold after a large block is freed, so the next password hash's
@@ -115,6 +118,9 @@ fn main() -> ExitCode {
             .map(print_output),
         Some(Command::Media(command)) => runtime
             .block_on(cli::run_media(command, loaded.config))
+            .map(print_output),
+        Some(Command::Keys(command)) => runtime
+            .block_on(cli::run_keys(command, loaded.config))
             .map(print_output),
     };
     match result {

@@ -1,7 +1,8 @@
 //! HTTP: the router and the layers every request passes through.
 //!
 //! A request goes: CORS → request log → panic guard → route → [`ruma::Ruma`] extractor
-//! (token, size limit, JSON checks, parse) → handler in `client/` → services.
+//! (token, size limit, JSON checks, parse) → handler in `client/` or `federation/` →
+//! services.
 //!
 //! **Invariant:** handlers never touch storage; they call services.
 

@@ -240,14 +240,23 @@ async fn authenticate_server(
     if x_matrix.origin == *ours {
         return Err(unauthorized("The request claims to come from this server."));
     }
+    // Keys valid now: old (expired) keys only ever verify events signed before they expired.
     let keys = services
-        .federation
-        .origin_keys(&x_matrix.origin, &x_matrix.key)
+        .keyring
+        .verify_keys(
+            &x_matrix.origin,
+            std::slice::from_ref(&x_matrix.key),
+            Some(ruma::MilliSecondsSinceUnixEpoch::now()),
+        )
         .await
         .map_err(|error| {
             tracing::debug!(origin = %x_matrix.origin, %error, "no key to check a request");
             unauthorized("The origin's signing key could not be found.")
         })?;
+    if !keys.contains_key(x_matrix.key.as_str()) {
+        return Err(unauthorized("The origin's signing key could not be found."));
+    }
+    let keys = ruma::signatures::PublicKeyMap::from([(x_matrix.origin.to_string(), keys)]);
     let mut request = http::Request::new(body.as_ref());
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();

@@ -52,6 +52,8 @@ pub struct Services {
     pub server_keys: Arc<server_keys::ServerKeys>,
     /// Talking to other servers (off unless `allow_federation`).
     pub federation: federation::Federation,
+    /// Other servers' signing keys (fetched, checked, cached), and the notary answers.
+    pub keyring: federation::keys::Keyring,
     pub stream: Arc<stream::Stream>,
     pub account_data: Arc<account_data::AccountData>,
     pub ephemeral: ephemeral::Ephemeral,
@@ -77,7 +79,23 @@ impl Services {
         let stream = Arc::new(stream::Stream::new(&db)?);
         let account_data = Arc::new(account_data::AccountData::new(&db, Arc::clone(&stream))?);
         let keys = Arc::new(keys::Keys::new(&db)?);
+        let federation = federation::Federation::new(&config, &db, Arc::clone(&server_keys))?;
+        // Other servers' keys come through the federation client; with federation off
+        // nothing is fetched, and `DirectKeyFetch` only stands in.
+        let fetcher: Arc<dyn federation::keys::KeyFetch> = match federation.client() {
+            Some(client) => client,
+            None => Arc::new(federation::keys::DirectKeyFetch::new()),
+        };
+        let keyring = federation::keys::Keyring::new(
+            &db,
+            config.server_name.clone(),
+            Arc::clone(&server_keys),
+            config.trusted_servers.clone(),
+            config.allow_federation,
+            fetcher,
+        )?;
         Ok(Arc::new(Self {
+            keyring,
             rooms: rooms::Rooms::new(
                 &db,
                 config.server_name.clone(),
@@ -94,7 +112,7 @@ impl Services {
             sliding_sync: sliding_sync::SlidingSync::default(),
             sent_members: filter::SentMembers::default(),
             stream,
-            federation: federation::Federation::new(&config, &db, Arc::clone(&server_keys))?,
+            federation,
             server_keys,
             users: users::Users::new(&db, config.server_name.clone())?,
             devices: devices::Devices::new(&db, Arc::clone(&keys))?,

@@ -300,7 +300,11 @@ async fn two_servers_answer_each_others_queries() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{keys}");
-    assert_eq!(keys["failures"], json!({}), "{keys}");
+    assert!(
+        keys.get("failures")
+            .is_none_or(|failures| *failures == json!({})),
+        "{keys}"
+    );
     let device = &keys["device_keys"][bob_id.as_str()][bob_device.as_str()];
     assert_eq!(device["user_id"], bob_id.as_str(), "{keys}");
     assert!(device["signatures"][bob_id.as_str()].is_object(), "{keys}");

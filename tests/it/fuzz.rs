@@ -605,6 +605,9 @@ fn seed(method: &Method, template: &str, ids: &Ids) -> Option<Value> {
             "admin": false, "user_type": null, "mac": "00ff",
         }),
         ("POST", "rooms/*/upgrade") => json!({ "new_version": "11" }),
+        ("POST", "/_matrix/key/v2/query") => json!({
+            "server_keys": { "localhost": { "ed25519:abc": { "minimum_valid_until_ts": 1 } } },
+        }),
         ("POST", "publicRooms") => json!({
             "limit": 10, "include_all_networks": true,
             "filter": { "generic_search_term": "x", "room_types": [null, "m.space"] },

@@ -48,6 +48,9 @@ pub fn command(data: &Path, env: &[(String, String)]) -> Command {
         .env("CONDUIT_ADDRESS", "127.0.0.1")
         .env("CONDUIT_PORT", "0")
         .env("CONDUIT_ALLOW_REGISTRATION", "true")
+        // No test may reach a public server (the notary endpoint fetches the keys of any
+        // server it is asked about); federation tests turn it on.
+        .env("CONDUIT_ALLOW_FEDERATION", "false")
         .env("CONDUIT_LOG", "warn,conduit=info")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     command

@@ -15,6 +15,7 @@ mod endpoints;
 mod errcodes;
 mod errors;
 mod federation;
+mod federation_keys;
 mod filters;
 mod fuzz;
 mod harness;

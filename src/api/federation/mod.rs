@@ -1,16 +1,24 @@
-//! The server-server API: what other servers ask of this one. Mounted only when
-//! `allow_federation` is on; every request is `X-Matrix` signed and checked by the
-//! [`super::ruma::Ruma`] extractor before a handler runs (the origin is in `Ruma::origin`).
+//! The server-server (federation) API: `/_matrix/federation/*` and `/_matrix/key/*`, what
+//! other servers ask of this one. Mounted only when `allow_federation` is on. Requests to
+//! endpoints whose ruma metadata says `ServerSignatures` are `X-Matrix` checked by the
+//! [`super::ruma::Ruma`] extractor before a handler runs (the origin is in `Ruma::origin`);
+//! the key endpoints are not signed (`NoAuthentication`).
 
+pub mod keys;
 pub mod query;
 pub mod transactions;
 pub mod user;
+pub mod version;
 
 use super::ruma::{RouterExt, Routes};
 
-/// The federation routes.
+/// Every federation route.
 pub fn routes() -> Routes {
     Routes::new()
+        .ruma_route(version::get_server_version)
+        .ruma_route(keys::get_server_keys)
+        .ruma_route(keys::get_remote_server_keys)
+        .ruma_route(keys::get_remote_server_keys_batch)
         .ruma_route(query::get_profile_information)
         .ruma_route(query::get_room_information)
         .ruma_route(user::get_devices)

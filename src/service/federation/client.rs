@@ -263,3 +263,41 @@ fn remote_error(server: &ServerName, error: ruma::api::error::Error) -> Error {
         ),
     }
 }
+
+/// Key fetching through the federation client: the spec's server-name resolution and
+/// certificate checks apply to it as to every request to another server.
+impl super::keys::KeyFetch for FederationClient {
+    fn server_keys<'a>(
+        &'a self,
+        server: &'a ServerName,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<ruma::serde::Raw<ruma::api::federation::discovery::ServerSigningKeys>>,
+    > {
+        use ruma::api::federation::discovery::get_server_keys::v2 as get;
+        Box::pin(async move { Ok(self.send(server, get::Request::new()).await?.server_key) })
+    }
+
+    fn notary_query<'a>(
+        &'a self,
+        notary: &'a ServerName,
+        criteria: &'a std::collections::BTreeMap<
+            OwnedServerName,
+            std::collections::BTreeMap<
+                ruma::OwnedServerSigningKeyId,
+                ruma::api::federation::discovery::get_remote_server_keys_batch::v2::QueryCriteria,
+            >,
+        >,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<Vec<ruma::serde::Raw<ruma::api::federation::discovery::ServerSigningKeys>>>,
+    > {
+        use ruma::api::federation::discovery::get_remote_server_keys_batch::v2 as query;
+        Box::pin(async move {
+            Ok(self
+                .send(notary, query::Request::new(criteria.clone()))
+                .await?
+                .server_keys)
+        })
+    }
+}

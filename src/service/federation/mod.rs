@@ -58,6 +58,11 @@ impl Federation {
         }
     }
 
+    /// The outgoing client, when federation is on.
+    pub fn client(&self) -> Option<Arc<client::FederationClient>> {
+        self.client.clone()
+    }
+
     /// The outgoing queue, when federation is on.
     pub fn sender(&self) -> Option<&Arc<sender::Sender>> {
         self.sender.as_ref()
@@ -96,18 +101,6 @@ impl Federation {
 }
 
 impl Federation {
-    /// The public key `key_id` of `origin`, as a map for ruma's signature checks.
-    /// PLACEHOLDER until the key store lands (branch `fedkeys`): no key is known.
-    pub async fn origin_keys(
-        &self,
-        origin: &ServerName,
-        key_id: &ruma::ServerSigningKeyId,
-    ) -> Result<ruma::signatures::PublicKeyMap> {
-        Err(Error::internal(format!(
-            "no key {key_id} of {origin} known yet"
-        )))
-    }
-
     /// A remote user's profile (`GET /_matrix/federation/v1/query/profile`), all of it or
     /// one field.
     pub async fn profile(
