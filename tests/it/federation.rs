@@ -352,3 +352,222 @@ async fn two_servers_answer_each_others_queries() {
         response.1
     );
 }
+
+/// Our server and a real Synapse, both ways: each fetches the other's signing key, signs
+/// its requests and checks the other's; profiles, an alias, device keys and one-time keys.
+#[tokio::test]
+async fn our_server_and_synapse_answer_each_others_queries() {
+    let synapse = crate::synapse::Synapse::start().await;
+    let ours = TestServer::start_federating();
+    let alice = ours.register("alice", "correct horse").await;
+    let bob = synapse.register("bob", "battery staple").await;
+    let (alice_id, bob_id) = (ours.user_id("alice"), synapse.user_id("bob"));
+
+    // Synapse asks us: Bob looks up Alice's profile and our alias.
+    let (status, body) = ours
+        .client_api(
+            &alice,
+            Method::PUT,
+            &format!("/profile/{alice_id}/displayname"),
+            Some(json!({ "displayname": "Alice from conduit" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, created) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "room_alias_name": "radio", "preset": "public_chat" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let (status, profile) = synapse
+        .client_api(&bob, Method::GET, &format!("/profile/{alice_id}"), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{profile}\nours:\n{}\nsynapse:\n{}",
+        ours.log(),
+        synapse.log()
+    );
+    assert_eq!(profile["displayname"], "Alice from conduit");
+    let (status, alias) = synapse
+        .client_api(
+            &bob,
+            Method::GET,
+            &format!("/directory/room/%23radio:{}", ours.server_name),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{alias}");
+    assert_eq!(alias["room_id"], created["room_id"]);
+
+    // Alice's device keys, as Synapse's user sees them.
+    let (_, whoami) = ours.whoami(&alice).await;
+    let alice_device = whoami["device_id"].as_str().unwrap().to_owned();
+    let (status, body) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/upload",
+            Some(json!({
+                "device_keys": crate::keys::signed_device_keys(&alice_id, &alice_device),
+                "one_time_keys": crate::keys::one_time_keys(1),
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, keys) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/query",
+            Some(json!({ "device_keys": { alice_id.as_str(): [] } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(
+        keys["device_keys"][alice_id.as_str()][alice_device.as_str()]["device_id"],
+        alice_device.as_str(),
+        "{keys}\n{}",
+        synapse.log()
+    );
+    let (status, claimed) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/claim",
+            Some(json!({ "one_time_keys": { alice_id.as_str(): { alice_device.as_str(): "signed_curve25519" } } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert!(
+        claimed["one_time_keys"][alice_id.as_str()][alice_device.as_str()].is_object(),
+        "{claimed}"
+    );
+
+    // We ask Synapse: Bob's profile, and Bob's keys.
+    let (status, profile) = ours
+        .client_api(&alice, Method::GET, &format!("/profile/{bob_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{profile}\n{}", ours.log());
+    assert_eq!(profile["displayname"], "bob");
+    let (status, keys) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/query",
+            Some(json!({ "device_keys": { bob_id.as_str(): [] } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert!(
+        keys.get("failures")
+            .is_none_or(|failures| *failures == json!({})),
+        "{keys}"
+    );
+    assert!(keys["device_keys"][bob_id.as_str()].is_object(), "{keys}");
+    // Synapse's "not found" for an unknown user passes through.
+    assert_error(
+        &ours
+            .client_api(
+                &alice,
+                Method::GET,
+                &format!("/profile/{}", synapse.user_id("nobody")),
+                None,
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+}
+
+/// Send-to-device messages for another server's users go through the outgoing queue: they
+/// arrive, a repeated request is not delivered twice, and a message queued while the other
+/// server is down survives `kill -9` of the sender and arrives once after the restart.
+#[tokio::test]
+async fn to_device_messages_cross_servers_through_a_queue_that_survives_kill_9() {
+    let mut a = TestServer::start_federating();
+    let mut b = TestServer::start_federating();
+    let alice = a.register("alice", "correct horse").await;
+    let bob = b.register("bob", "battery staple").await;
+    let bob_id = b.user_id("bob");
+    let (_, whoami) = b.whoami(&bob).await;
+    let bob_device = whoami["device_id"].as_str().unwrap().to_owned();
+    let (_, first) = b.client_api(&bob, Method::GET, "/sync", None).await;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+
+    let send = |txn: &'static str, n: u64| {
+        let (a, alice, bob_id, bob_device) = (&a, &alice, &bob_id, &bob_device);
+        async move {
+            let (status, body) = a
+                .client_api(
+                    alice,
+                    Method::PUT,
+                    &format!("/sendToDevice/m.test/{txn}"),
+                    Some(json!({ "messages": { bob_id.as_str(): { bob_device.as_str(): { "n": n } } } })),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    // Bob's syncs until `count` messages arrived (bounded), returning their `n`s.
+    async fn receive(b: &TestServer, bob: &str, since: &mut String, count: usize) -> Vec<u64> {
+        let mut got = Vec::new();
+        for _ in 0..30 {
+            let (status, sync) = b
+                .client_api(
+                    bob,
+                    Method::GET,
+                    &format!("/sync?since={since}&timeout=1000"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{sync}");
+            *since = sync["next_batch"].as_str().unwrap().to_owned();
+            for event in sync["to_device"]["events"].as_array().into_iter().flatten() {
+                assert_eq!(event["type"], "m.test");
+                got.push(event["content"]["n"].as_u64().unwrap());
+            }
+            if got.len() >= count {
+                break;
+            }
+        }
+        got
+    }
+
+    send("t1", 1).await;
+    send("t1", 1).await;
+    assert_eq!(receive(&b, &bob, &mut since, 1).await, [1], "{}", a.log());
+
+    // B goes down; the message waits in A's queue; A is killed with it in flight.
+    assert!(b.stop().success());
+    send("t2", 2).await;
+    let failed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        a.log().contains("federation transaction failed")
+    });
+    assert!(failed, "A tried B and failed: {}", a.log());
+    a.kill9();
+    b.restart();
+    a.restart();
+    let got = receive(&b, &bob, &mut since, 1).await;
+    assert_eq!(got, [2], "delivered after the restart: {}", a.log());
+    // Nothing more comes: exactly once.
+    let (_, sync) = b
+        .client_api(
+            &bob,
+            Method::GET,
+            &format!("/sync?since={since}&timeout=1500"),
+            None,
+        )
+        .await;
+    assert!(
+        sync["to_device"]["events"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{sync}"
+    );
+}
