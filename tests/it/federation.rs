@@ -571,3 +571,74 @@ async fn to_device_messages_cross_servers_through_a_queue_that_survives_kill_9()
         "{sync}"
     );
 }
+
+/// A request that names a real server and its real key id but is signed with another key
+/// (an impostor): the receiver fetches the real key and refuses the request.
+#[tokio::test]
+async fn a_request_signed_with_the_wrong_key_is_401() {
+    use ruma::{
+        api::federation::authentication::{ServerSignaturesInput, XMatrix},
+        signatures::Ed25519KeyPair,
+    };
+    let a = TestServer::start_federating();
+    let b = TestServer::start_federating();
+    let (_, keys) = a
+        .request(Method::GET, "/_matrix/key/v2/server", None, None)
+        .await;
+    let key_id = keys["verify_keys"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let version = key_id.strip_prefix("ed25519:").unwrap().to_owned();
+    let impostor = Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), version).unwrap();
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id=@alice:{}",
+        b.server_name
+    );
+    let request = http::Request::get(path.as_str())
+        .body(Vec::<u8>::new())
+        .unwrap();
+    let header = XMatrix::try_from_http_request(
+        &request,
+        ServerSignaturesInput::new(
+            a.server_name.as_str().try_into().unwrap(),
+            b.server_name.as_str().try_into().unwrap(),
+            &impostor,
+        ),
+    )
+    .unwrap();
+    let response = b
+        .http()
+        .get(format!("{}{path}", b.url))
+        .header("Authorization", http::HeaderValue::from(&header))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_error(&(status, body), StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED");
+    assert_eq!(
+        body_error(&b, &path, &header).await,
+        "The X-Matrix signature is not valid.",
+        "refused for the signature, not for a missing key"
+    );
+}
+
+async fn body_error(
+    server: &TestServer,
+    path: &str,
+    header: &ruma::api::federation::authentication::XMatrix,
+) -> String {
+    let response = server
+        .http()
+        .get(format!("{}{path}", server.url))
+        .header("Authorization", http::HeaderValue::from(header))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    body["error"].as_str().unwrap_or_default().to_owned()
+}

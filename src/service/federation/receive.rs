@@ -120,3 +120,147 @@ impl Services {
         Ok(results)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::{device_id, server_name, user_id};
+    use serde_json::json;
+
+    use super::*;
+
+    fn services() -> std::sync::Arc<Services> {
+        Services::build(
+            crate::config::tests_support::config(),
+            crate::storage::Db::memory(),
+        )
+        .unwrap()
+    }
+
+    fn to_device_edu(sender: &str, message_id: &str, n: u64) -> Raw<Edu> {
+        let edu = json!({
+            "edu_type": "m.direct_to_device",
+            "content": {
+                "sender": sender, "type": "m.test", "message_id": message_id,
+                "messages": { "@bob:example.org": { "PHONE": { "n": n } } },
+            },
+        });
+        Raw::from_json(serde_json::value::to_raw_value(&edu).unwrap())
+    }
+
+    async fn delivered(services: &Services) -> Vec<u64> {
+        let (messages, _) = services
+            .to_device
+            .take(
+                user_id!("@bob:example.org"),
+                device_id!("PHONE"),
+                None,
+                u64::MAX,
+            )
+            .await
+            .unwrap();
+        messages
+            .iter()
+            .map(|m| m["content"]["n"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_transaction_is_applied_once_and_its_edus_checked() {
+        let services = services();
+        let bob = user_id!("@bob:example.org");
+        services.users.create(bob, None, false, None).await.unwrap();
+        services
+            .devices
+            .create_without_token(bob, device_id!("PHONE"), None)
+            .await
+            .unwrap();
+        let origin = server_name!("other.example");
+
+        services
+            .receive_transaction(
+                origin,
+                "t1",
+                &[],
+                &[to_device_edu("@a:other.example", "m1", 1)],
+            )
+            .await
+            .unwrap();
+        // The same transaction id again, even with other content: not applied again.
+        services
+            .receive_transaction(
+                origin,
+                "t1",
+                &[],
+                &[to_device_edu("@a:other.example", "m2", 2)],
+            )
+            .await
+            .unwrap();
+        // Another origin's transaction of the same id is its own.
+        services
+            .receive_transaction(
+                server_name!("third.example"),
+                "t1",
+                &[],
+                &[to_device_edu("@c:third.example", "m3", 3)],
+            )
+            .await
+            .unwrap();
+        // A server speaks only for its own users.
+        services
+            .receive_transaction(
+                origin,
+                "t2",
+                &[],
+                &[to_device_edu("@c:third.example", "m4", 4)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(delivered(&services).await, [1, 3]);
+
+        // PDUs are answered one by one, as not accepted.
+        let pdu = serde_json::value::to_raw_value(
+            &json!({ "event_id": "$abc", "type": "m.room.message" }),
+        )
+        .unwrap();
+        let results = services
+            .receive_transaction(origin, "t3", &[pdu], &[])
+            .await
+            .unwrap();
+        assert!(results[&ruma::OwnedEventId::try_from("$abc").unwrap()].is_err());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_transaction_is_refused_whole() {
+        let services = services();
+        let origin = server_name!("other.example");
+        let pdu = serde_json::value::to_raw_value(&json!({})).unwrap();
+        let pdus = vec![pdu; MAX_PDUS + 1];
+        let refused = services
+            .receive_transaction(origin, "big", &pdus, &[])
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Matrix {
+                    kind: ruma::api::error::ErrorKind::TooLarge,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        let edus: Vec<_> = (0..=MAX_EDUS)
+            .map(|n| to_device_edu("@a:other.example", &format!("m{n}"), n as u64))
+            .collect();
+        assert!(
+            services
+                .receive_transaction(origin, "big2", &[], &edus)
+                .await
+                .is_err()
+        );
+        // Nothing of it was recorded: the same id may come again, smaller.
+        services
+            .receive_transaction(origin, "big2", &[], &edus[..1])
+            .await
+            .unwrap();
+    }
+}
