@@ -85,6 +85,9 @@ pub struct Ruma<T> {
     pub sender: Option<(OwnedUserId, OwnedDeviceId)>,
     /// The server that signed a federation request (its signature checked).
     pub origin: Option<OwnedServerName>,
+    /// That server's turn (`Federation::origin_turn`), given back when the handler is done
+    /// with the request.
+    _origin_turn: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<T> Ruma<T> {
@@ -345,6 +348,10 @@ where
             TokenRule::Server => Some(authenticate_server(services, &parts, &bytes).await?),
             _ => None,
         };
+        let origin_turn = match &origin {
+            Some(origin) => Some(services.federation.origin_turn(origin)?),
+            None => None,
+        };
         let bytes = check_json(&parts, bytes)?;
         check_before_parse::<T>(&bytes)?;
         let body = parse::<T>(http::Request::from_parts(parts, bytes), &path_args)?;
@@ -352,6 +359,7 @@ where
             body,
             sender,
             origin,
+            _origin_turn: origin_turn,
         })
     }
 }

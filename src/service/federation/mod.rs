@@ -11,7 +11,11 @@ pub mod receive;
 pub mod resolve;
 pub mod sender;
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use ruma::{OwnedServerName, ServerName};
 
@@ -24,7 +28,18 @@ pub struct Federation {
     client: Option<Arc<client::FederationClient>>,
     /// The outgoing queue; `None` when federation is off.
     sender: Option<Arc<sender::Sender>>,
+    /// Turns for requests from each other server being handled at once
+    /// ([`Federation::origin_turn`]). Entries of servers with no request in progress are
+    /// dropped when the map reaches [`MAX_ORIGINS`].
+    origin_turns: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Semaphore>>>,
 }
+
+/// Requests from one server handled at once; more are answered `429` at once, so a flood
+/// from one server holds at most this many of `max_concurrent_requests`' turns and never
+/// waits on them, and clients keep theirs.
+pub const TURNS_PER_ORIGIN: usize = 8;
+/// Servers with a turn map entry at most (beyond it, idle ones are forgotten).
+const MAX_ORIGINS: usize = 10_000;
 
 impl Federation {
     pub fn new(config: &Config, db: &Db, server_keys: Arc<ServerKeys>) -> Result<Self> {
@@ -47,7 +62,27 @@ impl Federation {
             enabled: config.allow_federation,
             client,
             sender,
+            origin_turns: Mutex::default(),
         })
+    }
+
+    /// A turn for one request from `origin` (its signature checked), held while the request
+    /// is handled; `429 M_LIMIT_EXCEEDED` when it already has [`TURNS_PER_ORIGIN`] in
+    /// progress (server-server API: a server may rate-limit others; they retry).
+    pub fn origin_turn(&self, origin: &ServerName) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let turns = {
+            let mut map = self.origin_turns.lock().expect("origin turns");
+            if map.len() >= MAX_ORIGINS && !map.contains_key(origin) {
+                map.retain(|_, turns| turns.available_permits() < TURNS_PER_ORIGIN);
+            }
+            Arc::clone(
+                map.entry(origin.to_owned())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(TURNS_PER_ORIGIN))),
+            )
+        };
+        turns
+            .try_acquire_owned()
+            .map_err(|_| Error::limit_exceeded(Duration::from_secs(1)))
     }
 
     /// Starts sending what was queued before a restart. Call once, inside the runtime.
@@ -130,5 +165,37 @@ impl Federation {
             .send(server, query::Request::new(alias.to_owned()))
             .await?;
         Ok((response.room_id, response.servers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::server_name;
+
+    use super::*;
+
+    #[test]
+    fn one_server_gets_a_bounded_number_of_turns_and_others_keep_theirs() {
+        let config = crate::config::tests_support::config();
+        let db = Db::memory();
+        let keys = Arc::new(ServerKeys::load_or_generate(&db).unwrap());
+        let federation = Federation::new(&config, &db, keys).unwrap();
+        let flood = server_name!("flood.example");
+        let turns: Vec<_> = (0..TURNS_PER_ORIGIN)
+            .map(|_| federation.origin_turn(flood).unwrap())
+            .collect();
+        assert!(
+            matches!(
+                federation.origin_turn(flood),
+                Err(Error::Matrix {
+                    kind: ruma::api::error::ErrorKind::LimitExceeded(_),
+                    ..
+                })
+            ),
+            "one more is 429"
+        );
+        assert!(federation.origin_turn(server_name!("calm.example")).is_ok());
+        drop(turns);
+        assert!(federation.origin_turn(flood).is_ok(), "turns come back");
     }
 }
