@@ -918,7 +918,7 @@ fn build_room(
     room.timeline = timeline
         .iter()
         .map(|(_, pdu)| {
-            let txn = own_transaction(services, pdu, user, device);
+            let txn = own_transaction(services, pdu, user, device)?;
             rooms.sync_event(pdu, user, txn.as_deref())
         })
         .collect::<Result<_>>()?;

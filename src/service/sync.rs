@@ -197,16 +197,14 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
         let Some(info) = rooms.info(&room_id)? else {
             continue;
         };
+        let counts_position = services.push.counts(request.user_id, &room_id)?.position;
         let changed_since = |since: u64| {
             entry.count >= since
                 || info.last_count >= since
                 || room_account_data.contains_key(&room_id)
                 || services.ephemeral.typing_position(&room_id) >= since
                 || services.ephemeral.receipt_position(&room_id).unwrap_or(0) >= since
-                || services
-                    .push
-                    .counts(request.user_id, &room_id)
-                    .is_ok_and(|c| c.position >= since)
+                || counts_position >= since
         };
         match entry.membership {
             MembershipState::Join
@@ -538,7 +536,7 @@ fn room_part(
         .iter()
         .map(|(_, pdu)| {
             client_event(services, filter, pdu, || {
-                let txn = own_transaction(services, pdu, request.user_id, request.device_id);
+                let txn = own_transaction(services, pdu, request.user_id, request.device_id)?;
                 rooms.sync_event(pdu, request.user_id, txn.as_deref())
             })
         })
@@ -777,15 +775,11 @@ pub(crate) fn own_transaction(
     pdu: &Pdu,
     user_id: &UserId,
     device_id: &DeviceId,
-) -> Option<String> {
+) -> Result<Option<String>> {
     if pdu.sender != user_id {
-        return None;
+        return Ok(None);
     }
-    services
-        .rooms
-        .transaction_id_for(&pdu.event_id, device_id)
-        .ok()
-        .flatten()
+    services.rooms.transaction_id_for(&pdu.event_id, device_id)
 }
 
 /// Member counts and heroes (client-server API, "Calculating the display name for a room").

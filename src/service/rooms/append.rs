@@ -652,7 +652,9 @@ impl Rooms {
             } else {
                 self.pdu(&event_id)?
             };
-            let Some(event) = event else { continue };
+            // A resolved state names only stored events: a missing one is corrupt data.
+            let event = event
+                .ok_or_else(|| Error::internal(format!("state event {event_id} is not stored")))?;
             let membership = membership_of(&event);
             if self.membership(room_id, &user)?.as_ref() != Some(&membership) {
                 self.index_membership(batch, room_id, &user, membership, count);

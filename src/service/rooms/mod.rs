@@ -237,10 +237,14 @@ impl Rooms {
     }
 
     pub fn pdu_id_of(&self, event_id: &EventId) -> Result<Option<[u8; 16]>> {
-        Ok(self
-            .eventid_pduid
-            .get(event_id.as_bytes())?
-            .and_then(|id| id.try_into().ok()))
+        match self.eventid_pduid.get(event_id.as_bytes())? {
+            None => Ok(None),
+            // A value of another length is corrupt data, not a missing event.
+            Some(id) => id
+                .try_into()
+                .map(Some)
+                .map_err(|_| Error::internal(format!("corrupt pdu id of {event_id}"))),
+        }
     }
 
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
@@ -362,7 +366,14 @@ impl Rooms {
             return Ok(None);
         };
         match state.get(&short_key) {
-            Some(short_event) => self.pdu(&self.short.event_id(*short_event)?),
+            // A state set names only stored events: one that is missing is corrupt data,
+            // not "no such state".
+            Some(short_event) => {
+                let event_id = self.short.event_id(*short_event)?;
+                self.pdu(&event_id)?
+                    .map(Some)
+                    .ok_or_else(|| Error::internal(format!("state event {event_id} is not stored")))
+            }
             None => Ok(None),
         }
     }

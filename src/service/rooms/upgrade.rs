@@ -154,14 +154,20 @@ impl Rooms {
             // Restricted and knock rules name rooms and versions; keep them as they were.
             let event = self.state_event(&state, &StateEventType::RoomJoinRules, "")?;
             if let Some(event) = event {
-                self.send(
-                    &new_room,
-                    sender,
-                    NewEvent::state("m.room.join_rules", "", event.content_value()),
-                    None,
-                )
-                .await
-                .ok();
+                let copied = self
+                    .send(
+                        &new_room,
+                        sender,
+                        NewEvent::state("m.room.join_rules", "", event.content_value()),
+                        None,
+                    )
+                    .await;
+                match copied {
+                    // The rule may not hold in the new room (the auth rules refuse it): the
+                    // room keeps its default rule. Anything else (storage) is an error.
+                    Ok(_) | Err(Error::Matrix { .. }) => {}
+                    Err(error) => return Err(error),
+                }
             }
         }
 
