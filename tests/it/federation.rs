@@ -538,6 +538,23 @@ async fn to_device_messages_cross_servers_through_a_queue_that_survives_kill_9()
         got
     }
 
+    // A server that is down (a loopback port nobody listens on) gets its own queue and
+    // back-off: it must not hold up the message for B, sent in the same request.
+    let ghost = format!("@ghost:localhost:{}", crate::harness::free_port());
+    let (status, body) = a
+        .client_api(
+            &alice,
+            Method::PUT,
+            "/sendToDevice/m.test/t0",
+            Some(json!({ "messages": {
+                ghost.as_str(): { "GHOSTDEV": { "n": 0 } },
+                bob_id.as_str(): { bob_device.as_str(): { "n": 0 } },
+            } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(receive(&b, &bob, &mut since, 1).await, [0], "{}", a.log());
+
     send("t1", 1).await;
     send("t1", 1).await;
     assert_eq!(receive(&b, &bob, &mut since, 1).await, [1], "{}", a.log());
@@ -547,7 +564,9 @@ async fn to_device_messages_cross_servers_through_a_queue_that_survives_kill_9()
     send("t2", 2).await;
     let failed = (0..100).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        a.log().contains("federation transaction failed")
+        a.log().lines().any(|line| {
+            line.contains("federation transaction failed") && line.contains(&b.server_name)
+        })
     });
     assert!(failed, "A tried B and failed: {}", a.log());
     a.kill9();
