@@ -74,6 +74,12 @@ pub struct Config {
     /// `well_known.server` delegating to it).
     #[serde(default)]
     pub federation_port: Option<u16>,
+    /// Non-public addresses (loopback, private, link-local, …) that other servers may be
+    /// reached at, as CIDR ranges (Synapse's `ip_range_whitelist`). Any other non-public
+    /// address is refused, so a request or a key query naming a server cannot make this one
+    /// reach into its own network. For servers on one LAN: `["192.168.1.0/24"]`.
+    #[serde(default)]
+    pub federation_ip_range_allowlist: Vec<ipnet::IpNet>,
     /// Presence (online/offline status). Off saves a little work on busy servers.
     #[serde(default = "default_true")]
     pub allow_presence: bool,
@@ -184,6 +190,7 @@ const KNOWN_KEYS: &[&str] = &[
     "allow_federation",
     "federation_verify_certificates",
     "federation_port",
+    "federation_ip_range_allowlist",
     "allow_presence",
     "allow_legacy_media",
     "allow_url_preview",

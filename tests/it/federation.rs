@@ -591,6 +591,32 @@ async fn to_device_messages_cross_servers_through_a_queue_that_survives_kill_9()
     );
 }
 
+/// Other servers are reached at public addresses only, unless the admin allows a range:
+/// without the allowlist, a server on loopback is refused before any connection.
+#[tokio::test]
+async fn other_servers_on_private_addresses_are_refused_unless_allowed() {
+    let a = TestServer::federating_with_env(&[("CONDUIT_FEDERATION_IP_RANGE_ALLOWLIST", "[]")]);
+    let b = TestServer::start_federating();
+    let alice = a.register("alice", "correct horse").await;
+    b.register("bob", "battery staple").await;
+    let response = a
+        .client_api(
+            &alice,
+            Method::GET,
+            &format!("/profile/{}", b.user_id("bob")),
+            None,
+        )
+        .await;
+    assert_error(&response, StatusCode::BAD_GATEWAY, "M_UNKNOWN");
+    let message = response.1["error"].as_str().unwrap();
+    assert!(message.contains("not public"), "{message}");
+    assert!(
+        !b.log().contains("/_matrix/federation/v1/query/profile"),
+        "B was never asked: {}",
+        b.log()
+    );
+}
+
 /// A request that names a real server and its real key id but is signed with another key
 /// (an impostor): the receiver fetches the real key and refuses the request.
 #[tokio::test]

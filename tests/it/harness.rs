@@ -51,6 +51,11 @@ pub fn command(data: &Path, env: &[(String, String)]) -> Command {
         // No test may reach a public server (the notary endpoint fetches the keys of any
         // server it is asked about); federation tests turn it on.
         .env("CONDUIT_ALLOW_FEDERATION", "false")
+        // Federation tests talk to servers on loopback, which is not a public address.
+        .env(
+            "CONDUIT_FEDERATION_IP_RANGE_ALLOWLIST",
+            r#"["127.0.0.0/8", "::1/128"]"#,
+        )
         .env("CONDUIT_LOG", "warn,conduit=info")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     command

@@ -100,6 +100,8 @@ impl FederationAuth for NoAuthentication {
 
 pub struct FederationClient {
     server_name: OwnedServerName,
+    /// Non-public ranges other servers may be at (`federation_ip_range_allowlist`).
+    allowed_ranges: Vec<ipnet::IpNet>,
     keys: Arc<ServerKeys>,
     resolver: Arc<Resolver>,
     pinned: Arc<Pinned>,
@@ -112,6 +114,7 @@ impl FederationClient {
         keys: Arc<ServerKeys>,
         resolver: Arc<Resolver>,
         verify_certificates: bool,
+        allowed_ranges: Vec<ipnet::IpNet>,
     ) -> Result<Self> {
         let pinned = Arc::new(Pinned::default());
         let http = reqwest::Client::builder()
@@ -127,6 +130,7 @@ impl FederationClient {
             .map_err(|e| Error::internal(format!("federation HTTP client: {e}")))?;
         Ok(Self {
             server_name,
+            allowed_ranges,
             keys,
             resolver,
             pinned,
@@ -190,13 +194,22 @@ impl FederationClient {
             .first()
             .ok_or_else(|| "no address found".to_owned())?;
         let port = first.port();
-        // A connection goes to the URL's port, so only addresses on that port are used.
+        // A connection goes to the URL's port, so only addresses on that port are used, and
+        // only public ones unless allowed (no reaching into our own network on a request's
+        // say-so).
         let addrs: Vec<SocketAddr> = target
             .addrs
             .iter()
             .copied()
-            .filter(|addr| addr.port() == port)
+            .filter(|addr| addr.port() == port && self.may_connect(addr.ip()))
             .collect();
+        if addrs.is_empty() {
+            return Err(format!(
+                "its address is not public ({}); federation_ip_range_allowlist allows such \
+                 addresses",
+                first.ip()
+            ));
+        }
         let host = match target.tls_name.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
             Ok(std::net::IpAddr::V4(ip)) => ip.to_string(),
@@ -206,6 +219,14 @@ impl FederationClient {
             }
         };
         Ok(format!("https://{host}:{port}"))
+    }
+}
+
+impl FederationClient {
+    /// Public addresses, and non-public ones in `federation_ip_range_allowlist`.
+    fn may_connect(&self, ip: std::net::IpAddr) -> bool {
+        crate::service::media::is_public_address(ip)
+            || self.allowed_ranges.iter().any(|range| range.contains(&ip))
     }
 }
 

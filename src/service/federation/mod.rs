@@ -51,6 +51,7 @@ impl Federation {
                     config.federation_verify_certificates,
                 )?),
                 config.federation_verify_certificates,
+                config.federation_ip_range_allowlist.clone(),
             )?);
             let sender = sender::Sender::new(db, Arc::clone(&client), config.server_name.clone())?;
             (Some(client), Some(sender))

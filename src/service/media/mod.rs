@@ -19,6 +19,7 @@
 //! A crash can leave an unreferenced file behind, never a reference to a missing one.
 
 mod preview;
+pub(crate) use preview::is_public_address;
 mod thumbnail;
 
 use std::{
@@ -36,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{io::AsyncWriteExt, sync::Semaphore};
 
 pub use self::{
-    preview::{Preview, PreviewError, is_public_address, parse_html_preview},
+    preview::{Preview, PreviewError, parse_html_preview},
     thumbnail::{Method, Refusal, RenderError, Rendered, ThumbnailSize, choose_size, render},
 };
 use crate::{
