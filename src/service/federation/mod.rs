@@ -49,6 +49,7 @@ impl Federation {
                 server_keys,
                 Arc::new(resolve::Resolver::system(
                     config.federation_verify_certificates,
+                    config.federation_ip_range_allowlist.clone(),
                 )?),
                 config.federation_verify_certificates,
                 config.federation_ip_range_allowlist.clone(),

@@ -189,10 +189,11 @@ impl Resolver {
     /// The real resolver: SRV through hickory (`/etc/resolv.conf`), addresses through the
     /// system (so `/etc/hosts` and `localhost` work), the well-known over HTTPS, with the
     /// server's certificate checked unless `verify_certificates` is false (tests only).
-    pub fn system(verify_certificates: bool) -> Result<Self> {
+    /// Well-known hosts are reached at public addresses only, or in `allowed` ranges.
+    pub fn system(verify_certificates: bool, allowed: Vec<ipnet::IpNet>) -> Result<Self> {
         Ok(Self::new(
             Arc::new(SystemDns::new()?),
-            Arc::new(HttpsWellKnown::new(verify_certificates)?),
+            Arc::new(HttpsWellKnown::new(verify_certificates, allowed)?),
         ))
     }
 

@@ -3,6 +3,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -102,6 +103,36 @@ impl Dns for SystemDns {
     }
 }
 
+/// The well-known client's DNS: the system's answers, without the addresses other servers
+/// may not be reached at (not public, and not in `federation_ip_range_allowlist`).
+struct AddressPolicy {
+    allowed: Vec<ipnet::IpNet>,
+}
+
+impl AddressPolicy {
+    fn allows(&self, ip: IpAddr) -> bool {
+        crate::service::media::is_public_address(ip)
+            || self.allowed.iter().any(|range| range.contains(&ip))
+    }
+}
+
+impl reqwest::dns::Resolve for AddressPolicy {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allowed = self.allowed.clone();
+        Box::pin(async move {
+            let policy = AddressPolicy { allowed };
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|addr| policy.allows(addr.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{} has no public address", name.as_str()).into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// The well-known over HTTPS: redirects followed (https only, at most
 /// [`MAX_WELL_KNOWN_REDIRECTS`], no loops), [`WELL_KNOWN_MAX_SIZE`] read at most.
 pub struct HttpsWellKnown {
@@ -111,13 +142,30 @@ pub struct HttpsWellKnown {
 impl HttpsWellKnown {
     /// `verify_certificates: false` accepts any certificate (tests against self-signed
     /// servers only).
-    pub fn new(verify_certificates: bool) -> Result<Self> {
+    ///
+    /// Hosts are reached at public addresses only, or in `allowed` ranges
+    /// (`federation_ip_range_allowlist`), redirects included.
+    pub fn new(verify_certificates: bool, allowed: Vec<ipnet::IpNet>) -> Result<Self> {
         // reqwest is built without a default crypto provider; main installs ring, and this
         // makes sure of it where main did not run (tests). A no-op when one is installed.
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let policy = Arc::new(AddressPolicy { allowed });
+        let redirects = Arc::clone(&policy);
         let client = reqwest::Client::builder()
             .https_only(true)
-            .redirect(redirect::Policy::custom(|attempt| {
+            .dns_resolver(policy)
+            .redirect(redirect::Policy::custom(move |attempt| {
+                // A redirect to an IP literal is not looked up, so it is checked here.
+                let literal = attempt
+                    .url()
+                    .host_str()
+                    .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
+                    .and_then(|host| host.parse::<IpAddr>().ok());
+                if let Some(ip) = literal
+                    && !redirects.allows(ip)
+                {
+                    return attempt.error("redirect to an address that is not public");
+                }
                 match redirect_refusal(attempt.url(), attempt.previous()) {
                     Some(reason) => attempt.error(reason),
                     None => attempt.follow(),

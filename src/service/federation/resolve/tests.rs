@@ -794,7 +794,7 @@ fn well_known_cache_is_bounded_and_drops_the_oldest() {
 
 #[tokio::test]
 async fn system_resolver_finds_localhost_and_ip_literals() {
-    let resolver = Resolver::system(true).unwrap();
+    let resolver = Resolver::system(true, Vec::new()).unwrap();
     let found = resolver.resolve(name("localhost:8009")).await.unwrap();
     assert_eq!(found.host, "localhost:8009");
     assert_eq!(found.tls_name, "localhost");

@@ -184,7 +184,10 @@ fn redirect(location: &str) -> Vec<u8> {
 }
 
 async fn fetch(host: &str) -> Result<WellKnownResponse, WellKnownError> {
-    HttpsWellKnown::new(false).unwrap().fetch(host).await
+    HttpsWellKnown::new(false, loopback())
+        .unwrap()
+        .fetch(host)
+        .await
 }
 
 const BODY: &str = r#"{"m.server": "matrix.example.org:443"}"#;
@@ -204,7 +207,10 @@ async fn fetches_the_body_and_its_cache_lifetime() {
 #[tokio::test]
 async fn checks_certificates_unless_told_not_to() {
     let host = serve(|_| response("200 OK", "", BODY)).await;
-    let checked = HttpsWellKnown::new(true).unwrap().fetch(&host).await;
+    let checked = HttpsWellKnown::new(true, loopback())
+        .unwrap()
+        .fetch(&host)
+        .await;
     assert!(
         matches!(checked, Err(WellKnownError::Unavailable(_))),
         "{checked:?}"
@@ -280,4 +286,23 @@ async fn redirect_loops_and_chains_are_not_followed() {
         fetch(&host).await,
         Err(WellKnownError::Unavailable(_))
     ));
+}
+
+/// The test servers run on loopback, which is not public: allowed explicitly.
+fn loopback() -> Vec<ipnet::IpNet> {
+    vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+}
+
+#[tokio::test]
+async fn well_known_hosts_at_private_addresses_are_refused_unless_allowed() {
+    let refused = HttpsWellKnown::new(false, Vec::new())
+        .unwrap()
+        .fetch("localhost:1")
+        .await;
+    match refused {
+        Err(WellKnownError::Unavailable(reason)) => {
+            assert!(reason.contains("public"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
