@@ -52,20 +52,24 @@ impl Rooms {
     ) -> Result<HashSet<OwnedEventId>> {
         let mut seen = HashSet::new();
         let mut todo: Vec<OwnedEventId> = Vec::new();
+        // Every event here passed the auth rules, so its auth events are stored: one that
+        // is missing is corrupt data, never a reason for a smaller chain (which would make
+        // the auth difference, and so the resolved state, wrong).
+        let load = |id: &OwnedEventId| {
+            self.lookup(id, pending)?
+                .ok_or_else(|| Error::internal(format!("auth event {id} is not stored")))
+        };
         for id in start {
-            if let Some(pdu) = self.lookup(id, pending)? {
-                todo.extend(pdu.auth_events);
-            }
+            todo.extend(load(id)?.auth_events);
         }
         while let Some(id) = todo.pop() {
             if seen.len() >= MAX_AUTH_CHAIN {
                 return Err(Error::internal("auth chain too long"));
             }
-            if seen.insert(id.clone())
-                && let Some(pdu) = self.lookup(&id, pending)?
-            {
+            if seen.insert(id.clone()) {
                 todo.extend(
-                    pdu.auth_events
+                    load(&id)?
+                        .auth_events
                         .into_iter()
                         .filter(|next| !seen.contains(next)),
                 );
@@ -98,14 +102,16 @@ impl Rooms {
             }
             reaches.insert(id.to_owned(), false); // breaks cycles in bad data
             let mut found = false;
-            if let Some(pdu) = rooms.lookup(id, pending)? {
-                for parent in &pdu.auth_events {
-                    if conflicted.contains(parent)
-                        || visit(rooms, parent, conflicted, reaches, pending)?
-                    {
-                        found = true;
-                        break;
-                    }
+            // The walk stays within an auth chain: every event is stored (see `auth_chain`).
+            let pdu = rooms
+                .lookup(id, pending)?
+                .ok_or_else(|| Error::internal(format!("auth event {id} is not stored")))?;
+            for parent in &pdu.auth_events {
+                if conflicted.contains(parent)
+                    || visit(rooms, parent, conflicted, reaches, pending)?
+                {
+                    found = true;
+                    break;
                 }
             }
             reaches.insert(id.to_owned(), found);
