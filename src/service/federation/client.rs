@@ -174,6 +174,13 @@ impl FederationClient {
             .await
             .map_err(|e| unreachable(e.without_url().to_string()))?;
         let status = response.status();
+        // ruma reads any status below 400 as success: a redirect (never followed) or any
+        // other non-2xx answer would pass for an empty success.
+        if !status.is_success() && !status.is_client_error() && !status.is_server_error() {
+            return Err(unreachable(format!(
+                "it answered {status}, and federation requests do not follow redirects"
+            )));
+        }
         let headers = response.headers().clone();
         let body = read_limited(response)
             .await

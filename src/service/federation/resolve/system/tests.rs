@@ -306,3 +306,46 @@ async fn well_known_hosts_at_private_addresses_are_refused_unless_allowed() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// Requests the redirect test's server answered.
+static REDIRECT_HITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The federation client never follows a redirect (server-server API: servers "MUST NOT"
+/// follow them): a 302 is an error naming the server, and the place it points to is never
+/// asked.
+#[tokio::test]
+async fn federation_requests_never_follow_redirects() {
+    use crate::service::{federation::client::FederationClient, server_keys::ServerKeys};
+    let host = serve(|path| {
+        REDIRECT_HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(!path.contains("redirected"), "the redirect was followed");
+        redirect("/_matrix/federation/v1/version?redirected=1")
+    })
+    .await;
+    let db = crate::storage::Db::memory();
+    let client = FederationClient::new(
+        ruma::server_name!("origin.test").to_owned(),
+        Arc::new(ServerKeys::load_or_generate(&db).unwrap()),
+        Arc::new(super::super::Resolver::system(false, loopback()).unwrap()),
+        false,
+        loopback(),
+    )
+    .unwrap();
+    let destination = <&ruma::ServerName>::try_from(host.as_str()).unwrap();
+    let answer = client
+        .send(
+            destination,
+            ruma::api::federation::discovery::get_server_version::v1::Request::new(),
+        )
+        .await;
+    match answer {
+        Err(crate::Error::Matrix {
+            status, message, ..
+        }) => {
+            assert_eq!(status, http::StatusCode::BAD_GATEWAY);
+            assert!(message.contains(&host), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(REDIRECT_HITS.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
