@@ -206,6 +206,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         app: TowerToHyperService::new(api::router(Arc::clone(&services))),
         requests: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+        federation: Arc::new(Semaphore::new(FEDERATION_REQUESTS)),
         builder: builder(&limits),
         limits: limits.clone(),
     });
@@ -330,6 +331,9 @@ struct Shared {
     app: TowerToHyperService<axum::Router>,
     /// `max_concurrent_requests` permits.
     requests: Arc<Semaphore>,
+    /// Turns for requests from other servers (`/_matrix/federation/`, `/_matrix/key/`),
+    /// apart from clients' so no other server can take theirs; taken without waiting.
+    federation: Arc<Semaphore>,
     builder: auto::Builder<TokioExecutor>,
     limits: Limits,
 }
@@ -423,7 +427,19 @@ async fn handle(
     let body_timeout = shared.limits.header_timeout;
     let mut request = request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
     request.extensions_mut().insert(ConnectInfo(peer));
-    let permit = if is_long_poll(request.uri().path()) {
+    let path = request.uri().path();
+    let permit = if is_federation(path) {
+        // Other servers get their own turns, and none is waited for: when all are taken
+        // the answer is 429 at once (they retry), so requests that wait on a slow remote
+        // key fetch can neither pile up nor take clients' turns.
+        match Arc::clone(&shared.federation).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let busy = crate::Error::limit_exceeded(Duration::from_secs(1));
+                return Ok(axum::response::IntoResponse::into_response(busy));
+            }
+        }
+    } else if is_long_poll(path) {
         None
     } else {
         // The semaphore is never closed, so this only waits for a turn.
@@ -438,6 +454,13 @@ async fn handle(
             frame
         }))
     }))
+}
+
+/// Requests from other servers handled at once (all servers together).
+const FEDERATION_REQUESTS: usize = 32;
+
+fn is_federation(path: &str) -> bool {
+    path.starts_with("/_matrix/federation/") || path.starts_with("/_matrix/key/")
 }
 
 /// Requests that mostly wait for something to happen rather than work: `/sync` and sliding

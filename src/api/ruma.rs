@@ -215,6 +215,9 @@ async fn read_json_body(services: &Services, parts: &Parts, body: Body) -> Resul
     check_json(parts, bytes)
 }
 
+/// How long checking a request may wait for the origin's key to be fetched.
+const KEY_LOOKUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Checks a federation request's `X-Matrix` signature (server-server API, "Request
 /// Authentication") against the origin's keys, over the body as it was sent, and returns
 /// the origin. Any failure is `401 M_UNAUTHORIZED`.
@@ -244,18 +247,22 @@ async fn authenticate_server(
         return Err(unauthorized("The request claims to come from this server."));
     }
     // Keys valid now: old (expired) keys only ever verify events signed before they expired.
-    let keys = services
-        .keyring
-        .verify_keys(
+    // A key not yet known is fetched; a server that answers slowly (or never) must not hold
+    // the request, so the whole lookup has a deadline.
+    let keys = tokio::time::timeout(
+        KEY_LOOKUP_DEADLINE,
+        services.keyring.verify_keys(
             &x_matrix.origin,
             std::slice::from_ref(&x_matrix.key),
             Some(ruma::MilliSecondsSinceUnixEpoch::now()),
-        )
-        .await
-        .map_err(|error| {
-            tracing::debug!(origin = %x_matrix.origin, %error, "no key to check a request");
-            unauthorized("The origin's signing key could not be found.")
-        })?;
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| Err(Error::internal("key lookup timed out")))
+    .map_err(|error| {
+        tracing::debug!(origin = %x_matrix.origin, %error, "no key to check a request");
+        unauthorized("The origin's signing key could not be found.")
+    })?;
     if !keys.contains_key(x_matrix.key.as_str()) {
         return Err(unauthorized("The origin's signing key could not be found."));
     }

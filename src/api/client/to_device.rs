@@ -17,6 +17,8 @@ use crate::{
 
 /// Messages one request may address.
 const MAX_TARGETS: usize = 10_000;
+/// Other servers one request may address (each gets its own queue and task).
+const MAX_SERVERS: usize = 100;
 
 /// `PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}`
 pub async fn send_event_to_device(
@@ -28,14 +30,19 @@ pub async fn send_event_to_device(
     let mut targets = Vec::new();
     // Messages for other servers' users, per server: one `m.direct_to_device` EDU each.
     let mut remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, JsonValue>> = BTreeMap::new();
+    let mut remote_targets = 0;
     for (user_id, by_device) in &body.messages {
         if !services.users.is_local(user_id) {
             let messages = serde_json::to_value(by_device)
                 .map_err(|e| Error::bad_json(format!("Invalid content: {e}")))?;
+            remote_targets += by_device.len();
             remote
                 .entry(user_id.server_name().to_owned())
                 .or_default()
                 .insert(user_id.clone(), messages);
+            if remote_targets + targets.len() > MAX_TARGETS || remote.len() > MAX_SERVERS {
+                return Err(Error::bad_json("Too many recipients."));
+            }
             continue;
         }
         for (target, raw) in by_device {
@@ -51,7 +58,7 @@ pub async fn send_event_to_device(
                     }
                 }
             }
-            if targets.len() > MAX_TARGETS {
+            if targets.len() + remote_targets > MAX_TARGETS {
                 return Err(Error::bad_json("Too many recipients."));
             }
         }
@@ -96,17 +103,20 @@ async fn send_remote(
         return Ok(());
     };
     let message_id = format!("{device}_{}", body.txn_id);
-    for (server, messages) in remote {
-        let edu = json!({
-            "edu_type": "m.direct_to_device",
-            "content": {
-                "sender": sender,
-                "type": body.event_type.to_string(),
-                "message_id": message_id,
-                "messages": messages,
-            },
-        });
-        queue.queue(&server, vec![Item::Edu(edu)]).await?;
-    }
-    Ok(())
+    let per_server = remote
+        .into_iter()
+        .map(|(server, messages)| {
+            let edu = json!({
+                "edu_type": "m.direct_to_device",
+                "content": {
+                    "sender": sender,
+                    "type": body.event_type.to_string(),
+                    "message_id": message_id,
+                    "messages": messages,
+                },
+            });
+            (server, vec![Item::Edu(edu)])
+        })
+        .collect();
+    queue.queue_many(per_server).await
 }

@@ -129,8 +129,16 @@ impl Cache {
     fn attempted(&mut self, server: &ServerName) {
         if self.attempts.len() >= CACHE_SERVERS {
             self.attempts.retain(|_, at| at.elapsed() < FETCH_COOLDOWN);
-            if self.attempts.len() >= CACHE_SERVERS {
-                self.attempts.clear();
+            // Still full: the oldest attempt goes (clearing all would lift every
+            // cool-down at once, which a burst of new names could force).
+            if self.attempts.len() >= CACHE_SERVERS
+                && let Some(oldest) = self
+                    .attempts
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(server, _)| server.clone())
+            {
+                self.attempts.remove(&oldest);
             }
         }
         self.attempts.insert(server.to_owned(), Instant::now());

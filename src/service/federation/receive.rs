@@ -82,8 +82,12 @@ impl Services {
                                 continue;
                             };
                             match target {
+                                // Only devices that exist: another server cannot fill our
+                                // disk with messages nobody will ever fetch.
                                 DeviceIdOrAllDevices::DeviceId(device_id) => {
-                                    targets.push((user_id.clone(), device_id.clone(), message));
+                                    if self.devices.get(user_id, device_id)?.is_some() {
+                                        targets.push((user_id.clone(), device_id.clone(), message));
+                                    }
                                 }
                                 DeviceIdOrAllDevices::AllDevices => {
                                     for (device_id, _) in self.devices.list(user_id)? {

@@ -6,7 +6,7 @@
 //! - `servernameseq_outgoing`: `destination 0xFF seq (u64)` → [`Item`] (JSON). `seq` comes
 //!   from the store's id counter, so it only grows.
 //! - `servername_transaction`: `destination` → [`InFlight`] (JSON): the transaction being
-//!   sent: its id and the last `seq` it holds. It is written before the first attempt, so a
+//!   sent: its id and the `seq`s of the items it holds. It is written before the first attempt, so a
 //!   retry — after a failure or after a restart — sends the same items under the same id
 //!   (the receiver drops a transaction id it has seen), and is removed with its items, in
 //!   one batch, once the destination has answered 200. Nothing is lost; nothing is sent
@@ -59,9 +59,14 @@ pub enum Item {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 struct InFlight {
     txn_id: String,
-    /// The largest `seq` it holds; it holds every queued item up to it.
-    last_seq: u64,
+    /// Exactly the items it holds (their `seq`s): an item queued later, even with a smaller
+    /// `seq` (ids are taken before the write lands), never joins a transaction already sent.
+    seqs: Vec<u64>,
 }
+
+/// Bytes of items one transaction holds at most (beyond the first item, which always goes):
+/// a transaction must stay well under what the receiver accepts in one request.
+const MAX_TRANSACTION_BYTES: usize = 1 << 20;
 
 pub struct Sender {
     db: Db,
@@ -129,19 +134,31 @@ impl Sender {
     /// Queues `items` for `destination` durably (they are on disk when this returns) and
     /// wakes its task.
     pub async fn queue(&self, destination: &ServerName, items: Vec<Item>) -> Result<()> {
-        if destination == self.origin {
-            return Err(Error::internal("queueing federation traffic to ourselves"));
-        }
+        self.queue_many(vec![(destination.to_owned(), items)]).await
+    }
+
+    /// Queues items for several destinations in one write and one flush.
+    pub async fn queue_many(
+        &self,
+        per_destination: Vec<(OwnedServerName, Vec<Item>)>,
+    ) -> Result<()> {
         let mut batch = Batch::new();
-        for item in &items {
-            let mut key = prefix(destination);
-            key.extend_from_slice(&self.db.next_id()?.to_be_bytes());
-            let value = serde_json::to_vec(item).map_err(|e| Error::internal(e.to_string()))?;
-            batch.insert(&*self.queue, key, value);
+        for (destination, items) in &per_destination {
+            if *destination == self.origin {
+                return Err(Error::internal("queueing federation traffic to ourselves"));
+            }
+            for item in items {
+                let mut key = prefix(destination);
+                key.extend_from_slice(&self.db.next_id()?.to_be_bytes());
+                let value = serde_json::to_vec(item).map_err(|e| Error::internal(e.to_string()))?;
+                batch.insert(&*self.queue, key, value);
+            }
         }
         self.db.apply(&batch)?;
         self.db.persist().await?;
-        self.wake(destination);
+        for (destination, _) in &per_destination {
+            self.wake(destination);
+        }
         Ok(())
     }
 
@@ -183,6 +200,15 @@ impl Sender {
                         }
                     }
                 }
+                Err(error) if refused_for_good(&error) => {
+                    // The destination read the transaction and refuses it (a 4xx other than
+                    // 429): sending it again cannot help, and would hold up everything after
+                    // it for ever. Dropped, loudly.
+                    tracing::warn!(%destination, %error, "federation transaction refused; dropped");
+                    if let Err(error) = self.drop_in_flight(&destination).await {
+                        tracing::error!(%destination, %error, "could not drop a refused transaction");
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%destination, %error, retry_in = ?delay, "federation transaction failed");
                     // A new item does not cut a back-off short: the destination is down.
@@ -211,22 +237,23 @@ impl Sender {
         let in_flight = match self.in_flight.get(key)? {
             Some(in_flight) => in_flight,
             None => {
-                let Some(last_seq) = self.next_batch_end(destination)? else {
+                let seqs = self.next_batch(destination)?;
+                if seqs.is_empty() {
                     return Ok(false);
-                };
+                }
                 let in_flight = InFlight {
                     txn_id: crate::crypto::random_string(
                         16,
                         b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
                     ),
-                    last_seq,
+                    seqs,
                 };
                 self.in_flight.insert(key, &in_flight)?;
                 self.db.persist().await?;
                 in_flight
             }
         };
-        let items = self.items_up_to(destination, in_flight.last_seq)?;
+        let items = self.items(destination, &in_flight.seqs)?;
         let mut pdus: Vec<Box<RawJsonValue>> = Vec::new();
         let mut edus: Vec<Raw<Edu>> = Vec::new();
         for (_, item) in &items {
@@ -264,39 +291,61 @@ impl Sender {
         Ok(true)
     }
 
-    /// The `seq` of the last item the next transaction can hold (the spec's limits).
-    fn next_batch_end(&self, destination: &ServerName) -> Result<Option<u64>> {
+    /// The `seq`s of the items the next transaction holds: the oldest ones, within the
+    /// spec's limits (50 PDUs, 100 EDUs) and [`MAX_TRANSACTION_BYTES`].
+    fn next_batch(&self, destination: &ServerName) -> Result<Vec<u64>> {
         let prefix = prefix(destination);
-        let (mut pdus, mut edus) = (0, 0);
-        let mut last = None;
+        let (mut pdus, mut edus, mut bytes) = (0, 0, 0);
+        let mut seqs = Vec::new();
         for entry in self.queue.scan_prefix(&prefix) {
             let (key, value) = entry?;
             let item: Item = serde_json::from_slice(&value)
                 .map_err(|e| Error::internal(format!("corrupt federation queue item: {e}")))?;
+            if !seqs.is_empty() && bytes + value.len() > MAX_TRANSACTION_BYTES {
+                break;
+            }
             match item {
                 Item::Pdu(_) if pdus == MAX_PDUS => break,
                 Item::Edu(_) if edus == MAX_EDUS => break,
                 Item::Pdu(_) => pdus += 1,
                 Item::Edu(_) => edus += 1,
             }
-            last = Some(seq_of(&key, prefix.len())?);
+            bytes += value.len();
+            seqs.push(seq_of(&key, prefix.len())?);
         }
-        Ok(last)
+        Ok(seqs)
     }
 
-    fn items_up_to(&self, destination: &ServerName, last_seq: u64) -> Result<Vec<(Vec<u8>, Item)>> {
-        let prefix = prefix(destination);
-        let mut items = Vec::new();
-        for entry in self.queue.scan_prefix(&prefix) {
-            let (key, value) = entry?;
-            if seq_of(&key, prefix.len())? > last_seq {
-                break;
-            }
+    /// The queued items with these `seq`s (with their keys), in order.
+    fn items(&self, destination: &ServerName, seqs: &[u64]) -> Result<Vec<(Vec<u8>, Item)>> {
+        let mut items = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let mut key = prefix(destination);
+            key.extend_from_slice(&seq.to_be_bytes());
+            // Gone only if the transaction was already settled: nothing to resend.
+            let Some(value) = self.queue.get(&key)? else {
+                continue;
+            };
             let item = serde_json::from_slice(&value)
                 .map_err(|e| Error::internal(format!("corrupt federation queue item: {e}")))?;
             items.push((key, item));
         }
         Ok(items)
+    }
+
+    /// Removes the transaction in flight and its items.
+    async fn drop_in_flight(&self, destination: &ServerName) -> Result<()> {
+        let Some(in_flight) = self.in_flight.get(destination.as_bytes())? else {
+            return Ok(());
+        };
+        let mut batch = Batch::new();
+        for (key, _) in self.items(destination, &in_flight.seqs)? {
+            batch.remove(&*self.queue, key);
+        }
+        batch.remove(self.in_flight.tree(), destination.as_bytes().to_vec());
+        self.db.apply(&batch)?;
+        self.db.persist().await?;
+        Ok(())
     }
 
     /// Items waiting for `destination` (for metrics and tests).
@@ -310,9 +359,98 @@ impl Sender {
     }
 }
 
+/// Whether the destination refused the transaction itself (a 4xx other than 429), so that
+/// sending it again cannot succeed. A `502` means it was not reached; its 5xx and 401 are
+/// reported as `502` too (`client::remote_error`).
+fn refused_for_good(error: &Error) -> bool {
+    match error {
+        Error::Matrix { status, .. } => status.is_client_error() && status.as_u16() != 429,
+        _ => false,
+    }
+}
+
 fn seq_of(key: &[u8], prefix_len: usize) -> Result<u64> {
     key.get(prefix_len..)
         .and_then(|seq| <[u8; 8]>::try_from(seq).ok())
         .map(u64::from_be_bytes)
         .ok_or_else(|| Error::internal("corrupt federation queue key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::service::{federation::resolve::Resolver, server_keys::ServerKeys};
+
+    fn sender(db: &Db) -> Arc<Sender> {
+        let loopback = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let client = FederationClient::new(
+            ruma::server_name!("origin.test").to_owned(),
+            Arc::new(ServerKeys::load_or_generate(db).unwrap()),
+            Arc::new(Resolver::system(false, loopback.clone()).unwrap()),
+            false,
+            loopback,
+        )
+        .unwrap();
+        Sender::new(
+            db,
+            Arc::new(client),
+            ruma::server_name!("origin.test").to_owned(),
+        )
+        .unwrap()
+    }
+
+    fn edu(size: usize) -> Item {
+        Item::Edu(json!({ "edu_type": "m.test", "content": { "pad": "x".repeat(size) } }))
+    }
+
+    /// Transactions stay within the spec's counts and a byte budget, and hold exactly the
+    /// items chosen (the destination is a loopback port nobody listens on: its task fails
+    /// and backs off, and never takes the items away).
+    #[tokio::test]
+    async fn transactions_are_bounded_by_count_and_size() {
+        let db = Db::memory();
+        let sender = sender(&db);
+        let small = ruma::server_name!("localhost:1");
+        sender
+            .queue(small, (0..MAX_EDUS + 20).map(|_| edu(10)).collect())
+            .await
+            .unwrap();
+        assert_eq!(sender.next_batch(small).unwrap().len(), MAX_EDUS);
+        assert_eq!(sender.pending(small).unwrap(), MAX_EDUS + 20);
+
+        let large = ruma::server_name!("localhost:2");
+        sender
+            .queue(large, (0..3).map(|_| edu(600 << 10)).collect())
+            .await
+            .unwrap();
+        let batch = sender.next_batch(large).unwrap();
+        assert_eq!(batch.len(), 1, "the second would pass the byte budget");
+        let items = sender.items(large, &batch).unwrap();
+        assert_eq!(items.len(), 1);
+        assert!(
+            sender.items(large, &[u64::MAX]).unwrap().is_empty(),
+            "only the seqs named"
+        );
+    }
+
+    #[test]
+    fn only_a_definitive_refusal_drops_a_transaction() {
+        use ruma::api::error::ErrorKind;
+        let refused = Error::with_status(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::TooLarge,
+            "x",
+        );
+        assert!(refused_for_good(&refused));
+        assert!(!refused_for_good(&Error::limit_exceeded(
+            Duration::from_secs(1)
+        )));
+        assert!(!refused_for_good(&Error::remote_unreachable(
+            ruma::server_name!("other.example"),
+            "down"
+        )));
+        assert!(!refused_for_good(&Error::internal("x")));
+    }
 }

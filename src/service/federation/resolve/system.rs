@@ -152,6 +152,8 @@ impl HttpsWellKnown {
         let policy = Arc::new(AddressPolicy { allowed });
         let redirects = Arc::clone(&policy);
         let client = reqwest::Client::builder()
+            // A proxy would resolve the host itself, past the address check.
+            .no_proxy()
             .https_only(true)
             .dns_resolver(policy)
             .redirect(redirect::Policy::custom(move |attempt| {
