@@ -32,6 +32,10 @@ pub struct Federation {
     /// ([`Federation::origin_turn`]). Entries of servers with no request in progress are
     /// dropped when the map reaches [`MAX_ORIGINS`].
     origin_turns: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Semaphore>>>,
+    /// Serialises the applying of incoming transactions, so a transaction retried while its
+    /// first copy is still being applied waits and is then seen as applied (not applied
+    /// twice). Applying is short (EDUs only, for now).
+    pub(crate) receive_lock: tokio::sync::Mutex<()>,
 }
 
 /// Requests from one server handled at once; more are answered `429` at once, so a flood
@@ -65,6 +69,7 @@ impl Federation {
             client,
             sender,
             origin_turns: Mutex::default(),
+            receive_lock: tokio::sync::Mutex::new(()),
         })
     }
 

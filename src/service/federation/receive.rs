@@ -61,6 +61,7 @@ impl Services {
                 );
             }
         }
+        let _applying = self.federation.receive_lock.lock().await;
         if seen.get(&key)?.is_some() {
             return Ok(results);
         }
@@ -266,5 +267,28 @@ mod tests {
             .receive_transaction(origin, "big2", &[], &edus[..1])
             .await
             .unwrap();
+    }
+
+    /// A transaction retried while its first copy is still being applied is applied once.
+    #[tokio::test]
+    async fn concurrent_copies_of_a_transaction_apply_once() {
+        let services = services();
+        let bob = user_id!("@bob:example.org");
+        services.users.create(bob, None, false, None).await.unwrap();
+        services
+            .devices
+            .create_without_token(bob, device_id!("PHONE"), None)
+            .await
+            .unwrap();
+        let origin = server_name!("other.example");
+        let first = [to_device_edu("@a:other.example", "m1", 1)];
+        let second = [to_device_edu("@a:other.example", "m2", 2)];
+        let (a, b) = tokio::join!(
+            services.receive_transaction(origin, "t", &[], &first),
+            services.receive_transaction(origin, "t", &[], &second),
+        );
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(delivered(&services).await.len(), 1);
     }
 }
