@@ -273,6 +273,10 @@ async fn authenticate_server(
     x_matrix
         .verify_request(&request, ours, &keys)
         .map_err(|_| unauthorized("The X-Matrix signature is not valid."))?;
+    // It is up: anything waiting for it goes now.
+    if let Some(sender) = services.federation.sender() {
+        sender.heard_from(&x_matrix.origin);
+    }
     Ok(x_matrix.origin)
 }
 

@@ -687,3 +687,68 @@ async fn body_error(
     let body: Value = response.json().await.unwrap();
     body["error"].as_str().unwrap_or_default().to_owned()
 }
+
+/// A server that comes back is sent what it missed as soon as it is heard from (its next
+/// signed request), not when the back-off would have ended.
+#[tokio::test]
+async fn a_destination_heard_from_again_is_retried_at_once() {
+    let a = TestServer::start_federating();
+    let mut b = TestServer::start_federating();
+    let alice = a.register("alice", "correct horse").await;
+    let bob = b.register("bob", "battery staple").await;
+    let (alice_id, bob_id) = (a.user_id("alice"), b.user_id("bob"));
+    let (_, whoami) = b.whoami(&bob).await;
+    let bob_device = whoami["device_id"].as_str().unwrap().to_owned();
+    let (_, first) = b.client_api(&bob, Method::GET, "/sync", None).await;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+
+    assert!(b.stop().success());
+    let (status, body) = a
+        .client_api(
+            &alice,
+            Method::PUT,
+            "/sendToDevice/m.test/back",
+            Some(json!({ "messages": { bob_id.as_str(): { bob_device.as_str(): { "n": 7 } } } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let failed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        a.log().contains("federation transaction failed")
+    });
+    assert!(failed, "{}", a.log());
+    b.restart();
+    // B asks A something: a signed request, so A hears from B.
+    let (status, profile) = b
+        .client_api(&bob, Method::GET, &format!("/profile/{alice_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{profile}");
+    let mut got = Vec::new();
+    for _ in 0..30 {
+        let (_, sync) = b
+            .client_api(
+                &bob,
+                Method::GET,
+                &format!("/sync?since={since}&timeout=1000"),
+                None,
+            )
+            .await;
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        got.extend(
+            sync["to_device"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|event| event["content"]["n"].as_u64().unwrap()),
+        );
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got, [7], "{}", a.log());
+    assert!(
+        a.log().contains("destination is back; retrying now"),
+        "the back-off was ended by hearing from B: {}",
+        a.log()
+    );
+}

@@ -76,8 +76,16 @@ pub struct Sender {
     origin: OwnedServerName,
     /// A wake-up per destination whose task runs. At most one entry per destination with
     /// something queued; removed when its queue is empty.
-    running: Mutex<HashMap<OwnedServerName, Arc<Notify>>>,
+    running: Mutex<HashMap<OwnedServerName, Task>>,
     me: Weak<Sender>,
+}
+
+/// A destination's running task: woken for new items, and (ending a back-off) when the
+/// destination is heard from.
+#[derive(Clone)]
+struct Task {
+    items: Arc<Notify>,
+    heard_from: Arc<Notify>,
 }
 
 fn prefix(destination: &ServerName) -> Vec<u8> {
@@ -164,21 +172,32 @@ impl Sender {
 
     fn wake(&self, destination: &ServerName) {
         let mut running = self.running.lock().expect("sender tasks");
-        if let Some(notify) = running.get(destination) {
-            notify.notify_one();
+        if let Some(task) = running.get(destination) {
+            task.items.notify_one();
             return;
         }
         let Some(me) = self.me.upgrade() else {
             return;
         };
-        let notify = Arc::new(Notify::new());
-        running.insert(destination.to_owned(), Arc::clone(&notify));
+        let task = Task {
+            items: Arc::new(Notify::new()),
+            heard_from: Arc::new(Notify::new()),
+        };
+        running.insert(destination.to_owned(), task.clone());
         let destination = destination.to_owned();
-        tokio::spawn(async move { me.run(destination, notify).await });
+        tokio::spawn(async move { me.run(destination, task).await });
+    }
+
+    /// `server` just sent us a signed request: it is up. A back-off waiting to retry it
+    /// ends now (as Synapse does), so what it missed while down arrives at once.
+    pub fn heard_from(&self, server: &ServerName) {
+        if let Some(task) = self.running.lock().expect("sender tasks").get(server) {
+            task.heard_from.notify_one();
+        }
     }
 
     /// Sends `destination`'s queue until it is empty.
-    async fn run(self: Arc<Self>, destination: OwnedServerName, notify: Arc<Notify>) {
+    async fn run(self: Arc<Self>, destination: OwnedServerName, task: Task) {
         let mut delay = FIRST_RETRY;
         loop {
             match self.send_one(&destination).await {
@@ -210,14 +229,25 @@ impl Sender {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%destination, %error, retry_in = ?delay, "federation transaction failed");
-                    // A new item does not cut a back-off short: the destination is down.
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY);
+                    // A 429 says when to come back; otherwise the delay doubles.
+                    let wait = retry_after(&error).unwrap_or(delay).min(MAX_RETRY);
+                    tracing::warn!(%destination, %error, retry_in = ?wait, "federation transaction failed");
+                    // A new item does not cut a back-off short (the destination is down);
+                    // hearing from the destination does.
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {
+                            delay = (delay * 2).min(MAX_RETRY);
+                        }
+                        () = task.heard_from.notified() => {
+                            tracing::info!(%destination, "destination is back; retrying now");
+                            delay = FIRST_RETRY;
+                        }
+                    }
                 }
             }
-            // Let items queued together go in one transaction.
-            let _ = tokio::time::timeout(Duration::ZERO, notify.notified()).await;
+            // New items while a transaction was out: their wake-up is spent here (the next
+            // round reads the queue anyway).
+            let _ = tokio::time::timeout(Duration::ZERO, task.items.notified()).await;
         }
     }
 
@@ -356,6 +386,20 @@ impl Sender {
             count += 1;
         }
         Ok(count)
+    }
+}
+
+/// The delay a `429` asks for.
+fn retry_after(error: &Error) -> Option<Duration> {
+    match error {
+        Error::Matrix {
+            kind: ruma::api::error::ErrorKind::LimitExceeded(data),
+            ..
+        } => match data.retry_after {
+            Some(ruma::api::error::RetryAfter::Delay(delay)) => Some(delay),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
