@@ -1,9 +1,14 @@
 //! Incoming transactions (server-server API, "Transactions", `PUT /send/{txnId}`): once per
 //! transaction id and origin; EDUs applied, PDUs answered one by one.
 //!
-//! Tree `origintxnid_transaction`: `origin 0xFF txn id` → empty, written once a transaction
-//! is applied; a repeat is answered 200 without applying it again (the spec: "the same
-//! transaction ID … should be treated as the same transaction").
+//! Trees:
+//! - `origintxnid_transaction`: `origin 0xFF txn id` → when it was applied (ms, u64), written
+//!   once a transaction is applied; a repeat is answered 200 without applying it again (the
+//!   spec: "the same transaction ID … should be treated as the same transaction").
+//! - `tsorigintxnid_transaction`: `ms (u64) origin 0xFF txn id` → empty: the same, by age.
+//!   Records older than [`KEEP_TRANSACTIONS`] go, a few with each new transaction, so the
+//!   records stay bounded by a day's traffic (a sender retries a transaction for minutes
+//!   or hours, not days).
 //!
 //! What is applied today: `m.direct_to_device` (send-to-device messages for local users).
 //! PDUs are answered with an error each, since this server cannot share rooms with others
@@ -20,6 +25,11 @@ use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
 
 use super::sender::{MAX_EDUS, MAX_PDUS};
 use crate::{Error, Result, service::Services, storage::Batch};
+
+/// How long an applied transaction id is remembered.
+pub const KEEP_TRANSACTIONS: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+/// Old records removed per new transaction at most (more than one, so they never pile up).
+const PRUNE_PER_TRANSACTION: usize = 8;
 
 fn txn_key(origin: &ServerName, txn_id: &str) -> Vec<u8> {
     let mut key = origin.as_bytes().to_vec();
@@ -118,8 +128,25 @@ impl Services {
                 }
             }
         }
+        let by_age = self.db.tree("tsorigintxnid_transaction")?;
+        let now = crate::service::users::now_ms();
         let mut batch = Batch::new();
-        batch.insert(&*seen, key, Vec::new());
+        let mut aged = now.to_be_bytes().to_vec();
+        aged.extend_from_slice(&key);
+        batch.insert(&*seen, key, now.to_be_bytes().to_vec());
+        batch.insert(&*by_age, aged, Vec::new());
+        let horizon = now.saturating_sub(KEEP_TRANSACTIONS.as_millis() as u64);
+        for entry in by_age.iter_from(&[], false).take(PRUNE_PER_TRANSACTION) {
+            let (old, _) = entry?;
+            let Some(at) = old.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                continue;
+            };
+            if u64::from_be_bytes(at) >= horizon {
+                break;
+            }
+            batch.remove(&*seen, old[8..].to_vec());
+            batch.remove(&*by_age, old);
+        }
         self.db.apply(&batch)?;
         self.db.persist().await?;
         Ok(results)
@@ -290,5 +317,35 @@ mod tests {
         a.unwrap();
         b.unwrap();
         assert_eq!(delivered(&services).await.len(), 1);
+    }
+
+    /// Transaction ids older than a day are forgotten, a few with each new transaction.
+    #[tokio::test]
+    async fn old_transaction_ids_are_forgotten() {
+        let services = services();
+        let seen = services.db.tree("origintxnid_transaction").unwrap();
+        let by_age = services.db.tree("tsorigintxnid_transaction").unwrap();
+        let origin = server_name!("other.example");
+        let day_and_more = KEEP_TRANSACTIONS.as_millis() as u64 + 1_000;
+        let old_at = crate::service::users::now_ms() - day_and_more;
+        for n in 0..3 {
+            let key = txn_key(origin, &format!("old{n}"));
+            let mut aged = (old_at + n).to_be_bytes().to_vec();
+            aged.extend_from_slice(&key);
+            seen.insert(&key, &old_at.to_be_bytes()).unwrap();
+            by_age.insert(&aged, &[]).unwrap();
+        }
+        services
+            .receive_transaction(origin, "new", &[], &[])
+            .await
+            .unwrap();
+        assert!(seen.get(&txn_key(origin, "old0")).unwrap().is_none());
+        assert!(seen.get(&txn_key(origin, "old2")).unwrap().is_none());
+        assert!(seen.get(&txn_key(origin, "new")).unwrap().is_some());
+        assert_eq!(
+            by_age.iter_from(&[], false).count(),
+            1,
+            "only the new one's record"
+        );
     }
 }
