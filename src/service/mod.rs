@@ -81,10 +81,10 @@ impl Services {
         let keys = Arc::new(keys::Keys::new(&db)?);
         let federation = federation::Federation::new(&config, &db, Arc::clone(&server_keys))?;
         // Other servers' keys come through the federation client; with federation off
-        // nothing is fetched, and `DirectKeyFetch` only stands in.
+        // nothing is fetched.
         let fetcher: Arc<dyn federation::keys::KeyFetch> = match federation.client() {
             Some(client) => client,
-            None => Arc::new(federation::keys::DirectKeyFetch::new()),
+            None => Arc::new(federation::keys::NoFetch),
         };
         let keyring = federation::keys::Keyring::new(
             &db,

@@ -292,7 +292,11 @@ async fn keys_of_a_server_that_is_down_come_through_a_trusted_notary() {
 
     use conduit::{
         service::{
-            federation::keys::{DirectKeyFetch, KeyFetch, Keyring},
+            federation::{
+                client::FederationClient,
+                keys::{KeyFetch, Keyring},
+                resolve::Resolver,
+            },
             server_keys::ServerKeys,
         },
         storage::Db,
@@ -350,13 +354,24 @@ async fn keys_of_a_server_that_is_down_come_through_a_trusted_notary() {
     let db = Db::memory();
     let own = Arc::new(ServerKeys::load_or_generate(&db).unwrap());
     let name_a: OwnedServerName = name_a.try_into().unwrap();
+    // Fetching through the real federation client (resolution, signing, the address
+    // check), allowed to reach loopback and to accept the test certificate.
+    let loopback = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    let client = FederationClient::new(
+        "localhost:1".try_into().unwrap(),
+        Arc::clone(&own),
+        Arc::new(Resolver::system(false, loopback.clone()).unwrap()),
+        false,
+        loopback,
+    )
+    .unwrap();
     let keyring = Keyring::new(
         &db,
         "localhost:1".try_into().unwrap(),
         own,
         vec![name_a.clone()],
         true,
-        Arc::new(DirectKeyFetch::with_client(https.clone())) as Arc<dyn KeyFetch>,
+        Arc::new(client) as Arc<dyn KeyFetch>,
     )
     .unwrap();
     let name_b: OwnedServerName = name_b.try_into().unwrap();

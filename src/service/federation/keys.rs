@@ -20,7 +20,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -705,110 +705,31 @@ fn check_response(
     })
 }
 
-/// A [`KeyFetch`] that talks HTTPS to `https://<server name>/…` as written, without the
-/// spec's server-name resolution (no well-known, no SRV, no default port 8448), with the
-/// system's certificate roots (`SSL_CERT_FILE` works). Enough for servers named by their
-/// address (`localhost:8448`, the tests' `localhost:PORT`); the outgoing federation client
-/// replaces it.
-pub struct DirectKeyFetch {
-    http: OnceLock<reqwest::Client>,
-}
+/// The [`KeyFetch`] of a server with federation off: nothing is fetched (the keyring does
+/// not even ask, `fetch_allowed` being false); every fetch is an error.
+pub struct NoFetch;
 
-/// Largest key response read (a notary's answer for many servers fits easily).
-const MAX_RESPONSE: usize = 1 << 20;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl Default for DirectKeyFetch {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl DirectKeyFetch {
-    pub fn new() -> Self {
-        Self {
-            http: OnceLock::new(),
-        }
-    }
-
-    /// With a client of the caller's (e.g. one that trusts a test certificate). It should
-    /// not follow redirects, and should time out.
-    pub fn with_client(http: reqwest::Client) -> Self {
-        let fetch = Self::new();
-        let _ = fetch.http.set(http);
-        fetch
-    }
-
-    /// Built on first use: loading the system's certificates costs memory.
-    fn http(&self) -> Result<&reqwest::Client> {
-        if self.http.get().is_none() {
-            let http = reqwest::Client::builder()
-                .timeout(FETCH_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| Error::internal(format!("HTTP client: {e}")))?;
-            let _ = self.http.set(http);
-        }
-        Ok(self.http.get().expect("set above"))
-    }
-
-    async fn read(response: reqwest::Response) -> Result<Vec<u8>> {
-        let fail = |why: String| Error::internal(format!("key fetch: {why}"));
-        if !response.status().is_success() {
-            return Err(fail(format!("status {}", response.status())));
-        }
-        let mut response = response;
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| fail(e.to_string()))? {
-            if body.len() + chunk.len() > MAX_RESPONSE {
-                return Err(fail("response too large".to_owned()));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
-    }
-}
-
-#[derive(Deserialize)]
-struct QueryResponse {
-    server_keys: Vec<Raw<ServerSigningKeys>>,
-}
-
-impl KeyFetch for DirectKeyFetch {
+impl KeyFetch for NoFetch {
     fn server_keys<'a>(
         &'a self,
         server: &'a ServerName,
     ) -> BoxFuture<'a, Result<Raw<ServerSigningKeys>>> {
         Box::pin(async move {
-            let response = self
-                .http()?
-                .get(format!("https://{server}/_matrix/key/v2/server"))
-                .send()
-                .await
-                .map_err(|e| Error::internal(format!("key fetch from {server}: {e}")))?;
-            let body = Self::read(response).await?;
-            serde_json::from_slice(&body)
-                .map_err(|e| Error::internal(format!("key fetch from {server}: {e}")))
+            Err(Error::forbidden(format!(
+                "Federation is off: no keys are fetched from {server}."
+            )))
         })
     }
 
     fn notary_query<'a>(
         &'a self,
         notary: &'a ServerName,
-        criteria: &'a BTreeMap<OwnedServerName, BTreeMap<OwnedServerSigningKeyId, QueryCriteria>>,
+        _criteria: &'a BTreeMap<OwnedServerName, BTreeMap<OwnedServerSigningKeyId, QueryCriteria>>,
     ) -> BoxFuture<'a, Result<Vec<Raw<ServerSigningKeys>>>> {
         Box::pin(async move {
-            let response = self
-                .http()?
-                .post(format!("https://{notary}/_matrix/key/v2/query"))
-                .json(&serde_json::json!({ "server_keys": criteria }))
-                .send()
-                .await
-                .map_err(|e| Error::internal(format!("key query to {notary}: {e}")))?;
-            let body = Self::read(response).await?;
-            let parsed: QueryResponse = serde_json::from_slice(&body)
-                .map_err(|e| Error::internal(format!("key query to {notary}: {e}")))?;
-            Ok(parsed.server_keys)
+            Err(Error::forbidden(format!(
+                "Federation is off: {notary} is not asked for keys."
+            )))
         })
     }
 }
