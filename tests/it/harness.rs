@@ -263,18 +263,14 @@ impl TestServer {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self.http().request(method, format!("{}{path}", self.url));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("HTTP request");
-        let status = response.status();
-        let text = response.text().await.expect("response body");
-        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, json)
+        json_request(
+            &self.http(),
+            method,
+            &format!("{}{path}", self.url),
+            token,
+            body,
+        )
+        .await
     }
 
     /// A client-server API request as `token`; `path` is below `/_matrix/client/v3`.
@@ -352,6 +348,29 @@ impl Drop for TestServer {
 
 /// A free TCP port on 127.0.0.1, for a server whose port must be known before it starts.
 /// The port is free when this returns; a start that finds it taken should try again.
+/// A request with an optional bearer token and JSON body; the status and the answer as JSON
+/// (a body that is not JSON comes back as a JSON string).
+pub async fn json_request(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = http.request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("HTTP request");
+    let status = response.status();
+    let text = response.text().await.expect("response body");
+    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, json)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())

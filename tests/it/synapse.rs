@@ -19,7 +19,7 @@ use reqwest::{Method, StatusCode};
 use ruma::{CanonicalJsonObject, serde::Base64};
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, free_port, https_client, self_signed_certificate};
+use crate::harness::{TestServer, free_port, https_client, json_request, self_signed_certificate};
 
 /// How long Synapse may take to answer after its start: about 1.5 s on an idle machine,
 /// more when the tests share two cores; past this, something is wrong.
@@ -155,18 +155,14 @@ impl Synapse {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self.http().request(method, format!("{}{path}", self.url));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("HTTP request to Synapse");
-        let status = response.status();
-        let text = response.text().await.expect("response body");
-        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, json)
+        json_request(
+            &self.http(),
+            method,
+            &format!("{}{path}", self.url),
+            token,
+            body,
+        )
+        .await
     }
 
     /// A client-server API request as `token`; `path` is below `/_matrix/client/v3`.

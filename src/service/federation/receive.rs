@@ -168,6 +168,19 @@ mod tests {
         .unwrap()
     }
 
+    /// Services with a local user `@bob:example.org` and his device `PHONE`.
+    async fn with_bobs_phone() -> std::sync::Arc<Services> {
+        let services = services();
+        let bob = user_id!("@bob:example.org");
+        services.users.create(bob, None, false, None).await.unwrap();
+        services
+            .devices
+            .create_without_token(bob, device_id!("PHONE"), None)
+            .await
+            .unwrap();
+        services
+    }
+
     fn to_device_edu(sender: &str, message_id: &str, n: u64) -> Raw<Edu> {
         let edu = json!({
             "edu_type": "m.direct_to_device",
@@ -198,14 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_transaction_is_applied_once_and_its_edus_checked() {
-        let services = services();
-        let bob = user_id!("@bob:example.org");
-        services.users.create(bob, None, false, None).await.unwrap();
-        services
-            .devices
-            .create_without_token(bob, device_id!("PHONE"), None)
-            .await
-            .unwrap();
+        let services = with_bobs_phone().await;
         let origin = server_name!("other.example");
 
         services
@@ -299,14 +305,7 @@ mod tests {
     /// A transaction retried while its first copy is still being applied is applied once.
     #[tokio::test]
     async fn concurrent_copies_of_a_transaction_apply_once() {
-        let services = services();
-        let bob = user_id!("@bob:example.org");
-        services.users.create(bob, None, false, None).await.unwrap();
-        services
-            .devices
-            .create_without_token(bob, device_id!("PHONE"), None)
-            .await
-            .unwrap();
+        let services = with_bobs_phone().await;
         let origin = server_name!("other.example");
         let first = [to_device_edu("@a:other.example", "m1", 1)];
         let second = [to_device_edu("@a:other.example", "m2", 2)];
