@@ -134,6 +134,11 @@ impl Batch {
         self.insert(table.tree(), key, bytes);
     }
 
+    /// Moves every operation of `other` to the end of this batch.
+    pub fn append(&mut self, mut other: Batch) {
+        self.ops.append(&mut other.ops);
+    }
+
     pub fn ops(&self) -> &[BatchOp] {
         &self.ops
     }

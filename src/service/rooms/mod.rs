@@ -3,7 +3,11 @@
 //! - [`pdu`]: the stored event type and its client forms.
 //! - [`short`]: interning of event ids, state keys and room ids.
 //! - [`state`]: state sets stored as diffs with periodic snapshots.
-//! - [`append`]: creating a local event: build, hash, sign, authorise, store (one batch).
+//! - [`append`]: sending a local event, in four steps: [`build`] (prev and auth events,
+//!   JSON, hash, signature, event id; local events only), [`check`] (the authorization
+//!   rules; shared with remote events), [`prepare`] (state sets, the current state's
+//!   resolution, membership changes: under the room lock, outside the commit lock) and
+//!   [`commit`] (the one store step: writes at the next stream position).
 //! - [`resolve`]: state resolution where forks meet (ruma's state-res).
 //! - [`create`], [`membership`], [`alias`], [`upgrade`]: createRoom, membership changes,
 //!   aliases and the public directory, room upgrades, all built on `append`.
@@ -26,11 +30,15 @@
 
 pub mod alias;
 pub mod append;
+mod build;
+mod check;
+mod commit;
 pub mod create;
 pub mod facts;
 pub mod membership;
 pub mod pdu;
 pub mod power;
+mod prepare;
 pub mod relations;
 pub mod resolve;
 pub mod short;
@@ -120,7 +128,7 @@ pub struct MembershipEntry {
 }
 
 /// Number of room locks. Appends to one room are serialised; different rooms mostly not.
-const LOCK_STRIPES: usize = 64;
+const LOCK_STRIPES: usize = 256;
 
 pub struct Rooms {
     db: Db,

@@ -1202,3 +1202,49 @@ async fn depth_follows_the_prev_events() {
     assert_eq!(merge.prev_events.len(), 2);
     assert_eq!(u64::from(merge.depth), fork_depth + 4);
 }
+
+/// Rooms v3+ "Event format": an event cites at most 20 `prev_events`. With more forward
+/// extremities a local event cites the 20 deepest; the others stay extremities and are
+/// resolved into the current state, and the next event takes them in.
+#[tokio::test]
+async fn a_local_event_cites_at_most_twenty_prev_events() {
+    let (rooms, room, fork) = forked_room(RoomVersionId::V11).await;
+    let alice = user_id!("@alice:example.org");
+    // 24 branches from the fork point; two of them one event longer (deeper).
+    let mut deep = Vec::new();
+    for n in 0..24 {
+        let tip = rooms
+            .send_with_prev_events(
+                &room,
+                alice,
+                text(&format!("branch {n}")),
+                vec![fork.clone()],
+            )
+            .await
+            .unwrap();
+        if n < 2 {
+            let longer = rooms
+                .send_with_prev_events(&room, alice, text("longer"), vec![tip.event_id])
+                .await
+                .unwrap();
+            deep.push(longer.event_id);
+        }
+    }
+    assert_eq!(rooms.extremities(&room).unwrap().len(), 24);
+    let first = rooms
+        .send(&room, alice, text("merge 1"), None)
+        .await
+        .unwrap();
+    assert_eq!(first.prev_events.len(), 20);
+    for id in &deep {
+        assert!(first.prev_events.contains(id), "the deepest are cited");
+    }
+    // 24 - 20 + 1.
+    assert_eq!(rooms.extremities(&room).unwrap().len(), 5);
+    let second = rooms
+        .send(&room, alice, text("merge 2"), None)
+        .await
+        .unwrap();
+    assert_eq!(second.prev_events.len(), 5);
+    assert_eq!(rooms.extremities(&room).unwrap(), vec![second.event_id]);
+}

@@ -1,0 +1,139 @@
+//! The one store step: applies a [`Prepared`] event at the next stream position. Only
+//! writes happen here (no resolution, no DAG walks), because every other commit on the
+//! server — sends in other rooms, receipts, typing, to-device — waits for this one.
+
+use ruma::events::room::member::MembershipState;
+
+use super::{MembershipEntry, RoomInfo, Rooms, pair_key, pdu::Pdu, pdu_id, prefix_key, txn_key};
+use super::{append::Transaction, prepare::Prepared};
+use crate::Result;
+
+impl Rooms {
+    /// Stores `prepared` (event, state hashes, timeline place, room info, extremities,
+    /// membership indexes, the client's transaction) in one batch, then wakes the room's
+    /// members.
+    pub(super) fn commit(
+        &self,
+        prepared: Prepared,
+        transaction: Option<Transaction<'_>>,
+    ) -> Result<Pdu> {
+        let Prepared {
+            room_id,
+            version,
+            info,
+            short_room_id,
+            short_event_id,
+            event_id,
+            pdu,
+            stored,
+            before,
+            after,
+            current,
+            memberships,
+            redacted_target,
+            batch: prepared_batch,
+        } = prepared;
+        let relation_content = pdu.content_value();
+        let (count, ()) = self.stream.commit(|count, batch| {
+            batch.append(prepared_batch);
+            self.index_relation(
+                batch,
+                &room_id,
+                pdu.kind.to_string().as_str(),
+                &event_id,
+                &relation_content,
+                count,
+            )?;
+            if let Some((target_pdu_id, bytes)) = redacted_target {
+                batch.insert(&*self.pdus, target_pdu_id.to_vec(), bytes);
+            }
+            let id = pdu_id(short_room_id, count);
+            batch.insert(&*self.pdus, id.to_vec(), stored);
+            batch.insert(
+                &*self.eventid_pduid,
+                event_id.as_bytes().to_vec(),
+                id.to_vec(),
+            );
+            let mut hashes = before.unwrap_or(0).to_be_bytes().to_vec();
+            hashes.extend_from_slice(&after.to_be_bytes());
+            batch.insert(
+                &*self.statehashes,
+                short_event_id.to_be_bytes().to_vec(),
+                hashes,
+            );
+            let bump_count = if super::bumps(&pdu.kind) {
+                count
+            } else {
+                info.as_ref().map_or(count, |info| info.bump_count)
+            };
+            let depth = u64::from(pdu.depth);
+            let new_info = RoomInfo {
+                version,
+                short_room_id,
+                state_hash: current,
+                last_count: count,
+                depth: info.as_ref().map_or(depth, |info| info.depth.max(depth)),
+                bump_count,
+            };
+            batch.insert_json(&self.info, room_id.as_bytes().to_vec(), &new_info);
+            for prev in &pdu.prev_events {
+                batch.remove(
+                    &*self.extremities,
+                    pair_key(room_id.as_str(), prev.as_str()),
+                );
+            }
+            batch.insert(
+                &*self.extremities,
+                pair_key(room_id.as_str(), event_id.as_str()),
+                Vec::new(),
+            );
+            if let Some(transaction) = &transaction {
+                batch.insert(
+                    &*self.txn_event,
+                    txn_key(&pdu.sender, transaction.device_id, transaction.txn_id),
+                    event_id.as_bytes().to_vec(),
+                );
+                let mut value = prefix_key(transaction.device_id.as_str());
+                value.extend_from_slice(transaction.txn_id.as_bytes());
+                batch.insert(&*self.event_txn, event_id.as_bytes().to_vec(), value);
+            }
+            for (user, membership) in &memberships {
+                self.index_membership(batch, &room_id, user, membership.clone(), count);
+            }
+            Ok(())
+        })?;
+
+        // Wake everyone in the room and every user whose membership just changed.
+        let members = self.members(&room_id)?;
+        let joined = members
+            .iter()
+            .filter(|(_, membership)| *membership == MembershipState::Join)
+            .map(|(user, _)| user.as_ref());
+        self.stream.touch(
+            joined.chain(memberships.iter().map(|(user, _)| user.as_ref())),
+            count,
+        );
+        Ok(pdu)
+    }
+
+    /// Writes both membership indexes for `user` in `room_id`.
+    fn index_membership(
+        &self,
+        batch: &mut crate::storage::Batch,
+        room_id: &ruma::RoomId,
+        user: &ruma::UserId,
+        membership: MembershipState,
+        count: u64,
+    ) {
+        batch.insert(
+            &*self.room_users,
+            pair_key(room_id.as_str(), user.as_str()),
+            membership.as_str().as_bytes().to_vec(),
+        );
+        batch.insert_json(
+            &self.user_rooms,
+            pair_key(user.as_str(), room_id.as_str()),
+            &MembershipEntry { membership, count },
+        );
+    }
+}
