@@ -210,7 +210,7 @@ pub async fn get_context(
     let rooms = &services.rooms;
     let info = rooms.existing(&body.room_id)?;
     let event = rooms
-        .pdu(&body.event_id)?
+        .client_pdu(&body.event_id)?
         .filter(|pdu| pdu.room_id() == body.room_id)
         .ok_or_else(|| Error::not_found("Event not found."))?;
     let count = rooms

@@ -82,7 +82,7 @@ async fn receipt(
 ) -> Result<()> {
     if services
         .rooms
-        .pdu(&event_id)?
+        .client_pdu(&event_id)?
         .is_none_or(|pdu| pdu.room_id() != room_id)
     {
         return Err(Error::not_found("Unknown event."));

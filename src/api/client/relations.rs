@@ -49,7 +49,7 @@ fn relating(
     let mut visibility = event_reader(services, room_id, user)?;
     let rooms = &services.rooms;
     let parent = rooms
-        .pdu(target)?
+        .client_pdu(target)?
         .filter(|pdu| pdu.room_id() == room_id)
         .ok_or_else(|| Error::not_found("Event not found."))?;
     if !visibility.can_see(rooms.count_of(target)?.unwrap_or(0), &parent)? {
@@ -219,7 +219,7 @@ pub async fn get_threads(
     let total = roots.len();
     let mut chunk = Vec::new();
     for (root, _) in roots.into_iter().skip(offset).take(limit) {
-        if let Some(pdu) = services.rooms.pdu(&root)?
+        if let Some(pdu) = services.rooms.client_pdu(&root)?
             && visibility.can_see(services.rooms.count_of(&root)?.unwrap_or(0), &pdu)?
         {
             chunk.push(services.rooms.room_event(&pdu, sender)?);

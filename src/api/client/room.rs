@@ -216,7 +216,7 @@ pub async fn get_room_event(
     let mut visibility = event_reader(&services, &body.room_id, sender)?;
     let pdu = services
         .rooms
-        .pdu(&body.event_id)?
+        .client_pdu(&body.event_id)?
         .filter(|pdu| pdu.room_id() == body.room_id)
         .ok_or_else(not_found)?;
     let count = services.rooms.count_of(&body.event_id)?.unwrap_or(0);
@@ -284,7 +284,7 @@ pub async fn report_content(
     let mut visibility = reader(&services, &body.room_id, sender).map_err(|_| not_found())?;
     let pdu = services
         .rooms
-        .pdu(&body.event_id)?
+        .client_pdu(&body.event_id)?
         .filter(|pdu| pdu.room_id() == body.room_id)
         .ok_or_else(not_found)?;
     let count = services.rooms.count_of(&body.event_id)?.unwrap_or(0);

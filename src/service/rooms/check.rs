@@ -33,6 +33,53 @@ pub(super) enum BeforeSource {
     Resolved { parent: StateHash },
 }
 
+/// What the checks decided about a stored event (server-server API, "Checks performed on
+/// receipt of a PDU"). Stored in `shorteventid_verdict` (absent = accepted): `S` for
+/// soft-failed, `R` followed by the reason for rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    /// Passed the checks against its auth events and the state before it, failed against
+    /// the room's current state: stored, never shown to clients, never a forward extremity.
+    SoftFailed,
+    /// Failed the checks against its auth events or the state before it: stored, in no
+    /// state set, never shown, and rejected wherever ruma's rules look at it.
+    Rejected(String),
+}
+
+/// The longest rejection reason stored, in bytes.
+const MAX_REASON_BYTES: usize = 512;
+
+impl Verdict {
+    /// The stored value; `None` for accepted (nothing is stored).
+    pub(super) fn encode(&self) -> Option<Vec<u8>> {
+        match self {
+            Verdict::Accepted => None,
+            Verdict::SoftFailed => Some(b"S".to_vec()),
+            Verdict::Rejected(reason) => {
+                let mut end = reason.len().min(MAX_REASON_BYTES);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let mut value = b"R".to_vec();
+                value.extend_from_slice(&reason.as_bytes()[..end]);
+                Some(value)
+            }
+        }
+    }
+
+    pub(super) fn decode(value: Option<&[u8]>) -> Result<Verdict> {
+        match value {
+            None => Ok(Verdict::Accepted),
+            Some(b"S") => Ok(Verdict::SoftFailed),
+            Some([b'R', reason @ ..]) => Ok(Verdict::Rejected(
+                String::from_utf8_lossy(reason).into_owned(),
+            )),
+            Some(_) => Err(Error::internal("bad value in shorteventid_verdict")),
+        }
+    }
+}
+
 /// Runs a ruma check whose fetch callbacks can only say "missing": the first storage error
 /// a callback meets is kept aside and returned instead of the verdict, so a failing disk
 /// never reads as a missing event.
@@ -98,7 +145,7 @@ impl Rooms {
         pdu: &Pdu,
     ) -> Result<Result<(), String>> {
         let failure = Failure::new();
-        let fetch = |id: &EventId| failure.keep(self.pdu(id));
+        let fetch = |id: &EventId| failure.keep(self.pdu_for_auth(id));
         let verdict = check_state_independent_auth_rules(rules, pdu, fetch);
         failure.verdict(verdict)
     }
@@ -119,10 +166,39 @@ impl Rooms {
                 let Some(short_event) = state.get(&short_key) else {
                     return Ok(None);
                 };
-                self.pdu(&self.short.event_id(*short_event)?)
+                self.pdu_for_auth(&self.short.event_id(*short_event)?)
             })())
         };
         let verdict = check_state_dependent_auth_rules(rules, pdu, fetch_state);
         failure.verdict(verdict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Verdict;
+
+    #[test]
+    fn verdicts_round_trip_and_long_reasons_are_cut_at_a_char_boundary() {
+        for verdict in [
+            Verdict::Accepted,
+            Verdict::SoftFailed,
+            Verdict::Rejected("sender is not in the room".into()),
+            Verdict::Rejected(String::new()),
+        ] {
+            let stored = verdict.encode();
+            assert_eq!(Verdict::decode(stored.as_deref()).unwrap(), verdict);
+        }
+        let long = "é".repeat(400); // 800 bytes
+        let stored = Verdict::Rejected(long).encode().unwrap();
+        assert!(stored.len() <= 513);
+        let Verdict::Rejected(reason) = Verdict::decode(Some(&stored)).unwrap() else {
+            panic!("rejected");
+        };
+        assert_eq!(reason, "é".repeat(256));
+        assert!(
+            Verdict::decode(Some(b"X")).is_err(),
+            "corrupt, not accepted"
+        );
     }
 }

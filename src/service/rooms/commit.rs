@@ -31,6 +31,7 @@ impl Rooms {
             current,
             memberships,
             redacted_target,
+            verdict,
             batch: prepared_batch,
         } = prepared;
         let relation_content = pdu.content_value();
@@ -54,6 +55,13 @@ impl Rooms {
                 event_id.as_bytes().to_vec(),
                 id.to_vec(),
             );
+            if let Some(value) = verdict.encode() {
+                batch.insert(
+                    &*self.verdicts,
+                    short_event_id.to_be_bytes().to_vec(),
+                    value,
+                );
+            }
             let mut hashes = before.unwrap_or(0).to_be_bytes().to_vec();
             hashes.extend_from_slice(&after.to_be_bytes());
             batch.insert(

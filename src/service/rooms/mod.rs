@@ -18,6 +18,11 @@
 //! Trees owned here (besides those of `short` and `state`):
 //! - `pduid_pdu`: `short room id (u64) count (u64)` → stored PDU JSON. Timeline order.
 //! - `eventid_pduid`: event id → pdu id.
+//! - `eventid_pdu`: event id → stored PDU JSON, for events without a timeline place
+//!   (outliers, soft-failed and rejected events). An event is in this tree or in
+//!   `eventid_pduid`, never both.
+//! - `shorteventid_verdict`: short event id → `S` (soft-failed) or `R` ‖ reason
+//!   (rejected); absent = accepted ([`check::Verdict`]).
 //! - `shorteventid_statehashes`: short event id → state hash before (u64, 0 = empty) and
 //!   after (u64) the event.
 //! - `roomid_info`: room id → [`RoomInfo`] (version, current state hash, last count, depth).
@@ -31,7 +36,7 @@
 pub mod alias;
 pub mod append;
 mod build;
-mod check;
+pub mod check;
 mod commit;
 pub mod create;
 pub mod facts;
@@ -139,6 +144,8 @@ pub struct Rooms {
     pub stream: Arc<Stream>,
     pdus: Arc<dyn Tree>,
     eventid_pduid: Arc<dyn Tree>,
+    outliers: Arc<dyn Tree>,
+    verdicts: Arc<dyn Tree>,
     statehashes: Arc<dyn Tree>,
     info: Table<RoomInfo>,
     extremities: Arc<dyn Tree>,
@@ -199,6 +206,8 @@ impl Rooms {
             stream,
             pdus: db.tree("pduid_pdu")?,
             eventid_pduid: db.tree("eventid_pduid")?,
+            outliers: db.tree("eventid_pdu")?,
+            verdicts: db.tree("shorteventid_verdict")?,
             statehashes: db.tree("shorteventid_statehashes")?,
             info: db.table("roomid_info")?,
             extremities: db.tree("roomid_extremity")?,
@@ -255,24 +264,74 @@ impl Rooms {
         }
     }
 
+    /// Any event we hold: with a timeline place, or without one (an outlier, a soft-failed
+    /// or a rejected event). For what clients may see use [`Rooms::client_pdu`]; for ruma's
+    /// auth checks [`Rooms::pdu_for_auth`].
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
-        let Some(id) = self.pdu_id_of(event_id)? else {
+        Ok(self.pdu_placed(event_id)?.map(|(pdu, _)| pdu))
+    }
+
+    /// The event and whether it has a timeline place.
+    fn pdu_placed(&self, event_id: &EventId) -> Result<Option<(Pdu, bool)>> {
+        if let Some(id) = self.pdu_id_of(event_id)? {
+            // `eventid_pduid` names a timeline entry: a dangling one is corrupt data.
+            let bytes = self
+                .pdus
+                .get(&id)?
+                .ok_or_else(|| Error::internal(format!("timeline entry of {event_id} missing")))?;
+            return Ok(Some((Self::decode_pdu(&bytes)?, true)));
+        }
+        match self.outliers.get(event_id.as_bytes())? {
+            Some(bytes) => Ok(Some((Self::decode_pdu(&bytes)?, false))),
+            None => Ok(None),
+        }
+    }
+
+    /// What the checks decided about a stored event (accepted for an unknown one).
+    pub fn verdict(&self, event_id: &EventId) -> Result<check::Verdict> {
+        let Some(short) = self.short.get_short_event_id(event_id)? else {
+            return Ok(check::Verdict::Accepted);
+        };
+        check::Verdict::decode(self.verdicts.get(&short.to_be_bytes())?.as_deref())
+    }
+
+    /// The event for ruma's authorization checks and state resolution: with
+    /// [`Pdu::rejected`] set, so that an event citing a rejected auth event is rejected
+    /// (rooms v1+ authorization rules) and resolution skips it.
+    pub fn pdu_for_auth(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        let Some((mut pdu, placed)) = self.pdu_placed(event_id)? else {
             return Ok(None);
         };
-        self.pdus
-            .get(&id)?
-            .map(|bytes| Self::decode_pdu(&bytes))
-            .transpose()
+        // Only accepted events have a timeline place: no verdict lookup for them.
+        if !placed {
+            pdu.rejected = matches!(self.verdict(event_id)?, check::Verdict::Rejected(_));
+        }
+        Ok(Some(pdu))
+    }
+
+    /// The event as a client may ask for it by id: `None` for rejected and soft-failed
+    /// events, which clients are never shown (server-server API, "Rejection", "Soft
+    /// failure"). Outliers are returned; they have no state, so history visibility hides
+    /// them.
+    pub fn client_pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        let Some((pdu, placed)) = self.pdu_placed(event_id)? else {
+            return Ok(None);
+        };
+        if placed || self.verdict(event_id)? == check::Verdict::Accepted {
+            Ok(Some(pdu))
+        } else {
+            Ok(None)
+        }
     }
 
     /// The event as stored: the signed PDU (with `hashes` and `signatures`) plus `event_id`
     /// and `unsigned`, for `event_format: federation`.
     pub fn pdu_json(&self, event_id: &EventId) -> Result<Option<serde_json::Value>> {
-        let Some(id) = self.pdu_id_of(event_id)? else {
-            return Ok(None);
+        let bytes = match self.pdu_id_of(event_id)? {
+            Some(id) => self.pdus.get(&id)?,
+            None => self.outliers.get(event_id.as_bytes())?,
         };
-        self.pdus
-            .get(&id)?
+        bytes
             .map(|bytes| {
                 serde_json::from_slice(&bytes)
                     .map_err(|e| Error::internal(format!("corrupt stored PDU: {e}")))

@@ -34,6 +34,11 @@ pub struct Pdu {
     pub redacts: Option<OwnedEventId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsigned: Option<Box<RawJsonValue>>,
+    /// Whether the event was rejected by the authorization rules. Never stored in the JSON
+    /// (a verdict is ours, not part of the event); set by `Rooms::pdu_for_auth` so that
+    /// ruma's auth checks and state resolution treat it as rejected.
+    #[serde(skip)]
+    pub rejected: bool,
 }
 
 impl Pdu {
@@ -202,6 +207,6 @@ impl ruma::state_res::Event for Pdu {
     }
 
     fn rejected(&self) -> bool {
-        false
+        self.rejected
     }
 }

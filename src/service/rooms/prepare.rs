@@ -15,7 +15,7 @@ use ruma::{
 use super::{
     RoomInfo, Rooms,
     build::Built,
-    check::BeforeSource,
+    check::{BeforeSource, Verdict},
     pdu::Pdu,
     short::{ShortEventId, ShortRoomId},
     state::StateHash,
@@ -44,6 +44,8 @@ pub(super) struct Prepared {
     pub memberships: Vec<(OwnedUserId, MembershipState)>,
     /// A redacted target's stored form (pdu id, JSON), rewritten in the same batch.
     pub redacted_target: Option<([u8; 16], Vec<u8>)>,
+    /// What the checks decided; only accepted events get a timeline place.
+    pub verdict: Verdict,
     /// State diffs and other writes that need no position.
     pub batch: Batch,
 }
@@ -152,6 +154,7 @@ impl Rooms {
             current,
             memberships,
             redacted_target,
+            verdict: Verdict::Accepted,
             batch,
         })
     }
