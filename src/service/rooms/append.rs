@@ -194,8 +194,8 @@ impl Rooms {
             )?,
             _ => None,
         };
-        let prepared = self.prepare(&rules, version, info, built, redacted_target)?;
-        self.commit(prepared, extra.transaction)
+        let prepared = self.prepare(&rules, version, info, built.into(), redacted_target)?;
+        Ok(self.commit(prepared, extra.transaction)?.0)
     }
 
     /// The redacted form of `target_id` to store, if `sender` may redact it: their own event,

@@ -29,8 +29,9 @@ pub(super) enum BeforeSource {
     Empty,
     /// The state after its single prev_event.
     Stored(StateHash),
-    /// Resolved over several prev_events; stored as a diff against `parent`.
-    Resolved { parent: StateHash },
+    /// Resolved over several prev_events (or given by another server); stored as a new
+    /// set, a diff against `parent` when there is one.
+    Resolved { parent: Option<StateHash> },
 }
 
 /// What the checks decided about a stored event (server-server API, "Checks performed on
@@ -133,7 +134,12 @@ impl Rooms {
             several => {
                 let hashes = several.iter().map(after_of).collect::<Result<Vec<_>>>()?;
                 let resolved = self.resolve_states(rules, &hashes, None)?;
-                Ok((resolved, BeforeSource::Resolved { parent: hashes[0] }))
+                Ok((
+                    resolved,
+                    BeforeSource::Resolved {
+                        parent: Some(hashes[0]),
+                    },
+                ))
             }
         }
     }

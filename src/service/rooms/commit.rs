@@ -5,18 +5,23 @@
 use ruma::events::room::member::MembershipState;
 
 use super::{MembershipEntry, RoomInfo, Rooms, pair_key, pdu::Pdu, pdu_id, prefix_key, txn_key};
-use super::{append::Transaction, prepare::Prepared};
+use super::{
+    append::Transaction,
+    prepare::{LiveUpdate, Prepared},
+};
 use crate::Result;
 
 impl Rooms {
-    /// Stores `prepared` (event, state hashes, timeline place, room info, extremities,
-    /// membership indexes, the client's transaction) in one batch, then wakes the room's
-    /// members.
+    /// Stores `prepared` in one batch: the event (in the timeline when it is an accepted
+    /// live event, else without a place), its verdict and state hashes, and for a timeline
+    /// event the room info, extremities, membership indexes and the client's transaction;
+    /// then wakes the room's members (timeline events only). Returns the event and its
+    /// stream position when it has a timeline place.
     pub(super) fn commit(
         &self,
         prepared: Prepared,
         transaction: Option<Transaction<'_>>,
-    ) -> Result<Pdu> {
+    ) -> Result<(Pdu, Option<u64>)> {
         let Prepared {
             room_id,
             version,
@@ -26,35 +31,17 @@ impl Rooms {
             event_id,
             pdu,
             stored,
-            before,
-            after,
-            current,
-            memberships,
+            state,
+            live,
             redacted_target,
             verdict,
             batch: prepared_batch,
         } = prepared;
-        let relation_content = pdu.content_value();
         let (count, ()) = self.stream.commit(|count, batch| {
             batch.append(prepared_batch);
-            self.index_relation(
-                batch,
-                &room_id,
-                pdu.kind.to_string().as_str(),
-                &event_id,
-                &relation_content,
-                count,
-            )?;
             if let Some((target_pdu_id, bytes)) = redacted_target {
                 batch.insert(&*self.pdus, target_pdu_id.to_vec(), bytes);
             }
-            let id = pdu_id(short_room_id, count);
-            batch.insert(&*self.pdus, id.to_vec(), stored);
-            batch.insert(
-                &*self.eventid_pduid,
-                event_id.as_bytes().to_vec(),
-                id.to_vec(),
-            );
             if let Some(value) = verdict.encode() {
                 batch.insert(
                     &*self.verdicts,
@@ -62,13 +49,36 @@ impl Rooms {
                     value,
                 );
             }
-            let mut hashes = before.unwrap_or(0).to_be_bytes().to_vec();
-            hashes.extend_from_slice(&after.to_be_bytes());
+            if let Some((before, after)) = state {
+                let mut hashes = before.unwrap_or(0).to_be_bytes().to_vec();
+                hashes.extend_from_slice(&after.to_be_bytes());
+                batch.insert(
+                    &*self.statehashes,
+                    short_event_id.to_be_bytes().to_vec(),
+                    hashes,
+                );
+            }
+            let Some(live) = &live else {
+                batch.insert(&*self.outliers, event_id.as_bytes().to_vec(), stored);
+                return Ok(());
+            };
+            // An outlier that now takes its place moves; it is never in both trees.
+            batch.remove(&*self.outliers, event_id.as_bytes().to_vec());
+            let id = pdu_id(short_room_id, count);
+            batch.insert(&*self.pdus, id.to_vec(), stored);
             batch.insert(
-                &*self.statehashes,
-                short_event_id.to_be_bytes().to_vec(),
-                hashes,
+                &*self.eventid_pduid,
+                event_id.as_bytes().to_vec(),
+                id.to_vec(),
             );
+            self.index_relation(
+                batch,
+                &room_id,
+                pdu.kind.to_string().as_str(),
+                &event_id,
+                &pdu.content_value(),
+                count,
+            )?;
             let bump_count = if super::bumps(&pdu.kind) {
                 count
             } else {
@@ -78,23 +88,25 @@ impl Rooms {
             let new_info = RoomInfo {
                 version,
                 short_room_id,
-                state_hash: current,
+                state_hash: live.current,
                 last_count: count,
                 depth: info.as_ref().map_or(depth, |info| info.depth.max(depth)),
                 bump_count,
             };
             batch.insert_json(&self.info, room_id.as_bytes().to_vec(), &new_info);
-            for prev in &pdu.prev_events {
+            for covered in &live.covered {
                 batch.remove(
                     &*self.extremities,
-                    pair_key(room_id.as_str(), prev.as_str()),
+                    pair_key(room_id.as_str(), covered.as_str()),
                 );
             }
-            batch.insert(
-                &*self.extremities,
-                pair_key(room_id.as_str(), event_id.as_str()),
-                Vec::new(),
-            );
+            if live.extremity {
+                batch.insert(
+                    &*self.extremities,
+                    pair_key(room_id.as_str(), event_id.as_str()),
+                    Vec::new(),
+                );
+            }
             if let Some(transaction) = &transaction {
                 batch.insert(
                     &*self.txn_event,
@@ -105,13 +117,17 @@ impl Rooms {
                 value.extend_from_slice(transaction.txn_id.as_bytes());
                 batch.insert(&*self.event_txn, event_id.as_bytes().to_vec(), value);
             }
-            for (user, membership) in &memberships {
+            for (user, membership) in &live.memberships {
                 self.index_membership(batch, &room_id, user, membership.clone(), count);
             }
             Ok(())
         })?;
 
-        // Wake everyone in the room and every user whose membership just changed.
+        // Wake everyone in the room and every user whose membership just changed. Events
+        // without a timeline place wake nobody: nothing a sync returns changed.
+        let Some(LiveUpdate { memberships, .. }) = live else {
+            return Ok((pdu, None));
+        };
         let members = self.members(&room_id)?;
         let joined = members
             .iter()
@@ -121,7 +137,7 @@ impl Rooms {
             joined.chain(memberships.iter().map(|(user, _)| user.as_ref())),
             count,
         );
-        Ok(pdu)
+        Ok((pdu, Some(count)))
     }
 
     /// Writes both membership indexes for `user` in `room_id`.

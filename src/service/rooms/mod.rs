@@ -27,6 +27,9 @@
 //!   after (u64) the event.
 //! - `roomid_info`: room id → [`RoomInfo`] (version, current state hash, last count, depth).
 //! - `roomid_extremity`: `room id 0xFF event id` → empty. Forward extremities.
+//! - `roomid_backwardextremity`: `room id 0xFF event id` → empty. Events named in the
+//!   `prev_events` of an event with state that we do not hold with state: holes in the
+//!   DAG, where backfill starts. An event that fills one is never a forward extremity.
 //! - `userroomid_membership`: `user 0xFF room` → [`MembershipEntry`] (JSON).
 //! - `roomuserid_membership`: `room 0xFF user` → membership string.
 //! - `userdevicetxnid_eventid`: `user 0xFF device 0xFF txn id` → event id (idempotent send).
@@ -146,6 +149,7 @@ pub struct Rooms {
     eventid_pduid: Arc<dyn Tree>,
     outliers: Arc<dyn Tree>,
     verdicts: Arc<dyn Tree>,
+    backward_extremities: Arc<dyn Tree>,
     statehashes: Arc<dyn Tree>,
     info: Table<RoomInfo>,
     extremities: Arc<dyn Tree>,
@@ -208,6 +212,7 @@ impl Rooms {
             eventid_pduid: db.tree("eventid_pduid")?,
             outliers: db.tree("eventid_pdu")?,
             verdicts: db.tree("shorteventid_verdict")?,
+            backward_extremities: db.tree("roomid_backwardextremity")?,
             statehashes: db.tree("shorteventid_statehashes")?,
             info: db.table("roomid_info")?,
             extremities: db.tree("roomid_extremity")?,

@@ -1,13 +1,17 @@
 //! Preparing an event for its commit: everything that reads the database or takes time
 //! happens here, under the room lock but outside the server-wide commit lock. The state
-//! before and after the event is saved, the room's new current state is resolved when forks
-//! leave several forward extremities, and the membership changes are worked out. What
-//! remains for [`super::commit`] are writes at the commit's stream position.
+//! before and after the event is saved, the forward extremities are updated, the room's new
+//! current state is resolved when forks leave several of them, and the membership changes
+//! are worked out. What remains for [`super::commit`] are writes at the commit's stream
+//! position.
+//!
+//! Local and remote events meet here: a [`Ready`] event has passed the checks that apply
+//! to it and carries their [`Verdict`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ruma::{
-    OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
     events::{StateEventType, TimelineEventType, room::member::MembershipState},
     room_version_rules::RoomVersionRules,
 };
@@ -16,11 +20,62 @@ use super::{
     RoomInfo, Rooms,
     build::Built,
     check::{BeforeSource, Verdict},
+    pair_key,
     pdu::Pdu,
-    short::{ShortEventId, ShortRoomId},
+    short::{ShortEventId, ShortRoomId, ShortStateKey},
     state::StateHash,
 };
 use crate::{Error, Result, storage::Batch};
+
+/// How far the walk from a new event's prev events through rejected and soft-failed events
+/// goes (each event met is covered by the new event and stops being an extremity).
+const MAX_COVER_WALK: usize = 1_000;
+
+/// A checked event on its way to the store.
+pub(super) struct Ready {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    /// The stored JSON.
+    pub stored: Vec<u8>,
+    pub pdu: Pdu,
+    /// The state before the event; `None` when it is not known (an outlier, or an event
+    /// rejected against its auth events before its prev events were known).
+    pub state: Option<(BTreeMap<ShortStateKey, ShortEventId>, BeforeSource)>,
+    pub verdict: Verdict,
+    /// Whether the event takes a place in the timeline (only accepted events with state).
+    pub timeline: bool,
+    /// Prev events we do not hold with state: holes in the DAG, where backfill starts.
+    pub holes: Vec<OwnedEventId>,
+}
+
+impl From<Built> for Ready {
+    fn from(built: Built) -> Self {
+        Ready {
+            event_id: built.event_id,
+            room_id: built.room_id,
+            stored: built.stored,
+            pdu: built.pdu,
+            state: Some((built.state, built.before)),
+            verdict: Verdict::Accepted,
+            timeline: true,
+            holes: Vec::new(),
+        }
+    }
+}
+
+/// What an accepted timeline event changes about its room.
+pub(super) struct LiveUpdate {
+    /// The room's current state after the commit.
+    pub current: StateHash,
+    /// Forward extremities the event covers.
+    pub covered: Vec<OwnedEventId>,
+    /// Whether the event becomes a forward extremity (not when an event we hold already
+    /// cites it: it fills a hole).
+    pub extremity: bool,
+    /// Membership index writes, at the commit's position: the event's own, or those a
+    /// resolution changed.
+    pub memberships: Vec<(OwnedUserId, MembershipState)>,
+}
 
 /// An event ready to commit; everything in it was computed before the commit lock.
 pub(super) struct Prepared {
@@ -32,114 +87,82 @@ pub(super) struct Prepared {
     pub short_event_id: ShortEventId,
     pub event_id: OwnedEventId,
     pub pdu: Pdu,
-    /// The stored JSON.
     pub stored: Vec<u8>,
-    /// State hashes before (`None`: the create event) and after the event.
-    pub before: Option<StateHash>,
-    pub after: StateHash,
-    /// The room's current state after the commit.
-    pub current: StateHash,
-    /// Membership index writes, at the commit's position: the event's own, or those a
-    /// resolution changed.
-    pub memberships: Vec<(OwnedUserId, MembershipState)>,
+    /// State hashes before (`None`: the create event) and after the event; `None` when the
+    /// state before it is not known.
+    pub state: Option<(Option<StateHash>, StateHash)>,
+    /// `Some` for an accepted timeline event.
+    pub live: Option<LiveUpdate>,
     /// A redacted target's stored form (pdu id, JSON), rewritten in the same batch.
     pub redacted_target: Option<([u8; 16], Vec<u8>)>,
-    /// What the checks decided; only accepted events get a timeline place.
     pub verdict: Verdict,
-    /// State diffs and other writes that need no position.
+    /// State diffs, holes and other writes that need no position.
     pub batch: Batch,
 }
 
 impl Rooms {
-    /// Saves the state before and after `built`, resolves the room's current state if other
-    /// forward extremities remain, and works out the membership changes. The caller holds
-    /// the room lock, so extremities and [`RoomInfo`] cannot change before the commit.
+    /// Saves the state before and after `ready`, updates the forward extremities, resolves
+    /// the room's current state if several remain, and works out the membership changes.
+    /// The caller holds the room lock, so extremities and [`RoomInfo`] cannot change before
+    /// the commit.
     pub(super) fn prepare(
         &self,
         rules: &RoomVersionRules,
         version: &RoomVersionId,
         info: Option<RoomInfo>,
-        built: Built,
+        ready: Ready,
         redacted_target: Option<([u8; 16], Vec<u8>)>,
     ) -> Result<Prepared> {
-        let Built {
+        let Ready {
             event_id,
             room_id,
             stored,
             pdu,
             state,
-            before: before_source,
-            ..
-        } = built;
+            verdict,
+            timeline,
+            holes,
+        } = ready;
         let mut batch = Batch::new();
         let short_room_id = match &info {
             Some(info) => info.short_room_id,
             None => self.short.short_room_id(&room_id)?,
         };
         let short_event_id = self.short.short_event_id(&event_id)?;
-        let state_short_key = match &pdu.state_key {
-            Some(state_key) => Some(
-                self.short
-                    .short_state_key(&pdu.kind.to_string().into(), state_key)?,
-            ),
+        let state_hashes = match state {
             None => None,
-        };
-        let before = match before_source {
-            BeforeSource::Empty => None,
-            BeforeSource::Stored(hash) => Some(hash),
-            BeforeSource::Resolved { parent } => {
-                Some(self.state.save(&mut batch, Some(parent), state.clone())?)
+            Some((state, source)) => {
+                Some(self.save_states(&mut batch, &pdu, short_event_id, state, source, &verdict)?)
             }
         };
-        let after = match state_short_key {
-            Some(key) => {
-                let mut new_state = state;
-                new_state.insert(key, short_event_id);
-                self.state.save(&mut batch, before, new_state)?
-            }
-            None => match before {
-                Some(hash) => hash,
-                None => self.state.save(&mut batch, None, BTreeMap::new())?,
-            },
-        };
-
-        // The room's current state: after this event, unless forks leave several forward
-        // extremities, whose states are then resolved.
-        let others: Vec<StateHash> = match &info {
-            Some(_) => self
-                .extremities(&room_id)?
-                .iter()
-                .filter(|id| !pdu.prev_events.contains(id))
-                .map(|id| {
-                    self.state_hashes(id)?
-                        .map(|(_, after)| after)
-                        .ok_or_else(|| Error::internal("extremity without state"))
-                })
-                .collect::<Result<_>>()?,
-            None => Vec::new(),
-        };
-        let mut memberships = Vec::new();
-        let current = if others.is_empty() {
-            after
-        } else {
-            let mut hashes = others;
-            hashes.push(after);
-            let resolved = self.resolve_states(rules, &hashes, Some(&pdu))?;
-            self.resolved_memberships(&room_id, &resolved, &pdu, &mut memberships)?;
-            self.state.save(&mut batch, Some(after), resolved)?
-        };
-        // After a resolution the membership changes come from the resolved state; this
-        // event's own membership may have lost.
-        let resolved = !memberships.is_empty() || current != after;
-        if !resolved
-            && pdu.kind == TimelineEventType::RoomMember
-            && let Some(target) = pdu
-                .state_key
-                .as_deref()
-                .and_then(|key| ruma::UserId::parse(key).ok())
-        {
-            memberships.push((target, membership_of(&pdu)));
+        for hole in &holes {
+            batch.insert(
+                &*self.backward_extremities,
+                pair_key(room_id.as_str(), hole.as_str()),
+                Vec::new(),
+            );
         }
+        let live = match (timeline, state_hashes, &verdict) {
+            (true, Some((_, after)), Verdict::Accepted) => {
+                // An event that fills a hole is cited by one we hold: it closes the hole and
+                // is never a forward extremity.
+                let hole_key = pair_key(room_id.as_str(), event_id.as_str());
+                let fills_hole = self.backward_extremities.get(&hole_key)?.is_some();
+                if fills_hole {
+                    batch.remove(&*self.backward_extremities, hole_key);
+                }
+                Some(self.live_update(
+                    rules,
+                    info.as_ref(),
+                    &room_id,
+                    &pdu,
+                    after,
+                    !fills_hole,
+                    &mut batch,
+                )?)
+            }
+            _ => None,
+        };
         Ok(Prepared {
             room_id,
             version: version.clone(),
@@ -149,21 +172,157 @@ impl Rooms {
             event_id,
             pdu,
             stored,
-            before,
-            after,
-            current,
-            memberships,
+            state: state_hashes,
+            live,
             redacted_target,
-            verdict: Verdict::Accepted,
+            verdict,
             batch,
         })
+    }
+
+    /// Saves the state before the event (when it was resolved or given) and after it (a
+    /// state event's own change, unless it was rejected: server-server API, "Rejection").
+    fn save_states(
+        &self,
+        batch: &mut Batch,
+        pdu: &Pdu,
+        short_event_id: ShortEventId,
+        state: BTreeMap<ShortStateKey, ShortEventId>,
+        source: BeforeSource,
+        verdict: &Verdict,
+    ) -> Result<(Option<StateHash>, StateHash)> {
+        let before = match source {
+            BeforeSource::Empty => None,
+            BeforeSource::Stored(hash) => Some(hash),
+            BeforeSource::Resolved { parent } => {
+                Some(self.state.save(batch, parent, state.clone())?)
+            }
+        };
+        let rejected = matches!(verdict, Verdict::Rejected(_));
+        let after = match &pdu.state_key {
+            Some(state_key) if !rejected => {
+                let key = self
+                    .short
+                    .short_state_key(&pdu.kind.to_string().into(), state_key)?;
+                let mut new_state = state;
+                new_state.insert(key, short_event_id);
+                self.state.save(batch, before, new_state)?
+            }
+            _ => match before {
+                Some(hash) => hash,
+                None => self.state.save(batch, None, BTreeMap::new())?,
+            },
+        };
+        Ok((before, after))
+    }
+
+    /// The forward extremities and current state after an accepted timeline event.
+    #[allow(clippy::too_many_arguments)]
+    fn live_update(
+        &self,
+        rules: &RoomVersionRules,
+        info: Option<&RoomInfo>,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        after: StateHash,
+        extremity: bool,
+        batch: &mut Batch,
+    ) -> Result<LiveUpdate> {
+        let old: BTreeSet<OwnedEventId> = match info {
+            Some(_) => self.extremities(room_id)?.into_iter().collect(),
+            None => BTreeSet::new(),
+        };
+        let covered = self.covered_by(pdu, &old)?;
+        let mut remaining: Vec<OwnedEventId> = old
+            .iter()
+            .filter(|id| !covered.contains(*id))
+            .cloned()
+            .collect();
+        // A room always keeps a forward extremity.
+        let extremity = extremity || remaining.is_empty();
+        let mut memberships = Vec::new();
+        let current = match (extremity, remaining.is_empty(), info) {
+            // The usual case: the event is the room's only forward extremity.
+            (true, true, _) => after,
+            // It fills a hole and nothing else changes: the current state stays.
+            (false, _, Some(info)) if covered.is_empty() => info.state_hash,
+            _ => {
+                let mut hashes = Vec::with_capacity(remaining.len() + 1);
+                for id in &remaining {
+                    hashes.push(
+                        self.state_hashes(id)?
+                            .map(|(_, after)| after)
+                            .ok_or_else(|| Error::internal("extremity without state"))?,
+                    );
+                }
+                if extremity {
+                    hashes.push(after);
+                    remaining.push(pdu.event_id.clone());
+                }
+                if let [only] = hashes[..] {
+                    only
+                } else {
+                    let resolved = self.resolve_states(rules, &hashes, Some(pdu))?;
+                    self.resolved_memberships(room_id, &resolved, pdu, &mut memberships)?;
+                    self.state.save(batch, Some(after), resolved)?
+                }
+            }
+        };
+        // After a resolution the membership changes come from the resolved state; this
+        // event's own membership may have lost.
+        if current == after
+            && memberships.is_empty()
+            && pdu.kind == TimelineEventType::RoomMember
+            && let Some(target) = pdu
+                .state_key
+                .as_deref()
+                .and_then(|key| ruma::UserId::parse(key).ok())
+        {
+            memberships.push((target, membership_of(pdu)));
+        }
+        Ok(LiveUpdate {
+            current,
+            covered: covered.into_iter().collect(),
+            extremity,
+            memberships,
+        })
+    }
+
+    /// The forward extremities `pdu` covers: its prev events, and, through prev events that
+    /// were rejected or soft-failed (never extremities themselves), theirs — as Synapse
+    /// does, so that an event citing a rejected one still takes in the branch below it.
+    fn covered_by(
+        &self,
+        pdu: &Pdu,
+        extremities: &BTreeSet<OwnedEventId>,
+    ) -> Result<BTreeSet<OwnedEventId>> {
+        let mut covered = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<OwnedEventId> = pdu.prev_events.clone();
+        while let Some(id) = todo.pop() {
+            if seen.len() >= MAX_COVER_WALK || !seen.insert(id.clone()) {
+                continue;
+            }
+            if extremities.contains(&id) {
+                covered.insert(id.clone());
+            }
+            // Only events without a timeline place can be rejected or soft-failed.
+            if let Some(bytes) = self.outliers.get(id.as_bytes())?
+                && self.verdict(&id)? != Verdict::Accepted
+            {
+                let prev: Pdu = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::internal(format!("corrupt stored PDU: {e}")))?;
+                todo.extend(prev.prev_events);
+            }
+        }
+        Ok(covered)
     }
 
     /// After a resolution, the members whose indexed membership differs from the resolved
     /// state (a ban may have beaten a racing join), with their resolved membership.
     fn resolved_memberships(
         &self,
-        room_id: &ruma::RoomId,
+        room_id: &RoomId,
         resolved: &BTreeMap<u64, u64>,
         pending: &Pdu,
         changed: &mut Vec<(OwnedUserId, MembershipState)>,

@@ -27,7 +27,7 @@ impl Rooms {
     fn lookup(&self, id: &EventId, pending: Option<&Pdu>) -> Result<Option<Pdu>> {
         match pending {
             Some(pdu) if pdu.event_id == id => Ok(Some(pdu.clone())),
-            _ => self.pdu(id),
+            _ => self.pdu_for_auth(id),
         }
     }
 
@@ -133,13 +133,30 @@ impl Rooms {
         hashes: &[StateHash],
         pending: Option<&Pdu>,
     ) -> Result<BTreeMap<ShortStateKey, ShortEventId>> {
+        self.resolve_with(rules, hashes, Vec::new(), pending)
+    }
+
+    /// Resolves stored state sets (`hashes`) together with state maps another server gave
+    /// (`given`: the states after prev events we do not hold with state; every event they
+    /// name is stored).
+    pub(super) fn resolve_with(
+        &self,
+        rules: &RoomVersionRules,
+        hashes: &[StateHash],
+        given: Vec<StateMap<OwnedEventId>>,
+        pending: Option<&Pdu>,
+    ) -> Result<BTreeMap<ShortStateKey, ShortEventId>> {
         let StateResolutionVersion::V2(v2) = &rules.state_res else {
             return Err(Error::internal("state resolution v1 is not supported"));
         };
-        let mut maps = Vec::with_capacity(hashes.len());
-        let mut chains = Vec::with_capacity(hashes.len());
-        for hash in hashes {
-            let map = self.state_map(*hash)?;
+        let mut all = hashes
+            .iter()
+            .map(|hash| self.state_map(*hash))
+            .collect::<Result<Vec<_>>>()?;
+        all.extend(given);
+        let mut maps = Vec::with_capacity(all.len());
+        let mut chains = Vec::with_capacity(all.len());
+        for map in all {
             let mut chain: EventIdSet<OwnedEventId> = self
                 .auth_chain(map.values(), pending)?
                 .into_iter()
