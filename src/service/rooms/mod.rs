@@ -5,6 +5,8 @@
 //! - [`state`]: state sets stored as diffs with periodic snapshots.
 //! - [`append`]: creating a local event: build, hash, sign, authorise, store (one batch).
 //! - [`resolve`]: state resolution where forks meet (ruma's state-res).
+//! - [`verify`]: the first checks on an event from another server (format, signatures,
+//!   content hash), before anything is stored.
 //! - [`create`], [`membership`], [`alias`], [`upgrade`]: createRoom, membership changes,
 //!   aliases and the public directory, room upgrades, all built on `append`.
 //! - [`visibility`], [`relations`], [`power`]: history visibility, relations and threads,
@@ -32,6 +34,8 @@ pub mod membership;
 pub mod pdu;
 pub mod power;
 pub mod relations;
+#[cfg(test)]
+pub(crate) mod remote_tests;
 pub mod resolve;
 pub mod short;
 pub mod state;
@@ -39,6 +43,7 @@ pub mod state;
 mod tests;
 pub mod timestamp;
 pub mod upgrade;
+pub mod verify;
 pub mod visibility;
 
 use std::{
