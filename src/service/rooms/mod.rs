@@ -9,6 +9,8 @@
 //!   resolution, membership changes: under the room lock, outside the commit lock) and
 //!   [`commit`] (the one store step: writes at the next stream position).
 //! - [`resolve`]: state resolution where forks meet (ruma's state-res).
+//! - [`verify`]: the first checks on an event from another server (format, signatures,
+//!   content hash), before anything is stored.
 //! - [`create`], [`membership`], [`alias`], [`upgrade`]: createRoom, membership changes,
 //!   aliases and the public directory, room upgrades, all built on `append`.
 //! - [`visibility`], [`relations`], [`power`]: history visibility, relations and threads,
@@ -48,6 +50,8 @@ pub mod pdu;
 pub mod power;
 mod prepare;
 pub mod relations;
+#[cfg(test)]
+pub(crate) mod remote_tests;
 pub mod resolve;
 pub mod short;
 pub mod state;
@@ -55,6 +59,7 @@ pub mod state;
 mod tests;
 pub mod timestamp;
 pub mod upgrade;
+pub mod verify;
 pub mod visibility;
 
 use std::{

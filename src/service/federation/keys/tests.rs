@@ -600,3 +600,33 @@ async fn two_lookups_that_need_each_others_notary_do_not_wait_for_each_other() {
     assert!(n.unwrap().is_empty());
     assert!(keyring.in_flight.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_remote_event_verifies_with_the_keys_the_keyring_finds() {
+    use crate::service::rooms::{
+        remote_tests::remote_room,
+        verify::{check_format, check_signatures_and_hash, keys_needed},
+    };
+    let s = setup(&[]);
+    let room = remote_room(ruma::RoomVersionId::V10);
+    let key = &room.remote.key;
+    s.fetch.serve(
+        "remote.test",
+        response("remote.test", key, key, now() + DAY, &[]),
+    );
+    let raw = serde_json::value::to_raw_value(&room.power_levels.object).unwrap();
+    let object = check_format(&raw, &room.version).unwrap();
+    let needed = keys_needed(&object, &room.version).unwrap();
+    let map = s
+        .keyring
+        .public_key_map(
+            &object,
+            needed.servers.iter().map(|server| &**server),
+            needed.signed_at,
+        )
+        .await
+        .unwrap();
+    let verified = check_signatures_and_hash(object, &room.version, &map).unwrap();
+    assert_eq!(verified.event_id, room.power_levels.event_id);
+    assert_eq!(s.fetch.direct_calls(), 1);
+}
