@@ -38,6 +38,9 @@
 //! - `eventid_devicetxnid`: event id → `device 0xFF txn id` (for `unsigned.transaction_id`).
 //! - `reportid_report`: report number (u64) → report (JSON: reporter, room, event, reason).
 
+pub mod accept;
+#[cfg(test)]
+mod accept_tests;
 pub mod alias;
 pub mod append;
 mod build;
@@ -282,7 +285,7 @@ impl Rooms {
     }
 
     /// The event and whether it has a timeline place.
-    fn pdu_placed(&self, event_id: &EventId) -> Result<Option<(Pdu, bool)>> {
+    pub(super) fn pdu_placed(&self, event_id: &EventId) -> Result<Option<(Pdu, bool)>> {
         if let Some(id) = self.pdu_id_of(event_id)? {
             // `eventid_pduid` names a timeline entry: a dangling one is corrupt data.
             let bytes = self

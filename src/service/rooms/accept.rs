@@ -1,0 +1,420 @@
+//! Accepting an event another server made (server-server API, "Checks performed on receipt
+//! of a PDU"). The caller has run steps 1–3 ([`super::verify`]: format, signatures, content
+//! hash) and fetched what it could; here, under the room lock, the event's auth events must
+//! be held, then:
+//!
+//! 4. the rules against its own auth events — failing: *rejected*;
+//! 5. the rules against the state before it (from its prev events, resolved if several,
+//!    with state maps another server gave for prev events we lack) — failing: *rejected*;
+//! 6. for a live event, the rules against the room's current state — failing:
+//!    *soft-failed*.
+//!
+//! Every outcome is stored ([`super::prepare`], [`super::commit`]): an accepted live event
+//! takes its place in the timeline; outliers (auth chains, state fetched from others),
+//! soft-failed and rejected events are stored without one and never shown to clients. A
+//! rejection never fails the transaction that brought the event (S2S "Rejection").
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    OwnedEventId, RoomVersionId, events::TimelineEventType, room_version_rules::RoomVersionRules,
+    state_res::StateMap,
+};
+use serde::Deserialize;
+
+use super::{
+    RoomInfo, Rooms,
+    append::supported_room_version,
+    check::{BeforeSource, Verdict},
+    pdu::Pdu,
+    prepare::Ready,
+    short::{ShortEventId, ShortStateKey},
+    state::StateHash,
+    verify::Verified,
+};
+use crate::{Error, Result};
+
+/// Where an accepted event goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// A new event: the end of the timeline (if it is accepted).
+    Live,
+    /// No place and no state: an event of an auth chain or a state answer.
+    Outlier,
+}
+
+/// State maps another server gave (`/state_ids`) for the states after prev events we do not
+/// hold with state. `StateBefore::default()`: every prev event must be held with state.
+#[derive(Clone, Debug, Default)]
+pub struct StateBefore {
+    pub fetched: Vec<StateMap<OwnedEventId>>,
+}
+
+/// A stored event and what was decided about it.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub pdu: Pdu,
+    /// Its stream position, when it has a timeline place.
+    pub position: Option<u64>,
+    pub verdict: Verdict,
+}
+
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Committed(Committed),
+    /// Held before: nothing changed.
+    AlreadyKnown(Committed),
+    /// Nothing stored: fetch these — auth events (and events named in given state) as
+    /// outliers, prev events with `get_missing_events` or their state with `/state_ids` —
+    /// and try again.
+    Missing {
+        auth: Vec<OwnedEventId>,
+        prev: Vec<OwnedEventId>,
+    },
+}
+
+/// The state before an event with the prev events known so far.
+enum Before {
+    Known {
+        state: BTreeMap<ShortStateKey, ShortEventId>,
+        source: BeforeSource,
+        /// Its hash when it is a stored set (for the soft-fail shortcut).
+        hash: Option<StateHash>,
+        holes: Vec<OwnedEventId>,
+    },
+    /// Prev events we do not hold with state, and no state was given for them.
+    MissingPrevs(Vec<OwnedEventId>),
+    /// Events named in the given state that we do not hold.
+    MissingState(Vec<OwnedEventId>),
+}
+
+impl Rooms {
+    /// Accepts one event another server made (see the module comment). Durable when it
+    /// returns `Committed`.
+    pub async fn accept(
+        &self,
+        event: Verified,
+        place: Place,
+        state: StateBefore,
+    ) -> Result<Outcome> {
+        let outcome = {
+            let _guard = self.lock(&event.room_id).await;
+            self.accept_locked(event, place, state)?
+        };
+        if let Outcome::Committed(_) = outcome {
+            self.db.persist().await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Stores several events as outliers (an auth chain or a state answer) in an order where
+    /// each event's auth events come first. The outcomes are in the order given; an event
+    /// whose auth events are neither stored nor among `events` is `Missing`.
+    pub async fn accept_outliers(&self, events: Vec<Verified>) -> Result<Vec<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+        // By depth first, which is almost always an order that works; further passes for
+        // the rest (depth is the sender's claim).
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_by_key(|&i| (u64::from(events[i].pdu.depth), i));
+        let mut pending = order;
+        loop {
+            let mut next = Vec::new();
+            for i in pending.iter().copied() {
+                let event = events[i].clone();
+                let _guard = self.lock(&event.room_id).await;
+                match self.accept_locked(event, Place::Outlier, StateBefore::default())? {
+                    missing @ Outcome::Missing { .. } => {
+                        outcomes[i] = Some(missing);
+                        next.push(i);
+                    }
+                    done => outcomes[i] = Some(done),
+                }
+            }
+            if next.is_empty() || next.len() == pending.len() {
+                break;
+            }
+            pending = next;
+        }
+        self.db.persist().await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every event was tried"))
+            .collect())
+    }
+
+    fn accept_locked(&self, event: Verified, place: Place, given: StateBefore) -> Result<Outcome> {
+        let Verified {
+            event_id,
+            room_id,
+            mut object,
+            pdu,
+            ..
+        } = event;
+        if let Some((held, placed)) = self.pdu_placed(&event_id)? {
+            let verdict = if placed {
+                Verdict::Accepted
+            } else {
+                self.verdict(&event_id)?
+            };
+            // Only an outlier that now arrives as a live event has something left to do;
+            // its verdict against its auth events stands (they never change).
+            let done = placed
+                || place == Place::Outlier
+                || matches!(verdict, Verdict::Rejected(_))
+                || self.state_hashes(&event_id)?.is_some();
+            if done {
+                return Ok(Outcome::AlreadyKnown(Committed {
+                    pdu: held,
+                    position: self.count_of(&event_id)?,
+                    verdict,
+                }));
+            }
+        }
+        let info = self.info(&room_id)?;
+        let version = match self.room_version_of(info.as_ref(), &pdu)? {
+            Ok(version) => version,
+            Err(create) => {
+                return Ok(Outcome::Missing {
+                    auth: vec![create],
+                    prev: Vec::new(),
+                });
+            }
+        };
+        let rules = version
+            .rules()
+            .filter(|_| supported_room_version(&version))
+            .ok_or_else(|| Error::bad_json(format!("Unsupported room version {version}.")))?;
+        let mut missing_auth = Vec::new();
+        for id in &pdu.auth_events {
+            if self.pdu(id)?.is_none() {
+                missing_auth.push(id.clone());
+            }
+        }
+        if !missing_auth.is_empty() {
+            return Ok(Outcome::Missing {
+                auth: missing_auth,
+                prev: Vec::new(),
+            });
+        }
+        object.insert(
+            "event_id".into(),
+            ruma::CanonicalJsonValue::String(event_id.to_string()),
+        );
+        let stored = serde_json::to_vec(&object)
+            .map_err(|e| Error::internal(format!("PDU serialisation: {e}")))?;
+
+        // Step 4: the event's own auth events.
+        let mut verdict = match self.auth_against_auth_events(&rules.authorization, &pdu)? {
+            Ok(()) => Verdict::Accepted,
+            Err(reason) => Verdict::Rejected(reason),
+        };
+        let mut ready = Ready {
+            event_id,
+            room_id,
+            stored,
+            pdu,
+            state: None,
+            verdict: Verdict::Accepted,
+            timeline: false,
+            holes: Vec::new(),
+        };
+        if place == Place::Live {
+            let (state, source, hash, holes) =
+                match self.remote_state_before(&rules, &ready.pdu, given)? {
+                    Before::Known {
+                        state,
+                        source,
+                        hash,
+                        holes,
+                    } => (state, source, hash, holes),
+                    // An event that fails against its own auth events is rejected whatever
+                    // came before it: stored without state, never asked for again.
+                    _ if verdict != Verdict::Accepted => {
+                        ready.verdict = verdict;
+                        return self.store_remote(&rules, &version, info, ready);
+                    }
+                    Before::MissingPrevs(prev) => {
+                        return Ok(Outcome::Missing {
+                            auth: Vec::new(),
+                            prev,
+                        });
+                    }
+                    Before::MissingState(auth) => {
+                        return Ok(Outcome::Missing {
+                            auth,
+                            prev: Vec::new(),
+                        });
+                    }
+                };
+            // Step 5: the state before the event.
+            if verdict == Verdict::Accepted
+                && let Err(reason) =
+                    self.auth_against_state(&rules.authorization, &ready.pdu, &state)?
+            {
+                verdict = Verdict::Rejected(reason);
+            }
+            // Step 6: the room's current state, unless that is the state before it.
+            if verdict == Verdict::Accepted
+                && let Some(info) = &info
+                && hash != Some(info.state_hash)
+            {
+                let current = self.current_state(info)?;
+                if self
+                    .auth_against_state(&rules.authorization, &ready.pdu, &current)?
+                    .is_err()
+                {
+                    verdict = Verdict::SoftFailed;
+                }
+            }
+            ready.timeline = verdict == Verdict::Accepted;
+            ready.state = Some((state, source));
+            ready.holes = holes;
+        }
+        ready.verdict = verdict;
+        self.store_remote(&rules, &version, info, ready)
+    }
+
+    fn store_remote(
+        &self,
+        rules: &RoomVersionRules,
+        version: &RoomVersionId,
+        info: Option<RoomInfo>,
+        ready: Ready,
+    ) -> Result<Outcome> {
+        let verdict = ready.verdict.clone();
+        let prepared = self.prepare(rules, version, info, ready, None)?;
+        let (pdu, position) = self.commit(prepared, None)?;
+        Ok(Outcome::Committed(Committed {
+            pdu,
+            position,
+            verdict,
+        }))
+    }
+
+    /// The room version: the room's, or for an event of a room we do not hold yet the one
+    /// its create event names (the event itself, one of its auth events, or — rooms v12,
+    /// where the create event is not an auth event — the event the room id names). `Err`
+    /// names the create event to fetch.
+    fn room_version_of(
+        &self,
+        info: Option<&RoomInfo>,
+        pdu: &Pdu,
+    ) -> Result<std::result::Result<RoomVersionId, OwnedEventId>> {
+        #[derive(Deserialize)]
+        struct CreateContent {
+            // Rooms v1 "m.room.create": absent means version 1.
+            room_version: Option<RoomVersionId>,
+        }
+        if let Some(info) = info {
+            return Ok(Ok(info.version.clone()));
+        }
+        let version_in = |create: &Pdu| {
+            serde_json::from_str::<CreateContent>(create.content.get())
+                .ok()
+                .and_then(|content| content.room_version)
+                .unwrap_or(RoomVersionId::V1)
+        };
+        if pdu.kind == TimelineEventType::RoomCreate {
+            return Ok(Ok(version_in(pdu)));
+        }
+        for id in &pdu.auth_events {
+            if let Some(auth) = self.pdu(id)?
+                && auth.kind == TimelineEventType::RoomCreate
+            {
+                return Ok(Ok(version_in(&auth)));
+            }
+        }
+        let room_id = pdu.room_id();
+        let create_id = OwnedEventId::try_from(format!("${}", &room_id.as_str()[1..]))
+            .map_err(|_| Error::bad_json("Invalid room id."))?;
+        match self.pdu(&create_id)? {
+            Some(create) if create.kind == TimelineEventType::RoomCreate => {
+                Ok(Ok(version_in(&create)))
+            }
+            _ => Ok(Err(create_id)),
+        }
+    }
+
+    /// The state before a remote event: after its prev events we hold with state, together
+    /// with the states `given` for the others, resolved when there are several. Events in
+    /// the given state that were rejected are left out of it.
+    fn remote_state_before(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        given: StateBefore,
+    ) -> Result<Before> {
+        if pdu.prev_events.is_empty() {
+            return Ok(Before::Known {
+                state: BTreeMap::new(),
+                source: BeforeSource::Empty,
+                hash: None,
+                holes: Vec::new(),
+            });
+        }
+        let mut hashes = Vec::new();
+        let mut holes = Vec::new();
+        for prev in &pdu.prev_events {
+            match self.state_hashes(prev)? {
+                Some((_, after)) => hashes.push(after),
+                None => holes.push(prev.clone()),
+            }
+        }
+        if !holes.is_empty() && given.fetched.is_empty() {
+            return Ok(Before::MissingPrevs(holes));
+        }
+        let mut maps = Vec::with_capacity(given.fetched.len());
+        let mut unknown = Vec::new();
+        for map in given.fetched {
+            let mut kept = StateMap::with_capacity(map.len());
+            for (key, id) in map {
+                match self.pdu_placed(&id)? {
+                    None => unknown.push(id),
+                    Some((_, true)) => {
+                        kept.insert(key, id);
+                    }
+                    Some((_, false)) => {
+                        if !matches!(self.verdict(&id)?, Verdict::Rejected(_)) {
+                            kept.insert(key, id);
+                        }
+                    }
+                }
+            }
+            maps.push(kept);
+        }
+        if !unknown.is_empty() {
+            return Ok(Before::MissingState(unknown));
+        }
+        let (state, source, hash) = match (&hashes[..], maps.len()) {
+            ([single], 0) => (
+                (*self.state.load(*single)?).clone(),
+                BeforeSource::Stored(*single),
+                Some(*single),
+            ),
+            ([], 1) => {
+                let map = maps.pop().expect("one map");
+                let mut state = BTreeMap::new();
+                for ((kind, state_key), id) in map {
+                    state.insert(
+                        self.short.short_state_key(&kind, &state_key)?,
+                        self.short.short_event_id(&id)?,
+                    );
+                }
+                (state, BeforeSource::Resolved { parent: None }, None)
+            }
+            _ => (
+                self.resolve_with(rules, &hashes, maps, None)?,
+                BeforeSource::Resolved {
+                    parent: hashes.first().copied(),
+                },
+                None,
+            ),
+        };
+        Ok(Before::Known {
+            state,
+            source,
+            hash,
+            holes,
+        })
+    }
+}
