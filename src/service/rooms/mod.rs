@@ -5,6 +5,7 @@
 //! - [`state`]: state sets stored as diffs with periodic snapshots.
 //! - [`append`]: creating a local event: build, hash, sign, authorise, store (one batch).
 //! - [`resolve`]: state resolution where forks meet (ruma's state-res).
+//! - [`auth_chain`]: every event's auth chain, recorded compactly and cached, for resolution.
 //! - [`verify`]: the first checks on an event from another server (format, signatures,
 //!   content hash), before anything is stored.
 //! - [`create`], [`membership`], [`alias`], [`upgrade`]: createRoom, membership changes,
@@ -28,6 +29,7 @@
 
 pub mod alias;
 pub mod append;
+pub mod auth_chain;
 pub mod create;
 pub mod facts;
 pub mod membership;
@@ -133,6 +135,7 @@ pub struct Rooms {
     keys: Arc<ServerKeys>,
     pub short: ShortIds,
     pub state: StateStore,
+    auth_chains: auth_chain::AuthChains,
     pub stream: Arc<Stream>,
     pdus: Arc<dyn Tree>,
     eventid_pduid: Arc<dyn Tree>,
@@ -193,6 +196,7 @@ impl Rooms {
             keys,
             short: ShortIds::new(db)?,
             state: StateStore::new(db)?,
+            auth_chains: auth_chain::AuthChains::new(db)?,
             stream,
             pdus: db.tree("pduid_pdu")?,
             eventid_pduid: db.tree("eventid_pduid")?,
