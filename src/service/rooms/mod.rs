@@ -9,6 +9,7 @@
 //!   resolution, membership changes: under the room lock, outside the commit lock) and
 //!   [`commit`] (the one store step: writes at the next stream position).
 //! - [`resolve`]: state resolution where forks meet (ruma's state-res).
+//! - [`auth_chain`]: every event's auth chain, recorded compactly and cached, for resolution.
 //! - [`verify`]: the first checks on an event from another server (format, signatures,
 //!   content hash), before anything is stored.
 //! - [`create`], [`membership`], [`alias`], [`upgrade`]: createRoom, membership changes,
@@ -43,6 +44,7 @@ pub mod accept;
 mod accept_tests;
 pub mod alias;
 pub mod append;
+pub mod auth_chain;
 mod build;
 pub mod check;
 mod commit;
@@ -152,6 +154,7 @@ pub struct Rooms {
     keys: Arc<ServerKeys>,
     pub short: ShortIds,
     pub state: StateStore,
+    auth_chains: auth_chain::AuthChains,
     pub stream: Arc<Stream>,
     pdus: Arc<dyn Tree>,
     eventid_pduid: Arc<dyn Tree>,
@@ -215,6 +218,7 @@ impl Rooms {
             keys,
             short: ShortIds::new(db)?,
             state: StateStore::new(db)?,
+            auth_chains: auth_chain::AuthChains::new(db)?,
             stream,
             pdus: db.tree("pduid_pdu")?,
             eventid_pduid: db.tree("eventid_pduid")?,

@@ -135,6 +135,19 @@ impl Rooms {
                 Some(self.save_states(&mut batch, &pdu, short_event_id, state, source, &verdict)?)
             }
         };
+        // The event's auth chain, recorded compactly for state resolution (rejected events
+        // get none: nothing valid cites them as an auth event).
+        if !matches!(verdict, Verdict::Rejected(_)) {
+            let auth_events = pdu
+                .auth_events
+                .iter()
+                .map(|id| self.short.short_event_id(id))
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(record) = self.record_for(&auth_events)? {
+                self.auth_chains
+                    .write_record(&mut batch, short_event_id, record);
+            }
+        }
         for hole in &holes {
             batch.insert(
                 &*self.backward_extremities,

@@ -1,7 +1,8 @@
 //! State resolution (rooms v2+, "State resolution"; v2.1 for room version 12) over the
 //! state after each of several events, with ruma's `state_res::resolve`. Used when an event
 //! has several `prev_events`, and for a room's current state when it has several forward
-//! extremities (forks that federation brings).
+//! extremities (forks that federation brings). The auth chains it needs come from the
+//! records of `auth_chain.rs`, over short ids; event ids only at the end, for ruma.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -18,9 +19,6 @@ use super::{
     state::StateHash,
 };
 use crate::{Error, Result};
-
-/// An auth chain walk stops here; a real room's chains are far smaller.
-const MAX_AUTH_CHAIN: usize = 100_000;
 
 impl Rooms {
     /// A stored event, or `pending` if it is the one being committed right now.
@@ -44,86 +42,113 @@ impl Rooms {
         Ok(map)
     }
 
-    /// Every event reachable from `start` through `auth_events` (not including `start`).
-    fn auth_chain<'a>(
+    /// The event being committed, as the auth-chain walks need it: its short id and its
+    /// auth events' (all stored: it passed the auth rules against them).
+    fn pending_short(
         &self,
-        start: impl IntoIterator<Item = &'a OwnedEventId>,
         pending: Option<&Pdu>,
-    ) -> Result<HashSet<OwnedEventId>> {
-        let mut seen = HashSet::new();
-        let mut todo: Vec<OwnedEventId> = Vec::new();
-        // Every event here passed the auth rules, so its auth events are stored: one that
-        // is missing is corrupt data, never a reason for a smaller chain (which would make
-        // the auth difference, and so the resolved state, wrong).
-        let load = |id: &OwnedEventId| {
-            self.lookup(id, pending)?
-                .ok_or_else(|| Error::internal(format!("auth event {id} is not stored")))
+    ) -> Result<Option<(ShortEventId, Vec<ShortEventId>)>> {
+        let Some(pdu) = pending else {
+            return Ok(None);
         };
-        for id in start {
-            todo.extend(load(id)?.auth_events);
-        }
-        while let Some(id) = todo.pop() {
-            if seen.len() >= MAX_AUTH_CHAIN {
-                return Err(Error::internal("auth chain too long"));
-            }
-            if seen.insert(id.clone()) {
-                todo.extend(
-                    load(&id)?
-                        .auth_events
-                        .into_iter()
-                        .filter(|next| !seen.contains(next)),
-                );
-            }
-        }
-        Ok(seen)
+        let direct = pdu
+            .auth_events
+            .iter()
+            .map(|id| {
+                self.short
+                    .get_short_event_id(id)?
+                    .ok_or_else(|| Error::internal(format!("auth event {id} is not stored")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Some((self.short.short_event_id(&pdu.event_id)?, direct)))
+    }
+
+    /// Event ids for short ids (once, at the end: ruma works with event ids).
+    fn event_ids(
+        &self,
+        shorts: impl IntoIterator<Item = ShortEventId>,
+    ) -> Result<EventIdSet<OwnedEventId>> {
+        shorts
+            .into_iter()
+            .map(|short| self.short.event_id(short))
+            .collect()
     }
 
     /// The conflicted state subgraph (rooms v12): events that are reachable from a conflicted
     /// event through `auth_events` and can themselves reach a conflicted event that way, plus
-    /// the conflicted events.
-    fn conflicted_subgraph(
+    /// the conflicted events. Walks the auth-chain records' `direct` lists (no JSON decoded),
+    /// with an explicit stack.
+    pub(super) fn conflicted_subgraph(
         &self,
         conflicted: &StateMap<Vec<OwnedEventId>>,
-        pending: Option<&Pdu>,
+        pending: Option<(ShortEventId, &[ShortEventId])>,
     ) -> Result<EventIdSet<OwnedEventId>> {
-        let conflicted: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
-        let ancestors = self.auth_chain(conflicted.iter(), pending)?;
-        // Which ancestors reach a conflicted event: memoised depth-first search.
-        let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
-        fn visit(
-            rooms: &Rooms,
-            id: &EventId,
-            conflicted: &HashSet<OwnedEventId>,
-            reaches: &mut HashMap<OwnedEventId, bool>,
-            pending: Option<&Pdu>,
-        ) -> Result<bool> {
-            if let Some(known) = reaches.get(id) {
-                return Ok(*known);
+        let mut conflicted_short = HashSet::new();
+        for id in conflicted.values().flatten() {
+            // A state set names only interned events.
+            let short = self
+                .short
+                .get_short_event_id(id)?
+                .ok_or_else(|| Error::internal(format!("state event {id} is not stored")))?;
+            conflicted_short.insert(short);
+        }
+        let ancestors = self.auth_chain_union(conflicted_short.iter().copied(), pending, false)?;
+        let direct_of = |event: ShortEventId| -> Result<Vec<ShortEventId>> {
+            match pending {
+                Some((short, direct)) if short == event => Ok(direct.to_vec()),
+                _ => self.auth_events_short(event),
             }
-            reaches.insert(id.to_owned(), false); // breaks cycles in bad data
-            let mut found = false;
-            // The walk stays within an auth chain: every event is stored (see `auth_chain`).
-            let pdu = rooms
-                .lookup(id, pending)?
-                .ok_or_else(|| Error::internal(format!("auth event {id} is not stored")))?;
-            for parent in &pdu.auth_events {
-                if conflicted.contains(parent)
-                    || visit(rooms, parent, conflicted, reaches, pending)?
-                {
-                    found = true;
-                    break;
+        };
+        // Which ancestors reach a conflicted event: a memoised depth-first search.
+        let mut reaches: HashMap<ShortEventId, bool> = HashMap::new();
+        let mut parents: HashMap<ShortEventId, Vec<ShortEventId>> = HashMap::new();
+        // Events whose parents are being looked at; meeting one again is a cycle in bad
+        // data, read as "does not reach" (as before).
+        let mut open: HashSet<ShortEventId> = HashSet::new();
+        for start in &ancestors {
+            let mut stack = vec![*start];
+            while let Some(&event) = stack.last() {
+                if reaches.contains_key(&event) {
+                    stack.pop();
+                    continue;
                 }
+                if let std::collections::hash_map::Entry::Vacant(entry) = parents.entry(event) {
+                    entry.insert(direct_of(event)?);
+                }
+                let direct = &parents[&event];
+                if direct
+                    .iter()
+                    .any(|parent| conflicted_short.contains(parent))
+                {
+                    reaches.insert(event, true);
+                    open.remove(&event);
+                    stack.pop();
+                    continue;
+                }
+                if open.insert(event) {
+                    stack.extend(
+                        direct.iter().filter(|parent| {
+                            !reaches.contains_key(parent) && !open.contains(parent)
+                        }),
+                    );
+                    continue;
+                }
+                let found = direct
+                    .iter()
+                    .any(|parent| reaches.get(parent).copied().unwrap_or(false));
+                reaches.insert(event, found);
+                open.remove(&event);
+                stack.pop();
             }
-            reaches.insert(id.to_owned(), found);
-            Ok(found)
         }
-        let mut subgraph: EventIdSet<OwnedEventId> = conflicted.iter().cloned().collect();
-        for id in &ancestors {
-            if visit(self, id, &conflicted, &mut reaches, pending)? {
-                subgraph.insert(id.clone());
-            }
-        }
-        Ok(subgraph)
+        self.event_ids(
+            conflicted_short.iter().copied().chain(
+                ancestors
+                    .iter()
+                    .copied()
+                    .filter(|event| reaches.get(event).copied().unwrap_or(false)),
+            ),
+        )
     }
 
     /// Resolves the states after several events into one state set (short ids).
@@ -149,20 +174,29 @@ impl Rooms {
         let StateResolutionVersion::V2(v2) = &rules.state_res else {
             return Err(Error::internal("state resolution v1 is not supported"));
         };
-        let mut all = hashes
-            .iter()
-            .map(|hash| self.state_map(*hash))
-            .collect::<Result<Vec<_>>>()?;
-        all.extend(given);
-        let mut maps = Vec::with_capacity(all.len());
-        let mut chains = Vec::with_capacity(all.len());
-        for map in all {
-            let mut chain: EventIdSet<OwnedEventId> = self
-                .auth_chain(map.values(), pending)?
-                .into_iter()
-                .collect();
-            chain.extend(map.values().cloned());
-            chains.push(chain);
+        let pending_short = self.pending_short(pending)?;
+        let pending_short = pending_short
+            .as_ref()
+            .map(|(short, direct)| (*short, direct.as_slice()));
+        let mut maps = Vec::with_capacity(hashes.len() + given.len());
+        let mut chains = Vec::with_capacity(hashes.len() + given.len());
+        for hash in hashes {
+            // Each state set with its full auth chain, over short ids (cached records).
+            let chain = self.state_auth_chain(*hash, pending_short)?;
+            chains.push(self.event_ids(chain.iter().copied())?);
+            maps.push(self.state_map(*hash)?);
+        }
+        for map in given {
+            let shorts = map
+                .values()
+                .map(|id| {
+                    self.short
+                        .get_short_event_id(id)?
+                        .ok_or_else(|| Error::internal(format!("state event {id} is not stored")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let chain = self.auth_chain_union(shorts, pending_short, true)?;
+            chains.push(self.event_ids(chain)?);
             maps.push(map);
         }
         // ruma's callbacks can only say "missing": a storage error is kept aside and returned
@@ -176,7 +210,7 @@ impl Rooms {
             }
         };
         let fetch_subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| match self
-            .conflicted_subgraph(conflicted, pending)
+            .conflicted_subgraph(conflicted, pending_short)
         {
             Ok(subgraph) => Some(subgraph),
             Err(error) => {
