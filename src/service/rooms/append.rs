@@ -23,7 +23,9 @@ use super::state::StateHash;
 use super::{
     MembershipEntry, RoomInfo, Rooms, pair_key,
     pdu::{Pdu, room_id_from_create_event_id},
-    pdu_id, prefix_key, txn_key,
+    pdu_id,
+    pos::Pos,
+    prefix_key, txn_key,
 };
 use crate::{Error, Result};
 
@@ -448,7 +450,7 @@ impl Rooms {
                 pdu.kind.to_string().as_str(),
                 &event_id,
                 &relation_content,
-                count,
+                Pos::live(count)?,
             )?;
             if let Some((target_pdu_id, bytes)) = redacted_target {
                 batch.insert(&*self.pdus, target_pdu_id.to_vec(), bytes);
@@ -476,7 +478,7 @@ impl Rooms {
                     None => self.state.save(batch, None, BTreeMap::new())?,
                 },
             };
-            let id = pdu_id(short_room_id, count);
+            let id = pdu_id(short_room_id, Pos::live(count)?);
             batch.insert(&*self.pdus, id.to_vec(), bytes);
             batch.insert(
                 &*self.eventid_pduid,
@@ -594,7 +596,7 @@ impl Rooms {
         target_id: &ruma::EventId,
         redaction: &CanonicalJsonObject,
         rules: &ruma::room_version_rules::RoomVersionRules,
-    ) -> Result<Option<([u8; 16], Vec<u8>)>> {
+    ) -> Result<Option<(super::pos::PduId, Vec<u8>)>> {
         let Some(target) = self.pdu(target_id)?.filter(|pdu| pdu.room_id() == room_id) else {
             return Err(Error::not_found("The event to redact is not in this room."));
         };

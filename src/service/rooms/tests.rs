@@ -23,6 +23,7 @@ use super::{
     create::{CreateRoom, Preset},
     membership::MemberProfile,
     pdu::{Pdu, room_id_from_create_event_id},
+    pos::Pos,
     state::StateStore,
 };
 use crate::{
@@ -94,9 +95,9 @@ fn assert_forbidden<T: std::fmt::Debug>(result: Result<T>) {
 }
 
 /// Every event of the room, oldest first.
-fn timeline(rooms: &Rooms, room_id: &ruma::RoomId) -> Vec<(u64, Pdu)> {
+fn timeline(rooms: &Rooms, room_id: &ruma::RoomId) -> Vec<(Pos, Pdu)> {
     let info = rooms.existing(room_id).unwrap();
-    rooms.events_from(&info, 0, 10_000).unwrap()
+    rooms.events_from(&info, Pos::MIN, 10_000).unwrap()
 }
 
 /// The stored JSON of an event, as written by `append`.
@@ -193,8 +194,8 @@ async fn check_created_room(version: RoomVersionId) {
     assert_eq!(rooms_of[0].0, room_id);
     assert_eq!(rooms_of[0].1.membership, MembershipState::Join);
     assert_eq!(
-        rooms.count_of(&member.event_id).unwrap(),
-        Some(rooms_of[0].1.count)
+        rooms.pos_of(&member.event_id).unwrap(),
+        Some(Pos::live(rooms_of[0].1.count).unwrap())
     );
 
     let power_levels = rooms
@@ -279,7 +280,10 @@ async fn check_created_room(version: RoomVersionId) {
             _ => assert_eq!(pdu.prev_events, vec![events[index - 1].1.event_id.clone()]),
         }
     }
-    assert_eq!(info.last_count, events.last().unwrap().0);
+    assert_eq!(
+        Pos::live(info.last_count).unwrap(),
+        events.last().unwrap().0
+    );
     assert_eq!(info.depth, 7);
     assert_eq!(
         rooms.extremities(&room_id).unwrap(),
@@ -618,14 +622,9 @@ async fn timeline_is_ordered_and_pages_both_ways() {
                 .unwrap();
         }
     }
-    let counts: Vec<u64> = sent
+    let counts: Vec<Pos> = sent
         .iter()
-        .map(|id| {
-            rooms
-                .count_of(id)
-                .unwrap()
-                .expect("count of a stored event")
-        })
+        .map(|id| rooms.pos_of(id).unwrap().expect("count of a stored event"))
         .collect();
     assert!(
         counts.windows(2).all(|pair| pair[0] < pair[1]),
@@ -633,13 +632,13 @@ async fn timeline_is_ordered_and_pages_both_ways() {
     );
 
     let info = rooms.existing(&room_id).unwrap();
-    assert_eq!(info.last_count, counts[29]);
+    assert_eq!(Pos::live(info.last_count).unwrap(), counts[29]);
     assert!(rooms.stream.position() >= info.last_count);
     assert!(rooms.stream.position() >= rooms.existing(&other_room).unwrap().last_count);
     assert_eq!(rooms.extremities(&room_id).unwrap(), vec![sent[29].clone()]);
 
     // Backwards from the end: the ten newest, newest first.
-    let newest = rooms.events_before(&info, u64::MAX, 10).unwrap();
+    let newest = rooms.events_before(&info, Pos::MAX, 10).unwrap();
     assert_eq!(
         newest
             .iter()
@@ -677,7 +676,7 @@ async fn timeline_is_ordered_and_pages_both_ways() {
         counts[..5].to_vec()
     );
     let following = rooms
-        .events_from(&info, oldest.last().unwrap().0 + 1, 5)
+        .events_from(&info, oldest.last().unwrap().0.next(), 5)
         .unwrap();
     assert_eq!(
         following
@@ -702,11 +701,17 @@ async fn timeline_is_ordered_and_pages_both_ways() {
     // Past the end: nothing.
     assert!(
         rooms
-            .events_from(&info, info.last_count + 1, 10)
+            .events_from(&info, Pos::live(info.last_count).unwrap().next(), 10)
             .unwrap()
             .is_empty()
     );
-    assert!(rooms.events_before(&info, 0, 10).unwrap().is_empty());
+    assert!(rooms.events_before(&info, Pos::MIN, 10).unwrap().is_empty());
+    assert!(
+        rooms
+            .events_before(&info, Pos::live(0).unwrap(), 10)
+            .unwrap()
+            .is_empty()
+    );
 
     // The whole room: 7 creation events and 30 messages, in count order.
     let all = timeline(&rooms, &room_id);
@@ -885,11 +890,11 @@ async fn sending_touches_joined_members() {
         )
         .await
         .unwrap();
-    let invite_count = rooms.count_of(&invite.event_id).unwrap().unwrap();
+    let invite_count = rooms.pos_of(&invite.event_id).unwrap().unwrap().get() as u64;
     assert_eq!(rooms.stream.notifier.last_change(carol), Some(invite_count));
 
     let message = rooms.send(&room_id, alice, text("hi"), None).await.unwrap();
-    let count = rooms.count_of(&message.event_id).unwrap().unwrap();
+    let count = rooms.pos_of(&message.event_id).unwrap().unwrap().get() as u64;
     assert!(rooms.stream.position() >= count);
     for member in [alice, bob] {
         assert_eq!(
