@@ -1,6 +1,7 @@
 //! Rooms: events (PDUs), the compact state core, timelines and membership indexes.
 //!
 //! - [`pdu`]: the stored event type and its client forms.
+//! - [`pos`]: timeline positions ([`pos::Pos`], live > 0, backfilled < 0) and their keys.
 //! - [`short`]: interning of event ids, state keys and room ids.
 //! - [`state`]: state sets stored as diffs with periodic snapshots.
 //! - [`append`]: creating a local event: build, hash, sign, authorise, store (one batch).

@@ -230,8 +230,14 @@ mod tests {
 
     #[track_caller]
     fn check_pair(a: Pos, b: Pos) {
-        assert_eq!(a.cmp(&b), a.key().cmp(&b.key()), "{a} vs {b}");
-        assert_eq!(a.cmp(&b), (&*a.key()).cmp(&*b.key()), "{a} vs {b} bytewise");
+        // As byte strings, the way the trees order keys.
+        assert_eq!(a.cmp(&b), a.key()[..].cmp(&b.key()[..]), "{a} vs {b}");
+        // And as the full timeline key after a room prefix.
+        assert_eq!(
+            a.cmp(&b),
+            PduId::new(3, a)[..].cmp(&PduId::new(3, b)[..]),
+            "{a} vs {b}"
+        );
     }
 
     #[track_caller]
