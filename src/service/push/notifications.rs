@@ -3,8 +3,8 @@
 //!
 //! Worked out when asked, not recorded on send: the rooms' timelines are the record. A page
 //! walks the timelines of the user's rooms backwards, merged by timeline position (for live
-//! events the stream position, one order across rooms), and evaluates each event against the user's push rules, as
-//! [`super::Push::event_sent`] does for the counts. Recording a row per notified member
+//! events the stream position, one order across rooms), and evaluates each event against
+//! the user's push rules, as [`super::Push::event_sent`] does for the counts. Recording a row per notified member
 //! per send cost a third of the send throughput and 70% more database in the load
 //! benchmark (`docs/benchmarks.md`), for a list few clients ever ask for.
 //!
