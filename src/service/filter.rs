@@ -36,7 +36,7 @@ use serde_json::{Map, Value as JsonValue};
 
 use super::{
     account_data::AccountData,
-    rooms::{RoomInfo, Rooms, pdu::Pdu},
+    rooms::{RoomInfo, Rooms, pdu::Pdu, pos::Pos},
 };
 use crate::{Error, Result};
 
@@ -455,14 +455,14 @@ pub fn sync_filter(
     Ok(SyncFilter::compile(&definition))
 }
 
-/// Where [`scan`] walks: from `from` in `dir` (backwards: counts below `from`; forwards:
-/// counts from `from` on), up to `bound` (backwards: counts `>= bound` only; forwards:
+/// Where [`scan`] walks: from `from` in `dir` (backwards: positions below `from`; forwards:
+/// positions from `from` on), up to `bound` (backwards: positions `>= bound` only; forwards:
 /// `< bound`), keeping at most `limit` events and reading at most `max_read`.
 #[derive(Clone, Copy, Debug)]
 pub struct Walk {
     pub dir: Direction,
-    pub from: u64,
-    pub bound: Option<u64>,
+    pub from: Pos,
+    pub bound: Option<Pos>,
     pub limit: usize,
     pub max_read: usize,
 }
@@ -470,9 +470,9 @@ pub struct Walk {
 /// A run of timeline events read by [`scan`].
 pub struct Scanned {
     /// The events kept, in the order read.
-    pub events: Vec<(u64, Pdu)>,
-    /// The count of the last event read (kept or not).
-    pub last_read: Option<u64>,
+    pub events: Vec<(Pos, Pdu)>,
+    /// The position of the last event read (kept or not).
+    pub last_read: Option<Pos>,
     /// Whether the walk reached the end of the room or the bound (nothing more to read).
     pub exhausted: bool,
 }
@@ -485,7 +485,7 @@ pub fn scan(
     rooms: &Rooms,
     info: &RoomInfo,
     walk: Walk,
-    mut keep: impl FnMut(u64, &Pdu) -> Result<bool>,
+    mut keep: impl FnMut(Pos, &Pdu) -> Result<bool>,
 ) -> Result<Scanned> {
     let Walk {
         dir,
@@ -511,10 +511,10 @@ pub fn scan(
             Direction::Forward => rooms.events_from(info, cursor, batch_size)?,
         };
         let full = batch.len() == batch_size;
-        for (count, pdu) in batch {
+        for (pos, pdu) in batch {
             let beyond = match (dir, bound) {
-                (Direction::Backward, Some(bound)) => count < bound,
-                (Direction::Forward, Some(bound)) => count >= bound,
+                (Direction::Backward, Some(bound)) => pos < bound,
+                (Direction::Forward, Some(bound)) => pos >= bound,
                 _ => false,
             };
             if beyond {
@@ -522,13 +522,13 @@ pub fn scan(
                 return Ok(out);
             }
             read += 1;
-            out.last_read = Some(count);
+            out.last_read = Some(pos);
             cursor = match dir {
-                Direction::Backward => count,
-                Direction::Forward => count + 1,
+                Direction::Backward => pos,
+                Direction::Forward => pos.next(),
             };
-            if keep(count, &pdu)? {
-                out.events.push((count, pdu));
+            if keep(pos, &pdu)? {
+                out.events.push((pos, pdu));
                 if out.events.len() >= limit {
                     return Ok(out);
                 }

@@ -45,7 +45,7 @@ use serde_json::{Value as JsonValue, json};
 
 use super::{
     Services,
-    rooms::{MembershipEntry, RoomInfo},
+    rooms::{MembershipEntry, RoomInfo, pos::Pos},
     sync::{device_list_changes, invite_state, invited_by_ignored, own_transaction, raw, shown},
 };
 use crate::{Error, Result};
@@ -848,12 +848,14 @@ fn build_room(
     // the user's leave for a room they left.
     let limit = config.timeline_limit;
     let upto = match candidate.entry.membership {
-        MembershipState::Join => u64::MAX,
-        _ => candidate.entry.count + 1,
+        MembershipState::Join => Pos::MAX,
+        _ => Pos::live(candidate.entry.count)?.next(),
     };
     let mut events = rooms.events_before(info, upto, limit + 1)?;
+    // Only live events are news: backfilled history sorts below every stream position.
     if let Some(room_since) = room_since {
-        events.retain(|(count, _)| *count >= room_since);
+        let room_since = Pos::live(room_since)?;
+        events.retain(|(pos, _)| *pos >= room_since);
     }
     room.limited = events.len() > limit;
     events.truncate(limit);
@@ -861,14 +863,17 @@ fn build_room(
     let ignored = services.account_data.ignored_users(user)?;
     let mut visibility = rooms.visibility(room_id, user)?;
     let mut timeline = Vec::with_capacity(events.len());
-    for (count, pdu) in events {
-        if shown(&pdu, &ignored) && visibility.can_see(count, &pdu)? {
-            timeline.push((count, pdu));
+    for (pos, pdu) in events {
+        if shown(&pdu, &ignored) && visibility.can_see(pos, &pdu)? {
+            timeline.push((pos, pdu));
         }
     }
-    room.prev_batch = timeline.first().map(|(count, _)| count.to_string());
+    room.prev_batch = timeline.first().map(|(pos, _)| pos.to_string());
     room.num_live = UInt::new(match since {
-        Some(since) => timeline.iter().filter(|(count, _)| *count >= since).count() as u64,
+        Some(since) => {
+            let since = Pos::live(since)?;
+            timeline.iter().filter(|(pos, _)| *pos >= since).count() as u64
+        }
         None => 0,
     });
     // The room's state: current for a joined room; for a room the user left, as it was at
@@ -887,7 +892,10 @@ fn build_room(
     let changed = match room_since {
         None => None,
         Some(room_since) => {
-            let since_hash = match rooms.events_before(info, room_since, 1)?.first() {
+            let since_hash = match rooms
+                .events_before(info, Pos::live(room_since)?, 1)?
+                .first()
+            {
                 Some((_, last_seen)) => rooms
                     .state_hashes(&last_seen.event_id)?
                     .map(|(_, after)| after),

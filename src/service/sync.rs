@@ -31,7 +31,7 @@ use serde_json::{Value as JsonValue, json};
 use super::{
     Services,
     filter::{LazyMembers, SyncFilter, Walk, scan},
-    rooms::{MembershipEntry, RoomInfo, pdu::Pdu, state::StateHash},
+    rooms::{MembershipEntry, RoomInfo, pdu::Pdu, pos::Pos, state::StateHash},
 };
 use crate::Result;
 
@@ -316,7 +316,7 @@ fn left_room(
     entry: &MembershipEntry,
     ignored: &HashSet<OwnedUserId>,
 ) -> Result<LeftRoom> {
-    let until = entry.count.saturating_add(1);
+    let until = Pos::live(entry.count)?.next();
     let part = room_part(services, request, room_id, info, entry, until, ignored)?;
     let mut left = LeftRoom::new();
     left.timeline = part.timeline;
@@ -444,7 +444,7 @@ fn joined_room(
     entry: &MembershipEntry,
     ignored: &HashSet<OwnedUserId>,
 ) -> Result<JoinedRoom> {
-    let part = room_part(services, request, room_id, info, entry, u64::MAX, ignored)?;
+    let part = room_part(services, request, room_id, info, entry, Pos::MAX, ignored)?;
     let mut room = JoinedRoom::new();
     room.timeline = part.timeline;
     room.state = part.state;
@@ -467,7 +467,7 @@ fn room_part(
     room_id: &RoomId,
     info: &RoomInfo,
     entry: &MembershipEntry,
-    until: u64,
+    until: Pos,
     ignored: &HashSet<OwnedUserId>,
 ) -> Result<RoomPart> {
     let rooms = &services.rooms;
@@ -479,7 +479,7 @@ fn room_part(
     } = timeline_events(services, request, room_id, info, until, ignored)?;
 
     // The state after the last event the timeline could show.
-    let end_hash = if until == u64::MAX {
+    let end_hash = if until == Pos::MAX {
         Some(info.state_hash)
     } else {
         match rooms.events_before(info, until, 1)?.first() {
@@ -495,7 +495,7 @@ fn room_part(
     };
     let since_hash = match request.since {
         Some(since) if !request.full_state && entry.count < since => {
-            match rooms.events_before(info, since, 1)?.first() {
+            match rooms.events_before(info, Pos::live(since)?, 1)?.first() {
                 Some((_, last_seen)) => rooms
                     .state_hashes(&last_seen.event_id)?
                     .map(|(_, after)| after),
@@ -531,7 +531,7 @@ fn room_part(
 
     let mut timeline = Timeline::new();
     timeline.limited = limited;
-    timeline.prev_batch = prev_batch.map(|count| count.to_string());
+    timeline.prev_batch = prev_batch.map(|pos| pos.to_string());
     timeline.events = events
         .iter()
         .map(|(_, pdu)| {
@@ -576,11 +576,11 @@ fn client_event<T>(
 /// A room's timeline in a sync, before it is turned into client events.
 struct TimelinePage {
     /// Oldest first.
-    events: Vec<(u64, Pdu)>,
+    events: Vec<(Pos, Pdu)>,
     /// Whether more events are left before these.
     limited: bool,
-    /// The position to paginate back from.
-    prev_batch: Option<u64>,
+    /// The position to paginate back from (a `/messages` token; may be a backfilled one).
+    prev_batch: Option<Pos>,
 }
 
 /// The timeline: up to `limit` events before `until`, from `since` on, oldest first, that
@@ -591,10 +591,12 @@ fn timeline_events(
     request: &SyncRequest<'_>,
     room_id: &RoomId,
     info: &RoomInfo,
-    until: u64,
+    until: Pos,
     ignored: &HashSet<OwnedUserId>,
 ) -> Result<TimelinePage> {
     let rooms = &services.rooms;
+    // Only live events are news: backfilled history sorts below every stream position.
+    let since = request.since.map(Pos::live).transpose()?;
     let matcher = &request.filter.timeline;
     let limit = request.filter.timeline_limit;
     let mut visibility = rooms.visibility(room_id, request.user_id)?;
@@ -602,7 +604,7 @@ fn timeline_events(
         let more = rooms
             .events_before(info, until, 1)?
             .first()
-            .is_some_and(|(count, _)| request.since.is_none_or(|since| *count >= since));
+            .is_some_and(|(pos, _)| since.is_none_or(|since| *pos >= since));
         return Ok(TimelinePage {
             events: Vec::new(),
             limited: more,
@@ -612,20 +614,20 @@ fn timeline_events(
     if matcher.lets_all() {
         // Newest first, one more than asked so we know whether the timeline is `limited`.
         let mut events = rooms.events_before(info, until, limit + 1)?;
-        if let Some(since) = request.since {
-            events.retain(|(count, _)| *count >= since);
+        if let Some(since) = since {
+            events.retain(|(pos, _)| *pos >= since);
         }
         let limited = events.len() > limit;
         events.truncate(limit);
         events.reverse();
         // History visibility: e.g. with `joined`, nothing from before the user joined.
         let mut seen = Vec::with_capacity(events.len());
-        for (count, pdu) in events {
-            if shown(&pdu, ignored) && visibility.can_see(count, &pdu)? {
-                seen.push((count, pdu));
+        for (pos, pdu) in events {
+            if shown(&pdu, ignored) && visibility.can_see(pos, &pdu)? {
+                seen.push((pos, pdu));
             }
         }
-        let prev_batch = seen.first().map(|(count, _)| *count);
+        let prev_batch = seen.first().map(|(pos, _)| *pos);
         return Ok(TimelinePage {
             events: seen,
             limited,
@@ -636,19 +638,19 @@ fn timeline_events(
     let walk = Walk {
         dir: Direction::Backward,
         from: until,
-        bound: request.since,
+        bound: since,
         limit: limit + 1,
         max_read: (limit * FILTERED_READ_FACTOR).max(100),
     };
-    let scanned = scan(rooms, info, walk, |count, pdu| {
-        Ok(matcher.allows_pdu(pdu) && shown(pdu, ignored) && visibility.can_see(count, pdu)?)
+    let scanned = scan(rooms, info, walk, |pos, pdu| {
+        Ok(matcher.allows_pdu(pdu) && shown(pdu, ignored) && visibility.can_see(pos, pdu)?)
     })?;
     let mut events = scanned.events;
     let limited = events.len() > limit || !scanned.exhausted;
     events.truncate(limit);
     events.reverse();
     let prev_batch = match events.first() {
-        Some((count, _)) => Some(*count),
+        Some((pos, _)) => Some(*pos),
         None if limited => scanned.last_read,
         None => None,
     };
@@ -666,7 +668,7 @@ fn timeline_events(
 fn state_section(
     services: &Services,
     request: &SyncRequest<'_>,
-    events: &[(u64, Pdu)],
+    events: &[(Pos, Pdu)],
     since_hash: Option<StateHash>,
     start_hash: StateHash,
     end_hash: Option<StateHash>,

@@ -481,6 +481,7 @@ async fn parameters_are_validated() {
         "dir=b&limit=ten",
         "dir=b&limit=99999999999999999999999",
         "dir=b&from=not-a-token",
+        "dir=b&from=99999999999999999999",
         "dir=b&to=%00",
         "dir=b&filter=%7Bnot-json",
     ] {
@@ -525,6 +526,49 @@ async fn parameters_are_validated() {
         )
         .await;
     assert_eq!(next["chunk"][0]["event_id"], event.as_str(), "{next}");
+    // Tokens are timeline positions and may be negative (backfilled history sorts below
+    // 0): below the room's first event there is nothing, forwards from there everything.
+    let below = alice
+        .ok(
+            Method::GET,
+            &format!("/rooms/{room}/messages?dir=b&from=-5"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (&below["chunk"], below.get("end")),
+        (&json!([]), None),
+        "{below}"
+    );
+    let above = alice
+        .ok(
+            Method::GET,
+            &format!("/rooms/{room}/messages?dir=f&from=-5&limit=1"),
+            None,
+        )
+        .await;
+    assert_eq!(above["chunk"][0]["type"], "m.room.create", "{above}");
+    let first = alice
+        .ok(
+            Method::GET,
+            &format!("/rooms/{room}/messages?dir=f&limit=1"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        first["chunk"][0]["event_id"], above["chunk"][0]["event_id"],
+        "{first}"
+    );
+    // `/sync` tokens stay stream positions: a negative one is no token of ours.
+    for since in ["-1", "9223372036854775808"] {
+        assert_error(
+            &alice
+                .call(Method::GET, &format!("/sync?since={since}&timeout=0"), None)
+                .await,
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        );
+    }
     // A required query parameter that is missing.
     assert_error(
         &alice

@@ -20,7 +20,7 @@ use super::room::{member_profile, readable_state, require_joined};
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
-    service::Services,
+    service::{Services, rooms::pos::Pos},
 };
 
 /// A room id, or the room an alias points at (asking the alias's server for another
@@ -297,7 +297,9 @@ pub async fn get_member_events(
         // A former member sees the members as they left them, whatever `at` says.
         _ if readable != info.state_hash => readable,
         Some(token) => {
-            let at: u64 = token
+            // A sync token (a stream position) or a pagination token: both name the
+            // boundary before that timeline position.
+            let at: Pos = token
                 .parse()
                 .map_err(|_| Error::invalid_param("Invalid `at` token."))?;
             match rooms.events_before(&info, at, 1)?.first() {

@@ -2,8 +2,10 @@
 //! both ways, with `to`, `limit` and the filter) and `/context`. Filters are compiled by
 //! `service::filter`, the same rules as `/sync`.
 //!
-//! Pagination tokens are stream positions: token `T` is the boundary just before the event
-//! with count `T`. Backwards from `T` yields counts below `T`; forwards, counts from `T` on.
+//! Pagination tokens are timeline positions ([`Pos`], decimal i64): token `T` is the boundary
+//! just before the event at `T`. Backwards from `T` yields positions below `T`; forwards,
+//! positions from `T` on. Backfilled events sort below every live one, so a token stays valid
+//! when history is added below it.
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -29,7 +31,10 @@ use crate::{
     service::{
         Services,
         filter::{EventMatcher, Scanned, Walk, scan},
-        rooms::append::{NewEvent, Transaction},
+        rooms::{
+            append::{NewEvent, Transaction},
+            pos::Pos,
+        },
         sync::shown,
     },
 };
@@ -104,14 +109,8 @@ pub async fn redact_event(
     Ok(RumaResponse(redact_event::v3::Response::new(pdu.event_id)))
 }
 
-fn parse_token(token: Option<&str>) -> Result<Option<u64>> {
-    token
-        .map(|token| {
-            token
-                .parse::<u64>()
-                .map_err(|_| Error::invalid_param("Invalid pagination token."))
-        })
-        .transpose()
+fn parse_token(token: Option<&str>) -> Result<Option<Pos>> {
+    token.map(str::parse::<Pos>).transpose()
 }
 
 /// Events read, at most, per page: a filter that drops events reads further to fill the
@@ -137,10 +136,12 @@ pub async fn get_message_events(
         .min(MAX_LIMIT);
     let to = parse_token(body.to.as_deref())?;
     let from = match body.dir {
-        Direction::Backward => {
-            parse_token(body.from.as_deref())?.unwrap_or(services.stream.position() + 1)
-        }
-        Direction::Forward => parse_token(body.from.as_deref())?.unwrap_or(0),
+        Direction::Backward => match parse_token(body.from.as_deref())? {
+            Some(from) => from,
+            None => Pos::live(services.stream.position())?.next(),
+        },
+        // Before everything, backfilled history included.
+        Direction::Forward => parse_token(body.from.as_deref())?.unwrap_or(Pos::MIN),
     };
     let mut response = get_message_events::v3::Response::new();
     response.start = from.to_string();
@@ -162,15 +163,15 @@ pub async fn get_message_events(
         limit,
         max_read: (limit * READ_FACTOR).max(MIN_READ),
     };
-    let scanned = scan(&services.rooms, &info, walk, |count, pdu| {
-        Ok(matcher.allows_pdu(pdu) && shown(pdu, &ignored) && visibility.can_see(count, pdu)?)
+    let scanned = scan(&services.rooms, &info, walk, |pos, pdu| {
+        Ok(matcher.allows_pdu(pdu) && shown(pdu, &ignored) && visibility.can_see(pos, pdu)?)
     })?;
     // No `end` once the start of the room (or `to`) is reached going backwards.
     response.end = match (body.dir, scanned.last_read) {
         (_, None) => None,
         (Direction::Backward, Some(_)) if scanned.exhausted => None,
-        (Direction::Backward, Some(count)) => Some(count.to_string()),
-        (Direction::Forward, Some(count)) => Some((count + 1).to_string()),
+        (Direction::Backward, Some(pos)) => Some(pos.to_string()),
+        (Direction::Forward, Some(pos)) => Some(pos.next().to_string()),
     };
     let events = scanned.events;
 
@@ -213,10 +214,10 @@ pub async fn get_context(
         .client_pdu(&body.event_id)?
         .filter(|pdu| pdu.room_id() == body.room_id)
         .ok_or_else(|| Error::not_found("Event not found."))?;
-    let count = rooms
-        .count_of(&body.event_id)?
+    let pos = rooms
+        .pos_of(&body.event_id)?
         .ok_or_else(|| Error::not_found("Event not found."))?;
-    if !visibility.can_see(count, &event)? {
+    if !visibility.can_see(pos, &event)? {
         return Err(Error::not_found("Event not found."));
     }
     let matcher = EventMatcher::from_room_event_filter(&body.filter);
@@ -228,30 +229,27 @@ pub async fn get_context(
     let after_limit = limit - before_limit;
     let ignored = services.account_data.ignored_users(sender)?;
     let nothing_passes = matcher.blocks_all() || !matcher.allows_room(&body.room_id);
-    let mut around =
-        |dir: Direction, from: u64, limit: usize| {
-            if nothing_passes {
-                return Ok(Scanned {
-                    events: Vec::new(),
-                    last_read: None,
-                    exhausted: true,
-                });
-            }
-            let walk = Walk {
-                dir,
-                from,
-                bound: None,
-                limit,
-                max_read: (limit * READ_FACTOR).max(MIN_READ),
-            };
-            scan(rooms, &info, walk, |count, pdu| {
-                Ok(matcher.allows_pdu(pdu)
-                    && shown(pdu, &ignored)
-                    && visibility.can_see(count, pdu)?)
-            })
+    let mut around = |dir: Direction, from: Pos, limit: usize| {
+        if nothing_passes {
+            return Ok(Scanned {
+                events: Vec::new(),
+                last_read: None,
+                exhausted: true,
+            });
+        }
+        let walk = Walk {
+            dir,
+            from,
+            bound: None,
+            limit,
+            max_read: (limit * READ_FACTOR).max(MIN_READ),
         };
-    let before = around(Direction::Backward, count, before_limit)?;
-    let after = around(Direction::Forward, count + 1, after_limit)?;
+        scan(rooms, &info, walk, |pos, pdu| {
+            Ok(matcher.allows_pdu(pdu) && shown(pdu, &ignored) && visibility.can_see(pos, pdu)?)
+        })
+    };
+    let before = around(Direction::Backward, pos, before_limit)?;
+    let after = around(Direction::Forward, pos.next(), after_limit)?;
 
     let mut state = Vec::new();
     if let Some((before_hash, after_hash)) = rooms.state_hashes(&body.event_id)? {
@@ -279,8 +277,8 @@ pub async fn get_context(
         }
     }
     let mut response = get_context::v3::Response::new();
-    response.start = Some(before.last_read.unwrap_or(count).to_string());
-    response.end = Some(after.last_read.map_or(count + 1, |c| c + 1).to_string());
+    response.start = Some(before.last_read.unwrap_or(pos).to_string());
+    response.end = Some(after.last_read.unwrap_or(pos).next().to_string());
     response.events_before = before
         .events
         .iter()

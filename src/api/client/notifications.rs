@@ -12,6 +12,7 @@ use crate::{
     service::{
         Services,
         push::notifications::{DEFAULT_LIMIT, MAX_LIMIT, Query, SCAN_BUDGET},
+        rooms::pos::Pos,
     },
 };
 
@@ -27,7 +28,7 @@ pub async fn get_notifications(
     let from = match &body.from {
         Some(token) => Some(
             token
-                .parse::<u64>()
+                .parse::<Pos>()
                 .map_err(|_| Error::invalid_param("Unknown pagination token in from."))?,
         ),
         None => None,

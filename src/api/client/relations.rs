@@ -23,7 +23,7 @@ use super::room::{event_reader, reader};
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
-    service::Services,
+    service::{Services, rooms::pos::Pos},
 };
 
 const DEFAULT_LIMIT: usize = 20;
@@ -52,12 +52,12 @@ fn relating(
         .client_pdu(target)?
         .filter(|pdu| pdu.room_id() == room_id)
         .ok_or_else(|| Error::not_found("Event not found."))?;
-    if !visibility.can_see(rooms.count_of(target)?.unwrap_or(0), &parent)? {
+    if !visibility.can_see(rooms.pos_of(target)?.unwrap_or(Pos::MIN), &parent)? {
         return Err(Error::not_found("Event not found."));
     }
     let from = from
         .map(|t| {
-            t.parse::<u64>()
+            t.parse::<Pos>()
                 .map_err(|_| Error::invalid_param("Invalid from token."))
         })
         .transpose()?;
@@ -69,7 +69,7 @@ fn relating(
     let relations = rooms.relations(target, from, forward, limit)?;
     let next_batch = match relations.last() {
         Some(last) if relations.len() == limit => {
-            Some(if forward { last.count + 1 } else { last.count }.to_string())
+            Some(if forward { last.pos.next() } else { last.pos }.to_string())
         }
         _ => None,
     };
@@ -81,7 +81,7 @@ fn relating(
             continue;
         }
         if let Some(pdu) = rooms.pdu(&relation.event_id)?
-            && visibility.can_see(relation.count, &pdu)?
+            && visibility.can_see(relation.pos, &pdu)?
         {
             chunk.push(rooms.room_event(&pdu, user)?.cast_unchecked());
         }
@@ -220,7 +220,7 @@ pub async fn get_threads(
     let mut chunk = Vec::new();
     for (root, _) in roots.into_iter().skip(offset).take(limit) {
         if let Some(pdu) = services.rooms.client_pdu(&root)?
-            && visibility.can_see(services.rooms.count_of(&root)?.unwrap_or(0), &pdu)?
+            && visibility.can_see(services.rooms.pos_of(&root)?.unwrap_or(Pos::MIN), &pdu)?
         {
             chunk.push(services.rooms.room_event(&pdu, sender)?);
         }

@@ -28,6 +28,7 @@ use crate::{
             append::supported_room_version,
             create::{CreateRoom, Preset},
             membership::MemberProfile,
+            pos::Pos,
         },
     },
 };
@@ -219,8 +220,8 @@ pub async fn get_room_event(
         .client_pdu(&body.event_id)?
         .filter(|pdu| pdu.room_id() == body.room_id)
         .ok_or_else(not_found)?;
-    let count = services.rooms.count_of(&body.event_id)?.unwrap_or(0);
-    if !visibility.can_see(count, &pdu)? {
+    let pos = services.rooms.pos_of(&body.event_id)?.unwrap_or(Pos::MIN);
+    if !visibility.can_see(pos, &pdu)? {
         return Err(not_found());
     }
     Ok(RumaResponse(get_room_event::v3::Response::new(
@@ -287,8 +288,8 @@ pub async fn report_content(
         .client_pdu(&body.event_id)?
         .filter(|pdu| pdu.room_id() == body.room_id)
         .ok_or_else(not_found)?;
-    let count = services.rooms.count_of(&body.event_id)?.unwrap_or(0);
-    if !visibility.can_see(count, &pdu)? {
+    let pos = services.rooms.pos_of(&body.event_id)?.unwrap_or(Pos::MIN);
+    if !visibility.can_see(pos, &pdu)? {
         return Err(not_found());
     }
     services

@@ -27,7 +27,10 @@ use serde_json::Value as JsonValue;
 use crate::{
     Error, Result,
     api::ruma::Ruma,
-    service::{Services, rooms::pdu::Pdu},
+    service::{
+        Services,
+        rooms::{pdu::Pdu, pos::Pos},
+    },
 };
 
 /// Events looked at per room and request.
@@ -46,8 +49,9 @@ fn matches(pdu: &Pdu, words: &[String], keys: &[&str]) -> bool {
     !text.is_empty() && words.iter().all(|word| text.contains(word.as_str()))
 }
 
-/// `next_batch` tokens are `room index:count`: where to continue.
-fn parse_batch(token: Option<&str>) -> Result<(usize, Option<u64>)> {
+/// `next_batch` tokens are `room index:pos`: where to continue (`pos` a decimal [`Pos`], so
+/// tokens from before backfill existed parse as before).
+fn parse_batch(token: Option<&str>) -> Result<(usize, Option<Pos>)> {
     let Some(token) = token else {
         return Ok((0, None));
     };
@@ -119,13 +123,13 @@ fn search_rooms(
         let events =
             services
                 .rooms
-                .events_before(&info, before.take().unwrap_or(u64::MAX), MAX_SCANNED)?;
-        for (count, pdu) in events {
-            if !matches(&pdu, &words, &keys) || !visibility.can_see(count, &pdu)? {
+                .events_before(&info, before.take().unwrap_or(Pos::MAX), MAX_SCANNED)?;
+        for (pos, pdu) in events {
+            if !matches(&pdu, &words, &keys) || !visibility.can_see(pos, &pdu)? {
                 continue;
             }
             if results.len() == limit {
-                next = Some(format!("{index}:{}", count + 1));
+                next = Some(format!("{index}:{}", pos.next()));
                 break 'rooms;
             }
             let mut result = SearchResult::new();

@@ -9,7 +9,7 @@ use ruma::api::{OutgoingResponse, client::sync::sync_events};
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
-    service::{Services, filter, sync::SyncRequest},
+    service::{Services, filter, rooms::pos::Pos, sync::SyncRequest},
 };
 
 /// The longest a long-poll is held, whatever the client asks.
@@ -26,9 +26,13 @@ pub async fn sync_events(
         .since
         .as_deref()
         .map(|token| {
+            // A stream position; one beyond timeline positions (or negative) is no token
+            // this server gave.
             token
                 .parse::<u64>()
-                .map_err(|_| Error::invalid_param("Invalid since token."))
+                .ok()
+                .filter(|since| Pos::live(*since).is_ok())
+                .ok_or_else(|| Error::invalid_param("Invalid since token."))
         })
         .transpose()?;
     let filter = filter::sync_filter(&services.account_data, user_id, body.filter.as_ref())?;

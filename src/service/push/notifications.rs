@@ -2,9 +2,9 @@
 //! notifications", "Listing Notifications").
 //!
 //! Worked out when asked, not recorded on send: the rooms' timelines are the record. A page
-//! walks the timelines of the user's rooms backwards, merged by count (the stream position,
-//! one order across rooms), and evaluates each event against the user's push rules, as
-//! [`super::Push::event_sent`] does for the counts. Recording a row per notified member
+//! walks the timelines of the user's rooms backwards, merged by timeline position (for live
+//! events the stream position, one order across rooms), and evaluates each event against
+//! the user's push rules, as [`super::Push::event_sent`] does for the counts. Recording a row per notified member
 //! per send cost a third of the send throughput and 70% more database in the load
 //! benchmark (`docs/benchmarks.md`), for a list few clients ever ask for.
 //!
@@ -34,7 +34,7 @@ use crate::{
     service::{
         account_data::AccountData,
         ephemeral::Ephemeral,
-        rooms::{RoomInfo, Rooms, pdu::Pdu, visibility::prev_membership},
+        rooms::{RoomInfo, Rooms, pdu::Pdu, pos::Pos, visibility::prev_membership},
     },
 };
 
@@ -50,8 +50,8 @@ const MAX_CHUNK: usize = 64;
 /// What one page asks for.
 #[derive(Clone, Copy, Debug)]
 pub struct Query {
-    /// Events older than this count (a `next_token`); `None` for the newest.
-    pub from: Option<u64>,
+    /// Events older than this position (a `next_token`); `None` for the newest.
+    pub from: Option<Pos>,
     pub limit: usize,
     pub only_highlight: bool,
     /// Events to examine at most ([`SCAN_BUDGET`]; smaller in tests).
@@ -69,41 +69,41 @@ pub struct Page {
 struct Cursor {
     room_id: OwnedRoomId,
     info: RoomInfo,
-    /// Events with a count below this are still to be read.
-    below: u64,
+    /// Events with a position below this are still to be read.
+    below: Pos,
     /// The user's join that began their current membership: older events are not theirs.
-    joined_at: u64,
+    joined_at: Pos,
     /// Read and not yet examined, newest first.
-    buffer: VecDeque<(u64, Pdu)>,
+    buffer: VecDeque<(Pos, Pdu)>,
     chunk: usize,
     /// Made when the first event of the room is evaluated.
     context: Option<RoomContext>,
-    /// How far the user has read (count), looked up with the first notification.
-    read_up_to: Option<u64>,
+    /// How far the user has read (position), looked up with the first notification.
+    read_up_to: Option<Pos>,
 }
 
 impl Cursor {
-    /// The count of the next event to examine, reading a chunk when the buffer is empty.
-    fn head(&mut self, rooms: &Rooms) -> Result<Option<u64>> {
-        if self.buffer.is_empty() && self.below > self.joined_at + 1 {
+    /// The position of the next event to examine, reading a chunk when the buffer is empty.
+    fn head(&mut self, rooms: &Rooms) -> Result<Option<Pos>> {
+        if self.buffer.is_empty() && self.below > self.joined_at.next() {
             let events = rooms.events_before(&self.info, self.below, self.chunk)?;
             self.chunk = (self.chunk * 4).min(MAX_CHUNK);
             match events.last() {
                 Some((oldest, _)) => self.below = *oldest,
-                None => self.below = 0,
+                None => self.below = Pos::MIN,
             }
             let joined_at = self.joined_at;
             self.buffer
-                .extend(events.into_iter().filter(|(count, _)| *count > joined_at));
+                .extend(events.into_iter().filter(|(pos, _)| *pos > joined_at));
         }
-        Ok(self.buffer.front().map(|(count, _)| *count))
+        Ok(self.buffer.front().map(|(pos, _)| *pos))
     }
 }
 
 /// Member events followed back (display name and avatar changes) to find a join.
 const MAX_PROFILE_CHANGES: usize = 64;
 
-/// The count of the join that began the user's current (or, in a room they left, last)
+/// The position of the join that began the user's current (or, in a room they left, last)
 /// stretch of membership, found by following their member events back through
 /// `unsigned.replaces_state` past profile changes (a join replacing a join); at most
 /// [`MAX_PROFILE_CHANGES`] of them, after which the oldest reached stands in. `None` if
@@ -113,7 +113,7 @@ fn joined_at(
     room_id: &RoomId,
     user_id: &UserId,
     membership: &MembershipState,
-) -> Result<Option<u64>> {
+) -> Result<Option<Pos>> {
     let replaced = |pdu: &Pdu| -> Result<Option<Pdu>> {
         let unsigned: Option<serde_json::Value> = pdu
             .unsigned
@@ -150,7 +150,7 @@ fn joined_at(
             None => break,
         }
     }
-    rooms.count_of(&event.event_id)
+    rooms.pos_of(&event.event_id)
 }
 
 impl Push {
@@ -165,13 +165,13 @@ impl Push {
         user_id: &UserId,
         query: Query,
     ) -> Result<Page> {
-        let from = query.from.unwrap_or(u64::MAX);
+        let from = query.from.unwrap_or(Pos::MAX);
         let mut cursors = Vec::new();
         for (room_id, entry) in rooms.rooms_of(user_id)? {
             // Joined rooms up to now; rooms left (and not forgotten) up to the leave.
             let upper = match entry.membership {
-                MembershipState::Join => u64::MAX,
-                MembershipState::Leave | MembershipState::Ban => entry.count,
+                MembershipState::Join => Pos::MAX,
+                MembershipState::Leave | MembershipState::Ban => Pos::live(entry.count)?,
                 _ => continue,
             };
             let Some(info) = rooms.info(&room_id)? else {
@@ -280,17 +280,18 @@ impl Push {
     }
 }
 
-/// The count of the newest event the user's read receipts in the room point at (0: none).
+/// The position of the newest event the user's read receipts in the room point at
+/// (`Pos::MIN`: none).
 fn read_position(
     rooms: &Rooms,
     ephemeral: &Ephemeral,
     room_id: &RoomId,
     user_id: &UserId,
-) -> Result<u64> {
-    let mut newest = 0;
+) -> Result<Pos> {
+    let mut newest = Pos::MIN;
     for event_id in ephemeral.read_receipt_events(room_id, user_id)? {
-        if let Some(count) = rooms.count_of(&event_id)? {
-            newest = newest.max(count);
+        if let Some(pos) = rooms.pos_of(&event_id)? {
+            newest = newest.max(pos);
         }
     }
     Ok(newest)

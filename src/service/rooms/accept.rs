@@ -27,6 +27,7 @@ use super::{
     append::supported_room_version,
     check::{BeforeSource, Verdict},
     pdu::Pdu,
+    pos::Pos,
     prepare::Ready,
     short::{ShortEventId, ShortStateKey},
     state::StateHash,
@@ -54,8 +55,8 @@ pub struct StateBefore {
 #[derive(Clone, Debug)]
 pub struct Committed {
     pub pdu: Pdu,
-    /// Its stream position, when it has a timeline place.
-    pub position: Option<u64>,
+    /// Its timeline place, when it has one.
+    pub position: Option<Pos>,
     pub verdict: Verdict,
 }
 
@@ -165,7 +166,7 @@ impl Rooms {
             if done {
                 return Ok(Outcome::AlreadyKnown(Committed {
                     pdu: held,
-                    position: self.count_of(&event_id)?,
+                    position: self.pos_of(&event_id)?,
                     verdict,
                 }));
             }

@@ -17,6 +17,7 @@ use super::{
     accept::{Committed, Outcome, Place, StateBefore},
     check::Verdict,
     pair_key,
+    pos::Pos,
     remote_tests::{RemoteRoom, remote_room},
     verify::Verified,
 };
@@ -132,7 +133,7 @@ fn set(ids: &[&Verified]) -> BTreeSet<OwnedEventId> {
 fn timeline(rooms: &Rooms, room: &RemoteRoom) -> Vec<OwnedEventId> {
     let info = rooms.existing(&room.room_id).unwrap();
     rooms
-        .events_from(&info, 0, 1000)
+        .events_from(&info, Pos::MIN, 1000)
         .unwrap()
         .into_iter()
         .map(|(_, pdu)| pdu.event_id)
@@ -304,7 +305,7 @@ async fn a_message_after_a_ban_it_did_not_see_is_soft_failed() {
         let m_done = live(&rooms, &m).await;
         assert_eq!(m_done.verdict, Verdict::SoftFailed);
         assert_eq!(m_done.position, None);
-        assert!(rooms.count_of(&m.event_id).unwrap().is_none());
+        assert!(rooms.pos_of(&m.event_id).unwrap().is_none());
         assert!(
             rooms.client_pdu(&m.event_id).unwrap().is_none(),
             "never shown"
@@ -548,7 +549,7 @@ async fn outliers_have_no_place_until_they_arrive() {
         }
         for event in &room.events()[..4] {
             assert!(rooms.pdu(&event.event_id).unwrap().is_some());
-            assert!(rooms.count_of(&event.event_id).unwrap().is_none());
+            assert!(rooms.pos_of(&event.event_id).unwrap().is_none());
             assert!(rooms.state_hashes(&event.event_id).unwrap().is_none());
         }
         assert!(rooms.info(&room.room_id).unwrap().is_none(), "no room yet");
@@ -567,7 +568,7 @@ async fn outliers_have_no_place_until_they_arrive() {
             assert_eq!(live(&rooms, event).await.verdict, Verdict::Accepted);
         }
         for event in room.events() {
-            assert!(rooms.count_of(&event.event_id).unwrap().is_some());
+            assert!(rooms.pos_of(&event.event_id).unwrap().is_some());
             assert!(
                 rooms
                     .outliers

@@ -208,7 +208,7 @@ impl Rooms {
         target_id: &ruma::EventId,
         redaction: &CanonicalJsonObject,
         rules: &ruma::room_version_rules::RoomVersionRules,
-    ) -> Result<Option<([u8; 16], Vec<u8>)>> {
+    ) -> Result<Option<(super::pos::PduId, Vec<u8>)>> {
         let Some(target) = self.pdu(target_id)?.filter(|pdu| pdu.room_id() == room_id) else {
             return Err(Error::not_found("The event to redact is not in this room."));
         };

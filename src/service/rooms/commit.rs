@@ -4,7 +4,9 @@
 
 use ruma::events::room::member::MembershipState;
 
-use super::{MembershipEntry, RoomInfo, Rooms, pair_key, pdu::Pdu, pdu_id, prefix_key, txn_key};
+use super::{
+    MembershipEntry, RoomInfo, Rooms, pair_key, pdu::Pdu, pdu_id, pos::Pos, prefix_key, txn_key,
+};
 use super::{
     append::Transaction,
     prepare::{LiveUpdate, Prepared},
@@ -21,7 +23,7 @@ impl Rooms {
         &self,
         prepared: Prepared,
         transaction: Option<Transaction<'_>>,
-    ) -> Result<(Pdu, Option<u64>)> {
+    ) -> Result<(Pdu, Option<Pos>)> {
         let Prepared {
             room_id,
             version,
@@ -64,7 +66,8 @@ impl Rooms {
             };
             // An outlier that now takes its place moves; it is never in both trees.
             batch.remove(&*self.outliers, event_id.as_bytes().to_vec());
-            let id = pdu_id(short_room_id, count);
+            let pos = Pos::live(count)?;
+            let id = pdu_id(short_room_id, pos);
             batch.insert(&*self.pdus, id.to_vec(), stored);
             batch.insert(
                 &*self.eventid_pduid,
@@ -77,7 +80,7 @@ impl Rooms {
                 pdu.kind.to_string().as_str(),
                 &event_id,
                 &pdu.content_value(),
-                count,
+                pos,
             )?;
             let bump_count = if super::bumps(&pdu.kind) {
                 count
@@ -137,7 +140,7 @@ impl Rooms {
             joined.chain(memberships.iter().map(|(user, _)| user.as_ref())),
             count,
         );
-        Ok((pdu, Some(count)))
+        Ok((pdu, Some(Pos::live(count)?)))
     }
 
     /// Writes both membership indexes for `user` in `room_id`.

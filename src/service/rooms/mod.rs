@@ -1,6 +1,7 @@
 //! Rooms: events (PDUs), the compact state core, timelines and membership indexes.
 //!
 //! - [`pdu`]: the stored event type and its client forms.
+//! - [`pos`]: timeline positions ([`pos::Pos`], live > 0, backfilled < 0) and their keys.
 //! - [`short`]: interning of event ids, state keys and room ids.
 //! - [`state`]: state sets stored as diffs with periodic snapshots.
 //! - [`append`]: sending a local event, in four steps: [`build`] (prev and auth events,
@@ -19,8 +20,9 @@
 //! - [`timestamp`]: the event closest to a date (`timestamp_to_event`).
 //!
 //! Trees owned here (besides those of `short` and `state`):
-//! - `pduid_pdu`: `short room id (u64) count (u64)` → stored PDU JSON. Timeline order.
-//! - `eventid_pduid`: event id → pdu id.
+//! - `pduid_pdu`: `short room id (u64) ‖ pos key (8 or 16 bytes, see [`pos`])` → stored PDU
+//!   JSON. Timeline order.
+//! - `eventid_pduid`: event id → pdu id (16 or 24 bytes).
 //! - `eventid_pdu`: event id → stored PDU JSON, for events without a timeline place
 //!   (outliers, soft-failed and rejected events). An event is in this tree or in
 //!   `eventid_pduid`, never both.
@@ -52,6 +54,7 @@ pub mod create;
 pub mod facts;
 pub mod membership;
 pub mod pdu;
+pub mod pos;
 pub mod power;
 mod prepare;
 pub mod relations;
@@ -82,6 +85,7 @@ use serde::{Deserialize, Serialize};
 
 use self::{
     pdu::Pdu,
+    pos::{PduId, Pos},
     short::{ShortIds, ShortRoomId, u64_from},
     state::{StateHash, StateSet, StateStore},
 };
@@ -198,11 +202,9 @@ pub(crate) fn txn_key(user_id: &UserId, device_id: &DeviceId, txn_id: &str) -> V
     key
 }
 
-pub fn pdu_id(short_room_id: ShortRoomId, count: u64) -> [u8; 16] {
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&short_room_id.to_be_bytes());
-    id[8..].copy_from_slice(&count.to_be_bytes());
-    id
+/// `short room id ‖ pos key`: the key of a timeline event in `pduid_pdu`.
+pub fn pdu_id(short_room_id: ShortRoomId, pos: Pos) -> PduId {
+    PduId::new(short_room_id, pos)
 }
 
 impl Rooms {
@@ -270,14 +272,13 @@ impl Rooms {
             .map_err(|e| Error::internal(format!("corrupt stored PDU: {e}")))
     }
 
-    pub fn pdu_id_of(&self, event_id: &EventId) -> Result<Option<[u8; 16]>> {
+    pub fn pdu_id_of(&self, event_id: &EventId) -> Result<Option<PduId>> {
         match self.eventid_pduid.get(event_id.as_bytes())? {
             None => Ok(None),
-            // A value of another length is corrupt data, not a missing event.
-            Some(id) => id
-                .try_into()
+            // A value that is no pdu id is corrupt data, not a missing event.
+            Some(id) => PduId::from_bytes(&id)
                 .map(Some)
-                .map_err(|_| Error::internal(format!("corrupt pdu id of {event_id}"))),
+                .ok_or_else(|| Error::internal(format!("corrupt pdu id of {event_id}"))),
         }
     }
 
@@ -356,41 +357,39 @@ impl Rooms {
             .transpose()
     }
 
-    /// The event at `count` in the room, if there is one.
-    pub fn pdu_at(&self, short_room_id: ShortRoomId, count: u64) -> Result<Option<Pdu>> {
+    /// The event at `pos` in the room, if there is one.
+    pub fn pdu_at(&self, short_room_id: ShortRoomId, pos: Pos) -> Result<Option<Pdu>> {
         self.pdus
-            .get(&pdu_id(short_room_id, count))?
+            .get(&pdu_id(short_room_id, pos))?
             .map(|bytes| Self::decode_pdu(&bytes))
             .transpose()
     }
 
-    /// Count (stream position) of a stored event.
-    pub fn count_of(&self, event_id: &EventId) -> Result<Option<u64>> {
-        Ok(self.pdu_id_of(event_id)?.and_then(|id| u64_from(&id[8..])))
+    /// The timeline position of a stored event (`None`: not stored, or without a place).
+    pub fn pos_of(&self, event_id: &EventId) -> Result<Option<Pos>> {
+        Ok(self.pdu_id_of(event_id)?.map(|id| id.pos()))
     }
 
-    /// Up to `limit` events before `count` (exclusive), newest first.
+    /// Up to `limit` events before `pos` (exclusive), newest first.
     pub fn events_before(
         &self,
         info: &RoomInfo,
-        count: u64,
+        pos: Pos,
         limit: usize,
-    ) -> Result<Vec<(u64, Pdu)>> {
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let start = pdu_id(info.short_room_id, count - 1);
-        self.collect_events(self.pdus.iter_from(&start, true), info.short_room_id, limit)
+    ) -> Result<Vec<(Pos, Pdu)>> {
+        // From the key of `pos` itself, skipping an event stored there: `pos - 1` would not
+        // be the key just below across the live/backfill boundary.
+        let start = pdu_id(info.short_room_id, pos);
+        let iter = self
+            .pdus
+            .iter_from(&start, true)
+            .filter(|entry| !matches!(entry, Ok((key, _)) if key.as_slice() == &*start));
+        self.collect_events(iter, info.short_room_id, limit)
     }
 
-    /// Up to `limit` events from `count` (inclusive) on, oldest first.
-    pub fn events_from(
-        &self,
-        info: &RoomInfo,
-        count: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Pdu)>> {
-        let start = pdu_id(info.short_room_id, count);
+    /// Up to `limit` events from `pos` (inclusive) on, oldest first.
+    pub fn events_from(&self, info: &RoomInfo, pos: Pos, limit: usize) -> Result<Vec<(Pos, Pdu)>> {
+        let start = pdu_id(info.short_room_id, pos);
         self.collect_events(
             self.pdus.iter_from(&start, false),
             info.short_room_id,
@@ -400,19 +399,23 @@ impl Rooms {
 
     fn collect_events(
         &self,
-        iter: crate::storage::KvIter<'_>,
+        iter: impl Iterator<Item = crate::storage::StorageResult<crate::storage::KeyValue>>,
         short_room_id: ShortRoomId,
         limit: usize,
-    ) -> Result<Vec<(u64, Pdu)>> {
+    ) -> Result<Vec<(Pos, Pdu)>> {
         let prefix = short_room_id.to_be_bytes();
         let mut out = Vec::new();
         for entry in iter {
-            let (key, value) = entry?;
-            if !key.starts_with(&prefix) || out.len() >= limit {
+            if out.len() >= limit {
                 break;
             }
-            let count = u64_from(&key[8..]).ok_or_else(|| Error::internal("bad pdu id"))?;
-            out.push((count, Self::decode_pdu(&value)?));
+            let (key, value) = entry?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let pos = Pos::from_key(&key[8..])
+                .ok_or_else(|| Error::internal(format!("bad pdu id {key:02x?}")))?;
+            out.push((pos, Self::decode_pdu(&value)?));
         }
         Ok(out)
     }

@@ -22,6 +22,7 @@ use super::{
     check::{BeforeSource, Verdict},
     pair_key,
     pdu::Pdu,
+    pos::PduId,
     short::{ShortEventId, ShortRoomId, ShortStateKey},
     state::StateHash,
 };
@@ -94,7 +95,7 @@ pub(super) struct Prepared {
     /// `Some` for an accepted timeline event.
     pub live: Option<LiveUpdate>,
     /// A redacted target's stored form (pdu id, JSON), rewritten in the same batch.
-    pub redacted_target: Option<([u8; 16], Vec<u8>)>,
+    pub redacted_target: Option<(PduId, Vec<u8>)>,
     pub verdict: Verdict,
     /// State diffs, holes and other writes that need no position.
     pub batch: Batch,
@@ -111,7 +112,7 @@ impl Rooms {
         version: &RoomVersionId,
         info: Option<RoomInfo>,
         ready: Ready,
-        redacted_target: Option<([u8; 16], Vec<u8>)>,
+        redacted_target: Option<(PduId, Vec<u8>)>,
     ) -> Result<Prepared> {
         let Ready {
             event_id,

@@ -1,9 +1,10 @@
 //! Relations (`m.relates_to`: replies in threads, edits, reactions, …) and thread roots.
 //!
 //! Trees (written in the same batch as the relating event):
-//! - `relations`: `target's short event id (u64) child's count (u64)` → `rel_type 0xFF
-//!   event_type 0xFF child event id`. Pages through an event's relations in stream order.
-//! - `roomid_threadroot`: `room 0xFF root event id` → count of the latest reply (u64).
+//! - `relations`: `target's short event id (u64) ‖ child's pos key (8 or 16 bytes, see
+//!   [`super::pos`])` → `rel_type 0xFF event_type 0xFF child event id`. Pages through an
+//!   event's relations in timeline order.
+//! - `roomid_threadroot`: `room 0xFF root event id` → pos key of the latest reply.
 
 use ruma::{
     EventId, OwnedEventId, RoomId, UserId,
@@ -12,7 +13,7 @@ use ruma::{
 };
 use serde_json::{Map, Value as JsonValue, json};
 
-use super::{Rooms, pair_key, pdu::Pdu, prefix_key, short::u64_from};
+use super::{Rooms, pair_key, pdu::Pdu, pos::Pos, prefix_key};
 use crate::{Error, Result, storage::Batch};
 
 /// Child events looked at when aggregating one event's relations (newest first).
@@ -24,7 +25,8 @@ fn raw<T>(value: JsonValue) -> Raw<T> {
 
 /// One relation of an event.
 pub struct Relation {
-    pub count: u64,
+    /// The child's place in the timeline.
+    pub pos: Pos,
     pub rel_type: String,
     pub event_type: String,
     pub event_id: OwnedEventId,
@@ -39,7 +41,7 @@ pub fn relates_to(content: &JsonValue) -> Option<(String, OwnedEventId)> {
 }
 
 impl Rooms {
-    /// Adds the index entries for a new event at `count` (called inside its commit).
+    /// Adds the index entries for a new event at `pos` (called inside its commit).
     pub(super) fn index_relation(
         &self,
         batch: &mut Batch,
@@ -47,7 +49,7 @@ impl Rooms {
         event_type: &str,
         event_id: &EventId,
         content: &JsonValue,
-        count: u64,
+        pos: Pos,
     ) -> Result<()> {
         let Some((rel_type, target)) = relates_to(content) else {
             return Ok(());
@@ -56,7 +58,7 @@ impl Rooms {
             return Ok(());
         };
         let mut key = short_target.to_be_bytes().to_vec();
-        key.extend_from_slice(&count.to_be_bytes());
+        key.extend_from_slice(&pos.key());
         let mut value = rel_type.as_bytes().to_vec();
         value.push(0xFF);
         value.extend_from_slice(event_type.as_bytes());
@@ -64,21 +66,31 @@ impl Rooms {
         value.extend_from_slice(event_id.as_bytes());
         batch.insert(&*self.relations, key, value);
         if rel_type == "m.thread" {
-            batch.insert(
-                &*self.thread_roots,
-                pair_key(room_id.as_str(), target.as_str()),
-                count.to_be_bytes().to_vec(),
-            );
+            let root_key = pair_key(room_id.as_str(), target.as_str());
+            // A live reply is the newest; a backfilled one replaces only an older latest.
+            let newer = pos.is_live()
+                || match self.thread_roots.get(&root_key)? {
+                    Some(latest) => {
+                        Pos::from_key(&latest)
+                            .ok_or_else(|| Error::internal("bad value in roomid_threadroot"))?
+                            < pos
+                    }
+                    None => true,
+                };
+            if newer {
+                batch.insert(&*self.thread_roots, root_key, pos.key().to_vec());
+            }
         }
         Ok(())
     }
 
-    /// Relations of `target`, newest first (or oldest first with `forward`), starting before
-    /// (after) the count `from`, up to `limit`.
+    /// Relations of `target`, newest first (or oldest first with `forward`), from the
+    /// boundary `from` (a token: backwards, children before it; forwards, from it on), up to
+    /// `limit`.
     pub fn relations(
         &self,
         target: &EventId,
-        from: Option<u64>,
+        from: Option<Pos>,
         forward: bool,
         limit: usize,
     ) -> Result<Vec<Relation>> {
@@ -87,22 +99,27 @@ impl Rooms {
         };
         let prefix = short_target.to_be_bytes();
         let mut start = prefix.to_vec();
-        start.extend_from_slice(
-            &match (forward, from) {
-                (false, Some(from)) => from.saturating_sub(1),
-                (false, None) => u64::MAX,
-                (true, Some(from)) => from,
-                (true, None) => 0,
-            }
-            .to_be_bytes(),
-        );
+        start.extend_from_slice(&match (forward, from) {
+            (_, Some(from)) => from.key(),
+            (false, None) => Pos::MAX.key(),
+            (true, None) => Pos::MIN.key(),
+        });
         let mut out = Vec::new();
         for entry in self.relations.iter_from(&start, !forward) {
-            let (key, value) = entry?;
-            if !key.starts_with(&prefix) || out.len() >= limit {
+            if out.len() >= limit {
                 break;
             }
-            let count = u64_from(&key[8..]).ok_or_else(|| Error::internal("bad relation key"))?;
+            let (key, value) = entry?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            // Backwards, `from` itself is excluded (no `from - 1`: not a key across the
+            // live/backfill boundary).
+            if !forward && key == start {
+                continue;
+            }
+            let pos =
+                Pos::from_key(&key[8..]).ok_or_else(|| Error::internal("bad relation key"))?;
             let parts: Vec<&[u8]> = value.splitn(3, |&b| b == 0xFF).collect();
             let [rel_type, event_type, event_id] = parts.as_slice() else {
                 return Err(Error::internal("bad relation value"));
@@ -110,7 +127,7 @@ impl Rooms {
             let event_id = OwnedEventId::try_from(String::from_utf8_lossy(event_id).into_owned())
                 .map_err(|_| Error::internal("bad relation event id"))?;
             out.push(Relation {
-                count,
+                pos,
                 rel_type: String::from_utf8_lossy(rel_type).into_owned(),
                 event_type: String::from_utf8_lossy(event_type).into_owned(),
                 event_id,
@@ -241,8 +258,8 @@ impl Rooms {
         )
     }
 
-    /// Thread roots of a room with the count of their latest reply, most recent first.
-    pub fn thread_roots(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, u64)>> {
+    /// Thread roots of a room with the position of their latest reply, most recent first.
+    pub fn thread_roots(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, Pos)>> {
         let prefix = prefix_key(room_id.as_str());
         let mut roots = Vec::new();
         for entry in self.thread_roots.scan_prefix(&prefix) {
@@ -250,7 +267,9 @@ impl Rooms {
             let root =
                 OwnedEventId::try_from(String::from_utf8_lossy(&key[prefix.len()..]).into_owned())
                     .map_err(|_| Error::internal("bad thread root key"))?;
-            roots.push((root, u64_from(&value).unwrap_or(0)));
+            let latest = Pos::from_key(&value)
+                .ok_or_else(|| Error::internal("bad value in roomid_threadroot"))?;
+            roots.push((root, latest));
         }
         roots.sort_by_key(|(_, latest)| std::cmp::Reverse(*latest));
         Ok(roots)

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomVersionId,
     UserId,
-    api::error::ErrorKind,
+    api::{Direction, error::ErrorKind},
     device_id, event_id,
     events::{StateEventType, TimelineEventType, room::member::MembershipState},
     serde::Base64,
@@ -23,11 +23,16 @@ use super::{
     create::{CreateRoom, Preset},
     membership::MemberProfile,
     pdu::{Pdu, room_id_from_create_event_id},
+    pos::Pos,
     state::StateStore,
 };
 use crate::{
     Error, Result,
-    service::{server_keys::ServerKeys, stream::Stream},
+    service::{
+        filter::{Walk, scan},
+        server_keys::ServerKeys,
+        stream::Stream,
+    },
     storage::{Batch, Db},
 };
 
@@ -94,9 +99,9 @@ fn assert_forbidden<T: std::fmt::Debug>(result: Result<T>) {
 }
 
 /// Every event of the room, oldest first.
-fn timeline(rooms: &Rooms, room_id: &ruma::RoomId) -> Vec<(u64, Pdu)> {
+fn timeline(rooms: &Rooms, room_id: &ruma::RoomId) -> Vec<(Pos, Pdu)> {
     let info = rooms.existing(room_id).unwrap();
-    rooms.events_from(&info, 0, 10_000).unwrap()
+    rooms.events_from(&info, Pos::MIN, 10_000).unwrap()
 }
 
 /// The stored JSON of an event, as written by `append`.
@@ -193,8 +198,8 @@ async fn check_created_room(version: RoomVersionId) {
     assert_eq!(rooms_of[0].0, room_id);
     assert_eq!(rooms_of[0].1.membership, MembershipState::Join);
     assert_eq!(
-        rooms.count_of(&member.event_id).unwrap(),
-        Some(rooms_of[0].1.count)
+        rooms.pos_of(&member.event_id).unwrap(),
+        Some(Pos::live(rooms_of[0].1.count).unwrap())
     );
 
     let power_levels = rooms
@@ -279,7 +284,10 @@ async fn check_created_room(version: RoomVersionId) {
             _ => assert_eq!(pdu.prev_events, vec![events[index - 1].1.event_id.clone()]),
         }
     }
-    assert_eq!(info.last_count, events.last().unwrap().0);
+    assert_eq!(
+        Pos::live(info.last_count).unwrap(),
+        events.last().unwrap().0
+    );
     assert_eq!(info.depth, 7);
     assert_eq!(
         rooms.extremities(&room_id).unwrap(),
@@ -618,14 +626,9 @@ async fn timeline_is_ordered_and_pages_both_ways() {
                 .unwrap();
         }
     }
-    let counts: Vec<u64> = sent
+    let counts: Vec<Pos> = sent
         .iter()
-        .map(|id| {
-            rooms
-                .count_of(id)
-                .unwrap()
-                .expect("count of a stored event")
-        })
+        .map(|id| rooms.pos_of(id).unwrap().expect("count of a stored event"))
         .collect();
     assert!(
         counts.windows(2).all(|pair| pair[0] < pair[1]),
@@ -633,13 +636,13 @@ async fn timeline_is_ordered_and_pages_both_ways() {
     );
 
     let info = rooms.existing(&room_id).unwrap();
-    assert_eq!(info.last_count, counts[29]);
+    assert_eq!(Pos::live(info.last_count).unwrap(), counts[29]);
     assert!(rooms.stream.position() >= info.last_count);
     assert!(rooms.stream.position() >= rooms.existing(&other_room).unwrap().last_count);
     assert_eq!(rooms.extremities(&room_id).unwrap(), vec![sent[29].clone()]);
 
     // Backwards from the end: the ten newest, newest first.
-    let newest = rooms.events_before(&info, u64::MAX, 10).unwrap();
+    let newest = rooms.events_before(&info, Pos::MAX, 10).unwrap();
     assert_eq!(
         newest
             .iter()
@@ -677,7 +680,7 @@ async fn timeline_is_ordered_and_pages_both_ways() {
         counts[..5].to_vec()
     );
     let following = rooms
-        .events_from(&info, oldest.last().unwrap().0 + 1, 5)
+        .events_from(&info, oldest.last().unwrap().0.next(), 5)
         .unwrap();
     assert_eq!(
         following
@@ -702,11 +705,17 @@ async fn timeline_is_ordered_and_pages_both_ways() {
     // Past the end: nothing.
     assert!(
         rooms
-            .events_from(&info, info.last_count + 1, 10)
+            .events_from(&info, Pos::live(info.last_count).unwrap().next(), 10)
             .unwrap()
             .is_empty()
     );
-    assert!(rooms.events_before(&info, 0, 10).unwrap().is_empty());
+    assert!(rooms.events_before(&info, Pos::MIN, 10).unwrap().is_empty());
+    assert!(
+        rooms
+            .events_before(&info, Pos::live(0).unwrap(), 10)
+            .unwrap()
+            .is_empty()
+    );
 
     // The whole room: 7 creation events and 30 messages, in count order.
     let all = timeline(&rooms, &room_id);
@@ -714,6 +723,228 @@ async fn timeline_is_ordered_and_pages_both_ways() {
     assert!(all.windows(2).all(|pair| pair[0].0 < pair[1].0));
     assert!(all.iter().all(|(_, pdu)| pdu.room_id() == room_id));
     assert_eq!(timeline(&rooms, &other_room).len(), 7 + 10);
+}
+
+/// Stores a copy of `template` under another id, content and timestamp as a backfilled event,
+/// the way `/backfill` will: one commit, whose position, negated, is the event's place. The
+/// state hashes are the template's, so visibility treats it as the template.
+fn backfill_copy(
+    rooms: &Rooms,
+    room_id: &ruma::RoomId,
+    template: &EventId,
+    id: &str,
+    content: JsonValue,
+    ts: u64,
+) -> (OwnedEventId, Pos) {
+    let event_id = OwnedEventId::try_from(id).unwrap();
+    let mut object = stored_object(rooms, template);
+    object.insert("event_id".into(), CanonicalJsonValue::String(id.to_owned()));
+    object.insert(
+        "content".into(),
+        serde_json::from_value(content.clone()).unwrap(),
+    );
+    object.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(ts.try_into().unwrap()),
+    );
+    let bytes = serde_json::to_vec(&object).unwrap();
+    let short_room_id = rooms.existing(room_id).unwrap().short_room_id;
+    let template_short = rooms.short.get_short_event_id(template).unwrap().unwrap();
+    let hashes = rooms
+        .statehashes
+        .get(&template_short.to_be_bytes())
+        .unwrap()
+        .unwrap();
+    let (_, pos) = rooms
+        .stream
+        .commit(|position, batch| {
+            let pos = Pos::backfilled(position)?;
+            let id = super::pdu_id(short_room_id, pos);
+            batch.insert(&*rooms.pdus, id.to_vec(), bytes);
+            batch.insert(
+                &*rooms.eventid_pduid,
+                event_id.as_bytes().to_vec(),
+                id.to_vec(),
+            );
+            let short = rooms.short.short_event_id(&event_id)?;
+            batch.insert(&*rooms.statehashes, short.to_be_bytes().to_vec(), hashes);
+            rooms.index_relation(batch, room_id, "m.room.message", &event_id, &content, pos)?;
+            Ok(pos)
+        })
+        .unwrap();
+    (event_id, pos)
+}
+
+fn ids(events: &[(Pos, Pdu)]) -> Vec<OwnedEventId> {
+    events.iter().map(|(_, pdu)| pdu.event_id.clone()).collect()
+}
+
+#[tokio::test]
+async fn backfilled_events_sort_first_and_tokens_stay_valid() {
+    let (_db, _keys, rooms) = setup();
+    let alice = user_id!("@alice:example.org");
+    let room_id = create(&rooms, alice, RoomVersionId::V12).await;
+    let m1 = rooms
+        .send(&room_id, alice, text("one"), None)
+        .await
+        .unwrap();
+    let m2 = rooms
+        .send(&room_id, alice, text("two"), None)
+        .await
+        .unwrap();
+    let thread = |body: &str, root: &EventId| {
+        json!({
+            "msgtype": "m.text",
+            "body": body,
+            "m.relates_to": { "rel_type": "m.thread", "event_id": root },
+        })
+    };
+    let r1 = rooms
+        .send(
+            &room_id,
+            alice,
+            NewEvent::message("m.room.message", thread("live reply", &m1.event_id)),
+            None,
+        )
+        .await
+        .unwrap();
+    let r1_pos = rooms.pos_of(&r1.event_id).unwrap().unwrap();
+    let info = rooms.existing(&room_id).unwrap();
+    let live = timeline(&rooms, &room_id);
+    assert_eq!(live.len(), 7 + 3);
+    // A client paged back to the room's oldest event: its token is that event's position.
+    let token = live[0].0;
+    assert_eq!(live[0].1.kind, TimelineEventType::RoomCreate);
+    assert!(rooms.events_before(&info, token, 10).unwrap().is_empty());
+
+    // Two backfills: the later one is older history and sorts first.
+    let (b1, b1_pos) = backfill_copy(
+        &rooms,
+        &room_id,
+        &m1.event_id,
+        "$backfilled1",
+        thread("old reply", &m1.event_id),
+        1,
+    );
+    let (b2, b2_pos) = backfill_copy(
+        &rooms,
+        &room_id,
+        &m1.event_id,
+        "$backfilled2",
+        thread("older reply", &m2.event_id),
+        0,
+    );
+    assert!(b2_pos < b1_pos && b1_pos < Pos::live(0).unwrap());
+    assert!(!b1_pos.is_live() && !b2_pos.is_live());
+    assert_eq!(rooms.pos_of(&b1).unwrap(), Some(b1_pos));
+    assert_eq!(rooms.pdu_id_of(&b1).unwrap().unwrap().len(), 24);
+    assert_eq!(
+        rooms
+            .pdu(&b1)
+            .unwrap()
+            .unwrap()
+            .content_str("body")
+            .as_deref(),
+        Some("old reply")
+    );
+    // Nothing live moved.
+    for (pos, pdu) in &live {
+        assert_eq!(rooms.pos_of(&pdu.event_id).unwrap(), Some(*pos));
+    }
+
+    // A backwards walk from the end reaches them last, a forward walk from the start first.
+    let all = rooms.events_before(&info, Pos::MAX, 100).unwrap();
+    assert_eq!(all.len(), 12);
+    assert_eq!(ids(&all[10..]), vec![b1.clone(), b2.clone()]);
+    assert_eq!(
+        ids(&rooms.events_from(&info, Pos::MIN, 3).unwrap()),
+        vec![b2.clone(), b1.clone(), live[0].1.event_id.clone()]
+    );
+    // The token taken before they arrived now pages back to them, one page at a time too.
+    assert_eq!(
+        ids(&rooms.events_before(&info, token, 10).unwrap()),
+        vec![b1.clone(), b2.clone()]
+    );
+    let walk = |from: Pos| Walk {
+        dir: Direction::Backward,
+        from,
+        bound: None,
+        limit: 1,
+        max_read: 10,
+    };
+    let page = scan(&rooms, &info, walk(token), |_, _| Ok(true)).unwrap();
+    assert_eq!(ids(&page.events), vec![b1.clone()]);
+    let page = scan(&rooms, &info, walk(page.last_read.unwrap()), |_, _| {
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(ids(&page.events), vec![b2.clone()]);
+    let page = scan(&rooms, &info, walk(page.last_read.unwrap()), |_, _| {
+        Ok(true)
+    })
+    .unwrap();
+    assert!(page.events.is_empty() && page.exhausted);
+    // Forwards from a backfilled position crosses into the live events; the boundary 0
+    // splits the halves.
+    assert_eq!(
+        ids(&rooms.events_from(&info, b1_pos.next(), 1).unwrap()),
+        vec![live[0].1.event_id.clone()]
+    );
+    assert_eq!(
+        ids(&rooms
+            .events_before(&info, Pos::live(0).unwrap(), 10)
+            .unwrap()),
+        vec![b1.clone(), b2.clone()]
+    );
+    assert_eq!(
+        ids(&rooms
+            .events_from(&info, Pos::live(0).unwrap(), 100)
+            .unwrap()),
+        ids(&live)
+    );
+
+    // Relations page across the boundary; a backfilled reply does not replace a newer
+    // latest reply, and is the latest of a thread that has no other.
+    let children = |from: Option<Pos>, forward: bool| -> Vec<OwnedEventId> {
+        rooms
+            .relations(&m1.event_id, from, forward, 10)
+            .unwrap()
+            .into_iter()
+            .map(|relation| relation.event_id)
+            .collect()
+    };
+    assert_eq!(children(None, false), vec![r1.event_id.clone(), b1.clone()]);
+    assert_eq!(children(Some(r1_pos), false), vec![b1.clone()]);
+    assert_eq!(children(None, true), vec![b1.clone(), r1.event_id.clone()]);
+    assert_eq!(
+        children(Some(b1_pos.next()), true),
+        vec![r1.event_id.clone()]
+    );
+    assert_eq!(
+        rooms.thread_roots(&room_id).unwrap(),
+        vec![(m1.event_id.clone(), r1_pos), (m2.event_id.clone(), b2_pos)]
+    );
+
+    // Jumping to a date searches the backfilled half too.
+    let mut visibility = rooms.visibility(&room_id, alice).unwrap();
+    let at = |ts: u64, direction: Direction, visibility: &mut _| {
+        rooms
+            .event_at_timestamp(&room_id, ts, direction, visibility)
+            .unwrap()
+            .map(|(pos, pdu)| (pos, pdu.event_id))
+    };
+    assert_eq!(
+        at(0, Direction::Forward, &mut visibility),
+        Some((b2_pos, b2.clone()))
+    );
+    assert_eq!(
+        at(1, Direction::Backward, &mut visibility),
+        Some((b1_pos, b1.clone()))
+    );
+    assert_eq!(
+        at(2, Direction::Forward, &mut visibility),
+        Some((live[0].0, live[0].1.event_id.clone()))
+    );
 }
 
 // 5. State before and after events
@@ -885,11 +1116,11 @@ async fn sending_touches_joined_members() {
         )
         .await
         .unwrap();
-    let invite_count = rooms.count_of(&invite.event_id).unwrap().unwrap();
+    let invite_count = rooms.pos_of(&invite.event_id).unwrap().unwrap().get() as u64;
     assert_eq!(rooms.stream.notifier.last_change(carol), Some(invite_count));
 
     let message = rooms.send(&room_id, alice, text("hi"), None).await.unwrap();
-    let count = rooms.count_of(&message.event_id).unwrap().unwrap();
+    let count = rooms.pos_of(&message.event_id).unwrap().unwrap().get() as u64;
     assert!(rooms.stream.position() >= count);
     for member in [alice, bob] {
         assert_eq!(

@@ -2,13 +2,14 @@
 //! closest to a timestamp in one direction.
 //!
 //! There is no index by timestamp. Events are appended in timeline order with the server's
-//! clock, so `origin_server_ts` grows with the count, and a binary search over the count
-//! range finds the boundary in at most 64 seeks of one event each. (If the clock ever went
+//! clock, so `origin_server_ts` grows with the timeline position (backfilled history sorts
+//! before, with older timestamps), and a binary search over the position range finds the
+//! boundary in at most 64 seeks of one event each. (If the clock ever went
 //! backwards, the answer is an event near the asked time rather than the exact closest one.)
 
 use ruma::{RoomId, api::Direction};
 
-use super::{RoomInfo, Rooms, pdu::Pdu, visibility::Visibility};
+use super::{RoomInfo, Rooms, pdu::Pdu, pos::Pos, visibility::Visibility};
 use crate::Result;
 
 /// Events the user may not see that are skipped, at most, before giving up (404).
@@ -25,12 +26,12 @@ impl Rooms {
         ts: u64,
         direction: Direction,
         visibility: &mut Visibility<'_>,
-    ) -> Result<Option<(u64, Pdu)>> {
+    ) -> Result<Option<(Pos, Pdu)>> {
         let info = self.existing(room_id)?;
         let forward = direction == Direction::Forward;
         // Forwards from the first event with a timestamp >= ts; backwards from just before
         // the first one with a timestamp > ts.
-        let mut position = self.first_count_reaching(&info, ts, !forward)?;
+        let mut position = self.first_pos_reaching(&info, ts, !forward)?;
         let mut examined = 0;
         while examined < MAX_SKIPPED {
             let chunk = if forward {
@@ -41,10 +42,10 @@ impl Rooms {
             let Some((last, _)) = chunk.last() else {
                 return Ok(None);
             };
-            position = if forward { last + 1 } else { *last };
-            for (count, pdu) in chunk {
-                if visibility.can_see(count, &pdu)? {
-                    return Ok(Some((count, pdu)));
+            position = if forward { last.next() } else { *last };
+            for (pos, pdu) in chunk {
+                if visibility.can_see(pos, &pdu)? {
+                    return Ok(Some((pos, pdu)));
                 }
                 examined += 1;
             }
@@ -52,16 +53,21 @@ impl Rooms {
         Ok(None)
     }
 
-    /// The smallest count `p` such that the first event at or after `p` has a timestamp
-    /// `>= ts` (or `> ts` when `strict`); `last_count + 1` if no event has.
-    fn first_count_reaching(&self, info: &RoomInfo, ts: u64, strict: bool) -> Result<u64> {
-        let mut low = 0;
-        let mut high = info.last_count.saturating_add(1);
+    /// The smallest position `p` such that the first event at or after `p` has a timestamp
+    /// `>= ts` (or `> ts` when `strict`), searched from the room's first event on (backfilled
+    /// ones included); just after `last_count` if no event has.
+    fn first_pos_reaching(&self, info: &RoomInfo, ts: u64, strict: bool) -> Result<Pos> {
+        let mut high = Pos::live(info.last_count)?.next();
+        // Nothing lies below the room's first event: start there rather than at `Pos::MIN`.
+        let mut low = match self.events_from(info, Pos::MIN, 1)?.first() {
+            Some((first, _)) => (*first).min(high),
+            None => return Ok(high),
+        };
         while low < high {
-            let mid = low + (high - low) / 2;
+            let mid = low.midpoint(high);
             match self.events_from(info, mid, 1)?.into_iter().next() {
                 None => high = mid,
-                Some((count, pdu)) => {
+                Some((pos, pdu)) => {
                     let event_ts = u64::from(pdu.origin_server_ts.get());
                     let reaches = if strict {
                         event_ts > ts
@@ -71,8 +77,8 @@ impl Rooms {
                     if reaches {
                         high = mid;
                     } else {
-                        // Every position up to this event's count leads to it: skip them.
-                        low = count + 1;
+                        // Every position up to this event's leads to it: skip them.
+                        low = pos.next();
                     }
                 }
             }

@@ -74,7 +74,7 @@ impl Rooms {
             .rules()
             .is_some_and(|rules| rules.authorization.room_create_event_id_as_room_id);
         let last_event = self
-            .events_before(&info, u64::MAX, 1)?
+            .events_before(&info, super::pos::Pos::MAX, 1)?
             .into_iter()
             .next()
             .map(|(_, pdu)| pdu.event_id);

@@ -20,7 +20,7 @@ use ruma::{
     events::{StateEventType, TimelineEventType, room::member::MembershipState},
 };
 
-use super::{Rooms, pdu::Pdu, state::StateHash};
+use super::{Rooms, pdu::Pdu, pos::Pos, state::StateHash};
 use crate::Result;
 
 /// History visibility and the user's membership in one state.
@@ -35,9 +35,10 @@ pub struct Visibility<'a> {
     user_id: &'a UserId,
     /// The user is or was in the room, and has not forgotten it.
     member: bool,
-    /// Events before this count are covered by rule 3 (`shared`): the user is joined now
-    /// (`u64::MAX`), or was until they left at this count; 0 if they never joined.
-    joined_until: u64,
+    /// Events before this position are covered by rule 3 (`shared`): the user is joined now
+    /// (`Pos::MAX`), or was until they left at this position; `Pos::MIN` if they never
+    /// joined.
+    joined_until: Pos,
     memo: HashMap<StateHash, Facts>,
 }
 
@@ -50,7 +51,7 @@ impl Rooms {
     ) -> Result<Visibility<'a>> {
         let membership = self.remembered_membership(room_id, user_id)?;
         let joined_until = match membership {
-            Some(MembershipState::Join) => u64::MAX,
+            Some(MembershipState::Join) => Pos::MAX,
             Some(MembershipState::Leave | MembershipState::Ban) => {
                 // They count as having joined if their leaving event ended a join.
                 let left = self.current_state_event(
@@ -60,12 +61,12 @@ impl Rooms {
                 )?;
                 match left {
                     Some(event) if prev_membership(&event).as_deref() == Some("join") => {
-                        self.count_of(&event.event_id)?.unwrap_or(0)
+                        self.pos_of(&event.event_id)?.unwrap_or(Pos::MIN)
                     }
-                    _ => 0,
+                    _ => Pos::MIN,
                 }
             }
-            _ => 0,
+            _ => Pos::MIN,
         };
         Ok(Visibility {
             rooms: self,
@@ -178,16 +179,16 @@ impl Visibility<'_> {
         Ok(facts)
     }
 
-    fn allows(&mut self, hash: StateHash, count: u64) -> Result<bool> {
+    fn allows(&mut self, hash: StateHash, pos: Pos) -> Result<bool> {
         let facts = self.facts(hash)?;
         Ok(facts.visibility == "world_readable"
             || facts.membership.as_deref() == Some("join")
-            || (facts.visibility == "shared" && count < self.joined_until)
+            || (facts.visibility == "shared" && pos < self.joined_until)
             || (facts.membership.as_deref() == Some("invite") && facts.visibility == "invited"))
     }
 
-    /// Whether the user may see `pdu`, stored at `count`.
-    pub fn can_see(&mut self, count: u64, pdu: &Pdu) -> Result<bool> {
+    /// Whether the user may see `pdu`, stored at `pos`.
+    pub fn can_see(&mut self, pos: Pos, pdu: &Pdu) -> Result<bool> {
         let Some((before, after)) = self.rooms.state_hashes(&pdu.event_id)? else {
             return Ok(false);
         };
@@ -195,9 +196,9 @@ impl Visibility<'_> {
             || (pdu.kind == TimelineEventType::RoomMember
                 && pdu.state_key.as_deref() == Some(self.user_id.as_str()));
         let at_event = before.unwrap_or(after);
-        if self.allows(at_event, count)? {
+        if self.allows(at_event, pos)? {
             return Ok(true);
         }
-        Ok(either && self.allows(after, count)?)
+        Ok(either && self.allows(after, pos)?)
     }
 }

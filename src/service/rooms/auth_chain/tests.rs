@@ -159,7 +159,7 @@ async fn random_forks(
     }
     let info = rooms.existing(&room).unwrap();
     rooms
-        .events_from(&info, 0, 100_000)
+        .events_from(&info, crate::service::rooms::Pos::MIN, 100_000)
         .unwrap()
         .into_iter()
         .map(|(_, pdu)| pdu.event_id)
