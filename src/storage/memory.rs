@@ -95,6 +95,11 @@ impl Store for MemoryStore {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1)
     }
+
+    fn tree_names(&self) -> StorageResult<Vec<String>> {
+        let trees = self.shared.trees.read().expect("trees lock");
+        Ok(trees.keys().map(|name| (*name).to_owned()).collect())
+    }
 }
 
 struct MemoryTree {
