@@ -33,7 +33,7 @@ use crate::{
         },
         sync::{SyncRequest, sync},
     },
-    storage::{Db, SCHEMA_VERSION, dump},
+    storage::{Db, SCHEMA_VERSION, StorageError, Store, dump, sled::SledStore},
 };
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema1.json");
@@ -537,8 +537,11 @@ async fn schema1_database_opens_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     dump::load_into_directory(&path, 8 << 20, &dump).unwrap();
+    assert_eq!(expect["schema_version"], 1);
     let services = services_in(dir.path());
-    assert_eq!(services.db.schema_version().unwrap(), SCHEMA_VERSION);
+    // Upgraded by the steps.
+    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(services.db.schema_version().unwrap(), 2);
 
     // Everything the old build showed, this one shows too, section by section.
     let room_ids: Vec<OwnedRoomId> = expect["rooms"]
@@ -613,4 +616,51 @@ async fn schema1_database_opens_unchanged() {
         db.dump().unwrap().trees == before,
         "a second open wrote something"
     );
+}
+
+/// The fixture with one `eventid_pduid` value replaced, loaded into `dir/db`; opening it
+/// must fail and leave it at version 1.
+fn upgrade_refused(value: &str) -> StorageError {
+    let (mut dump, _) = fixture();
+    dump.trees.get_mut("eventid_pduid").unwrap()[5][1] = value.to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    dump::load_into_directory(&path, 8 << 20, &dump).unwrap();
+    let error = Db::open_sled(&path, 8 << 20, STEPS)
+        .err()
+        .expect("the upgrade is refused");
+    let store = SledStore::open(&path, 8 << 20).unwrap();
+    let version = store
+        .open_tree("global")
+        .unwrap()
+        .get(b"schema_version")
+        .unwrap();
+    assert_eq!(
+        version,
+        Some(1u64.to_be_bytes().to_vec()),
+        "still version 1"
+    );
+    error
+}
+
+#[test]
+fn a_pdu_id_of_the_wrong_length_stops_the_upgrade() {
+    assert!(matches!(
+        upgrade_refused("00000000000000040000000000000003ff"),
+        StorageError::Corrupt {
+            tree: "eventid_pduid",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_pdu_id_without_its_event_stops_the_upgrade() {
+    assert!(matches!(
+        upgrade_refused("00000000000000040000000000000002"),
+        StorageError::Corrupt {
+            tree: "pduid_pdu",
+            ..
+        }
+    ));
 }
