@@ -280,6 +280,20 @@ impl Db {
         .expect("migrating an empty in-memory store cannot fail")
     }
 
+    /// A fresh in-memory database whose `get`s fail when the returned switch says so (see
+    /// [`memory::FailSwitch`]), for tests that a storage error is an error, never "missing".
+    #[cfg(test)]
+    pub fn failing() -> (Self, memory::FailSwitch) {
+        let switch = memory::FailSwitch::default();
+        let db = Self::with_store(
+            Arc::new(memory::FailingStore::new(switch.clone())),
+            &[],
+            SCHEMA_VERSION,
+        )
+        .expect("migrating an empty in-memory store cannot fail");
+        (db, switch)
+    }
+
     fn with_store(store: Arc<dyn Store>, steps: &[Migration], latest: u64) -> StorageResult<Self> {
         let db = Self {
             store,

@@ -5,7 +5,8 @@ use std::{sync::Arc, time::Duration};
 
 use super::{
     Batch, Db, Migration, SCHEMA_VERSION, StorageError, StorageResult, Store, dump,
-    memory::MemoryStore, sled::SledStore,
+    memory::{self, MemoryStore},
+    sled::SledStore,
 };
 
 fn with_each_backend(test: impl Fn(Db)) {
@@ -490,4 +491,42 @@ fn a_dump_is_not_loaded_over_data() {
             .and_then(|dump| dump.entries("t")),
         Err(StorageError::Corrupt { .. })
     ));
+}
+
+#[test]
+fn a_failing_store_fails_the_chosen_gets() {
+    let (db, switch) = Db::failing();
+    let tree = db.tree("t").unwrap();
+    let other = db.tree("other").unwrap();
+    tree.insert(b"k", b"v").unwrap();
+    let get = |tree: &dyn super::Tree| tree.get(b"k");
+    assert_eq!(get(&*tree).unwrap(), Some(b"v".to_vec()));
+
+    // Once: the second get fails, the others do not.
+    switch.arm(memory::Failure {
+        after: 2,
+        tree: None,
+        persistent: false,
+    });
+    assert!(get(&*tree).is_ok());
+    assert!(matches!(get(&*other), Err(StorageError::Backend(_))));
+    assert_eq!(get(&*tree).unwrap(), Some(b"v".to_vec()));
+    assert_eq!(switch.failed(), 1);
+
+    // Persistent, on one tree only: others are not counted and do not fail.
+    switch.arm(memory::Failure {
+        after: 1,
+        tree: Some("t"),
+        persistent: true,
+    });
+    assert!(get(&*other).is_ok());
+    for _ in 0..3 {
+        assert!(matches!(get(&*tree), Err(StorageError::Backend(_))));
+    }
+    // Writes and scans still work; disarmed, gets do too.
+    tree.insert(b"k2", b"v2").unwrap();
+    assert_eq!(collect(tree.scan_prefix(b"k")).len(), 2);
+    switch.disarm();
+    assert_eq!(get(&*tree).unwrap(), Some(b"v".to_vec()));
+    assert_eq!(switch.failed(), 4);
 }

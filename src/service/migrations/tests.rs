@@ -664,3 +664,45 @@ fn a_pdu_id_without_its_event_stops_the_upgrade() {
         }
     ));
 }
+
+// ---- A store that fails on demand (§9 of docs/room-core.md), through the services. ----
+
+#[tokio::test]
+async fn a_failing_read_is_an_error_not_a_missing_event() {
+    let (db, switch) = Db::failing();
+    let services = Services::build(tests_support::config(), db).unwrap();
+    let alice = user_id!("@alice:example.org");
+    let room_id = services
+        .rooms
+        .create_room(
+            alice,
+            profile("Alice"),
+            CreateRoom {
+                version: RoomVersionId::V12,
+                preset: Preset::PrivateChat,
+                creation_content: Map::new(),
+                power_level_content_override: None,
+                alias: None,
+                initial_state: Vec::new(),
+                name: None,
+                topic: None,
+                invite: Vec::new(),
+                is_direct: false,
+                publish: false,
+            },
+        )
+        .await
+        .unwrap();
+    let event = post(&services, &room_id, alice, text("hello")).await;
+    switch.arm(crate::storage::memory::Failure {
+        after: 1,
+        tree: Some("pduid_pdu"),
+        persistent: false,
+    });
+    assert!(matches!(
+        services.rooms.pdu(&event),
+        Err(crate::Error::Storage(StorageError::Backend(_)))
+    ));
+    assert_eq!(switch.failed(), 1);
+    assert!(services.rooms.pdu(&event).unwrap().is_some());
+}
