@@ -80,17 +80,20 @@ fn generated_password() -> String {
 
 /// Opens the database, explaining the lock error in the words an admin needs.
 pub fn open_database(config: &Config) -> Result<Db, String> {
-    Db::open_sled(&config.database_path, config.db_cache_capacity_bytes()).map_err(|error| {
-        match error {
-            StorageError::Locked(path) => format!(
-                "the database at {path} is in use: the conduit server seems to be running. \
+    Db::open_sled(
+        &config.database_path,
+        config.db_cache_capacity_bytes(),
+        crate::service::migrations::STEPS,
+    )
+    .map_err(|error| match error {
+        StorageError::Locked(path) => format!(
+            "the database at {path} is in use: the conduit server seems to be running. \
              Stop it first; these commands work on a stopped server."
-            ),
-            other => format!(
-                "cannot open the database at {}: {other}",
-                config.database_path.display()
-            ),
-        }
+        ),
+        other => format!(
+            "cannot open the database at {}: {other}",
+            config.database_path.display()
+        ),
     })
 }
 

@@ -15,6 +15,7 @@ pub mod filter;
 pub mod key_query;
 pub mod keys;
 pub mod media;
+pub mod migrations;
 pub mod notify;
 pub mod openid;
 pub mod presence;

@@ -209,10 +209,10 @@ mod tests {
     fn key_is_generated_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let first = {
-            let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+            let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
             ServerKeys::load_or_generate(&db).unwrap().key_id()
         };
-        let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+        let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
         let again = ServerKeys::load_or_generate(&db).unwrap();
         assert_eq!(again.key_id(), first);
         assert!(first.starts_with("ed25519:"));
@@ -255,7 +255,7 @@ mod tests {
     #[test]
     fn rotation_keeps_the_old_key_as_old_verify_key_and_signs_with_the_new() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+        let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
         let before = ServerKeys::load_or_generate(&db).unwrap();
         let started = MilliSecondsSinceUnixEpoch::now();
         let after = ServerKeys::rotate(&db).unwrap();
@@ -268,7 +268,7 @@ mod tests {
 
         // Persisted: a restart (reopening the database) sees the same.
         drop(db);
-        let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+        let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
         let reloaded = ServerKeys::load_or_generate(&db).unwrap();
         assert_eq!(reloaded.key_id(), after.key_id());
         assert_eq!(reloaded.old_verify_keys().len(), 1);

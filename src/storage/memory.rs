@@ -95,6 +95,11 @@ impl Store for MemoryStore {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1)
     }
+
+    fn tree_names(&self) -> StorageResult<Vec<String>> {
+        let trees = self.shared.trees.read().expect("trees lock");
+        Ok(trees.keys().map(|name| (*name).to_owned()).collect())
+    }
 }
 
 struct MemoryTree {
@@ -180,5 +185,152 @@ impl Tree for MemoryTree {
         Box::pin(async move {
             let _ = receiver.await;
         })
+    }
+}
+
+/// Which `get`s a [`FailingStore`] fails (§9 of `docs/room-core.md`: a storage error must
+/// never be read as "missing").
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub struct Failure {
+    /// The `after`-th counted `get` from arming on fails (1: the next one).
+    pub after: u64,
+    /// Count only `get`s on this tree (`None`: on any tree).
+    pub tree: Option<&'static str>,
+    /// Every counted `get` after that one fails too, until [`FailSwitch::disarm`].
+    pub persistent: bool,
+}
+
+/// Arms and observes a [`FailingStore`]'s failures. Cheap to clone.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub struct FailSwitch(Arc<Mutex<SwitchState>>);
+
+#[cfg(test)]
+#[derive(Default)]
+struct SwitchState {
+    armed: Option<Failure>,
+    /// Counted `get`s since arming.
+    seen: u64,
+    /// `get`s failed since the switch was made.
+    failed: u64,
+}
+
+#[cfg(test)]
+impl FailSwitch {
+    pub fn arm(&self, failure: Failure) {
+        let mut state = self.0.lock().expect("fail switch");
+        state.armed = Some(failure);
+        state.seen = 0;
+    }
+
+    pub fn disarm(&self) {
+        self.0.lock().expect("fail switch").armed = None;
+    }
+
+    /// How many `get`s have failed.
+    pub fn failed(&self) -> u64 {
+        self.0.lock().expect("fail switch").failed
+    }
+
+    fn check(&self, tree: &'static str) -> StorageResult<()> {
+        let mut state = self.0.lock().expect("fail switch");
+        let Some(failure) = state.armed else {
+            return Ok(());
+        };
+        if failure.tree.is_some_and(|only| only != tree) {
+            return Ok(());
+        }
+        state.seen += 1;
+        let seen = state.seen;
+        if seen == failure.after || (failure.persistent && seen > failure.after) {
+            state.failed += 1;
+            return Err(super::StorageError::Backend(format!(
+                "injected failure of get #{seen} (tree {tree})"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The in-memory store with `get`s that fail on demand ([`FailSwitch`]), for tests that a
+/// storage error surfaces as an error. Get one with [`super::Db::failing`].
+#[cfg(test)]
+pub struct FailingStore {
+    inner: MemoryStore,
+    switch: FailSwitch,
+}
+
+#[cfg(test)]
+impl FailingStore {
+    pub fn new(switch: FailSwitch) -> Self {
+        Self {
+            inner: MemoryStore::default(),
+            switch,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Store for FailingStore {
+    fn open_tree(&self, name: &'static str) -> StorageResult<Arc<dyn Tree>> {
+        Ok(Arc::new(FailingTree {
+            inner: self.inner.open_tree(name)?,
+            switch: self.switch.clone(),
+        }))
+    }
+
+    fn apply_batch(&self, batch: &Batch) -> StorageResult<()> {
+        self.inner.apply_batch(batch)
+    }
+
+    fn flush(&self) -> StorageResult<()> {
+        self.inner.flush()
+    }
+
+    fn next_id(&self) -> StorageResult<u64> {
+        self.inner.next_id()
+    }
+
+    fn tree_names(&self) -> StorageResult<Vec<String>> {
+        self.inner.tree_names()
+    }
+}
+
+#[cfg(test)]
+struct FailingTree {
+    inner: Arc<dyn Tree>,
+    switch: FailSwitch,
+}
+
+#[cfg(test)]
+impl Tree for FailingTree {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn get(&self, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        self.switch.check(self.inner.name())?;
+        self.inner.get(key)
+    }
+
+    fn insert(&self, key: &[u8], value: &[u8]) -> StorageResult<()> {
+        self.inner.insert(key, value)
+    }
+
+    fn remove(&self, key: &[u8]) -> StorageResult<()> {
+        self.inner.remove(key)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> KvIter<'_> {
+        self.inner.scan_prefix(prefix)
+    }
+
+    fn iter_from(&self, from: &[u8], backwards: bool) -> KvIter<'_> {
+        self.inner.iter_from(from, backwards)
+    }
+
+    fn watch_prefix(&self, prefix: &[u8]) -> BoxFuture<'static, ()> {
+        self.inner.watch_prefix(prefix)
     }
 }

@@ -8,12 +8,20 @@
 //! **Invariant:** storage knows only bytes and serde. It has no Matrix error codes and no
 //! knowledge of HTTP or services.
 
+pub mod dump;
 pub mod memory;
 pub mod sled;
 #[cfg(test)]
 mod tests;
 
-use std::{marker::PhantomData, path::Path, sync::Arc};
+use std::{
+    marker::PhantomData,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use futures_util::future::BoxFuture;
 use serde::{Serialize, de::DeserializeOwned};
@@ -42,6 +50,12 @@ pub enum StorageError {
     /// Any failure of the backend itself (I/O, corruption detected by sled, …).
     #[error("storage backend error: {0}")]
     Backend(String),
+    /// The database has an older schema and this build was given no step to upgrade it.
+    #[error("the database has schema version {found}, and this build has no step to version {to}")]
+    NoMigration { found: u64, to: u64 },
+    /// A dump can only be loaded into a database that holds nothing yet.
+    #[error("cannot load a dump into a database that already holds data (tree {0})")]
+    NotEmpty(String),
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
@@ -61,8 +75,11 @@ pub trait Store: Send + Sync + 'static {
     /// Blocks until everything written so far is on stable storage.
     fn flush(&self) -> StorageResult<()>;
     /// A number larger than any this store returned before, even across crashes (it may
-    /// skip values). Orders timelines and makes sync tokens.
+    /// skip values). Orders timelines and makes sync tokens. Read it through [`Db::next_id`],
+    /// which adds the database's id base (see [`Db::advance_ids`]).
     fn next_id(&self) -> StorageResult<u64>;
+    /// The names of every tree that exists, in no particular order (for dumps).
+    fn tree_names(&self) -> StorageResult<Vec<String>>;
 }
 
 /// One ordered map of byte keys to byte values.
@@ -209,36 +226,91 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     }
 }
 
-/// The schema version this build writes. Bump it together with a step in [`Db::migrate`].
-pub const SCHEMA_VERSION: u64 = 1;
+/// The schema version this build writes. Bump it together with a [`Migration`] to it.
+///
+/// - 1: the first layout.
+/// - 2: the room core stores events it did not make (outliers, verdicts, backfill
+///   positions): new trees and longer keys for new kinds of entries only, nothing
+///   rewritten; its step checks the timeline index (`service::migrations`).
+pub const SCHEMA_VERSION: u64 = 2;
 const GLOBAL: &str = "global";
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+/// `global` key of the id base: 8 bytes big-endian, added to every [`Store::next_id`].
+/// Absent (0) unless a dump was loaded.
+const ID_BASE_KEY: &[u8] = b"id_base";
+
+/// One step of [`Db::migrate`]: upgrades a database of schema version `to - 1` to `to`.
+/// Steps are defined by the services (storage knows no Matrix; `service::migrations::STEPS`)
+/// and passed to [`Db::open_sled`]. A step must be idempotent: if the process stops during
+/// it, the version is not written and the step runs again at the next start.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    /// The version this step produces.
+    pub to: u64,
+    /// What it is for, for the log.
+    pub name: &'static str,
+    pub run: fn(&Db) -> StorageResult<()>,
+}
 
 /// The database handle the services use. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
     store: Arc<dyn Store>,
     flush: Arc<GroupFlush>,
+    /// Added to every id of the store (see [`Db::advance_ids`]); only ever grows.
+    id_base: Arc<AtomicU64>,
 }
 
 impl Db {
-    /// Opens (or creates) the sled database in `path` and runs migrations.
-    pub fn open_sled(path: &Path, cache_capacity_bytes: u64) -> StorageResult<Self> {
-        Self::with_store(Arc::new(sled::SledStore::open(path, cache_capacity_bytes)?))
+    /// Opens (or creates) the sled database in `path` and upgrades it with `steps`.
+    pub fn open_sled(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        steps: &[Migration],
+    ) -> StorageResult<Self> {
+        Self::with_store(
+            Arc::new(sled::SledStore::open(path, cache_capacity_bytes)?),
+            steps,
+            SCHEMA_VERSION,
+        )
     }
 
     /// A fresh in-memory database, for unit tests.
     pub fn memory() -> Self {
-        Self::with_store(Arc::new(memory::MemoryStore::default()))
-            .expect("migrating an empty in-memory store cannot fail")
+        Self::with_store(
+            Arc::new(memory::MemoryStore::default()),
+            &[],
+            SCHEMA_VERSION,
+        )
+        .expect("migrating an empty in-memory store cannot fail")
     }
 
-    fn with_store(store: Arc<dyn Store>) -> StorageResult<Self> {
+    /// A fresh in-memory database whose `get`s fail when the returned switch says so (see
+    /// [`memory::FailSwitch`]), for tests that a storage error is an error, never "missing".
+    #[cfg(test)]
+    pub fn failing() -> (Self, memory::FailSwitch) {
+        let switch = memory::FailSwitch::default();
+        let db = Self::with_store(
+            Arc::new(memory::FailingStore::new(switch.clone())),
+            &[],
+            SCHEMA_VERSION,
+        )
+        .expect("migrating an empty in-memory store cannot fail");
+        (db, switch)
+    }
+
+    fn with_store(store: Arc<dyn Store>, steps: &[Migration], latest: u64) -> StorageResult<Self> {
         let db = Self {
             store,
             flush: Arc::new(GroupFlush::default()),
+            id_base: Arc::new(AtomicU64::new(0)),
         };
-        db.migrate()?;
+        let global = db.tree(GLOBAL)?;
+        db.id_base.store(
+            read_u64(&*global, ID_BASE_KEY)?.unwrap_or(0),
+            Ordering::SeqCst,
+        );
+        db.migrate(steps, latest)?;
         Ok(db)
     }
 
@@ -267,35 +339,41 @@ impl Db {
     /// Group commit: whoever holds the lock flushes everything written so far; callers that
     /// queued behind it find their writes already covered and return without flushing again.
     pub async fn persist(&self) -> StorageResult<()> {
-        let seen = self.flush.started.load(std::sync::atomic::Ordering::SeqCst);
+        let seen = self.flush.started.load(Ordering::SeqCst);
         let _guard = self.flush.lock.lock().await;
         // A flush that *started* after we read `seen` began after our writes, so covers them.
-        if self
-            .flush
-            .completed
-            .load(std::sync::atomic::Ordering::SeqCst)
-            > seen
-        {
+        if self.flush.completed.load(Ordering::SeqCst) > seen {
             return Ok(());
         }
-        let epoch = self
-            .flush
-            .started
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1;
+        let epoch = self.flush.started.fetch_add(1, Ordering::SeqCst) + 1;
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || store.flush())
             .await
             .map_err(|e| StorageError::Backend(format!("flush task failed: {e}")))??;
-        self.flush
-            .completed
-            .store(epoch, std::sync::atomic::Ordering::SeqCst);
+        self.flush.completed.store(epoch, Ordering::SeqCst);
         Ok(())
     }
 
-    /// A new, strictly increasing number (see [`Store::next_id`]).
+    /// A new, strictly increasing number: the store's [`Store::next_id`] plus the id base.
     pub fn next_id(&self) -> StorageResult<u64> {
-        self.store.next_id()
+        let id = self.store.next_id()?;
+        id.checked_add(self.id_base.load(Ordering::SeqCst))
+            .ok_or_else(|| StorageError::Corrupt {
+                tree: GLOBAL,
+                detail: "id_base is so large that ids overflow".into(),
+            })
+    }
+
+    /// Makes every later [`Db::next_id`] larger than `to`, durably.
+    ///
+    /// A store's own counter lives outside its trees (sled keeps it in its metadata), so a
+    /// database copied tree by tree (a loaded [dump]) would count again from 1 and new
+    /// events would sort before the copied ones. The id base, kept in `global`, carries the
+    /// count over: ids are the store's plus the base, and the base is raised to `to`.
+    pub fn advance_ids(&self, to: u64) -> StorageResult<()> {
+        raise_id_base(&*self.store, to)?;
+        self.id_base.fetch_max(to, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Flushes synchronously; for shutdown and the command line.
@@ -303,35 +381,76 @@ impl Db {
         self.store.flush()
     }
 
-    /// Checks the schema version and upgrades older layouts step by step.
-    fn migrate(&self) -> StorageResult<()> {
+    /// The schema version written in the database (0 for a new one).
+    pub fn schema_version(&self) -> StorageResult<u64> {
+        Ok(read_u64(&*self.tree(GLOBAL)?, SCHEMA_VERSION_KEY)?.unwrap_or(0))
+    }
+
+    /// Checks the schema version and upgrades older layouts step by step to `latest`: every
+    /// step with `to` above the version found runs in order, and its version is written
+    /// and flushed after it. A new, empty database runs no step and gets `latest` at once.
+    fn migrate(&self, steps: &[Migration], latest: u64) -> StorageResult<()> {
         let global = self.tree(GLOBAL)?;
-        let found = match global.get(SCHEMA_VERSION_KEY)? {
-            None => 0,
-            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
-                StorageError::Corrupt {
-                    tree: GLOBAL,
-                    detail: "schema_version is not 8 bytes".into(),
-                }
-            })?),
-        };
+        let found = self.schema_version()?;
         if found == 0 && global.iter_from(b"", false).next().transpose()?.is_some() {
             return Err(StorageError::Foreign);
         }
-        if found > SCHEMA_VERSION {
+        if found > latest {
             return Err(StorageError::TooNew {
                 found,
-                known: SCHEMA_VERSION,
+                known: latest,
             });
         }
-        // Version 0 is a new, empty database; version 1 is the first layout. Later versions
-        // add their conversion steps here, each ending by writing its version number.
-        if found < SCHEMA_VERSION {
-            global.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+        if found == 0 {
+            global.insert(SCHEMA_VERSION_KEY, &latest.to_be_bytes())?;
             self.store.flush()?;
+            return Ok(());
+        }
+        for to in found + 1..=latest {
+            // Every version needs its step (a build that forgot to pass them must not mark
+            // a database upgraded that was not).
+            let step = steps
+                .iter()
+                .find(|step| step.to == to)
+                .ok_or(StorageError::NoMigration { found, to })?;
+            tracing::info!(
+                from = to - 1,
+                to,
+                step = step.name,
+                "upgrading the database"
+            );
+            (step.run)(self)?;
+            global.insert(SCHEMA_VERSION_KEY, &to.to_be_bytes())?;
+            self.store.flush()?;
+            tracing::info!(version = to, "database upgraded");
         }
         Ok(())
     }
+}
+
+/// An 8-byte big-endian number under `key` in `tree`, if present.
+fn read_u64(tree: &dyn Tree, key: &[u8]) -> StorageResult<Option<u64>> {
+    tree.get(key)?
+        .map(|bytes| {
+            bytes
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt {
+                    tree: GLOBAL,
+                    detail: format!("{} is not 8 bytes", String::from_utf8_lossy(key)),
+                })
+        })
+        .transpose()
+}
+
+/// Raises the id base stored in `store`'s `global` tree to at least `to`, and flushes.
+fn raise_id_base(store: &dyn Store, to: u64) -> StorageResult<()> {
+    let global = store.open_tree(GLOBAL)?;
+    if read_u64(&*global, ID_BASE_KEY)?.unwrap_or(0) < to {
+        global.insert(ID_BASE_KEY, &to.to_be_bytes())?;
+    }
+    store.flush()
 }
 
 /// Bookkeeping for [`Db::persist`]'s group commit.

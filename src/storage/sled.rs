@@ -188,6 +188,21 @@ impl Store for SledStore {
         // sled persists a high-water mark ahead of use, so ids never repeat after a crash.
         Ok(self.db().generate_id()? + 1)
     }
+
+    fn tree_names(&self) -> StorageResult<Vec<String>> {
+        self.db()
+            .tree_names()
+            .into_iter()
+            // sled's own default tree, which we never use.
+            .filter(|name| name.as_ref() != b"__sled__default")
+            .map(|name| {
+                String::from_utf8(name.to_vec()).map_err(|_| StorageError::Corrupt {
+                    tree: "(tree names)",
+                    detail: "a tree name is not UTF-8".into(),
+                })
+            })
+            .collect()
+    }
 }
 
 use sled::Transactional;

@@ -1,14 +1,18 @@
 //! One suite, every backend: each test runs against the in-memory store and against sled in
 //! a temporary directory, so the two cannot drift apart.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use super::{Batch, Db, SCHEMA_VERSION, StorageError};
+use super::{
+    Batch, Db, Migration, SCHEMA_VERSION, StorageError, StorageResult, Store, dump,
+    memory::{self, MemoryStore},
+    sled::SledStore,
+};
 
 fn with_each_backend(test: impl Fn(Db)) {
     test(Db::memory());
     let dir = tempfile::tempdir().expect("temporary directory");
-    test(Db::open_sled(dir.path(), 8 << 20).expect("open sled"));
+    test(Db::open_sled(dir.path(), 8 << 20, &[]).expect("open sled"));
 }
 
 fn collect(iter: super::KvIter<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -122,10 +126,10 @@ fn next_id_increases_and_survives_reopen() {
     });
     let dir = tempfile::tempdir().unwrap();
     let last = {
-        let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+        let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
         (0..100).fold(0, |_, _| db.next_id().unwrap())
     };
-    let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+    let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
     assert!(db.next_id().unwrap() > last);
 }
 
@@ -144,18 +148,12 @@ fn schema_version_is_written() {
 
 #[test]
 fn newer_schema_is_refused() {
+    // A schema-2 build refuses a database of version 3.
     let dir = tempfile::tempdir().unwrap();
-    {
-        let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
-        db.tree("global")
-            .unwrap()
-            .insert(b"schema_version", &(SCHEMA_VERSION + 1).to_be_bytes())
-            .unwrap();
-        db.flush_blocking().unwrap();
-    }
-    match Db::open_sled(dir.path(), 8 << 20) {
+    drop(open_at(dir.path(), &[], 3).unwrap());
+    match Db::open_sled(dir.path(), 8 << 20, &[]) {
         Err(StorageError::TooNew { found, known }) => {
-            assert_eq!((found, known), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            assert_eq!((found, known), (3, SCHEMA_VERSION));
         }
         other => panic!("expected TooNew, got {:?}", other.err()),
     }
@@ -169,7 +167,7 @@ fn foreign_database_is_refused() {
         super::sled::write_foreign(dir.path(), "global", b"version", &13u64.to_be_bytes());
     }
     assert!(matches!(
-        Db::open_sled(dir.path(), 8 << 20),
+        Db::open_sled(dir.path(), 8 << 20, &[]),
         Err(StorageError::Foreign)
     ));
 }
@@ -177,10 +175,10 @@ fn foreign_database_is_refused() {
 #[test]
 fn second_open_of_sled_is_refused_while_first_is_open() {
     let dir = tempfile::tempdir().unwrap();
-    let _first = Db::open_sled(dir.path(), 8 << 20).unwrap();
+    let _first = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
     // sled's lock is per process file descriptor (flock), so a second open in the same
     // process is refused just as one from another process would be.
-    match Db::open_sled(dir.path(), 8 << 20) {
+    match Db::open_sled(dir.path(), 8 << 20, &[]) {
         Err(StorageError::Locked(path)) => assert!(path.contains(&*dir.path().to_string_lossy())),
         other => panic!("expected Locked, got {:?}", other.err()),
     }
@@ -190,11 +188,11 @@ fn second_open_of_sled_is_refused_while_first_is_open() {
 fn data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+        let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
         db.tree("t").unwrap().insert(b"k", b"v").unwrap();
         db.flush_blocking().unwrap();
     }
-    let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+    let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
     assert_eq!(
         db.tree("t").unwrap().get(b"k").unwrap(),
         Some(b"v".to_vec())
@@ -204,7 +202,10 @@ fn data_survives_reopen() {
 #[tokio::test]
 async fn watch_prefix_wakes_on_matching_write_only() {
     let dir = tempfile::tempdir().unwrap();
-    for db in [Db::memory(), Db::open_sled(dir.path(), 8 << 20).unwrap()] {
+    for db in [
+        Db::memory(),
+        Db::open_sled(dir.path(), 8 << 20, &[]).unwrap(),
+    ] {
         let tree = db.tree("t").unwrap();
         let watch = tree.watch_prefix(b"alice");
         tree.insert(b"bob", b"1").unwrap();
@@ -225,7 +226,7 @@ async fn watch_prefix_wakes_on_matching_write_only() {
 #[tokio::test]
 async fn concurrent_persist_calls_all_complete() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+    let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
     let tree = db.tree("t").unwrap();
     let mut tasks = Vec::new();
     for n in 0u32..32 {
@@ -247,7 +248,7 @@ fn a_closed_database_reopens_at_once() {
     // never finds sled's lock still held (it used to, now and then, after a write).
     let dir = tempfile::tempdir().unwrap();
     for n in 0u32..30 {
-        let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+        let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
         let tree = db.tree("t").unwrap();
         assert_eq!(
             tree.get(b"n").unwrap(),
@@ -261,18 +262,271 @@ fn a_closed_database_reopens_at_once() {
 #[test]
 fn a_tree_keeps_the_database_open_until_it_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+    let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
     let tree = db.tree("t").unwrap();
     drop(db);
     tree.insert(b"k", b"v").unwrap();
     assert!(matches!(
-        Db::open_sled(dir.path(), 8 << 20),
+        Db::open_sled(dir.path(), 8 << 20, &[]),
         Err(StorageError::Locked(_))
     ));
     drop(tree);
-    let db = Db::open_sled(dir.path(), 8 << 20).unwrap();
+    let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
     assert_eq!(
         db.tree("t").unwrap().get(b"k").unwrap(),
         Some(b"v".to_vec())
     );
+}
+
+/// Opens the sled database in `path` as a build whose latest version is `latest`.
+fn open_at(path: &std::path::Path, steps: &[Migration], latest: u64) -> StorageResult<Db> {
+    Db::with_store(Arc::new(SledStore::open(path, 8 << 20)?), steps, latest)
+}
+
+/// Appends `digit` to `order` in tree `log`: the steps below record that (and when) they ran.
+fn record(db: &Db, digit: u8) -> StorageResult<()> {
+    let log = db.tree("log")?;
+    let mut order = log.get(b"order")?.unwrap_or_default();
+    order.push(digit);
+    log.insert(b"order", &order)
+}
+
+fn order(db: &Db) -> Vec<u8> {
+    db.tree("log")
+        .unwrap()
+        .get(b"order")
+        .unwrap()
+        .unwrap_or_default()
+}
+
+static RECORDING: &[Migration] = &[
+    // Listed out of order on purpose: they run by version.
+    Migration {
+        to: 3,
+        name: "three",
+        run: |db| record(db, b'3'),
+    },
+    Migration {
+        to: 2,
+        name: "two",
+        run: |db| record(db, b'2'),
+    },
+];
+
+#[test]
+fn steps_run_in_order_once() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_at(dir.path(), &[], 1).unwrap());
+    {
+        let db = open_at(dir.path(), RECORDING, 3).unwrap();
+        assert_eq!(order(&db), b"23");
+        assert_eq!(db.schema_version().unwrap(), 3);
+    }
+    // A second open finds nothing to do.
+    let db = open_at(dir.path(), RECORDING, 3).unwrap();
+    assert_eq!(order(&db), b"23");
+    assert_eq!(db.schema_version().unwrap(), 3);
+}
+
+#[test]
+fn steps_after_the_found_version_only() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_at(dir.path(), &[], 2).unwrap());
+    let db = open_at(dir.path(), RECORDING, 3).unwrap();
+    assert_eq!(order(&db), b"3");
+}
+
+#[test]
+fn a_new_database_runs_no_step() {
+    let db = Db::with_store(Arc::new(MemoryStore::default()), RECORDING, 3).unwrap();
+    assert_eq!(order(&db), b"");
+    assert_eq!(db.schema_version().unwrap(), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_at(dir.path(), RECORDING, 3).unwrap();
+    assert_eq!(order(&db), b"");
+    assert_eq!(db.schema_version().unwrap(), 3);
+    assert_eq!(Db::memory().schema_version().unwrap(), SCHEMA_VERSION);
+}
+
+/// Fails while `log` has a `fail` key, after doing part of its work.
+static FAILING: &[Migration] = &[Migration {
+    to: 2,
+    name: "fails while told to",
+    run: |db| {
+        record(db, b'2')?;
+        if db.tree("log")?.get(b"fail")?.is_some() {
+            return Err(StorageError::Backend("the step failed".into()));
+        }
+        Ok(())
+    },
+}];
+
+#[test]
+fn a_failed_step_keeps_the_version_and_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_at(dir.path(), &[], 1).unwrap();
+        db.tree("log").unwrap().insert(b"fail", b"").unwrap();
+        db.flush_blocking().unwrap();
+    }
+    assert!(matches!(
+        open_at(dir.path(), FAILING, 2),
+        Err(StorageError::Backend(_))
+    ));
+    {
+        let db = open_at(dir.path(), &[], 1).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 1, "not upgraded");
+        db.tree("log").unwrap().remove(b"fail").unwrap();
+        db.flush_blocking().unwrap();
+    }
+    let db = open_at(dir.path(), FAILING, 2).unwrap();
+    assert_eq!(order(&db), b"22", "the step ran again");
+    assert_eq!(db.schema_version().unwrap(), 2);
+}
+
+#[test]
+fn an_old_database_without_its_step_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_at(dir.path(), &[], 1).unwrap());
+    match open_at(dir.path(), &[], 2) {
+        Err(StorageError::NoMigration { found: 1, to: 2 }) => {}
+        other => panic!("expected NoMigration, got {:?}", other.err()),
+    }
+    assert_eq!(
+        open_at(dir.path(), &[], 1)
+            .unwrap()
+            .schema_version()
+            .unwrap(),
+        1
+    );
+}
+
+#[test]
+fn advanced_ids_stay_above_and_survive_reopen() {
+    with_each_backend(|db| {
+        let a = db.next_id().unwrap();
+        db.advance_ids(a + 1_000).unwrap();
+        let b = db.next_id().unwrap();
+        assert!(b > a + 1_000);
+        // Advancing to less changes nothing.
+        db.advance_ids(5).unwrap();
+        assert!(db.next_id().unwrap() > b);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let last = {
+        let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
+        db.advance_ids(1 << 40).unwrap();
+        db.next_id().unwrap()
+    };
+    assert!(last > 1 << 40);
+    let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
+    assert!(db.next_id().unwrap() > last);
+}
+
+fn fill(db: &Db) {
+    let one = db.tree("one").unwrap();
+    for n in 0u8..10 {
+        one.insert(&[n, 0xFF], &[n; 3]).unwrap();
+    }
+    db.tree("two").unwrap().insert(b"", b"empty key").unwrap();
+    db.tree("three").unwrap();
+    for _ in 0..50 {
+        db.next_id().unwrap();
+    }
+}
+
+#[test]
+fn tree_names_list_every_tree() {
+    with_each_backend(|db| {
+        fill(&db);
+        let mut names = db.store.tree_names().unwrap();
+        names.sort();
+        assert_eq!(names, ["global", "one", "three", "two"]);
+    });
+}
+
+#[test]
+fn a_dump_loads_into_a_fresh_store_unchanged() {
+    with_each_backend(|db| {
+        fill(&db);
+        let dump = db.dump().unwrap();
+        assert_eq!(dump.entries("one").unwrap().len(), 10);
+        assert_eq!(dump::Dump::parse(dump.to_json().as_bytes()).unwrap(), dump);
+
+        // Into memory.
+        let store = Arc::new(MemoryStore::default());
+        dump::load(&*store, &dump).unwrap();
+        let loaded = Db::with_store(store, &[], SCHEMA_VERSION).unwrap();
+        assert!(loaded.next_id().unwrap() > dump.next_id);
+        let again = loaded.dump().unwrap();
+        assert_eq!(again.trees.get("one"), dump.trees.get("one"));
+        assert_eq!(again.trees.get("two"), dump.trees.get("two"));
+        assert_eq!(again.trees.get("three"), Some(&Vec::new()));
+
+        // Into a sled directory.
+        let dir = tempfile::tempdir().unwrap();
+        dump::load_into_directory(dir.path(), 8 << 20, &dump).unwrap();
+        let loaded = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
+        assert!(loaded.next_id().unwrap() > dump.next_id);
+        assert_eq!(
+            loaded.dump().unwrap().trees.get("one"),
+            dump.trees.get("one")
+        );
+    });
+}
+
+#[test]
+fn a_dump_is_not_loaded_over_data() {
+    let db = Db::memory();
+    fill(&db);
+    let dump = db.dump().unwrap();
+    let store = MemoryStore::default();
+    store.open_tree("x").unwrap().insert(b"k", b"v").unwrap();
+    assert!(matches!(
+        dump::load(&store, &dump),
+        Err(StorageError::NotEmpty(name)) if name == "x"
+    ));
+    assert!(matches!(
+        dump::Dump::parse(br#"{"next_id": 1, "trees": {"t": [["zz", "00"]]}}"#)
+            .and_then(|dump| dump.entries("t")),
+        Err(StorageError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn a_failing_store_fails_the_chosen_gets() {
+    let (db, switch) = Db::failing();
+    let tree = db.tree("t").unwrap();
+    let other = db.tree("other").unwrap();
+    tree.insert(b"k", b"v").unwrap();
+    let get = |tree: &dyn super::Tree| tree.get(b"k");
+    assert_eq!(get(&*tree).unwrap(), Some(b"v".to_vec()));
+
+    // Once: the second get fails, the others do not.
+    switch.arm(memory::Failure {
+        after: 2,
+        tree: None,
+        persistent: false,
+    });
+    assert!(get(&*tree).is_ok());
+    assert!(matches!(get(&*other), Err(StorageError::Backend(_))));
+    assert_eq!(get(&*tree).unwrap(), Some(b"v".to_vec()));
+    assert_eq!(switch.failed(), 1);
+
+    // Persistent, on one tree only: others are not counted and do not fail.
+    switch.arm(memory::Failure {
+        after: 1,
+        tree: Some("t"),
+        persistent: true,
+    });
+    assert!(get(&*other).is_ok());
+    for _ in 0..3 {
+        assert!(matches!(get(&*tree), Err(StorageError::Backend(_))));
+    }
+    // Writes and scans still work; disarmed, gets do too.
+    tree.insert(b"k2", b"v2").unwrap();
+    assert_eq!(collect(tree.scan_prefix(b"k")).len(), 2);
+    switch.disarm();
+    assert_eq!(get(&*tree).unwrap(), Some(b"v".to_vec()));
+    assert_eq!(switch.failed(), 4);
 }

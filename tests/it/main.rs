@@ -27,6 +27,7 @@ mod process;
 mod profile;
 mod push_rules;
 mod rooms;
+mod schema;
 mod sliding_sync;
 mod synapse;
 mod turn;
