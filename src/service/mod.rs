@@ -102,7 +102,8 @@ impl Services {
                 config.server_name.clone(),
                 Arc::clone(&server_keys),
                 Arc::clone(&stream),
-            )?,
+            )?
+            .with_outgoing(federation.sender().cloned()),
             account_data: Arc::clone(&account_data),
             delivery: pusher::Delivery::new(account_data)?,
             ephemeral: ephemeral::Ephemeral::new(&db, Arc::clone(&stream))?,

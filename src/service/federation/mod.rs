@@ -6,6 +6,7 @@
 //! ([`Federation::reach`]).
 
 pub mod client;
+pub mod incoming;
 pub mod keys;
 pub mod receive;
 pub mod resolve;
@@ -32,10 +33,12 @@ pub struct Federation {
     /// ([`Federation::origin_turn`]). Entries of servers with no request in progress are
     /// dropped when the map reaches [`MAX_ORIGINS`].
     origin_turns: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Semaphore>>>,
-    /// Serialises the applying of incoming transactions, so a transaction retried while its
-    /// first copy is still being applied waits and is then seen as applied (not applied
-    /// twice). Applying is short (EDUs only, for now).
-    pub(crate) receive_lock: tokio::sync::Mutex<()>,
+    /// One lock per origin serialising the applying of its transactions, so a transaction
+    /// retried while its first copy is still being applied waits and is then seen as
+    /// applied (not applied twice), and a slow transaction (one that fetches missing
+    /// events) holds up no other server's. Entries nobody holds are dropped when the map
+    /// reaches [`MAX_ORIGINS`].
+    receive_locks: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Requests from one server handled at once; more are answered `429` at once, so a flood
@@ -69,7 +72,7 @@ impl Federation {
             client,
             sender,
             origin_turns: Mutex::default(),
-            receive_lock: tokio::sync::Mutex::new(()),
+            receive_locks: Mutex::default(),
         })
     }
 
@@ -90,6 +93,18 @@ impl Federation {
         turns
             .try_acquire_owned()
             .map_err(|_| Error::limit_exceeded(Duration::from_secs(1)))
+    }
+
+    /// Waits for `origin`'s turn to apply a transaction (see `receive_locks`).
+    pub async fn receiving(&self, origin: &ServerName) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.receive_locks.lock().expect("receive locks");
+            if map.len() >= MAX_ORIGINS && !map.contains_key(origin) {
+                map.retain(|_, lock| Arc::strong_count(lock) > 1);
+            }
+            Arc::clone(map.entry(origin.to_owned()).or_default())
+        };
+        lock.lock_owned().await
     }
 
     /// Starts sending what was queued before a restart. Call once, inside the runtime.

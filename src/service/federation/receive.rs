@@ -10,10 +10,10 @@
 //!   records stay bounded by a day's traffic (a sender retries a transaction for minutes
 //!   or hours, not days).
 //!
-//! What is applied today: `m.direct_to_device` (send-to-device messages for local users).
-//! PDUs are answered with an error each, since this server cannot share rooms with others
-//! yet; typing, receipts, presence and device-list updates only matter in shared rooms and
-//! are dropped.
+//! PDUs are checked and stored one by one ([`super::incoming`]); PDUs for rooms this
+//! server is not in are dropped. EDUs applied today: `m.direct_to_device` (send-to-device
+//! messages for local users); typing, receipts, presence and device-list updates are
+//! dropped for now.
 
 use std::collections::BTreeMap;
 
@@ -57,23 +57,16 @@ impl Services {
         let seen = self.db.tree("origintxnid_transaction")?;
         let key = txn_key(origin, txn_id);
         let mut results = BTreeMap::new();
-        for pdu in pdus {
-            // The event id of a v3+ PDU is its reference hash; without a room this server
-            // shares, there is nothing to check it against, so it is only read when given.
-            let event_id = serde_json::from_str::<JsonValue>(pdu.get())
-                .ok()
-                .and_then(|pdu| pdu["event_id"].as_str().map(str::to_owned))
-                .and_then(|id| OwnedEventId::try_from(id).ok());
-            if let Some(event_id) = event_id {
-                results.insert(
-                    event_id,
-                    Err("This server does not share rooms with other servers yet.".to_owned()),
-                );
-            }
-        }
-        let _applying = self.federation.receive_lock.lock().await;
+        let _applying = self.federation.receiving(origin).await;
         if seen.get(&key)?.is_some() {
             return Ok(results);
+        }
+        // PDUs first, one at a time (S2S "Transactions": each is processed as if it had
+        // arrived alone; a rejection never fails the transaction).
+        for pdu in pdus {
+            if let Some((event_id, result)) = self.receive_pdu(origin, pdu).await? {
+                results.insert(event_id, result);
+            }
         }
         for edu in edus {
             match edu.deserialize() {

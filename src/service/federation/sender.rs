@@ -152,14 +152,8 @@ impl Sender {
     ) -> Result<()> {
         let mut batch = Batch::new();
         for (destination, items) in &per_destination {
-            if *destination == self.origin {
-                return Err(Error::internal("queueing federation traffic to ourselves"));
-            }
             for item in items {
-                let mut key = prefix(destination);
-                key.extend_from_slice(&self.db.next_id()?.to_be_bytes());
-                let value = serde_json::to_vec(item).map_err(|e| Error::internal(e.to_string()))?;
-                batch.insert(&*self.queue, key, value);
+                self.enqueue(&mut batch, destination, item)?;
             }
         }
         self.db.apply(&batch)?;
@@ -170,7 +164,21 @@ impl Sender {
         Ok(())
     }
 
-    fn wake(&self, destination: &ServerName) {
+    /// Adds `item` for `destination` to `batch` (so it lands with the write that caused it,
+    /// e.g. a room event in its commit); call [`Sender::wake`] once the batch is applied.
+    pub fn enqueue(&self, batch: &mut Batch, destination: &ServerName, item: &Item) -> Result<()> {
+        if destination == self.origin {
+            return Err(Error::internal("queueing federation traffic to ourselves"));
+        }
+        let mut key = prefix(destination);
+        key.extend_from_slice(&self.db.next_id()?.to_be_bytes());
+        let value = serde_json::to_vec(item).map_err(|e| Error::internal(e.to_string()))?;
+        batch.insert(&*self.queue, key, value);
+        Ok(())
+    }
+
+    /// Starts (or nudges) `destination`'s task.
+    pub fn wake(&self, destination: &ServerName) {
         let mut running = self.running.lock().expect("sender tasks");
         if let Some(task) = running.get(destination) {
             task.items.notify_one();

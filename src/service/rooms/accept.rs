@@ -218,6 +218,7 @@ impl Rooms {
             verdict: Verdict::Accepted,
             timeline: false,
             holes: Vec::new(),
+            local: false,
         };
         if place == Place::Live {
             let (state, source, hash, holes) =

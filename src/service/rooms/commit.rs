@@ -11,7 +11,18 @@ use super::{
     append::Transaction,
     prepare::{LiveUpdate, Prepared},
 };
-use crate::Result;
+use crate::{Error, Result, service::federation::sender::Item};
+
+/// A stored event as other servers get it.
+fn federation_form(stored: &[u8]) -> Result<serde_json::Value> {
+    let mut value: serde_json::Value = serde_json::from_slice(stored)
+        .map_err(|e| Error::internal(format!("corrupt stored PDU: {e}")))?;
+    if let Some(object) = value.as_object_mut() {
+        object.remove("unsigned");
+        object.remove("event_id");
+    }
+    Ok(value)
+}
 
 impl Rooms {
     /// Stores `prepared` in one batch: the event (in the timeline when it is an accepted
@@ -37,8 +48,15 @@ impl Rooms {
             live,
             redacted_target,
             verdict,
+            destinations,
             batch: prepared_batch,
         } = prepared;
+        // What other servers are sent: the event without what is ours alone (`unsigned`)
+        // and, in rooms v3+, without `event_id` (it is the reference hash).
+        let outgoing = match (&self.outgoing, destinations.is_empty()) {
+            (Some(sender), false) => Some((sender, federation_form(&stored)?)),
+            _ => None,
+        };
         let (count, ()) = self.stream.commit(|count, batch| {
             batch.append(prepared_batch);
             if let Some((target_pdu_id, bytes)) = redacted_target {
@@ -123,8 +141,19 @@ impl Rooms {
             for (user, membership) in &live.memberships {
                 self.index_membership(batch, &room_id, user, membership.clone(), count);
             }
+            if let Some((sender, form)) = &outgoing {
+                let item = Item::Pdu(form.clone());
+                for destination in &destinations {
+                    sender.enqueue(batch, destination, &item)?;
+                }
+            }
             Ok(())
         })?;
+        if let Some((sender, _)) = &outgoing {
+            for destination in &destinations {
+                sender.wake(destination);
+            }
+        }
 
         // Wake everyone in the room and every user whose membership just changed. Events
         // without a timeline place wake nobody: nothing a sync returns changed.

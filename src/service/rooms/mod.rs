@@ -177,6 +177,9 @@ pub struct Rooms {
     thread_roots: Arc<dyn Tree>,
     pub aliases: alias::Aliases,
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// The federation queue: our events go to the other servers in the room, queued in the
+    /// event's own commit. `None` when federation is off.
+    outgoing: Option<Arc<crate::service::federation::sender::Sender>>,
 }
 
 /// `a 0xFF b`.
@@ -241,7 +244,17 @@ impl Rooms {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            outgoing: None,
         })
+    }
+
+    /// Sends this server's room events to the other servers in each room through `sender`.
+    pub fn with_outgoing(
+        mut self,
+        sender: Option<Arc<crate::service::federation::sender::Sender>>,
+    ) -> Self {
+        self.outgoing = sender;
+        self
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {

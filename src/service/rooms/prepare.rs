@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ruma::{
-    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
+    OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId,
     events::{StateEventType, TimelineEventType, room::member::MembershipState},
     room_version_rules::RoomVersionRules,
 };
@@ -47,6 +47,8 @@ pub(super) struct Ready {
     pub timeline: bool,
     /// Prev events we do not hold with state: holes in the DAG, where backfill starts.
     pub holes: Vec<OwnedEventId>,
+    /// Whether this server made the event (then it goes to the other servers in the room).
+    pub local: bool,
 }
 
 impl From<Built> for Ready {
@@ -60,6 +62,7 @@ impl From<Built> for Ready {
             verdict: Verdict::Accepted,
             timeline: true,
             holes: Vec::new(),
+            local: true,
         }
     }
 }
@@ -97,6 +100,8 @@ pub(super) struct Prepared {
     /// A redacted target's stored form (pdu id, JSON), rewritten in the same batch.
     pub redacted_target: Option<(PduId, Vec<u8>)>,
     pub verdict: Verdict,
+    /// Other servers this event goes to (our events only).
+    pub destinations: Vec<OwnedServerName>,
     /// State diffs, holes and other writes that need no position.
     pub batch: Batch,
 }
@@ -123,6 +128,7 @@ impl Rooms {
             verdict,
             timeline,
             holes,
+            local,
         } = ready;
         let mut batch = Batch::new();
         let short_room_id = match &info {
@@ -177,6 +183,10 @@ impl Rooms {
             }
             _ => None,
         };
+        let destinations = match (&live, local, &self.outgoing) {
+            (Some(_), true, Some(_)) => self.destinations(&room_id, &pdu)?,
+            _ => Vec::new(),
+        };
         Ok(Prepared {
             room_id,
             version: version.clone(),
@@ -190,8 +200,31 @@ impl Rooms {
             live,
             redacted_target,
             verdict,
+            destinations,
             batch,
         })
+    }
+
+    /// The servers one of our events goes to: those with a member joined in the room (as
+    /// the indexes say before the event), and the server of a member event's target (a
+    /// kick or ban must reach the user's server), never this one.
+    fn destinations(&self, room_id: &RoomId, pdu: &Pdu) -> Result<Vec<OwnedServerName>> {
+        let mut servers = BTreeSet::new();
+        for (user, membership) in self.members(room_id)? {
+            if membership == MembershipState::Join {
+                servers.insert(user.server_name().to_owned());
+            }
+        }
+        if pdu.kind == TimelineEventType::RoomMember
+            && let Some(target) = pdu
+                .state_key
+                .as_deref()
+                .and_then(|key| ruma::UserId::parse(key).ok())
+        {
+            servers.insert(target.server_name().to_owned());
+        }
+        servers.remove(&self.server_name);
+        Ok(servers.into_iter().collect())
     }
 
     /// Saves the state before the event (when it was resolved or given) and after it (a
