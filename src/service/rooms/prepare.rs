@@ -163,7 +163,7 @@ impl Rooms {
             );
         }
         let live = match (timeline, state_hashes, &verdict) {
-            (true, Some((_, after)), Verdict::Accepted) => {
+            (true, Some((before, after)), Verdict::Accepted) => {
                 // An event that fills a hole is cited by one we hold: it closes the hole and
                 // is never a forward extremity.
                 let hole_key = pair_key(room_id.as_str(), event_id.as_str());
@@ -176,7 +176,7 @@ impl Rooms {
                     info.as_ref(),
                     &room_id,
                     &pdu,
-                    after,
+                    (before, after),
                     !fills_hole,
                     &mut batch,
                 )?)
@@ -271,7 +271,7 @@ impl Rooms {
         info: Option<&RoomInfo>,
         room_id: &RoomId,
         pdu: &Pdu,
-        after: StateHash,
+        (before, after): (Option<StateHash>, StateHash),
         extremity: bool,
         batch: &mut Batch,
     ) -> Result<LiveUpdate> {
@@ -288,6 +288,8 @@ impl Rooms {
         // A room always keeps a forward extremity.
         let extremity = extremity || remaining.is_empty();
         let mut memberships = Vec::new();
+        // Whether the membership indexes were brought in line with the new current state.
+        let mut diffed = false;
         let current = match (extremity, remaining.is_empty(), info) {
             // The usual case: the event is the room's only forward extremity.
             (true, true, _) => after,
@@ -311,14 +313,25 @@ impl Rooms {
                 } else {
                     let resolved = self.resolve_states(rules, &hashes, Some(pdu))?;
                     self.resolved_memberships(room_id, &resolved, pdu, &mut memberships)?;
+                    diffed = true;
                     self.state.save(batch, Some(after), resolved)?
                 }
             }
         };
-        // After a resolution the membership changes come from the resolved state; this
-        // event's own membership may have lost.
+        // When the state before the event is not the room's current state (a room new to
+        // this server, whose state came from another server; a gap filled with given
+        // state; a fork), the new current state may differ in more than this event: the
+        // indexes follow all of it.
+        let continues = info.is_some_and(|info| before == Some(info.state_hash));
+        if !diffed && !continues && info.is_none_or(|info| current != info.state_hash) {
+            let set = self.state.load(current)?;
+            self.resolved_memberships(room_id, &set, pdu, &mut memberships)?;
+            diffed = true;
+        }
+        // Otherwise only this event's own membership changes (after a resolution it may
+        // have lost: then the resolved state decided above).
         if current == after
-            && memberships.is_empty()
+            && !diffed
             && pdu.kind == TimelineEventType::RoomMember
             && let Some(target) = pdu
                 .state_key
