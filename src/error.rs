@@ -113,6 +113,12 @@ impl Error {
         )
     }
 
+    /// Another server answered, but not with something usable (a bad join template, an
+    /// event that does not verify): `502`, as for an unreachable one.
+    pub fn remote(message: impl Into<String>) -> Self {
+        Self::with_status(StatusCode::BAD_GATEWAY, ErrorKind::Unknown, message.into())
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into())
     }

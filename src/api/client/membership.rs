@@ -86,8 +86,24 @@ async fn join(
     user: &ruma::UserId,
     reason: Option<&str>,
 ) -> Result<()> {
-    remote_room(services, room_id, servers, "joining")?;
     let profile = member_profile(services, user)?;
+    // A room this server is not in: through one of the servers that are.
+    if services.rooms.info(room_id)?.is_none()
+        && services.federation.enabled()
+        && servers
+            .iter()
+            .any(|server| *server != services.config.server_name)
+    {
+        return services
+            .join_remote(
+                room_id,
+                servers,
+                user,
+                profile.content("join", reason, false),
+            )
+            .await;
+    }
+    remote_room(services, room_id, servers, "joining")?;
     services.rooms.join(room_id, user, &profile, reason).await?;
     Ok(())
 }

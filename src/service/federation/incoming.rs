@@ -121,7 +121,7 @@ impl Services {
     }
 
     /// Steps 1–3 for a PDU fetched from another server.
-    async fn verify_pdu(
+    pub(crate) async fn verify_pdu(
         &self,
         raw: &RawJsonValue,
         version: &RoomVersionId,

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod incoming;
+pub mod join;
 pub mod keys;
 pub mod receive;
 pub mod resolve;
