@@ -8,6 +8,7 @@
 pub mod client;
 pub mod keys;
 pub mod receive;
+pub mod resident;
 pub mod resolve;
 pub mod sender;
 
