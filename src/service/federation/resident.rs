@@ -28,6 +28,7 @@ use ruma::{
             member::MembershipState,
         },
     },
+    signatures::PublicKeyMap,
 };
 use serde_json::{json, value::RawValue as RawJsonValue};
 
@@ -196,26 +197,39 @@ impl<'a> Serve<'a> {
     }
 }
 
-/// An event a walk may return: held with state (a timeline or soft-failed event), not
-/// rejected, in `room_id`.
-fn walkable(rooms: &Rooms, room_id: &RoomId, event_id: &EventId) -> Result<Option<Pdu>> {
+/// What a walk does with an event it meets.
+enum Step {
+    /// Returned, and its prev events walked: held with state (a timeline or soft-failed
+    /// event), in the room, not rejected.
+    Take(Pdu),
+    /// Walked through, not returned: a rejected event (S2S "Rejection": never served, but
+    /// the events before it are part of the room).
+    Through(Pdu),
+    /// The end of this branch: unknown, another room's, or held without state.
+    Stop,
+}
+
+fn step(rooms: &Rooms, room_id: &RoomId, event_id: &EventId) -> Result<Step> {
     let Some(pdu) = rooms.pdu(event_id)? else {
-        return Ok(None);
+        return Ok(Step::Stop);
     };
-    if pdu.room_id() != room_id || rooms.state_hashes(event_id)?.is_none() {
-        return Ok(None);
+    if pdu.room_id() != room_id {
+        return Ok(Step::Stop);
     }
     if matches!(rooms.verdict(event_id)?, Verdict::Rejected(_)) {
-        return Ok(None);
+        return Ok(Step::Through(pdu));
     }
-    Ok(Some(pdu))
+    if rooms.state_hashes(event_id)?.is_none() {
+        return Ok(Step::Stop);
+    }
+    Ok(Step::Take(pdu))
 }
 
 /// `get_missing_events` (server-server API, "Backfilling and retrieving missing events"):
 /// a breadth-first walk of the `prev_events` of `latest` (which are not returned), skipping
 /// `earliest` and events below `min_depth` (and not walking past them), until `limit`
-/// events; the result oldest first (by depth, then as found). Only events [`walkable`];
-/// unknown ones end their branch.
+/// events; the result oldest first (by depth, then as found). Rejected events are walked
+/// through, not returned; unknown ones and outliers end their branch (see [`Step`]).
 pub fn missing_events_walk(
     rooms: &Rooms,
     room_id: &RoomId,
@@ -247,15 +261,19 @@ pub fn missing_events_walk(
                 continue;
             }
             visits += 1;
-            let Some(pdu) = walkable(rooms, room_id, &id)? else {
-                continue;
+            let (pdu, take) = match step(rooms, room_id, &id)? {
+                Step::Take(pdu) => (pdu, true),
+                Step::Through(pdu) => (pdu, false),
+                Step::Stop => continue,
             };
             let depth = u64::from(pdu.depth);
             if depth < min_depth {
                 continue;
             }
             next.extend(pdu.prev_events.iter().cloned());
-            found.push((id, depth));
+            if take {
+                found.push((id, depth));
+            }
         }
         front = next;
     }
@@ -266,7 +284,8 @@ pub fn missing_events_walk(
 }
 
 /// `/backfill`: the events `from` and those before them, following `prev_events` deepest
-/// first (as Synapse), until `limit` events; newest first. Only events [`walkable`].
+/// first (as Synapse), until `limit` events; newest first. Rejected events are walked
+/// through, not returned; unknown ones and outliers end their branch (see [`Step`]).
 pub fn backfill_walk(
     rooms: &Rooms,
     room_id: &RoomId,
@@ -278,28 +297,37 @@ pub fn backfill_walk(
     let mut queued: HashSet<OwnedEventId> = HashSet::new();
     let mut found = Vec::new();
     let mut visits = 0;
+    let enqueue = |queue: &mut BinaryHeap<_>, id: &OwnedEventId| -> Result<()> {
+        match step(rooms, room_id, id)? {
+            Step::Take(pdu) => {
+                queue.push((u64::from(pdu.depth), id.clone(), true, pdu.prev_events))
+            }
+            Step::Through(pdu) => {
+                queue.push((u64::from(pdu.depth), id.clone(), false, pdu.prev_events))
+            }
+            Step::Stop => {}
+        }
+        Ok(())
+    };
     for id in from {
-        if queued.insert(id.clone())
-            && let Some(pdu) = walkable(rooms, room_id, id)?
-        {
-            queue.push((u64::from(pdu.depth), id.clone(), pdu.prev_events));
+        if queued.insert(id.clone()) {
+            enqueue(&mut queue, id)?;
         }
     }
-    while let Some((_, id, prevs)) = queue.pop() {
+    while let Some((_, id, take, prevs)) = queue.pop() {
         if found.len() >= limit {
             break;
         }
-        found.push(id);
+        if take {
+            found.push(id);
+        }
         for prev in prevs {
             if visits >= MAX_WALK_VISITS {
                 break;
             }
-            if !queued.insert(prev.clone()) {
-                continue;
-            }
-            visits += 1;
-            if let Some(pdu) = walkable(rooms, room_id, &prev)? {
-                queue.push((u64::from(pdu.depth), prev, pdu.prev_events));
+            if queued.insert(prev.clone()) {
+                visits += 1;
+                enqueue(&mut queue, &prev)?;
             }
         }
     }
@@ -465,6 +493,28 @@ impl Services {
         event_id: &EventId,
         raw: &RawJsonValue,
     ) -> Result<JoinAnswer> {
+        let (version, object) = self.check_join_event(origin, room_id, raw)?;
+        let needed = keys_needed(&object, &version).map_err(invalid)?;
+        // Collected first: a closure over the servers held across the await would not be
+        // `Send` for every lifetime (rustc's higher-ranked inference).
+        let servers: Vec<&ServerName> = needed.servers.iter().map(|server| &**server).collect();
+        let keys = self
+            .keyring
+            .public_key_map(&object, servers, needed.signed_at)
+            .await?;
+        self.accept_join(room_id, event_id, &version, object, &keys)
+            .await
+    }
+
+    /// `send_join`'s checks before signatures: the format, the fields of a join by a user
+    /// of `origin` in `room_id`; our signature added for a restricted join one of our users
+    /// authorises. Returns the room version and the event.
+    fn check_join_event(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        raw: &RawJsonValue,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
         let info = self.rooms.existing(room_id)?;
         let version = info.version.clone();
         let mut object = check_format(raw, &version).map_err(invalid)?;
@@ -502,16 +552,22 @@ impl Services {
             self.restricted_join_authoriser(room_id, &sender)?;
             self.sign_event(&mut object, &version)?;
         }
-        let needed = keys_needed(&object, &version).map_err(invalid)?;
-        // Collected first: a closure over the servers held across the await would not be
-        // `Send` for every lifetime (rustc's higher-ranked inference).
-        let servers: Vec<&ServerName> = needed.servers.iter().map(|server| &**server).collect();
-        let keys = self
-            .keyring
-            .public_key_map(&object, servers, needed.signed_at)
-            .await?;
+        Ok((version, object))
+    }
+
+    /// `send_join`'s last steps: signatures and content hash with `keys`, the event id
+    /// against the path, then the room core (a live event); only an accepted join is
+    /// answered.
+    async fn accept_join(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        version: &RoomVersionId,
+        object: CanonicalJsonObject,
+        keys: &PublicKeyMap,
+    ) -> Result<JoinAnswer> {
         let verified: Verified =
-            check_signatures_and_hash(object, &version, &keys).map_err(invalid)?;
+            check_signatures_and_hash(object, version, keys).map_err(invalid)?;
         if verified.event_id.as_str() != event_id.as_str() {
             return Err(invalid(format!(
                 "its id is {}, not {event_id}",
@@ -740,3 +796,6 @@ impl Services {
         Ok(events)
     }
 }
+
+#[cfg(test)]
+mod tests;
