@@ -752,3 +752,108 @@ async fn a_destination_heard_from_again_is_retried_at_once() {
         a.log()
     );
 }
+
+/// A user of a real Synapse joins a public room here by its alias: Synapse asks our
+/// directory, then `make_join` and `send_join` (v2). The join is in our room's state, and
+/// Synapse counts its user as joined. (Events after the join, both ways, come with sending
+/// room events to other servers and receiving them in `/send`.)
+#[tokio::test]
+async fn a_synapse_user_joins_a_room_here_by_alias() {
+    let synapse = crate::synapse::Synapse::start().await;
+    let ours = TestServer::start_federating();
+    let alice = ours.register("alice", "correct horse").await;
+    let bob = synapse.register("bob", "battery staple").await;
+    let bob_id = synapse.user_id("bob");
+    let (status, created) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "room_alias_name": "lobby", "preset": "public_chat", "name": "Lobby" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room_id = created["room_id"].as_str().unwrap().to_owned();
+
+    let (status, joined) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/join/%23lobby:{}", ours.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{joined}\nours:\n{}\nsynapse:\n{}",
+        ours.log(),
+        synapse.log()
+    );
+    assert_eq!(joined["room_id"], room_id.as_str());
+
+    // Here: Bob's join is in the room's state, and Alice sees him among the members.
+    let (status, member) = ours
+        .client_api(
+            &alice,
+            Method::GET,
+            &format!("/rooms/{room_id}/state/m.room.member/{bob_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{member}");
+    assert_eq!(member["membership"], "join");
+    let (status, members) = ours
+        .client_api(
+            &alice,
+            Method::GET,
+            &format!("/rooms/{room_id}/joined_members"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{members}");
+    assert!(members["joined"][bob_id.as_str()].is_object(), "{members}");
+
+    // There: Synapse counts Bob as joined and knows the room's name from the state we sent.
+    let (status, rooms) = synapse
+        .client_api(&bob, Method::GET, "/joined_rooms", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rooms}");
+    assert_eq!(rooms["joined_rooms"], json!([room_id]), "{rooms}");
+    let (status, name) = synapse
+        .client_api(
+            &bob,
+            Method::GET,
+            &format!("/rooms/{room_id}/state/m.room.name"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{name}\n{}", synapse.log());
+    assert_eq!(name["name"], "Lobby");
+
+    // The read endpoints are for servers in the room only: unsigned requests are 401.
+    let (status, body) = ours
+        .request(
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/state_ids/{room_id}?event_id={}",
+                urlencode(joined["room_id"].as_str().unwrap())
+            ),
+            None,
+            None,
+        )
+        .await;
+    assert_error(&(status, body), StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED");
+}
+
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

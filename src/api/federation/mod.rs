@@ -6,6 +6,7 @@
 
 pub mod keys;
 pub mod query;
+pub mod rooms;
 pub mod transactions;
 pub mod user;
 pub mod version;
@@ -26,4 +27,12 @@ pub fn routes() -> Routes {
         .ruma_route(user::claim_keys)
         .ruma_route(user::get_openid_userinfo)
         .ruma_route(transactions::send_transaction)
+        .ruma_route(rooms::make_join)
+        .ruma_route(rooms::send_join)
+        .ruma_route(rooms::get_event)
+        .ruma_route(rooms::get_room_state)
+        .ruma_route(rooms::get_room_state_ids)
+        .ruma_route(rooms::get_event_authorization)
+        .ruma_route(rooms::get_missing_events)
+        .ruma_route(rooms::get_backfill)
 }

@@ -10,6 +10,7 @@ pub mod incoming;
 pub mod join;
 pub mod keys;
 pub mod receive;
+pub mod resident;
 pub mod resolve;
 pub mod sender;
 

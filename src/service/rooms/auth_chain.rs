@@ -375,6 +375,28 @@ impl Rooms {
         Ok(chain)
     }
 
+    /// The union of the auth chains of `events` (stored events), as event ids, sorted by
+    /// short id; an event of `events` is in it only when it is in another's chain. For the
+    /// federation answers that carry auth chains (`send_join`, `/state`, `/state_ids`,
+    /// `/event_auth`). An event that is not stored is an error.
+    pub fn auth_chain_ids<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a ruma::EventId>,
+    ) -> Result<Vec<ruma::OwnedEventId>> {
+        let mut shorts = Vec::new();
+        for id in events {
+            shorts.push(
+                self.short
+                    .get_short_event_id(id)?
+                    .ok_or_else(|| Error::internal(format!("event {id} is not stored")))?,
+            );
+        }
+        self.auth_chain_union(shorts, None, false)?
+            .into_iter()
+            .map(|short| self.short.event_id(short))
+            .collect()
+    }
+
     /// The chain of `root` and its record's level: bottom up with an explicit stack (no
     /// recursion: chains can be thousands of events deep), writing a record for every event
     /// met without one.

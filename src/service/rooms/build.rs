@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
-    RoomId, UserId,
+    RoomId, RoomVersionId, UserId,
     api::error::ErrorKind,
     room_version_rules::RoomVersionRules,
     signatures::{JsonError, hash_and_sign_event, reference_hash},
@@ -17,7 +17,7 @@ use serde_json::{Value as JsonValue, json};
 
 use super::{
     Rooms,
-    append::NewEvent,
+    append::{NewEvent, supported_room_version},
     check::BeforeSource,
     pdu::{Pdu, room_id_from_create_event_id},
     short::{ShortEventId, ShortStateKey},
@@ -30,6 +30,14 @@ pub const MAX_EVENT_BYTES: usize = 65_536;
 pub const MAX_KEY_BYTES: usize = 255;
 /// The most `prev_events` an event may cite (rooms v3+, "Event format": at most 20).
 pub const MAX_PREV_EVENTS: usize = 20;
+
+/// An unsigned event as [`Rooms::template`] assembles it, and the state before it.
+pub(super) struct Template {
+    /// Without `hashes`, `signatures` and `event_id`.
+    pub object: CanonicalJsonObject,
+    pub state: BTreeMap<ShortStateKey, ShortEventId>,
+    pub before: BeforeSource,
+}
 
 /// A built, signed local event, not yet checked or stored.
 pub(super) struct Built {
@@ -110,16 +118,20 @@ impl Rooms {
         Ok(with_depth.into_iter().map(|(_, id)| id).collect())
     }
 
-    /// Builds and signs `event` on top of `prev_events` (the caller holds the room lock).
-    /// `room_id` is `None` only for a version-12 create event, whose id names the room.
-    pub(super) fn build(
+    /// The unsigned event `sender` would send on top of `prev_events`: `auth_events`,
+    /// `depth`, `origin_server_ts` and the rest of the JSON, without hashes, signatures or
+    /// event id, together with the state before it. Shared by [`Rooms::build`] (which hashes
+    /// and signs it) and the join templates other servers ask for ([`Rooms::join_template`],
+    /// server-server API `make_join`). `room_id` is `None` only for a version-12 create
+    /// event, whose id names the room.
+    pub(super) fn template(
         &self,
         room_id: Option<&RoomId>,
         rules: &RoomVersionRules,
         sender: &UserId,
         event: &NewEvent,
         prev_events: Vec<OwnedEventId>,
-    ) -> Result<Built> {
+    ) -> Result<Template> {
         check_key_sizes(event)?;
         // The state before the event: after its one prev_event, or resolved over several.
         let (state, before) = self.state_before(rules, &prev_events)?;
@@ -178,7 +190,71 @@ impl Rooms {
                 object["redacts"] = redacts.as_str().into();
             }
         }
-        let mut object = canonical(object)?;
+        Ok(Template {
+            object: canonical(object)?,
+            state,
+            before,
+        })
+    }
+
+    /// The join event template for `user_id`, another server's user, in a room here
+    /// (server-server API, `GET /make_join`): the unsigned `m.room.member` event with
+    /// `content`, on top of the room's forward extremities, with `origin` = this server (the
+    /// joining server replaces `origin` and `origin_server_ts`, signs it and sends it back
+    /// through `send_join`). 404 for an unknown room; 403 with the reason when the
+    /// authorization rules refuse the join against the state it would follow (join rules,
+    /// bans): its event would be rejected anyway.
+    pub fn join_template(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        content: JsonValue,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        let info = self.existing(room_id)?;
+        let rules = info
+            .version
+            .rules()
+            .filter(|_| supported_room_version(&info.version))
+            .ok_or_else(|| Error::internal(format!("room {room_id} has an unsupported version")))?;
+        let event = NewEvent::state("m.room.member", user_id.as_str(), content);
+        let prev_events = self.pick_prev_events(room_id)?;
+        let Template {
+            mut object, state, ..
+        } = self.template(Some(room_id), &rules, user_id, &event, prev_events)?;
+        // The rules need an event id; the template has none (the joining server's signed
+        // event will), and no rule looks at it.
+        let mut probe = object.clone();
+        probe.insert(
+            "event_id".into(),
+            CanonicalJsonValue::String("$make_join_template".into()),
+        );
+        let pdu: Pdu = serde_json::to_value(&probe)
+            .and_then(serde_json::from_value)
+            .map_err(|e| Error::internal(format!("join template does not parse: {e}")))?;
+        self.auth_against_state(&rules.authorization, &pdu, &state)?
+            .map_err(|reason| Error::forbidden(format!("You may not join this room: {reason}")))?;
+        object.insert(
+            "origin".into(),
+            CanonicalJsonValue::String(self.server_name.to_string()),
+        );
+        Ok((info.version, object))
+    }
+
+    /// Builds and signs `event` on top of `prev_events` (the caller holds the room lock).
+    /// `room_id` is `None` only for a version-12 create event, whose id names the room.
+    pub(super) fn build(
+        &self,
+        room_id: Option<&RoomId>,
+        rules: &RoomVersionRules,
+        sender: &UserId,
+        event: &NewEvent,
+        prev_events: Vec<OwnedEventId>,
+    ) -> Result<Built> {
+        let Template {
+            mut object,
+            state,
+            before,
+        } = self.template(room_id, rules, sender, event, prev_events)?;
         hash_and_sign_event(
             self.server_name.as_str(),
             self.keys.keypair(),
