@@ -166,9 +166,11 @@ impl Services {
             prev: Vec::new(),
         };
         for _ in 0..ROUNDS {
+            // Flushed once for the whole transaction, before it is answered
+            // (`receive_transaction`).
             outcome = self
                 .rooms
-                .accept(event.clone(), Place::Live, given.clone())
+                .accept_deferred(event.clone(), Place::Live, given.clone())
                 .await?;
             let Outcome::Missing { auth, prev } = &outcome else {
                 return Ok(outcome);

@@ -108,6 +108,18 @@ impl Rooms {
         Ok(outcome)
     }
 
+    /// [`Rooms::accept`] without the flush: the caller must `Db::persist` before it
+    /// acknowledges anything (a transaction of 50 PDUs is flushed once, not 50 times).
+    pub async fn accept_deferred(
+        &self,
+        event: Verified,
+        place: Place,
+        state: StateBefore,
+    ) -> Result<Outcome> {
+        let _guard = self.lock(&event.room_id).await;
+        self.accept_locked(event, place, state)
+    }
+
     /// Stores several events as outliers (an auth chain or a state answer) in an order where
     /// each event's auth events come first. The outcomes are in the order given; an event
     /// whose auth events are neither stored nor among `events` is `Missing`.
