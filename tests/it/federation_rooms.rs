@@ -8,11 +8,58 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::TestServer;
+use crate::{harness::TestServer, synapse::Synapse};
+
+/// A homeserver a test talks to as a client: ours or Synapse.
+trait Homeserver {
+    fn name(&self) -> String;
+    async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value);
+}
+
+impl Homeserver for TestServer {
+    fn name(&self) -> String {
+        self.server_name.to_string()
+    }
+    async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.client_api(token, method, path, body).await
+    }
+}
+
+impl Homeserver for Synapse {
+    fn name(&self) -> String {
+        self.server_name.to_string()
+    }
+    async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.client_api(token, method, path, body).await
+    }
+}
 
 /// Syncs as `token` on `server` until an `m.room.message` with `body` shows in `room_id`'s
 /// timeline (bounded: 30 s), returning the event.
-async fn wait_for_message(server: &TestServer, token: &str, room_id: &str, body: &str) -> Value {
+async fn wait_for_message(
+    server: &impl Homeserver,
+    token: &str,
+    room_id: &str,
+    body: &str,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut since: Option<String> = None;
     loop {
@@ -20,7 +67,7 @@ async fn wait_for_message(server: &TestServer, token: &str, room_id: &str, body:
             Some(since) => format!("/sync?timeout=2000&since={since}"),
             None => "/sync?timeout=0".to_owned(),
         };
-        let (status, sync) = server.client_api(token, Method::GET, &path, None).await;
+        let (status, sync) = server.call(token, Method::GET, &path, None).await;
         assert_eq!(status, StatusCode::OK, "{sync}");
         for section in ["join", "invite"] {
             if let Some(events) = sync["rooms"][section][room_id]["timeline"]["events"].as_array()
@@ -35,20 +82,20 @@ async fn wait_for_message(server: &TestServer, token: &str, room_id: &str, body:
         assert!(
             Instant::now() < deadline,
             "{body:?} did not arrive in {room_id} on {}",
-            server.server_name
+            server.name()
         );
     }
 }
 
 async fn send_text(
-    server: &TestServer,
+    server: &impl Homeserver,
     token: &str,
     room_id: &str,
     txn: &str,
     body: &str,
 ) -> String {
     let (status, sent) = server
-        .client_api(
+        .call(
             token,
             Method::PUT,
             &format!("/rooms/{room_id}/send/m.room.message/{txn}"),
@@ -158,4 +205,122 @@ async fn two_servers_share_a_room_and_messages_go_both_ways() {
         .await;
     assert_eq!(status, StatusCode::OK, "{topic}");
     assert_eq!(topic["topic"], "Field day on Saturday");
+}
+
+/// A Synapse user joins a room here by alias; then they and our user talk both ways.
+#[tokio::test]
+async fn a_synapse_user_and_ours_talk_in_a_room_here() {
+    let synapse = Synapse::start().await;
+    let ours = TestServer::start_federating();
+    let alice = ours.register("alice", "correct horse").await;
+    let bob = synapse.register("bob", "battery staple").await;
+    let (status, created) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "room_alias_name": "shack", "preset": "public_chat" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room_id = created["room_id"].as_str().unwrap().to_owned();
+    let (status, joined) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/join/%23shack:{}", ours.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}\n{}", synapse.log());
+
+    let from_synapse = send_text(&synapse, &bob, &room_id, "s1", "73 from Synapse").await;
+    let seen = wait_for_message(&ours, &alice, &room_id, "73 from Synapse").await;
+    assert_eq!(seen["event_id"], from_synapse.as_str());
+    assert_eq!(seen["sender"], synapse.user_id("bob").as_str());
+
+    let from_ours = send_text(&ours, &alice, &room_id, "o1", "73 from conduit").await;
+    let seen = wait_for_message(&synapse, &bob, &room_id, "73 from conduit").await;
+    assert_eq!(seen["event_id"], from_ours.as_str(), "{}", synapse.log());
+}
+
+/// Our user joins a room on Synapse (version 12, Synapse's default) by alias, and the two
+/// talk both ways.
+#[tokio::test]
+async fn our_user_joins_a_synapse_room_and_they_talk() {
+    let synapse = Synapse::start().await;
+    let ours = TestServer::start_federating();
+    let alice = ours.register("alice", "correct horse").await;
+    let bob = synapse.register("bob", "battery staple").await;
+    let (status, created) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "room_alias_name": "net", "preset": "public_chat", "name": "Net" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room_id = created["room_id"].as_str().unwrap().to_owned();
+    let (status, state) = synapse
+        .client_api(&bob, Method::GET, &format!("/rooms/{room_id}/state"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let version = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["type"] == "m.room.create")
+        .map(|event| event["content"]["room_version"].clone());
+    assert_eq!(version, Some(json!("12")), "Synapse's default room version");
+    send_text(&synapse, &bob, &room_id, "s0", "before alice came").await;
+
+    let (status, joined) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            &format!("/join/%23net:{}", synapse.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{joined}\nours:\n{}\nsynapse:\n{}",
+        ours.log(),
+        synapse.log()
+    );
+    assert_eq!(joined["room_id"], room_id.as_str());
+    let (status, name) = ours
+        .client_api(
+            &alice,
+            Method::GET,
+            &format!("/rooms/{room_id}/state/m.room.name"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{name}");
+    assert_eq!(name["name"], "Net");
+    // Synapse counts her in.
+    let (status, members) = synapse
+        .client_api(
+            &bob,
+            Method::GET,
+            &format!("/rooms/{room_id}/joined_members"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{members}");
+    assert!(
+        members["joined"][ours.user_id("alice").as_str()].is_object(),
+        "{members}"
+    );
+
+    let from_ours = send_text(&ours, &alice, &room_id, "o1", "hello Synapse").await;
+    let seen = wait_for_message(&synapse, &bob, &room_id, "hello Synapse").await;
+    assert_eq!(seen["event_id"], from_ours.as_str(), "{}", synapse.log());
+
+    let from_synapse = send_text(&synapse, &bob, &room_id, "s1", "hello conduit").await;
+    let seen = wait_for_message(&ours, &alice, &room_id, "hello conduit").await;
+    assert_eq!(seen["event_id"], from_synapse.as_str(), "{}", ours.log());
 }
