@@ -7,12 +7,34 @@
 //! 5. the rules against the state before it (from its prev events, resolved if several,
 //!    with state maps another server gave for prev events we lack) — failing: *rejected*;
 //! 6. for a live event, the rules against the room's current state — failing:
-//!    *soft-failed*.
+//!    *soft-failed*. A backfilled event is history: it is checked with steps 4 and 5 only.
 //!
 //! Every outcome is stored ([`super::prepare`], [`super::commit`]): an accepted live event
 //! takes its place in the timeline; outliers (auth chains, state fetched from others),
 //! soft-failed and rejected events are stored without one and never shown to clients. A
 //! rejection never fails the transaction that brought the event (S2S "Rejection").
+//!
+//! **Backfill** ([`Place::Backfill`]): an event fetched by `/backfill` (older history) takes
+//! the place `Pos::backfilled(position)` of its commit, before everything already there, so
+//! `/messages` tokens stay valid and a later backfill sorts earlier still. It needs its
+//! state like a live event: from its prev events held with state, or given in
+//! `StateBefore::fetched` for those we lack; with neither the answer is
+//! `Outcome::Missing { prev }` and nothing is stored — the caller asks `/state_ids` at
+//! those prev events (adding each prev event itself when it is a state event) and tries
+//! again, as for a live event. It changes nothing about the room's present: no
+//! [`RoomInfo`] change (last count, bump, current state, depth), never a forward
+//! extremity, no membership index, nobody woken. It closes its hole in
+//! `roomid_backwardextremity` (then the forward extremities it covers, ancestors of the
+//! event that cited it, stop being extremities), and its own prev events we lack become
+//! holes ([`Rooms::backward_extremities`]: where the next backfill starts). An outlier that
+//! arrives as backfill moves into the timeline. Positions come from the commits, so each
+//! event accepted later sorts earlier: accept one `/backfill` answer newest first (by
+//! `depth` descending) to keep its order.
+//!
+//! **Redactions** (rooms v3+, "Handling redactions"): a redaction is accepted by the auth
+//! rules whatever it names; an accepted one with a timeline place rewrites its held target
+//! when its sender's server is the target sender's or its sender has the `redact` level in
+//! the state before it, or waits for an unknown target ([`super::redact`]).
 
 use std::collections::BTreeMap;
 
@@ -29,6 +51,7 @@ use super::{
     pdu::Pdu,
     pos::Pos,
     prepare::Ready,
+    redact::RedactionEffect,
     short::{ShortEventId, ShortStateKey},
     state::StateHash,
     verify::Verified,
@@ -40,6 +63,9 @@ use crate::{Error, Result};
 pub enum Place {
     /// A new event: the end of the timeline (if it is accepted).
     Live,
+    /// An event fetched by backfill (older history): a place before everything held, and
+    /// no change to the room's present (see the module comment).
+    Backfill,
     /// No place and no state: an event of an auth chain or a state answer.
     Outlier,
 }
@@ -148,9 +174,10 @@ impl Rooms {
             event_id,
             room_id,
             mut object,
-            pdu,
+            mut pdu,
             ..
         } = event;
+        let mut held_stored = None;
         if let Some((held, placed)) = self.pdu_placed(&event_id)? {
             let verdict = if placed {
                 Verdict::Accepted
@@ -169,6 +196,12 @@ impl Rooms {
                     position: self.pos_of(&event_id)?,
                     verdict,
                 }));
+            }
+            // The held copy is stored again: a redaction may have rewritten it since (the
+            // redaction algorithm keeps what the checks read).
+            held_stored = self.outliers.get(event_id.as_bytes())?;
+            if let Some(bytes) = &held_stored {
+                pdu = Self::decode_pdu(bytes)?;
             }
         }
         let info = self.info(&room_id)?;
@@ -201,8 +234,11 @@ impl Rooms {
             "event_id".into(),
             ruma::CanonicalJsonValue::String(event_id.to_string()),
         );
-        let stored = serde_json::to_vec(&object)
-            .map_err(|e| Error::internal(format!("PDU serialisation: {e}")))?;
+        let stored = match held_stored {
+            Some(bytes) => bytes,
+            None => serde_json::to_vec(&object)
+                .map_err(|e| Error::internal(format!("PDU serialisation: {e}")))?,
+        };
 
         // Step 4: the event's own auth events.
         let mut verdict = match self.auth_against_auth_events(&rules.authorization, &pdu)? {
@@ -217,9 +253,11 @@ impl Rooms {
             state: None,
             verdict: Verdict::Accepted,
             timeline: false,
+            backfilled: place == Place::Backfill,
             holes: Vec::new(),
         };
-        if place == Place::Live {
+        let mut redaction = None;
+        if place != Place::Outlier {
             let (state, source, hash, holes) =
                 match self.remote_state_before(&rules, &ready.pdu, given)? {
                     Before::Known {
@@ -232,7 +270,7 @@ impl Rooms {
                     // came before it: stored without state, never asked for again.
                     _ if verdict != Verdict::Accepted => {
                         ready.verdict = verdict;
-                        return self.store_remote(&rules, &version, info, ready);
+                        return self.store_remote(&rules, &version, info, ready, None);
                     }
                     Before::MissingPrevs(prev) => {
                         return Ok(Outcome::Missing {
@@ -254,8 +292,10 @@ impl Rooms {
             {
                 verdict = Verdict::Rejected(reason);
             }
-            // Step 6: the room's current state, unless that is the state before it.
+            // Step 6: the room's current state, unless that is the state before it. Not for
+            // backfilled events: they are history, the current state came after them.
             if verdict == Verdict::Accepted
+                && place == Place::Live
                 && let Some(info) = &info
                 && hash != Some(info.state_hash)
             {
@@ -268,11 +308,19 @@ impl Rooms {
                 }
             }
             ready.timeline = verdict == Verdict::Accepted;
+            if ready.timeline && ready.pdu.kind == TimelineEventType::RoomRedaction {
+                redaction = self.remote_redaction(
+                    &rules,
+                    &ready.pdu,
+                    &object,
+                    &std::sync::Arc::new(state.clone()),
+                )?;
+            }
             ready.state = Some((state, source));
             ready.holes = holes;
         }
         ready.verdict = verdict;
-        self.store_remote(&rules, &version, info, ready)
+        self.store_remote(&rules, &version, info, ready, redaction)
     }
 
     fn store_remote(
@@ -281,9 +329,10 @@ impl Rooms {
         version: &RoomVersionId,
         info: Option<RoomInfo>,
         ready: Ready,
+        redaction: Option<RedactionEffect>,
     ) -> Result<Outcome> {
         let verdict = ready.verdict.clone();
-        let prepared = self.prepare(rules, version, info, ready, None)?;
+        let prepared = self.prepare(rules, version, info, ready, redaction)?;
         let (pdu, position) = self.commit(prepared, None)?;
         Ok(Outcome::Committed(Committed {
             pdu,

@@ -15,10 +15,13 @@ use crate::Result;
 
 impl Rooms {
     /// Stores `prepared` in one batch: the event (in the timeline when it is an accepted
-    /// live event, else without a place), its verdict and state hashes, and for a timeline
-    /// event the room info, extremities, membership indexes and the client's transaction;
-    /// then wakes the room's members (timeline events only). Returns the event and its
-    /// stream position when it has a timeline place.
+    /// live or backfilled event, else without a place), its verdict and state hashes, and
+    /// for a live timeline event the room info, extremities, membership indexes and the
+    /// client's transaction; then wakes the room's members (live timeline events only: a
+    /// backfilled event is history, no sync shows it as news). Returns the event and its
+    /// timeline place when it has one: `Pos::live(position)` for a live event,
+    /// `Pos::backfilled(position)` for a backfilled one, so each backfill sorts before
+    /// everything already there.
     pub(super) fn commit(
         &self,
         prepared: Prepared,
@@ -35,15 +38,12 @@ impl Rooms {
             stored,
             state,
             live,
-            redacted_target,
+            backfilled,
             verdict,
             batch: prepared_batch,
         } = prepared;
-        let (count, ()) = self.stream.commit(|count, batch| {
+        let (count, pos) = self.stream.commit(|count, batch| {
             batch.append(prepared_batch);
-            if let Some((target_pdu_id, bytes)) = redacted_target {
-                batch.insert(&*self.pdus, target_pdu_id.to_vec(), bytes);
-            }
             if let Some(value) = verdict.encode() {
                 batch.insert(
                     &*self.verdicts,
@@ -60,13 +60,16 @@ impl Rooms {
                     hashes,
                 );
             }
-            let Some(live) = &live else {
-                batch.insert(&*self.outliers, event_id.as_bytes().to_vec(), stored);
-                return Ok(());
+            let pos = match (&live, backfilled) {
+                (Some(_), _) => Pos::live(count)?,
+                (None, true) => Pos::backfilled(count)?,
+                (None, false) => {
+                    batch.insert(&*self.outliers, event_id.as_bytes().to_vec(), stored);
+                    return Ok(None);
+                }
             };
             // An outlier that now takes its place moves; it is never in both trees.
             batch.remove(&*self.outliers, event_id.as_bytes().to_vec());
-            let pos = Pos::live(count)?;
             let id = pdu_id(short_room_id, pos);
             batch.insert(&*self.pdus, id.to_vec(), stored);
             batch.insert(
@@ -82,6 +85,9 @@ impl Rooms {
                 &pdu.content_value(),
                 pos,
             )?;
+            let Some(live) = &live else {
+                return Ok(Some(pos));
+            };
             let bump_count = if super::bumps(&pdu.kind) {
                 count
             } else {
@@ -123,13 +129,13 @@ impl Rooms {
             for (user, membership) in &live.memberships {
                 self.index_membership(batch, &room_id, user, membership.clone(), count);
             }
-            Ok(())
+            Ok(Some(pos))
         })?;
 
         // Wake everyone in the room and every user whose membership just changed. Events
-        // without a timeline place wake nobody: nothing a sync returns changed.
+        // without a live timeline place wake nobody: nothing a sync returns changed.
         let Some(LiveUpdate { memberships, .. }) = live else {
-            return Ok((pdu, None));
+            return Ok((pdu, pos));
         };
         let members = self.members(&room_id)?;
         let joined = members
@@ -140,7 +146,7 @@ impl Rooms {
             joined.chain(memberships.iter().map(|(user, _)| user.as_ref())),
             count,
         );
-        Ok((pdu, Some(Pos::live(count)?)))
+        Ok((pdu, pos))
     }
 
     /// Writes both membership indexes for `user` in `room_id`.
