@@ -27,9 +27,11 @@
 //! `roomid_backwardextremity` (then the forward extremities it covers, ancestors of the
 //! event that cited it, stop being extremities), and its own prev events we lack become
 //! holes ([`Rooms::backward_extremities`]: where the next backfill starts). An outlier that
-//! arrives as backfill moves into the timeline. Positions come from the commits, so each
-//! event accepted later sorts earlier: accept one `/backfill` answer newest first (by
-//! `depth` descending) to keep its order.
+//! arrives as backfill moves into the timeline. A place comes from the commit's stream
+//! position, so each event accepted later sorts earlier; a whole `/backfill` answer goes
+//! through [`Rooms::accept_backfill`], which accepts it oldest first (so each event's prev
+//! events are held with state when it comes) and hands out positions reserved up front,
+//! newest first, so the answer keeps its order.
 //!
 //! **Redactions** (rooms v3+, "Handling redactions"): a redaction is accepted by the auth
 //! rules whatever it names; an accepted one with a timeline place rewrites its held target
@@ -126,7 +128,7 @@ impl Rooms {
     ) -> Result<Outcome> {
         let outcome = {
             let _guard = self.lock(&event.room_id).await;
-            self.accept_locked(event, place, state)?
+            self.accept_locked(event, place, state, None)?
         };
         if let Outcome::Committed(_) = outcome {
             self.db.persist().await?;
@@ -149,7 +151,7 @@ impl Rooms {
             for i in pending.iter().copied() {
                 let event = events[i].clone();
                 let _guard = self.lock(&event.room_id).await;
-                match self.accept_locked(event, Place::Outlier, StateBefore::default())? {
+                match self.accept_locked(event, Place::Outlier, StateBefore::default(), None)? {
                     missing @ Outcome::Missing { .. } => {
                         outcomes[i] = Some(missing);
                         next.push(i);
@@ -169,7 +171,14 @@ impl Rooms {
             .collect())
     }
 
-    fn accept_locked(&self, event: Verified, place: Place, given: StateBefore) -> Result<Outcome> {
+    /// `reserved`: for a backfilled event, the stream position its place is made of.
+    fn accept_locked(
+        &self,
+        event: Verified,
+        place: Place,
+        given: StateBefore,
+        reserved: Option<u64>,
+    ) -> Result<Outcome> {
         let Verified {
             event_id,
             room_id,
@@ -254,6 +263,7 @@ impl Rooms {
             verdict: Verdict::Accepted,
             timeline: false,
             backfilled: place == Place::Backfill,
+            reserved,
             holes: Vec::new(),
         };
         let mut redaction = None;
@@ -321,6 +331,56 @@ impl Rooms {
         }
         ready.verdict = verdict;
         self.store_remote(&rules, &version, info, ready, redaction)
+    }
+
+    /// Accepts one `/backfill` answer (events of one room) as [`Place::Backfill`]: oldest
+    /// first (by `depth`, then event id), so that each event's prev events within the
+    /// answer are held with state before it comes and only the oldest need a state given
+    /// (`given`, keyed by event id: the state after their prev events we lack, from
+    /// `/state_ids`). Their places come from stream positions reserved up front and handed
+    /// out newest first, so within the answer older events sort first, and the whole answer
+    /// before everything already held. The outcomes are in the order given; `Missing`
+    /// ones (and events whose prev events are among them) stored nothing: accept them again
+    /// once their state is known (they then sort before this answer).
+    pub async fn accept_backfill(
+        &self,
+        events: Vec<Verified>,
+        mut given: BTreeMap<OwnedEventId, StateBefore>,
+    ) -> Result<Vec<Outcome>> {
+        let Some(room_id) = events.first().map(|event| event.room_id.clone()) else {
+            return Ok(Vec::new());
+        };
+        if events.iter().any(|event| event.room_id != room_id) {
+            return Err(Error::bad_json("A backfill answer spans several rooms."));
+        }
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_by(|&a, &b| {
+            (u64::from(events[a].pdu.depth), &events[a].event_id)
+                .cmp(&(u64::from(events[b].pdu.depth), &events[b].event_id))
+        });
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+        {
+            let _guard = self.lock(&room_id).await;
+            // Ascending ids; the oldest event takes the largest, so the most negative place.
+            let mut reserved = (0..events.len())
+                .map(|_| self.db.next_id())
+                .collect::<crate::storage::StorageResult<Vec<u64>>>()?;
+            for i in order {
+                let state = given.remove(&events[i].event_id).unwrap_or_default();
+                let position = reserved.pop();
+                outcomes[i] = Some(self.accept_locked(
+                    events[i].clone(),
+                    Place::Backfill,
+                    state,
+                    position,
+                )?);
+            }
+        }
+        self.db.persist().await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every event was tried"))
+            .collect())
     }
 
     fn store_remote(

@@ -129,38 +129,103 @@ async fn a_hole_is_filled_by_backfill() {
     }
 }
 
+/// A room we joined late: the auth chain arrived as outliers, erin's join live with the
+/// state after its prev event (dave's join) given; dave's join is a hole.
+async fn joined_late(version: ruma::RoomVersionId) -> (Rooms, RemoteRoom) {
+    let rooms = rooms();
+    let room = remote_room(version);
+    let chain: Vec<Verified> = room.events()[..5].iter().map(|e| (*e).clone()).collect();
+    for outcome in rooms.accept_outliers(chain).await.unwrap() {
+        assert_eq!(accepted(outcome).verdict, Verdict::Accepted);
+    }
+    let after_dave = map_of(&[
+        &room.create,
+        &room.carol_join,
+        &room.power_levels,
+        &room.join_rules,
+        &room.dave_join,
+    ]);
+    let erin = accepted(
+        rooms
+            .accept(
+                room.erin_join.clone(),
+                Place::Live,
+                StateBefore {
+                    fetched: vec![after_dave],
+                },
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(erin.verdict, Verdict::Accepted);
+    (rooms, room)
+}
+
+#[tokio::test]
+async fn a_backfill_answer_keeps_its_order() {
+    for version in VERSIONS {
+        let (rooms, room) = joined_late(version).await;
+        let erin_pos = rooms.pos_of(&room.erin_join.event_id).unwrap().unwrap();
+        // As `/backfill` answers: newest first.
+        let answer = vec![room.dave_join.clone(), room.join_rules.clone()];
+        // Without the state below the oldest, nothing can be placed.
+        let outcomes = rooms
+            .accept_backfill(answer.clone(), Default::default())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&outcomes[..], [
+                Outcome::Missing { prev: dave_prev, .. },
+                Outcome::Missing { prev: rules_prev, .. },
+            ] if *dave_prev == [room.join_rules.event_id.clone()]
+                && *rules_prev == [room.power_levels.event_id.clone()]),
+            "{outcomes:?}"
+        );
+        assert!(rooms.pos_of(&room.dave_join.event_id).unwrap().is_none());
+        // With it, both are placed, the older one first.
+        let given = [(
+            room.join_rules.event_id.clone(),
+            StateBefore {
+                fetched: vec![map_of(&[
+                    &room.create,
+                    &room.carol_join,
+                    &room.power_levels,
+                ])],
+            },
+        )]
+        .into();
+        let outcomes = rooms.accept_backfill(answer, given).await.unwrap();
+        let positions: Vec<Pos> = outcomes
+            .into_iter()
+            .map(|outcome| {
+                let committed = accepted(outcome);
+                assert_eq!(committed.verdict, Verdict::Accepted);
+                committed.position.unwrap()
+            })
+            .collect();
+        assert!(
+            positions[1] < positions[0] && positions[0] < erin_pos,
+            "{positions:?}"
+        );
+        assert_eq!(
+            ids_before(&rooms, &room, erin_pos),
+            vec![
+                room.dave_join.event_id.clone(),
+                room.join_rules.event_id.clone()
+            ]
+        );
+        assert_eq!(
+            rooms.backward_extremities(&room.room_id).unwrap(),
+            vec![room.power_levels.event_id.clone()]
+        );
+    }
+}
+
 #[tokio::test]
 async fn backfill_sorts_before_and_tokens_stay_valid() {
     for version in VERSIONS {
-        let rooms = rooms();
-        let room = remote_room(version);
+        let (rooms, room) = joined_late(version).await;
         let r = RoomRemote(&room);
-        // We joined late: the auth chain arrived as outliers, erin's join live with the
-        // state after its prev event (dave's join) given.
-        let chain: Vec<Verified> = room.events()[..5].iter().map(|e| (*e).clone()).collect();
-        for outcome in rooms.accept_outliers(chain).await.unwrap() {
-            assert_eq!(accepted(outcome).verdict, Verdict::Accepted);
-        }
-        let after_dave = map_of(&[
-            &room.create,
-            &room.carol_join,
-            &room.power_levels,
-            &room.join_rules,
-            &room.dave_join,
-        ]);
-        let erin = accepted(
-            rooms
-                .accept(
-                    room.erin_join.clone(),
-                    Place::Live,
-                    StateBefore {
-                        fetched: vec![after_dave],
-                    },
-                )
-                .await
-                .unwrap(),
-        );
-        assert_eq!(erin.verdict, Verdict::Accepted);
         let m1 = message(&r, &room.erin_join, &[&room.erin_join], "one");
         let m2 = message(&r, &room.erin_join, &[&m1], "two");
         live(&rooms, &m1).await;

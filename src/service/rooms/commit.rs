@@ -39,6 +39,7 @@ impl Rooms {
             state,
             live,
             backfilled,
+            reserved,
             verdict,
             batch: prepared_batch,
         } = prepared;
@@ -62,7 +63,7 @@ impl Rooms {
             }
             let pos = match (&live, backfilled) {
                 (Some(_), _) => Pos::live(count)?,
-                (None, true) => Pos::backfilled(count)?,
+                (None, true) => Pos::backfilled(reserved.unwrap_or(count))?,
                 (None, false) => {
                     batch.insert(&*self.outliers, event_id.as_bytes().to_vec(), stored);
                     return Ok(None);

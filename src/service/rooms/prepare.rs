@@ -48,6 +48,9 @@ pub(super) struct Ready {
     /// Whether that place is a backfilled one (older history: before everything, changing
     /// nothing about the room's present).
     pub backfilled: bool,
+    /// For a backfilled place: a stream position reserved for it ([`Rooms::accept_backfill`]
+    /// orders a whole answer); `None`: its commit's.
+    pub reserved: Option<u64>,
     /// Prev events we do not hold with state: holes in the DAG, where backfill starts.
     pub holes: Vec<OwnedEventId>,
 }
@@ -63,6 +66,7 @@ impl From<Built> for Ready {
             verdict: Verdict::Accepted,
             timeline: true,
             backfilled: false,
+            reserved: None,
             holes: Vec::new(),
         }
     }
@@ -98,8 +102,10 @@ pub(super) struct Prepared {
     pub state: Option<(Option<StateHash>, StateHash)>,
     /// `Some` for an accepted live timeline event.
     pub live: Option<LiveUpdate>,
-    /// Whether the event takes a backfilled timeline place (`Pos::backfilled`).
+    /// Whether the event takes a backfilled timeline place (`Pos::backfilled`), at the
+    /// reserved position if there is one.
     pub backfilled: bool,
+    pub reserved: Option<u64>,
     pub verdict: Verdict,
     /// State diffs, holes, redactions and other writes that need no position.
     pub batch: Batch,
@@ -128,6 +134,7 @@ impl Rooms {
             verdict,
             timeline,
             backfilled,
+            reserved,
             holes,
         } = ready;
         let mut batch = Batch::new();
@@ -207,6 +214,7 @@ impl Rooms {
             state: state_hashes,
             live,
             backfilled: placed && backfilled,
+            reserved,
             verdict,
             batch,
         })
