@@ -18,7 +18,7 @@ use super::{
 };
 
 /// The state map naming `events` (what `/state_ids` would answer).
-fn map_of(events: &[&Verified]) -> StateMap<OwnedEventId> {
+pub(super) fn map_of(events: &[&Verified]) -> StateMap<OwnedEventId> {
     events
         .iter()
         .map(|event| {

@@ -8,10 +8,13 @@ use ruma::{RoomVersionId, events::StateEventType, user_id};
 use super::{
     Rooms,
     accept::{Outcome, Place, StateBefore},
-    accept_tests::{RoomRemote, VERSIONS, live, message, rooms_on, state, timeline},
+    accept_tests::{RoomRemote, VERSIONS, message, rooms_on, state, timeline},
+    backfill_tests::map_of,
     check::Verdict,
-    remote_tests::remote_room,
+    redact_tests::redaction,
+    remote_tests::{RemoteRoom, remote_room},
     tests::{alice_profile, options, text},
+    verify::Verified,
 };
 use crate::{
     Error,
@@ -25,72 +28,160 @@ fn is_storage(error: &Error) -> bool {
     matches!(error, Error::Storage(_))
 }
 
+/// One accept to fail: what is accepted first, then the event under test.
+struct Case {
+    name: &'static str,
+    setup: Vec<(Verified, Place, StateBefore)>,
+    event: Verified,
+    place: Place,
+    given: StateBefore,
+}
+
+/// Accepts covering the paths of `accept`: steps 4 to 6 with a resolution of the current
+/// state, a state given for a missing prev, a backfill, a redaction and a pending one.
+fn cases(room: &RemoteRoom) -> Vec<Case> {
+    let r = RoomRemote(room);
+    let live = |event: &Verified| (event.clone(), Place::Live, StateBefore::default());
+    let base: Vec<_> = room.events().into_iter().map(live).collect();
+    let with = |extra: Vec<(Verified, Place, StateBefore)>| {
+        let mut setup = base.clone();
+        setup.extend(extra);
+        setup
+    };
+    // A topic change, then a ban on the branch beside it: the ban runs steps 4 to 6 (its
+    // state before is not the current state) and a resolution of the current state.
+    let topic = state(
+        &r,
+        &room.carol_join,
+        "m.room.topic",
+        "",
+        serde_json::json!({ "topic": "hello" }),
+        &[room.tip()],
+        &[&room.power_levels],
+    );
+    let ban = state(
+        &r,
+        &room.carol_join,
+        "m.room.member",
+        room.dave.as_str(),
+        serde_json::json!({ "membership": "ban" }),
+        &[room.tip()],
+        &[&room.power_levels, &room.dave_join],
+    );
+    let a = message(&r, &room.dave_join, &[room.tip()], "a");
+    let b = message(&r, &room.dave_join, &[&a], "b");
+    let after_tip = StateBefore {
+        fetched: vec![map_of(&[
+            &room.create,
+            &room.carol_join,
+            &room.power_levels,
+            &room.join_rules,
+            &room.dave_join,
+            &room.erin_join,
+        ])],
+    };
+    let m = message(&r, &room.dave_join, &[room.tip()], "m");
+    let red = redaction(
+        room,
+        &room.remote,
+        &room.carol_join,
+        &m.event_id,
+        &[room.tip()],
+    );
+    vec![
+        Case {
+            name: "fork",
+            setup: with(vec![live(&topic)]),
+            event: ban,
+            place: Place::Live,
+            given: StateBefore::default(),
+        },
+        Case {
+            name: "hole",
+            setup: with(Vec::new()),
+            event: b.clone(),
+            place: Place::Live,
+            given: after_tip.clone(),
+        },
+        Case {
+            name: "backfill",
+            setup: with(vec![(b, Place::Live, after_tip)]),
+            event: a,
+            place: Place::Backfill,
+            given: StateBefore::default(),
+        },
+        Case {
+            name: "redaction",
+            setup: with(vec![live(&m)]),
+            event: red.clone(),
+            place: Place::Live,
+            given: StateBefore::default(),
+        },
+        Case {
+            name: "pending redaction",
+            setup: with(vec![live(&red)]),
+            event: m,
+            place: Place::Live,
+            given: StateBefore::default(),
+        },
+    ]
+}
+
 #[tokio::test]
 async fn a_storage_error_is_not_a_missing_event() {
     for version in VERSIONS {
         let room = remote_room(version);
-        let r = RoomRemote(&room);
-        // A topic change, then a ban on the branch beside it: the ban runs steps 4 to 6
-        // (its state before is not the current state) and a resolution of the current state.
-        let topic = state(
-            &r,
-            &room.carol_join,
-            "m.room.topic",
-            "",
-            serde_json::json!({ "topic": "hello" }),
-            &[room.tip()],
-            &[&room.power_levels],
-        );
-        let ban = state(
-            &r,
-            &room.carol_join,
-            "m.room.member",
-            room.dave.as_str(),
-            serde_json::json!({ "membership": "ban" }),
-            &[room.tip()],
-            &[&room.power_levels, &room.dave_join],
-        );
-        let m = message(&r, &room.dave_join, &[&topic], "a message");
-        for persistent in [false, true] {
-            let mut n = 1;
-            loop {
-                assert!(n < MAX_GETS, "no accept succeeded");
-                let (db, switch) = Db::failing();
-                let rooms = rooms_on(db);
-                for event in room.events().into_iter().chain([&topic]) {
-                    live(&rooms, event).await;
-                }
-                let before = timeline(&rooms, &room);
-                switch.arm(Failure {
-                    after: n,
-                    tree: None,
-                    persistent,
-                });
-                let result = rooms
-                    .accept(ban.clone(), Place::Live, StateBefore::default())
-                    .await;
-                switch.disarm();
-                match result {
-                    Err(error) => {
-                        assert!(switch.failed() > 0, "get #{n}: {error:?}");
-                        assert!(is_storage(&error), "get #{n}: {error:?}");
-                        assert!(rooms.pdu(&ban.event_id).unwrap().is_none(), "get #{n}");
-                        assert_eq!(timeline(&rooms, &room), before, "get #{n}");
+        for case in cases(&room) {
+            let name = case.name;
+            for persistent in [false, true] {
+                let mut n = 1;
+                loop {
+                    assert!(n < MAX_GETS, "{name}: no accept succeeded");
+                    let (db, switch) = Db::failing();
+                    let rooms = rooms_on(db);
+                    for (event, place, given) in &case.setup {
+                        let outcome = rooms
+                            .accept(event.clone(), *place, given.clone())
+                            .await
+                            .unwrap();
+                        assert!(matches!(outcome, Outcome::Committed(_)), "{name}");
                     }
-                    Ok(outcome) => {
-                        assert_eq!(switch.failed(), 0, "get #{n} failed unseen: {outcome:?}");
-                        let Outcome::Committed(committed) = outcome else {
-                            panic!("{outcome:?}");
-                        };
-                        assert_eq!(committed.verdict, Verdict::Accepted);
-                        // The room works on: dave's message beside the ban is soft-failed.
-                        let m_done = live(&rooms, &m).await;
-                        assert!(matches!(m_done.verdict, Verdict::SoftFailed), "{m_done:?}");
-                        assert!(n > 50, "only {n} gets: the failures were not injected");
-                        break;
+                    let before = timeline(&rooms, &room);
+                    switch.arm(Failure {
+                        after: n,
+                        tree: None,
+                        persistent,
+                    });
+                    let result = rooms
+                        .accept(case.event.clone(), case.place, case.given.clone())
+                        .await;
+                    switch.disarm();
+                    match result {
+                        Err(error) => {
+                            assert!(switch.failed() > 0, "{name}, get #{n}: {error:?}");
+                            assert!(is_storage(&error), "{name}, get #{n}: {error:?}");
+                            assert!(
+                                rooms.pdu(&case.event.event_id).unwrap().is_none(),
+                                "{name}, get #{n}: stored"
+                            );
+                            assert_eq!(timeline(&rooms, &room), before, "{name}, get #{n}");
+                        }
+                        Ok(outcome) => {
+                            assert_eq!(
+                                switch.failed(),
+                                0,
+                                "{name}: get #{n} failed unseen: {outcome:?}"
+                            );
+                            let Outcome::Committed(committed) = outcome else {
+                                panic!("{name}: {outcome:?}");
+                            };
+                            assert_eq!(committed.verdict, Verdict::Accepted, "{name}");
+                            assert!(n > 20, "{name}: only {n} gets: nothing was injected");
+                            break;
+                        }
                     }
+                    n += 1;
                 }
-                n += 1;
             }
         }
     }

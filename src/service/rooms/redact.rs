@@ -10,6 +10,11 @@
 //! `shorteventid_pendingredaction` (`target short id ‖ redaction short id` → empty) keeps it
 //! until the target is stored: [`Rooms::apply_pending_redactions`], run in `prepare` for
 //! every event, then stores the target redacted (same conditions) and drops the entry.
+//!
+//! Not done yet: the spec adds that a redaction should reach clients only once it is
+//! applied ("If the server would apply a redaction, the redaction event is also sent to
+//! clients. Otherwise, the server simply waits"); here an accepted remote redaction takes
+//! its timeline place at once, applied or not.
 
 use std::sync::Arc;
 

@@ -13,7 +13,7 @@ use super::{
 };
 
 /// A redaction of `target` by `sender_join`'s member, signed by `remote`.
-fn redaction(
+pub(super) fn redaction(
     room: &RemoteRoom,
     remote: &Remote,
     sender_join: &Verified,
