@@ -7,12 +7,36 @@
 //! 5. the rules against the state before it (from its prev events, resolved if several,
 //!    with state maps another server gave for prev events we lack) — failing: *rejected*;
 //! 6. for a live event, the rules against the room's current state — failing:
-//!    *soft-failed*.
+//!    *soft-failed*. A backfilled event is history: it is checked with steps 4 and 5 only.
 //!
 //! Every outcome is stored ([`super::prepare`], [`super::commit`]): an accepted live event
 //! takes its place in the timeline; outliers (auth chains, state fetched from others),
 //! soft-failed and rejected events are stored without one and never shown to clients. A
 //! rejection never fails the transaction that brought the event (S2S "Rejection").
+//!
+//! **Backfill** ([`Place::Backfill`]): an event fetched by `/backfill` (older history) takes
+//! the place `Pos::backfilled(position)` of its commit, before everything already there, so
+//! `/messages` tokens stay valid and a later backfill sorts earlier still. It needs its
+//! state like a live event: from its prev events held with state, or given in
+//! `StateBefore::fetched` for those we lack; with neither the answer is
+//! `Outcome::Missing { prev }` and nothing is stored — the caller asks `/state_ids` at
+//! those prev events (adding each prev event itself when it is a state event) and tries
+//! again, as for a live event. It changes nothing about the room's present: no
+//! [`RoomInfo`] change (last count, bump, current state, depth), never a forward
+//! extremity, no membership index, nobody woken. It closes its hole in
+//! `roomid_backwardextremity` (then the forward extremities it covers, ancestors of the
+//! event that cited it, stop being extremities), and its own prev events we lack become
+//! holes ([`Rooms::backward_extremities`]: where the next backfill starts). An outlier that
+//! arrives as backfill moves into the timeline. A place comes from the commit's stream
+//! position, so each event accepted later sorts earlier; a whole `/backfill` answer goes
+//! through [`Rooms::accept_backfill`], which accepts it oldest first (so each event's prev
+//! events are held with state when it comes) and hands out positions reserved up front,
+//! newest first, so the answer keeps its order.
+//!
+//! **Redactions** (rooms v3+, "Handling redactions"): a redaction is accepted by the auth
+//! rules whatever it names; an accepted one with a timeline place rewrites its held target
+//! when its sender's server is the target sender's or its sender has the `redact` level in
+//! the state before it, or waits for an unknown target ([`super::redact`]).
 
 use std::collections::BTreeMap;
 
@@ -29,6 +53,7 @@ use super::{
     pdu::Pdu,
     pos::Pos,
     prepare::Ready,
+    redact::RedactionEffect,
     short::{ShortEventId, ShortStateKey},
     state::StateHash,
     verify::Verified,
@@ -40,6 +65,9 @@ use crate::{Error, Result};
 pub enum Place {
     /// A new event: the end of the timeline (if it is accepted).
     Live,
+    /// An event fetched by backfill (older history): a place before everything held, and
+    /// no change to the room's present (see the module comment).
+    Backfill,
     /// No place and no state: an event of an auth chain or a state answer.
     Outlier,
 }
@@ -100,7 +128,7 @@ impl Rooms {
     ) -> Result<Outcome> {
         let outcome = {
             let _guard = self.lock(&event.room_id).await;
-            self.accept_locked(event, place, state)?
+            self.accept_locked(event, place, state, None)?
         };
         if let Outcome::Committed(_) = outcome {
             self.db.persist().await?;
@@ -117,7 +145,7 @@ impl Rooms {
         state: StateBefore,
     ) -> Result<Outcome> {
         let _guard = self.lock(&event.room_id).await;
-        self.accept_locked(event, place, state)
+        self.accept_locked(event, place, state, None)
     }
 
     /// Stores several events as outliers (an auth chain or a state answer) in an order where
@@ -135,7 +163,7 @@ impl Rooms {
             for i in pending.iter().copied() {
                 let event = events[i].clone();
                 let _guard = self.lock(&event.room_id).await;
-                match self.accept_locked(event, Place::Outlier, StateBefore::default())? {
+                match self.accept_locked(event, Place::Outlier, StateBefore::default(), None)? {
                     missing @ Outcome::Missing { .. } => {
                         outcomes[i] = Some(missing);
                         next.push(i);
@@ -155,14 +183,22 @@ impl Rooms {
             .collect())
     }
 
-    fn accept_locked(&self, event: Verified, place: Place, given: StateBefore) -> Result<Outcome> {
+    /// `reserved`: for a backfilled event, the stream position its place is made of.
+    fn accept_locked(
+        &self,
+        event: Verified,
+        place: Place,
+        given: StateBefore,
+        reserved: Option<u64>,
+    ) -> Result<Outcome> {
         let Verified {
             event_id,
             room_id,
             mut object,
-            pdu,
+            mut pdu,
             ..
         } = event;
+        let mut held_stored = None;
         if let Some((held, placed)) = self.pdu_placed(&event_id)? {
             let verdict = if placed {
                 Verdict::Accepted
@@ -181,6 +217,12 @@ impl Rooms {
                     position: self.pos_of(&event_id)?,
                     verdict,
                 }));
+            }
+            // The held copy is stored again: a redaction may have rewritten it since (the
+            // redaction algorithm keeps what the checks read).
+            held_stored = self.outliers.get(event_id.as_bytes())?;
+            if let Some(bytes) = &held_stored {
+                pdu = Self::decode_pdu(bytes)?;
             }
         }
         let info = self.info(&room_id)?;
@@ -213,8 +255,11 @@ impl Rooms {
             "event_id".into(),
             ruma::CanonicalJsonValue::String(event_id.to_string()),
         );
-        let stored = serde_json::to_vec(&object)
-            .map_err(|e| Error::internal(format!("PDU serialisation: {e}")))?;
+        let stored = match held_stored {
+            Some(bytes) => bytes,
+            None => serde_json::to_vec(&object)
+                .map_err(|e| Error::internal(format!("PDU serialisation: {e}")))?,
+        };
 
         // Step 4: the event's own auth events.
         let mut verdict = match self.auth_against_auth_events(&rules.authorization, &pdu)? {
@@ -229,10 +274,13 @@ impl Rooms {
             state: None,
             verdict: Verdict::Accepted,
             timeline: false,
+            backfilled: place == Place::Backfill,
+            reserved,
             holes: Vec::new(),
             local: false,
         };
-        if place == Place::Live {
+        let mut redaction = None;
+        if place != Place::Outlier {
             let (state, source, hash, holes) =
                 match self.remote_state_before(&rules, &ready.pdu, given)? {
                     Before::Known {
@@ -245,7 +293,7 @@ impl Rooms {
                     // came before it: stored without state, never asked for again.
                     _ if verdict != Verdict::Accepted => {
                         ready.verdict = verdict;
-                        return self.store_remote(&rules, &version, info, ready);
+                        return self.store_remote(&rules, &version, info, ready, None);
                     }
                     Before::MissingPrevs(prev) => {
                         return Ok(Outcome::Missing {
@@ -267,8 +315,10 @@ impl Rooms {
             {
                 verdict = Verdict::Rejected(reason);
             }
-            // Step 6: the room's current state, unless that is the state before it.
+            // Step 6: the room's current state, unless that is the state before it. Not for
+            // backfilled events: they are history, the current state came after them.
             if verdict == Verdict::Accepted
+                && place == Place::Live
                 && let Some(info) = &info
                 && hash != Some(info.state_hash)
             {
@@ -281,11 +331,69 @@ impl Rooms {
                 }
             }
             ready.timeline = verdict == Verdict::Accepted;
+            if ready.timeline && ready.pdu.kind == TimelineEventType::RoomRedaction {
+                redaction = self.remote_redaction(
+                    &rules,
+                    &ready.pdu,
+                    &object,
+                    &std::sync::Arc::new(state.clone()),
+                )?;
+            }
             ready.state = Some((state, source));
             ready.holes = holes;
         }
         ready.verdict = verdict;
-        self.store_remote(&rules, &version, info, ready)
+        self.store_remote(&rules, &version, info, ready, redaction)
+    }
+
+    /// Accepts one `/backfill` answer (events of one room) as [`Place::Backfill`]: oldest
+    /// first (by `depth`, then event id), so that each event's prev events within the
+    /// answer are held with state before it comes and only the oldest need a state given
+    /// (`given`, keyed by event id: the state after their prev events we lack, from
+    /// `/state_ids`). Their places come from stream positions reserved up front and handed
+    /// out newest first, so within the answer older events sort first, and the whole answer
+    /// before everything already held. The outcomes are in the order given; `Missing`
+    /// ones (and events whose prev events are among them) stored nothing: accept them again
+    /// once their state is known (they then sort before this answer).
+    pub async fn accept_backfill(
+        &self,
+        events: Vec<Verified>,
+        mut given: BTreeMap<OwnedEventId, StateBefore>,
+    ) -> Result<Vec<Outcome>> {
+        let Some(room_id) = events.first().map(|event| event.room_id.clone()) else {
+            return Ok(Vec::new());
+        };
+        if events.iter().any(|event| event.room_id != room_id) {
+            return Err(Error::bad_json("A backfill answer spans several rooms."));
+        }
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_by(|&a, &b| {
+            (u64::from(events[a].pdu.depth), &events[a].event_id)
+                .cmp(&(u64::from(events[b].pdu.depth), &events[b].event_id))
+        });
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+        {
+            let _guard = self.lock(&room_id).await;
+            // Ascending ids; the oldest event takes the largest, so the most negative place.
+            let mut reserved = (0..events.len())
+                .map(|_| self.db.next_id())
+                .collect::<crate::storage::StorageResult<Vec<u64>>>()?;
+            for i in order {
+                let state = given.remove(&events[i].event_id).unwrap_or_default();
+                let position = reserved.pop();
+                outcomes[i] = Some(self.accept_locked(
+                    events[i].clone(),
+                    Place::Backfill,
+                    state,
+                    position,
+                )?);
+            }
+        }
+        self.db.persist().await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every event was tried"))
+            .collect())
     }
 
     fn store_remote(
@@ -294,9 +402,10 @@ impl Rooms {
         version: &RoomVersionId,
         info: Option<RoomInfo>,
         ready: Ready,
+        redaction: Option<RedactionEffect>,
     ) -> Result<Outcome> {
         let verdict = ready.verdict.clone();
-        let prepared = self.prepare(rules, version, info, ready, None)?;
+        let prepared = self.prepare(rules, version, info, ready, redaction)?;
         let (pdu, position) = self.commit(prepared, None)?;
         Ok(Outcome::Committed(Committed {
             pdu,

@@ -26,18 +26,26 @@ use crate::{
     storage::Db,
 };
 
-const VERSIONS: [RoomVersionId; 2] = [RoomVersionId::V10, RoomVersionId::V12];
+pub(super) const VERSIONS: [RoomVersionId; 2] = [RoomVersionId::V10, RoomVersionId::V12];
 
-fn rooms() -> Rooms {
-    let db = Db::memory();
+pub(super) fn rooms() -> Rooms {
+    rooms_on(Db::memory())
+}
+
+/// `Rooms` on `db` (a failing store, for the storage-error tests).
+pub(super) fn rooms_on(db: Db) -> Rooms {
     let keys = Arc::new(ServerKeys::load_or_generate(&db).unwrap());
     let stream = Arc::new(Stream::new(&db).unwrap());
     Rooms::new(&db, server_name!("example.org").to_owned(), keys, stream).unwrap()
 }
 
 /// `rooms` with `room` accepted as live events, in order.
-async fn with_room(version: RoomVersionId) -> (Rooms, RemoteRoom) {
-    let rooms = rooms();
+pub(super) async fn with_room(version: RoomVersionId) -> (Rooms, RemoteRoom) {
+    with_room_in(rooms(), version).await
+}
+
+/// [`with_room`] in the given `rooms`.
+pub(super) async fn with_room_in(rooms: Rooms, version: RoomVersionId) -> (Rooms, RemoteRoom) {
     let room = remote_room(version);
     for event in room.events() {
         let committed = accepted(
@@ -52,14 +60,14 @@ async fn with_room(version: RoomVersionId) -> (Rooms, RemoteRoom) {
     (rooms, room)
 }
 
-fn accepted(outcome: Outcome) -> Committed {
+pub(super) fn accepted(outcome: Outcome) -> Committed {
     match outcome {
         Outcome::Committed(committed) => committed,
         other => panic!("not committed: {other:?}"),
     }
 }
 
-async fn live(rooms: &Rooms, event: &Verified) -> Committed {
+pub(super) async fn live(rooms: &Rooms, event: &Verified) -> Committed {
     accepted(
         rooms
             .accept(event.clone(), Place::Live, StateBefore::default())
@@ -69,7 +77,12 @@ async fn live(rooms: &Rooms, event: &Verified) -> Committed {
 }
 
 /// A message by `join`'s member, with `prevs`.
-fn message(room: &RoomRemote, join: &Verified, prevs: &[&Verified], body: &str) -> Verified {
+pub(super) fn message(
+    room: &RoomRemote,
+    join: &Verified,
+    prevs: &[&Verified],
+    body: &str,
+) -> Verified {
     let r = &room.0;
     r.remote.verified(
         &r.remote.event(
@@ -88,7 +101,7 @@ fn message(room: &RoomRemote, join: &Verified, prevs: &[&Verified], body: &str) 
 
 /// A state event.
 #[allow(clippy::too_many_arguments)]
-fn state(
+pub(super) fn state(
     room: &RoomRemote,
     sender_join: &Verified,
     kind: &str,
@@ -116,9 +129,9 @@ fn state(
 }
 
 /// Borrow helper so the builders read well.
-struct RoomRemote<'a>(&'a RemoteRoom);
+pub(super) struct RoomRemote<'a>(pub &'a RemoteRoom);
 
-fn extremities(rooms: &Rooms, room: &RemoteRoom) -> BTreeSet<OwnedEventId> {
+pub(super) fn extremities(rooms: &Rooms, room: &RemoteRoom) -> BTreeSet<OwnedEventId> {
     rooms
         .extremities(&room.room_id)
         .unwrap()
@@ -126,11 +139,11 @@ fn extremities(rooms: &Rooms, room: &RemoteRoom) -> BTreeSet<OwnedEventId> {
         .collect()
 }
 
-fn set(ids: &[&Verified]) -> BTreeSet<OwnedEventId> {
+pub(super) fn set(ids: &[&Verified]) -> BTreeSet<OwnedEventId> {
     ids.iter().map(|event| event.event_id.clone()).collect()
 }
 
-fn timeline(rooms: &Rooms, room: &RemoteRoom) -> Vec<OwnedEventId> {
+pub(super) fn timeline(rooms: &Rooms, room: &RemoteRoom) -> Vec<OwnedEventId> {
     let info = rooms.existing(&room.room_id).unwrap();
     rooms
         .events_from(&info, Pos::MIN, 1000)
@@ -140,7 +153,7 @@ fn timeline(rooms: &Rooms, room: &RemoteRoom) -> Vec<OwnedEventId> {
         .collect()
 }
 
-fn current(
+pub(super) fn current(
     rooms: &Rooms,
     room: &RemoteRoom,
     kind: StateEventType,
@@ -153,7 +166,7 @@ fn current(
 }
 
 /// The state after `event` as another server would give it (`/state_ids`).
-fn state_map_after(rooms: &Rooms, event: &OwnedEventId) -> StateMap<OwnedEventId> {
+pub(super) fn state_map_after(rooms: &Rooms, event: &OwnedEventId) -> StateMap<OwnedEventId> {
     let (_, after) = rooms.state_hashes(event).unwrap().unwrap();
     let set = rooms.state.load(after).unwrap();
     set.iter()
@@ -166,7 +179,7 @@ fn state_map_after(rooms: &Rooms, event: &OwnedEventId) -> StateMap<OwnedEventId
         .collect()
 }
 
-fn power_levels(room: &RemoteRoom, dave_level: i64) -> JsonValue {
+pub(super) fn power_levels(room: &RemoteRoom, dave_level: i64) -> JsonValue {
     let mut users = serde_json::Map::new();
     if room.version != RoomVersionId::V12 {
         users.insert(room.carol.to_string(), 100.into());

@@ -5,8 +5,8 @@
 //! the next stream position). A local event the rules refuse is never stored (403).
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, DeviceId, OwnedEventId, RoomId, RoomVersionId, UserId,
-    api::error::ErrorKind, events::TimelineEventType,
+    DeviceId, OwnedEventId, RoomId, RoomVersionId, UserId, api::error::ErrorKind,
+    events::TimelineEventType,
 };
 use serde_json::Value as JsonValue;
 
@@ -183,10 +183,10 @@ impl Rooms {
 
         // A redaction rewrites its target with the room version's redaction algorithm, in
         // the same batch (client-server API, "Redactions"; rooms, "Handling redactions").
-        let redacted_target = match (&built.pdu.kind, &event.redacts) {
-            (TimelineEventType::RoomRedaction, Some(target_id)) => self.redacted_copy(
+        let redaction = match (&built.pdu.kind, &event.redacts) {
+            (TimelineEventType::RoomRedaction, Some(target_id)) => self.local_redaction(
                 &built.room_id,
-                &built.state,
+                &std::sync::Arc::new(built.state.clone()),
                 sender,
                 target_id,
                 &built.object,
@@ -194,50 +194,7 @@ impl Rooms {
             )?,
             _ => None,
         };
-        let prepared = self.prepare(&rules, version, info, built.into(), redacted_target)?;
+        let prepared = self.prepare(&rules, version, info, built.into(), redaction)?;
         Ok(self.commit(prepared, extra.transaction)?.0)
-    }
-
-    /// The redacted form of `target_id` to store, if `sender` may redact it: their own event,
-    /// or anyone's with the `redact` power level. Refuses anything else.
-    fn redacted_copy(
-        &self,
-        room_id: &RoomId,
-        state: &std::collections::BTreeMap<u64, u64>,
-        sender: &UserId,
-        target_id: &ruma::EventId,
-        redaction: &CanonicalJsonObject,
-        rules: &ruma::room_version_rules::RoomVersionRules,
-    ) -> Result<Option<(super::pos::PduId, Vec<u8>)>> {
-        let Some(target) = self.pdu(target_id)?.filter(|pdu| pdu.room_id() == room_id) else {
-            return Err(Error::not_found("The event to redact is not in this room."));
-        };
-        if target.sender != sender {
-            let state = std::sync::Arc::new(state.clone());
-            let level = self.power_level(room_id, &state, sender)?;
-            if level < self.required_level(&state, "redact", 50)? {
-                return Err(Error::forbidden(
-                    "You may not redact other users' events here.",
-                ));
-            }
-        }
-        let Some(target_pdu_id) = self.pdu_id_of(target_id)? else {
-            return Ok(None);
-        };
-        let Some(bytes) = self.pdus.get(&target_pdu_id)? else {
-            return Ok(None);
-        };
-        let mut object: CanonicalJsonObject = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::internal(format!("stored PDU is not canonical JSON: {e}")))?;
-        object.remove("unsigned");
-        let because = ruma::canonical_json::RedactedBecause::from_json(redaction.clone());
-        let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, Some(because))
-            .map_err(|e| Error::internal(format!("redaction failed: {e}")))?;
-        redacted.insert(
-            "event_id".into(),
-            CanonicalJsonValue::String(target_id.to_string()),
-        );
-        let bytes = serde_json::to_vec(&redacted).map_err(|e| Error::internal(e.to_string()))?;
-        Ok(Some((target_pdu_id, bytes)))
     }
 }

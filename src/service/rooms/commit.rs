@@ -26,10 +26,13 @@ fn federation_form(stored: &[u8]) -> Result<serde_json::Value> {
 
 impl Rooms {
     /// Stores `prepared` in one batch: the event (in the timeline when it is an accepted
-    /// live event, else without a place), its verdict and state hashes, and for a timeline
-    /// event the room info, extremities, membership indexes and the client's transaction;
-    /// then wakes the room's members (timeline events only). Returns the event and its
-    /// stream position when it has a timeline place.
+    /// live or backfilled event, else without a place), its verdict and state hashes, and
+    /// for a live timeline event the room info, extremities, membership indexes and the
+    /// client's transaction; then wakes the room's members (live timeline events only: a
+    /// backfilled event is history, no sync shows it as news). Returns the event and its
+    /// timeline place when it has one: `Pos::live(position)` for a live event,
+    /// `Pos::backfilled(position)` for a backfilled one, so each backfill sorts before
+    /// everything already there.
     pub(super) fn commit(
         &self,
         prepared: Prepared,
@@ -46,7 +49,8 @@ impl Rooms {
             stored,
             state,
             live,
-            redacted_target,
+            backfilled,
+            reserved,
             verdict,
             destinations,
             batch: prepared_batch,
@@ -57,11 +61,8 @@ impl Rooms {
             (Some(sender), false) => Some((sender, federation_form(&stored)?)),
             _ => None,
         };
-        let (count, ()) = self.stream.commit(|count, batch| {
+        let (count, pos) = self.stream.commit(|count, batch| {
             batch.append(prepared_batch);
-            if let Some((target_pdu_id, bytes)) = redacted_target {
-                batch.insert(&*self.pdus, target_pdu_id.to_vec(), bytes);
-            }
             if let Some(value) = verdict.encode() {
                 batch.insert(
                     &*self.verdicts,
@@ -78,13 +79,16 @@ impl Rooms {
                     hashes,
                 );
             }
-            let Some(live) = &live else {
-                batch.insert(&*self.outliers, event_id.as_bytes().to_vec(), stored);
-                return Ok(());
+            let pos = match (&live, backfilled) {
+                (Some(_), _) => Pos::live(count)?,
+                (None, true) => Pos::backfilled(reserved.unwrap_or(count))?,
+                (None, false) => {
+                    batch.insert(&*self.outliers, event_id.as_bytes().to_vec(), stored);
+                    return Ok(None);
+                }
             };
             // An outlier that now takes its place moves; it is never in both trees.
             batch.remove(&*self.outliers, event_id.as_bytes().to_vec());
-            let pos = Pos::live(count)?;
             let id = pdu_id(short_room_id, pos);
             batch.insert(&*self.pdus, id.to_vec(), stored);
             batch.insert(
@@ -100,6 +104,9 @@ impl Rooms {
                 &pdu.content_value(),
                 pos,
             )?;
+            let Some(live) = &live else {
+                return Ok(Some(pos));
+            };
             let bump_count = if super::bumps(&pdu.kind) {
                 count
             } else {
@@ -147,7 +154,7 @@ impl Rooms {
                     sender.enqueue(batch, destination, &item)?;
                 }
             }
-            Ok(())
+            Ok(Some(pos))
         })?;
         if let Some((sender, _)) = &outgoing {
             for destination in &destinations {
@@ -156,9 +163,9 @@ impl Rooms {
         }
 
         // Wake everyone in the room and every user whose membership just changed. Events
-        // without a timeline place wake nobody: nothing a sync returns changed.
+        // without a live timeline place wake nobody: nothing a sync returns changed.
         let Some(LiveUpdate { memberships, .. }) = live else {
-            return Ok((pdu, None));
+            return Ok((pdu, pos));
         };
         let members = self.members(&room_id)?;
         let joined = members
@@ -169,7 +176,7 @@ impl Rooms {
             joined.chain(memberships.iter().map(|(user, _)| user.as_ref())),
             count,
         );
-        Ok((pdu, Some(Pos::live(count)?)))
+        Ok((pdu, pos))
     }
 
     /// Writes both membership indexes for `user` in `room_id`.

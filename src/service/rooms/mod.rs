@@ -15,6 +15,8 @@
 //!   content hash), before anything is stored.
 //! - [`create`], [`membership`], [`alias`], [`upgrade`]: createRoom, membership changes,
 //!   aliases and the public directory, room upgrades, all built on `append`.
+//! - [`redact`]: redactions rewriting their target, local and remote, and remote ones
+//!   waiting for their target.
 //! - [`visibility`], [`relations`], [`power`]: history visibility, relations and threads,
 //!   power levels for client-side checks.
 //! - [`timestamp`]: the event closest to a date (`timestamp_to_event`).
@@ -34,7 +36,10 @@
 //! - `roomid_extremity`: `room id 0xFF event id` → empty. Forward extremities.
 //! - `roomid_backwardextremity`: `room id 0xFF event id` → empty. Events named in the
 //!   `prev_events` of an event with state that we do not hold with state: holes in the
-//!   DAG, where backfill starts. An event that fills one is never a forward extremity.
+//!   DAG, where backfill starts ([`Rooms::backward_extremities`]). An event that fills one
+//!   is never a forward extremity.
+//! - `shorteventid_pendingredaction`: `target short event id ‖ redaction short event id` →
+//!   empty. Redactions from other servers whose target is not held yet ([`redact`]).
 //! - `userroomid_membership`: `user 0xFF room` → [`MembershipEntry`] (JSON).
 //! - `roomuserid_membership`: `room 0xFF user` → membership string.
 //! - `userdevicetxnid_eventid`: `user 0xFF device 0xFF txn id` → event id (idempotent send).
@@ -47,16 +52,23 @@ mod accept_tests;
 pub mod alias;
 pub mod append;
 pub mod auth_chain;
+#[cfg(test)]
+mod backfill_tests;
 mod build;
 pub mod check;
 mod commit;
 pub mod create;
 pub mod facts;
+#[cfg(test)]
+mod failure_tests;
 pub mod membership;
 pub mod pdu;
 pub mod pos;
 pub mod power;
 mod prepare;
+mod redact;
+#[cfg(test)]
+mod redact_tests;
 pub mod relations;
 #[cfg(test)]
 pub(crate) mod remote_tests;
@@ -165,6 +177,7 @@ pub struct Rooms {
     outliers: Arc<dyn Tree>,
     verdicts: Arc<dyn Tree>,
     backward_extremities: Arc<dyn Tree>,
+    pending_redactions: Arc<dyn Tree>,
     statehashes: Arc<dyn Tree>,
     info: Table<RoomInfo>,
     extremities: Arc<dyn Tree>,
@@ -230,6 +243,7 @@ impl Rooms {
             outliers: db.tree("eventid_pdu")?,
             verdicts: db.tree("shorteventid_verdict")?,
             backward_extremities: db.tree("roomid_backwardextremity")?,
+            pending_redactions: db.tree("shorteventid_pendingredaction")?,
             statehashes: db.tree("shorteventid_statehashes")?,
             info: db.table("roomid_info")?,
             extremities: db.tree("roomid_extremity")?,
@@ -504,13 +518,26 @@ impl Rooms {
     }
 
     pub fn extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
+        Self::event_ids_under(&*self.extremities, room_id)
+    }
+
+    /// The room's backward extremities: events that an event we hold with state names in
+    /// its `prev_events` but that we do not hold with state (holes in the DAG). Backfill
+    /// (`/backfill` with these as `v`) starts here; an event accepted as
+    /// [`accept::Place::Backfill`] (or live) closes its hole, and its own unknown prev
+    /// events become holes.
+    pub fn backward_extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
+        Self::event_ids_under(&*self.backward_extremities, room_id)
+    }
+
+    /// The event ids of the `room id 0xFF event id` keys of `tree` for `room_id`.
+    fn event_ids_under(tree: &dyn Tree, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
         let prefix = prefix_key(room_id.as_str());
-        self.extremities
-            .scan_prefix(&prefix)
+        tree.scan_prefix(&prefix)
             .map(|entry| {
                 let (key, _) = entry?;
                 OwnedEventId::try_from(String::from_utf8_lossy(&key[prefix.len()..]).into_owned())
-                    .map_err(|_| Error::internal("bad extremity key"))
+                    .map_err(|_| Error::internal(format!("bad key in {}", tree.name())))
             })
             .collect()
     }

@@ -22,7 +22,7 @@ use super::{
     check::{BeforeSource, Verdict},
     pair_key,
     pdu::Pdu,
-    pos::PduId,
+    redact::RedactionEffect,
     short::{ShortEventId, ShortRoomId, ShortStateKey},
     state::StateHash,
 };
@@ -45,6 +45,12 @@ pub(super) struct Ready {
     pub verdict: Verdict,
     /// Whether the event takes a place in the timeline (only accepted events with state).
     pub timeline: bool,
+    /// Whether that place is a backfilled one (older history: before everything, changing
+    /// nothing about the room's present).
+    pub backfilled: bool,
+    /// For a backfilled place: a stream position reserved for it ([`Rooms::accept_backfill`]
+    /// orders a whole answer); `None`: its commit's.
+    pub reserved: Option<u64>,
     /// Prev events we do not hold with state: holes in the DAG, where backfill starts.
     pub holes: Vec<OwnedEventId>,
     /// Whether this server made the event (then it goes to the other servers in the room).
@@ -61,6 +67,8 @@ impl From<Built> for Ready {
             state: Some((built.state, built.before)),
             verdict: Verdict::Accepted,
             timeline: true,
+            backfilled: false,
+            reserved: None,
             holes: Vec::new(),
             local: true,
         }
@@ -95,38 +103,43 @@ pub(super) struct Prepared {
     /// State hashes before (`None`: the create event) and after the event; `None` when the
     /// state before it is not known.
     pub state: Option<(Option<StateHash>, StateHash)>,
-    /// `Some` for an accepted timeline event.
+    /// `Some` for an accepted live timeline event.
     pub live: Option<LiveUpdate>,
-    /// A redacted target's stored form (pdu id, JSON), rewritten in the same batch.
-    pub redacted_target: Option<(PduId, Vec<u8>)>,
+    /// Whether the event takes a backfilled timeline place (`Pos::backfilled`), at the
+    /// reserved position if there is one.
+    pub backfilled: bool,
+    pub reserved: Option<u64>,
     pub verdict: Verdict,
     /// Other servers this event goes to (our events only).
     pub destinations: Vec<OwnedServerName>,
-    /// State diffs, holes and other writes that need no position.
+    /// State diffs, holes, redactions and other writes that need no position.
     pub batch: Batch,
 }
 
 impl Rooms {
     /// Saves the state before and after `ready`, updates the forward extremities, resolves
     /// the room's current state if several remain, and works out the membership changes.
-    /// The caller holds the room lock, so extremities and [`RoomInfo`] cannot change before
-    /// the commit.
+    /// `redaction` is what the event (a redaction) does to its target; redactions that
+    /// arrived before the event are applied to it here. The caller holds the room lock, so
+    /// extremities and [`RoomInfo`] cannot change before the commit.
     pub(super) fn prepare(
         &self,
         rules: &RoomVersionRules,
         version: &RoomVersionId,
         info: Option<RoomInfo>,
         ready: Ready,
-        redacted_target: Option<(PduId, Vec<u8>)>,
+        redaction: Option<RedactionEffect>,
     ) -> Result<Prepared> {
         let Ready {
             event_id,
             room_id,
-            stored,
-            pdu,
+            mut stored,
+            mut pdu,
             state,
             verdict,
             timeline,
+            backfilled,
+            reserved,
             holes,
             local,
         } = ready;
@@ -136,6 +149,10 @@ impl Rooms {
             None => self.short.short_room_id(&room_id)?,
         };
         let short_event_id = self.short.short_event_id(&event_id)?;
+        self.apply_pending_redactions(rules, short_event_id, &mut stored, &mut pdu, &mut batch)?;
+        if let Some(effect) = redaction {
+            self.write_redaction(&mut batch, short_event_id, effect);
+        }
         let state_hashes = match state {
             None => None,
             Some((state, source)) => {
@@ -162,8 +179,9 @@ impl Rooms {
                 Vec::new(),
             );
         }
-        let live = match (timeline, state_hashes, &verdict) {
-            (true, Some((before, after)), Verdict::Accepted) => {
+        let placed = timeline && state_hashes.is_some() && verdict == Verdict::Accepted;
+        let live = match state_hashes {
+            Some((before, after)) if placed => {
                 // An event that fills a hole is cited by one we hold: it closes the hole and
                 // is never a forward extremity.
                 let hole_key = pair_key(room_id.as_str(), event_id.as_str());
@@ -171,15 +189,22 @@ impl Rooms {
                 if fills_hole {
                     batch.remove(&*self.backward_extremities, hole_key);
                 }
-                Some(self.live_update(
-                    rules,
-                    info.as_ref(),
-                    &room_id,
-                    &pdu,
-                    (before, after),
-                    !fills_hole,
-                    &mut batch,
-                )?)
+                if backfilled {
+                    if fills_hole {
+                        self.backfill_covers(&room_id, &pdu, &mut batch)?;
+                    }
+                    None
+                } else {
+                    Some(self.live_update(
+                        rules,
+                        info.as_ref(),
+                        &room_id,
+                        &pdu,
+                        (before, after),
+                        !fills_hole,
+                        &mut batch,
+                    )?)
+                }
             }
             _ => None,
         };
@@ -198,7 +223,8 @@ impl Rooms {
             stored,
             state: state_hashes,
             live,
-            redacted_target,
+            backfilled: placed && backfilled,
+            reserved,
             verdict,
             destinations,
             batch,
@@ -225,6 +251,22 @@ impl Rooms {
         }
         servers.remove(&self.server_name);
         Ok(servers.into_iter().collect())
+    }
+
+    /// A backfilled event that fills a hole lies below an event we hold: the forward
+    /// extremities it covers (its prev events, through rejected and soft-failed ones) are
+    /// ancestors of that event and stop being extremities — unless none would remain. The
+    /// room's current state is left as it is (the remaining extremities descend from the
+    /// covered ones), and the event itself never becomes one (it is history).
+    fn backfill_covers(&self, room_id: &RoomId, pdu: &Pdu, batch: &mut Batch) -> Result<()> {
+        let old: BTreeSet<OwnedEventId> = self.extremities(room_id)?.into_iter().collect();
+        let covered = self.covered_by(pdu, &old)?;
+        if covered.len() < old.len() {
+            for id in covered {
+                batch.remove(&*self.extremities, pair_key(room_id.as_str(), id.as_str()));
+            }
+        }
+        Ok(())
     }
 
     /// Saves the state before the event (when it was resolved or given) and after it (a

@@ -54,9 +54,9 @@ impl Rooms {
         let Some((rel_type, target)) = relates_to(content) else {
             return Ok(());
         };
-        let Some(short_target) = self.short.get_short_event_id(&target)? else {
-            return Ok(());
-        };
+        // The target may arrive later (events from other servers come in any order): its
+        // short id is made now, so the relation is found once it is stored.
+        let short_target = self.short.short_event_id(&target)?;
         let mut key = short_target.to_be_bytes().to_vec();
         key.extend_from_slice(&pos.key());
         let mut value = rel_type.as_bytes().to_vec();

@@ -39,6 +39,15 @@ impl Remote {
         }
     }
 
+    /// Another server, `name`, with a key of its own.
+    pub fn named(name: &'static str) -> Self {
+        Self {
+            name,
+            key: new_key("o1"),
+            next_ts: AtomicU64::new(FIRST_TS),
+        }
+    }
+
     /// A user of this server.
     pub fn user(&self, localpart: &str) -> OwnedUserId {
         OwnedUserId::try_from(format!("@{localpart}:{}", self.name)).expect("a valid user id")

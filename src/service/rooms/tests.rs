@@ -36,7 +36,7 @@ use crate::{
     storage::{Batch, Db},
 };
 
-fn setup() -> (Db, Arc<ServerKeys>, Rooms) {
+pub(super) fn setup() -> (Db, Arc<ServerKeys>, Rooms) {
     let db = Db::memory();
     let keys = Arc::new(ServerKeys::load_or_generate(&db).unwrap());
     let stream = Arc::new(Stream::new(&db).unwrap());
@@ -50,7 +50,7 @@ fn setup() -> (Db, Arc<ServerKeys>, Rooms) {
     (db, keys, rooms)
 }
 
-fn options(version: RoomVersionId) -> CreateRoom {
+pub(super) fn options(version: RoomVersionId) -> CreateRoom {
     CreateRoom {
         version,
         preset: Preset::PrivateChat,
@@ -66,21 +66,21 @@ fn options(version: RoomVersionId) -> CreateRoom {
     }
 }
 
-fn alice_profile() -> MemberProfile {
+pub(super) fn alice_profile() -> MemberProfile {
     MemberProfile {
         displayname: Some("Alice".to_owned()),
         avatar_url: None,
     }
 }
 
-async fn create(rooms: &Rooms, creator: &UserId, version: RoomVersionId) -> OwnedRoomId {
+pub(super) async fn create(rooms: &Rooms, creator: &UserId, version: RoomVersionId) -> OwnedRoomId {
     rooms
         .create_room(creator, alice_profile(), options(version))
         .await
         .unwrap()
 }
 
-fn text(body: &str) -> NewEvent {
+pub(super) fn text(body: &str) -> NewEvent {
     NewEvent::message(
         "m.room.message",
         json!({ "msgtype": "m.text", "body": body }),
@@ -99,7 +99,7 @@ fn assert_forbidden<T: std::fmt::Debug>(result: Result<T>) {
 }
 
 /// Every event of the room, oldest first.
-fn timeline(rooms: &Rooms, room_id: &ruma::RoomId) -> Vec<(Pos, Pdu)> {
+pub(super) fn timeline(rooms: &Rooms, room_id: &ruma::RoomId) -> Vec<(Pos, Pdu)> {
     let info = rooms.existing(room_id).unwrap();
     rooms.events_from(&info, Pos::MIN, 10_000).unwrap()
 }
@@ -775,7 +775,7 @@ fn backfill_copy(
     (event_id, pos)
 }
 
-fn ids(events: &[(Pos, Pdu)]) -> Vec<OwnedEventId> {
+pub(super) fn ids(events: &[(Pos, Pdu)]) -> Vec<OwnedEventId> {
     events.iter().map(|(_, pdu)| pdu.event_id.clone()).collect()
 }
 
