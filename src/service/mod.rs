@@ -317,7 +317,66 @@ impl Services {
 
     /// A device was added or removed: everyone sharing a room hears of it in
     /// `device_lists.changed` (their clients then fetch the new keys).
+    ///
+    /// For a user of this server, the other servers sharing a room with them get an
+    /// `m.device_list_update` EDU (server-server API, "Device Management") in the same
+    /// commit. It carries no `prev_id`, so the receiving server refetches the whole list
+    /// (`/user/devices`, with the cross-signing keys) rather than applying a delta: simple
+    /// and always right, at one request per change per server.
     pub async fn device_list_changed(&self, user_id: &ruma::UserId) -> Result<()> {
+        let peers = self.room_peers(user_id)?;
+        let mut servers: std::collections::BTreeSet<&ruma::ServerName> =
+            peers.iter().map(|peer| peer.server_name()).collect();
+        servers.remove(&*self.config.server_name);
+        let outgoing = match self.federation.sender() {
+            Some(sender) if self.users.is_local(user_id) && !servers.is_empty() => {
+                // The EDU names a device; with no `prev_id` it only triggers a refetch, so
+                // any of the user's devices will do (or a placeholder when none is left).
+                let device = self
+                    .devices
+                    .list(user_id)?
+                    .into_iter()
+                    .next()
+                    .map_or_else(|| "DELETED".to_owned(), |(id, _)| id.to_string());
+                Some((sender, device))
+            }
+            _ => None,
+        };
+        let (position, ()) = self.stream.commit(|position, batch| {
+            self.devices.mark_list_changed(batch, user_id, position);
+            if let Some((sender, device)) = &outgoing {
+                let item = federation::sender::Item::Edu(serde_json::json!({
+                    "edu_type": "m.device_list_update",
+                    "content": {
+                        "user_id": user_id,
+                        "device_id": device,
+                        "stream_id": position,
+                        "prev_id": [],
+                        "deleted": false,
+                    },
+                }));
+                for server in &servers {
+                    sender.enqueue(batch, server, &item)?;
+                }
+            }
+            Ok(())
+        })?;
+        if let Some((sender, _)) = &outgoing {
+            for server in &servers {
+                sender.wake(server);
+            }
+        }
+        self.stream
+            .touch(peers.iter().map(|u| u.as_ref()), position);
+        self.db.persist().await?;
+        Ok(())
+    }
+
+    /// Another server told us that its user's device list or cross-signing keys changed
+    /// (`m.device_list_update`, `m.signing_key_update`): our users sharing a room with them
+    /// see them in `device_lists.changed` and fetch the keys again (keys of other servers'
+    /// users are always asked for, never cached, so nothing else goes stale).
+    pub async fn remote_device_list_changed(&self, user_id: &ruma::UserId) -> Result<()> {
         let (position, ()) = self.stream.commit(|position, batch| {
             self.devices.mark_list_changed(batch, user_id, position);
             Ok(())
@@ -325,7 +384,6 @@ impl Services {
         let peers = self.room_peers(user_id)?;
         self.stream
             .touch(peers.iter().map(|u| u.as_ref()), position);
-        self.db.persist().await?;
         Ok(())
     }
 }

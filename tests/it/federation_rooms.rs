@@ -420,3 +420,133 @@ async fn a_gap_is_filled_with_get_missing_events() {
         "{page}"
     );
 }
+
+/// The `next_batch` of an initial sync.
+async fn sync_token(server: &impl Homeserver, token: &str) -> String {
+    let (status, sync) = server
+        .call(token, Method::GET, "/sync?timeout=0", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sync}");
+    sync["next_batch"].as_str().unwrap().to_owned()
+}
+
+/// Syncs from `since` until `user` is in `device_lists.changed` (bounded: 30 s).
+async fn wait_for_device_change(
+    server: &impl Homeserver,
+    token: &str,
+    mut since: String,
+    user: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, sync) = server
+            .call(
+                token,
+                Method::GET,
+                &format!("/sync?timeout=2000&since={since}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sync}");
+        let changed = sync["device_lists"]["changed"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if changed.iter().any(|id| id == user) {
+            return;
+        }
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        assert!(
+            Instant::now() < deadline,
+            "{user}'s device change did not reach {}",
+            server.name()
+        );
+    }
+}
+
+/// Logs `name` in on a new device and uploads its device keys, as a client does.
+async fn new_device(server: &impl Homeserver, user_id: &str, password: &str) {
+    let name = user_id[1..].split(':').next().unwrap();
+    let (status, body) = server
+        .call(
+            "",
+            Method::POST,
+            "/login",
+            Some(json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": name },
+                "password": password,
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (token, device) = (
+        body["access_token"].as_str().unwrap(),
+        body["device_id"].as_str().unwrap(),
+    );
+    let (status, body) = server
+        .call(
+            token,
+            Method::POST,
+            "/keys/upload",
+            Some(json!({ "device_keys": crate::keys::signed_device_keys(user_id, device) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A new device of a user on one server shows in `device_lists.changed` for the users of
+/// the other server who share a room with them (`m.device_list_update`), both ways, with
+/// a real Synapse on the other side.
+#[tokio::test]
+async fn device_list_changes_reach_the_other_server() {
+    let synapse = Synapse::start().await;
+    let ours = TestServer::start_federating();
+    let alice = ours.register("alice", "correct horse").await;
+    let bob = synapse.register("bob", "battery staple").await;
+    let (alice_id, bob_id) = (ours.user_id("alice"), synapse.user_id("bob"));
+    let (status, created) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "room_alias_name": "keys", "preset": "public_chat" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let (status, joined) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/join/%23keys:{}", ours.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+
+    // Ours → Synapse.
+    let since = sync_token(&synapse, &bob).await;
+    new_device(&ours, &alice_id, "correct horse").await;
+    wait_for_device_change(&synapse, &bob, since, &alice_id).await;
+    let (status, keys) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/query",
+            Some(json!({ "device_keys": { alice_id.as_str(): [] } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(
+        keys["device_keys"][alice_id.as_str()]
+            .as_object()
+            .map(|devices| devices.len()),
+        Some(1),
+        "Synapse knows alice's new device: {keys}"
+    );
+
+    // Synapse → ours.
+    let since = sync_token(&ours, &alice).await;
+    new_device(&synapse, &bob_id, "battery staple").await;
+    wait_for_device_change(&ours, &alice, since, &bob_id).await;
+}

@@ -12,8 +12,9 @@
 //!
 //! PDUs are checked and stored one by one ([`super::incoming`]); PDUs for rooms this
 //! server is not in are dropped. EDUs applied today: `m.direct_to_device` (send-to-device
-//! messages for local users); typing, receipts, presence and device-list updates are
-//! dropped for now.
+//! messages for local users), `m.device_list_update` and `m.signing_key_update` (the
+//! user's device list is marked changed for our users who share a room with them);
+//! typing, receipts and presence are dropped for now.
 
 use std::collections::BTreeMap;
 
@@ -112,6 +113,17 @@ impl Services {
                             targets,
                         )
                         .await?;
+                }
+                Ok(Edu::DeviceListUpdate(content)) => {
+                    // A server speaks only for its own users.
+                    if content.user_id.server_name() == origin {
+                        self.remote_device_list_changed(&content.user_id).await?;
+                    }
+                }
+                Ok(Edu::SigningKeyUpdate(content)) => {
+                    if content.user_id.server_name() == origin {
+                        self.remote_device_list_changed(&content.user_id).await?;
+                    }
                 }
                 Ok(other) => {
                     tracing::debug!(%origin, edu = ?std::mem::discriminant(&other), "EDU dropped: no shared rooms yet");
