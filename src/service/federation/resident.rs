@@ -126,11 +126,12 @@ fn member_servers(
     Ok(servers)
 }
 
-/// Whether `origin` may see an event whose state after it is `state` (rooms' history
+/// Whether a server may see an event whose state after it is `state` (rooms' history
 /// visibility, as Synapse's `filter_events_for_server`): always for `shared` (the default)
 /// and `world_readable`; for `invited`, when one of its users is invited or joined there;
-/// for `joined`, when one is joined.
-fn server_may_see(rooms: &Rooms, origin: &ServerName, state: &StateSet) -> Result<bool> {
+/// for `joined`, when one is joined. `users` are the server's users with a membership in
+/// the room (from the membership index), so only their member events are read.
+fn server_may_see(rooms: &Rooms, users: &[OwnedUserId], state: &StateSet) -> Result<bool> {
     let visibility = rooms
         .state_event(state, &StateEventType::RoomHistoryVisibility, "")?
         .and_then(|pdu| pdu.content_str("history_visibility"))
@@ -140,23 +141,34 @@ fn server_may_see(rooms: &Rooms, origin: &ServerName, state: &StateSet) -> Resul
         "joined" => &[MembershipState::Join],
         _ => return Ok(true),
     };
-    Ok(member_servers(rooms, state, memberships)?.contains(origin))
+    for user in users {
+        if let Some(member) =
+            rooms.state_event(state, &StateEventType::RoomMember, user.as_str())?
+            && memberships.contains(&MembershipState::from(
+                member.content_str("membership").unwrap_or_default(),
+            ))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Serves events to one server for one request: federation form, redacted where the server
 /// may not see them, history visibility decided once per state set.
 struct Serve<'a> {
     rooms: &'a Rooms,
-    origin: &'a ServerName,
+    /// The asking server's users with a membership in the room.
+    users: Vec<OwnedUserId>,
     version: RoomVersionId,
     seen_by_state: HashMap<StateHash, bool>,
 }
 
 impl<'a> Serve<'a> {
-    fn new(rooms: &'a Rooms, origin: &'a ServerName, version: RoomVersionId) -> Self {
+    fn new(rooms: &'a Rooms, users: Vec<OwnedUserId>, version: RoomVersionId) -> Self {
         Self {
             rooms,
-            origin,
+            users,
             version,
             seen_by_state: HashMap::new(),
         }
@@ -174,7 +186,7 @@ impl<'a> Serve<'a> {
                 Some(visible) => *visible,
                 None => {
                     let state = self.rooms.state.load(after)?;
-                    let visible = server_may_see(self.rooms, self.origin, &state)?;
+                    let visible = server_may_see(self.rooms, &self.users, &state)?;
                     self.seen_by_state.insert(after, visible);
                     visible
                 }
@@ -431,17 +443,24 @@ impl Services {
         ))
     }
 
-    /// 403 unless `origin` has a user joined in the room's current state.
-    fn require_server_in_room(&self, origin: &ServerName, room_id: &RoomId) -> Result<()> {
-        let in_room = self
-            .rooms
-            .members(room_id)?
-            .iter()
-            .any(|(user, membership)| {
-                *membership == MembershipState::Join && user.server_name() == origin
-            });
-        if in_room {
-            Ok(())
+    /// 403 unless `origin` has a user joined in the room's current state; its users with a
+    /// membership in the room otherwise (for [`Serve`]). One scan of the room's membership
+    /// index (there is no index by server).
+    fn require_server_in_room(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+    ) -> Result<Vec<OwnedUserId>> {
+        let mut joined = false;
+        let mut users = Vec::new();
+        for (user, membership) in self.rooms.members(room_id)? {
+            if user.server_name() == origin {
+                joined |= membership == MembershipState::Join;
+                users.push(user);
+            }
+        }
+        if joined {
+            Ok(users)
         } else {
             Err(not_in_room(origin))
         }
@@ -700,8 +719,8 @@ impl Services {
         }
         let room_id = pdu.room_id();
         let info = self.rooms.info(&room_id)?.ok_or_else(not_found)?;
-        self.require_server_in_room(origin, &room_id)?;
-        Serve::new(&self.rooms, origin, info.version)
+        let users = self.require_server_in_room(origin, &room_id)?;
+        Serve::new(&self.rooms, users, info.version)
             .event(event_id)?
             .ok_or_else(not_found)
     }
@@ -767,9 +786,9 @@ impl Services {
         min_depth: u64,
     ) -> Result<Vec<Box<RawJsonValue>>> {
         let info = self.rooms.existing(room_id)?;
-        self.require_server_in_room(origin, room_id)?;
+        let users = self.require_server_in_room(origin, room_id)?;
         let found = missing_events_walk(&self.rooms, room_id, earliest, latest, limit, min_depth)?;
-        let mut serve = Serve::new(&self.rooms, origin, info.version);
+        let mut serve = Serve::new(&self.rooms, users, info.version);
         let mut events = Vec::with_capacity(found.len());
         for (id, _) in found {
             events.extend(serve.event(&id)?);
@@ -786,9 +805,9 @@ impl Services {
         limit: usize,
     ) -> Result<Vec<Box<RawJsonValue>>> {
         let info = self.rooms.existing(room_id)?;
-        self.require_server_in_room(origin, room_id)?;
+        let users = self.require_server_in_room(origin, room_id)?;
         let found = backfill_walk(&self.rooms, room_id, from, limit)?;
-        let mut serve = Serve::new(&self.rooms, origin, info.version);
+        let mut serve = Serve::new(&self.rooms, users, info.version);
         let mut events = Vec::with_capacity(found.len());
         for id in found {
             events.extend(serve.event(&id)?);
