@@ -774,6 +774,17 @@ async fn a_synapse_user_joins_a_room_here_by_alias() {
         .await;
     assert_eq!(status, StatusCode::OK, "{created}");
     let room_id = created["room_id"].as_str().unwrap().to_owned();
+    for (txn, body) in ["before bob 1", "before bob 2"].into_iter().enumerate() {
+        let (status, sent) = ours
+            .client_api(
+                &alice,
+                Method::PUT,
+                &format!("/rooms/{room_id}/send/m.room.message/t{txn}"),
+                Some(json!({ "msgtype": "m.text", "body": body })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sent}");
+    }
 
     let (status, joined) = synapse
         .client_api(
@@ -830,6 +841,40 @@ async fn a_synapse_user_joins_a_room_here_by_alias() {
         .await;
     assert_eq!(status, StatusCode::OK, "{name}\n{}", synapse.log());
     assert_eq!(name["name"], "Lobby");
+
+    // History from before the join: Synapse backfills it from us (`/backfill`, and the
+    // state and events it needs to check what it gets) when Bob pages back.
+    let mut bodies = Vec::new();
+    for _ in 0..50 {
+        let (status, page) = synapse
+            .client_api(
+                &bob,
+                Method::GET,
+                &format!("/rooms/{room_id}/messages?dir=b&limit=50"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        bodies = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|event| event["content"]["body"].as_str().map(str::to_owned))
+            .collect();
+        if bodies.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        bodies,
+        vec!["before bob 2", "before bob 1"],
+        "ours:\n{}\nsynapse:\n{}",
+        ours.log(),
+        synapse.log()
+    );
+    let log = ours.log();
+    assert!(log.contains("/_matrix/federation/v1/backfill/"), "{log}");
 
     // The read endpoints are for servers in the room only: unsigned requests are 401.
     let (status, body) = ours
