@@ -26,6 +26,7 @@ use ruma::{
         room::{
             join_rules::{AllowRule, JoinRule, RoomJoinRulesEventContent},
             member::MembershipState,
+            server_acl::RoomServerAclEventContent,
         },
     },
     signatures::PublicKeyMap,
@@ -443,14 +444,34 @@ impl Services {
         ))
     }
 
-    /// 403 unless `origin` has a user joined in the room's current state; its users with a
-    /// membership in the room otherwise (for [`Serve`]). One scan of the room's membership
-    /// index (there is no index by server).
+    /// 403 `M_FORBIDDEN` when the room's current `m.room.server_acl` denies `origin` (S2S
+    /// "Server Access Control Lists": `make_join`, `send_join`, `/state`, `/state_ids`,
+    /// `/backfill`, `/event_auth` and `get_missing_events` must check it; `/send` per PDU).
+    pub fn check_server_acl(&self, origin: &ServerName, room_id: &RoomId) -> Result<()> {
+        let Some(acl) =
+            self.rooms
+                .current_state_event(room_id, &StateEventType::RoomServerAcl, "")?
+        else {
+            return Ok(());
+        };
+        // Content that does not parse denies nobody.
+        match serde_json::from_str::<RoomServerAclEventContent>(acl.content.get()) {
+            Ok(acl) if !acl.is_allowed(origin) => Err(Error::forbidden(format!(
+                "{origin} is denied by the room's server ACL."
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// 403 unless the server ACL allows `origin` and it has a user joined in the room's
+    /// current state; its users with a membership in the room otherwise (for [`Serve`]).
+    /// One scan of the room's membership index (there is no index by server).
     fn require_server_in_room(
         &self,
         origin: &ServerName,
         room_id: &RoomId,
     ) -> Result<Vec<OwnedUserId>> {
+        self.check_server_acl(origin, room_id)?;
         let mut joined = false;
         let mut users = Vec::new();
         for (user, membership) in self.rooms.members(room_id)? {
@@ -482,6 +503,7 @@ impl Services {
             )));
         }
         let info = self.rooms.existing(room_id)?;
+        self.check_server_acl(origin, room_id)?;
         if !supported.contains(&info.version) {
             return Err(Error::new(
                 ErrorKind::IncompatibleRoomVersion(IncompatibleRoomVersionErrorData::new(
@@ -535,6 +557,7 @@ impl Services {
         raw: &RawJsonValue,
     ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
         let info = self.rooms.existing(room_id)?;
+        self.check_server_acl(origin, room_id)?;
         let version = info.version.clone();
         let mut object = check_format(raw, &version).map_err(invalid)?;
         if string_field(&object, "type") != Some("m.room.member") {
