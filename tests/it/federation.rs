@@ -876,6 +876,45 @@ async fn a_synapse_user_joins_a_room_here_by_alias() {
     let log = ours.log();
     assert!(log.contains("/_matrix/federation/v1/backfill/"), "{log}");
 
+    // A version-10 room (the one above is version 12, our default) joins the same way; an
+    // invite-only room is refused by our make_join, and Synapse passes the 403 on.
+    for (alias, preset, version, allowed) in [
+        ("older", "public_chat", "10", true),
+        ("closed", "private_chat", "12", false),
+    ] {
+        let (status, created) = ours
+            .client_api(
+                &alice,
+                Method::POST,
+                "/createRoom",
+                Some(
+                    json!({ "room_alias_name": alias, "preset": preset, "room_version": version }),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        let response = synapse
+            .client_api(
+                &bob,
+                Method::POST,
+                &format!("/join/%23{alias}:{}", ours.server_name),
+                Some(json!({})),
+            )
+            .await;
+        if allowed {
+            assert_eq!(
+                response.0,
+                StatusCode::OK,
+                "{}\n{}",
+                response.1,
+                synapse.log()
+            );
+            assert_eq!(response.1["room_id"], created["room_id"]);
+        } else {
+            assert_error(&response, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+        }
+    }
+
     // The read endpoints are for servers in the room only: unsigned requests are 401.
     let (status, body) = ours
         .request(
