@@ -941,3 +941,73 @@ fn urlencode(value: &str) -> String {
         })
         .collect()
 }
+
+/// What comes after a join (the sending side of rooms and `/send` receiving PDUs, not built
+/// yet): a message from Alice here reaches Bob on Synapse, and Bob's answer reaches Alice.
+#[tokio::test]
+#[ignore = "needs room events sent to other servers and PDUs received through /send"]
+async fn messages_cross_after_a_synapse_user_joins() {
+    let synapse = crate::synapse::Synapse::start().await;
+    let ours = TestServer::start_federating();
+    let alice = ours.register("alice", "correct horse").await;
+    let bob = synapse.register("bob", "battery staple").await;
+    let (status, created) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "room_alias_name": "talk", "preset": "public_chat" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room_id = created["room_id"].as_str().unwrap().to_owned();
+    let (status, joined) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/join/%23talk:{}", ours.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+
+    let send = |server: &'static str, token: String, body: &'static str| {
+        let path = format!("/rooms/{room_id}/send/m.room.message/{server}-{body}");
+        (path, token, json!({ "msgtype": "m.text", "body": body }))
+    };
+    let (path, token, body) = send("ours", alice.clone(), "hello bob");
+    let (status, sent) = ours
+        .client_api(&token, Method::PUT, &path, Some(body))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let (path, token, body) = send("synapse", bob.clone(), "hello alice");
+    let (status, sent) = synapse
+        .client_api(&token, Method::PUT, &path, Some(body))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+
+    // Each side eventually shows both messages.
+    let messages = format!("/rooms/{room_id}/messages?dir=b&limit=20");
+    let mut seen = (false, false);
+    for _ in 0..100 {
+        let (_, here) = ours.client_api(&alice, Method::GET, &messages, None).await;
+        let (_, there) = synapse.client_api(&bob, Method::GET, &messages, None).await;
+        let has = |page: &Value, body: &str| {
+            page["chunk"]
+                .as_array()
+                .is_some_and(|chunk| chunk.iter().any(|e| e["content"]["body"] == body))
+        };
+        seen = (has(&here, "hello alice"), has(&there, "hello bob"));
+        if seen == (true, true) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen,
+        (true, true),
+        "(Alice saw Bob's, Bob saw Alice's)\nours:\n{}\nsynapse:\n{}",
+        ours.log(),
+        synapse.log()
+    );
+}
