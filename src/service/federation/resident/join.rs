@@ -150,7 +150,7 @@ impl Services {
             }
         }
         if !known_any {
-            return Err(Error::new(
+            return Err(Error::bad_request(
                 ErrorKind::UnableToAuthorizeJoin,
                 "This server knows none of the rooms whose members may join.",
             ));
@@ -171,7 +171,7 @@ impl Services {
                 return Ok(Some(member));
             }
         }
-        Err(Error::new(
+        Err(Error::bad_request(
             ErrorKind::UnableToGrantJoin,
             "No member of this server may invite you; try another server in the room.",
         ))
