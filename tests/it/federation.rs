@@ -768,6 +768,17 @@ async fn a_synapse_user_joins_a_room_here_by_alias() {
         .await;
     assert_eq!(status, StatusCode::OK, "{created}");
     let room_id = created["room_id"].as_str().unwrap().to_owned();
+    for (txn, body) in ["before bob 1", "before bob 2"].into_iter().enumerate() {
+        let (status, sent) = ours
+            .client_api(
+                &alice,
+                Method::PUT,
+                &format!("/rooms/{room_id}/send/m.room.message/t{txn}"),
+                Some(json!({ "msgtype": "m.text", "body": body })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sent}");
+    }
 
     let (status, joined) = synapse
         .client_api(
@@ -824,6 +835,79 @@ async fn a_synapse_user_joins_a_room_here_by_alias() {
         .await;
     assert_eq!(status, StatusCode::OK, "{name}\n{}", synapse.log());
     assert_eq!(name["name"], "Lobby");
+
+    // History from before the join: Synapse backfills it from us (`/backfill`, and the
+    // state and events it needs to check what it gets) when Bob pages back.
+    let mut bodies = Vec::new();
+    for _ in 0..50 {
+        let (status, page) = synapse
+            .client_api(
+                &bob,
+                Method::GET,
+                &format!("/rooms/{room_id}/messages?dir=b&limit=50"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        bodies = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|event| event["content"]["body"].as_str().map(str::to_owned))
+            .collect();
+        if bodies.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        bodies,
+        vec!["before bob 2", "before bob 1"],
+        "ours:\n{}\nsynapse:\n{}",
+        ours.log(),
+        synapse.log()
+    );
+    let log = ours.log();
+    assert!(log.contains("/_matrix/federation/v1/backfill/"), "{log}");
+
+    // A version-10 room (the one above is version 12, our default) joins the same way; an
+    // invite-only room is refused by our make_join, and Synapse passes the 403 on.
+    for (alias, preset, version, allowed) in [
+        ("older", "public_chat", "10", true),
+        ("closed", "private_chat", "12", false),
+    ] {
+        let (status, created) = ours
+            .client_api(
+                &alice,
+                Method::POST,
+                "/createRoom",
+                Some(
+                    json!({ "room_alias_name": alias, "preset": preset, "room_version": version }),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        let response = synapse
+            .client_api(
+                &bob,
+                Method::POST,
+                &format!("/join/%23{alias}:{}", ours.server_name),
+                Some(json!({})),
+            )
+            .await;
+        if allowed {
+            assert_eq!(
+                response.0,
+                StatusCode::OK,
+                "{}\n{}",
+                response.1,
+                synapse.log()
+            );
+            assert_eq!(response.1["room_id"], created["room_id"]);
+        } else {
+            assert_error(&response, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+        }
+    }
 
     // The read endpoints are for servers in the room only: unsigned requests are 401.
     let (status, body) = ours

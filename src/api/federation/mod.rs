@@ -4,14 +4,18 @@
 //! [`super::ruma::Ruma`] extractor before a handler runs (the origin is in `Ruma::origin`);
 //! the key endpoints are not signed (`NoAuthentication`).
 
+pub mod events;
 pub mod keys;
+pub mod membership;
 pub mod query;
-pub mod rooms;
 pub mod transactions;
 pub mod user;
 pub mod version;
 
-use super::ruma::{RouterExt, Routes};
+use ruma::ServerName;
+
+use super::ruma::{RouterExt, Routes, Ruma};
+use crate::{Error, Result};
 
 /// Every federation route.
 pub fn routes() -> Routes {
@@ -27,12 +31,20 @@ pub fn routes() -> Routes {
         .ruma_route(user::claim_keys)
         .ruma_route(user::get_openid_userinfo)
         .ruma_route(transactions::send_transaction)
-        .ruma_route(rooms::make_join)
-        .ruma_route(rooms::send_join)
-        .ruma_route(rooms::get_event)
-        .ruma_route(rooms::get_room_state)
-        .ruma_route(rooms::get_room_state_ids)
-        .ruma_route(rooms::get_event_authorization)
-        .ruma_route(rooms::get_missing_events)
-        .ruma_route(rooms::get_backfill)
+        .ruma_route(membership::prepare_join_event)
+        .ruma_route(membership::create_join_event)
+        .ruma_route(events::get_event)
+        .ruma_route(events::get_room_state)
+        .ruma_route(events::get_room_state_ids)
+        .ruma_route(events::get_event_authorization)
+        .ruma_route(events::get_missing_events)
+        .ruma_route(events::get_backfill)
+}
+
+/// The server that signed a request (the `X-Matrix` check has run).
+fn origin<T>(request: &Ruma<T>) -> Result<&ServerName> {
+    request
+        .origin
+        .as_deref()
+        .ok_or_else(|| Error::internal("federation request without an origin"))
 }

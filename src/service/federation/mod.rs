@@ -1,5 +1,7 @@
 //! Federation (server-server API): finding other servers ([`resolve`]), server signing
-//! keys, ours and theirs ([`keys`]), and signed requests to other servers ([`client`]).
+//! keys, ours and theirs ([`keys`]), signed requests to other servers ([`client`]), and
+//! this server as the resident server of its rooms for others ([`resident`]: joins, and
+//! the reads that fill gaps).
 //!
 //! Off unless `allow_federation` is set: then no federation path is served, nothing is sent,
 //! and a client request that needs another server is refused with a clear error

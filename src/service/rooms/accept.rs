@@ -60,6 +60,19 @@ use super::{
 };
 use crate::{Error, Result};
 
+/// Runs `f` — checks, state resolution, the commit — without holding up the async worker
+/// thread's other tasks: a resolution over a large room can take a while. On the server's
+/// multi-threaded runtime the worker hands its tasks to the others for the duration
+/// (`block_in_place`); elsewhere (single-threaded tests) `f` simply runs.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Where an accepted event goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
@@ -128,7 +141,7 @@ impl Rooms {
     ) -> Result<Outcome> {
         let outcome = {
             let _guard = self.lock(&event.room_id).await;
-            self.accept_locked(event, place, state, None)?
+            off_worker(|| self.accept_locked(event, place, state, None))?
         };
         if let Outcome::Committed(_) = outcome {
             self.db.persist().await?;
@@ -145,7 +158,7 @@ impl Rooms {
         state: StateBefore,
     ) -> Result<Outcome> {
         let _guard = self.lock(&event.room_id).await;
-        self.accept_locked(event, place, state, None)
+        off_worker(|| self.accept_locked(event, place, state, None))
     }
 
     /// Stores several events as outliers (an auth chain or a state answer) in an order where
@@ -163,7 +176,9 @@ impl Rooms {
             for i in pending.iter().copied() {
                 let event = events[i].clone();
                 let _guard = self.lock(&event.room_id).await;
-                match self.accept_locked(event, Place::Outlier, StateBefore::default(), None)? {
+                match off_worker(|| {
+                    self.accept_locked(event, Place::Outlier, StateBefore::default(), None)
+                })? {
                     missing @ Outcome::Missing { .. } => {
                         outcomes[i] = Some(missing);
                         next.push(i);
@@ -381,12 +396,9 @@ impl Rooms {
             for i in order {
                 let state = given.remove(&events[i].event_id).unwrap_or_default();
                 let position = reserved.pop();
-                outcomes[i] = Some(self.accept_locked(
-                    events[i].clone(),
-                    Place::Backfill,
-                    state,
-                    position,
-                )?);
+                outcomes[i] = Some(off_worker(|| {
+                    self.accept_locked(events[i].clone(), Place::Backfill, state, position)
+                })?);
             }
         }
         self.db.persist().await?;

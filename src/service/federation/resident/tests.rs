@@ -838,3 +838,62 @@ async fn the_walks_skip_rejected_events() {
         assert_eq!(ids, vec![room.erin_join.event_id.clone()], "{version}");
     }
 }
+
+/// A server the room's ACL denies gets 403 from make_join and every read, even with a user
+/// in the room.
+#[tokio::test]
+async fn a_server_the_acl_denies_is_refused() {
+    let services = services();
+    let remote = Remote::new();
+    let version = RoomVersionId::V10;
+    let room_id = create(&services, &version, Preset::PublicChat, Vec::new()).await;
+    let (join_id, _) = join(&services, &remote, &room_id, &version).await;
+    services
+        .state_at(remote_server(), &room_id, &join_id)
+        .unwrap();
+    services
+        .rooms
+        .send(
+            &room_id,
+            alice(),
+            NewEvent::state(
+                "m.room.server_acl",
+                "",
+                json!({ "allow": ["*"], "deny": ["remote.test"], "allow_ip_literals": false }),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    let carol = remote.user("carol");
+    assert_error(
+        services.make_join(
+            remote_server(),
+            &room_id,
+            &carol,
+            std::slice::from_ref(&version),
+        ),
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        services.state_at(remote_server(), &room_id, &join_id),
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        services.backfill(
+            remote_server(),
+            &room_id,
+            std::slice::from_ref(&join_id),
+            10,
+        ),
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        services.federation_event(remote_server(), &join_id),
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+}

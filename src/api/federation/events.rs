@@ -1,74 +1,26 @@
-//! Rooms for other servers (server-server API, "Joining Rooms", "Retrieving events",
-//! "Backfilling and retrieving missing events"): `make_join`, `send_join` (v2), `/event`,
-//! `/state`, `/state_ids`, `/event_auth`, `/get_missing_events`, `/backfill`. The logic is
-//! in `service::federation::resident`.
+//! The reads another server in a room uses (server-server API, "Retrieving events",
+//! "Backfilling and retrieving missing events"): `/event`, `/state`, `/state_ids`,
+//! `/event_auth`, `/get_missing_events`, `/backfill`. The logic is in
+//! `service::federation::resident`.
 
 use std::sync::Arc;
 
-use axum::{Json, extract::State};
+use axum::extract::State;
 use ruma::{
-    MilliSecondsSinceUnixEpoch, ServerName,
+    MilliSecondsSinceUnixEpoch,
     api::federation::{
         authorization::get_event_authorization,
         backfill::get_backfill,
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
-        membership::{create_join_event, prepare_join_event},
     },
 };
-use serde_json::{Value as JsonValue, json};
 
+use super::origin;
 use crate::{
-    Error, Result,
+    Result,
     api::ruma::{Ruma, RumaResponse},
     service::{Services, federation::resident::DEFAULT_MISSING_LIMIT},
 };
-
-fn origin<T>(request: &Ruma<T>) -> Result<&ServerName> {
-    request
-        .origin
-        .as_deref()
-        .ok_or_else(|| Error::internal("federation request without an origin"))
-}
-
-fn raw(object: &ruma::CanonicalJsonObject) -> Result<Box<serde_json::value::RawValue>> {
-    serde_json::value::to_raw_value(object).map_err(|e| Error::internal(e.to_string()))
-}
-
-/// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`
-pub async fn make_join(
-    State(services): State<Arc<Services>>,
-    request: Ruma<prepare_join_event::v1::Request>,
-) -> Result<RumaResponse<prepare_join_event::v1::Response>> {
-    let origin = origin(&request)?;
-    let body = &request.body;
-    let (version, template) =
-        services.make_join(origin, &body.room_id, &body.user_id, &body.ver)?;
-    let mut response = prepare_join_event::v1::Response::new(raw(&template)?);
-    response.room_version = Some(version);
-    Ok(RumaResponse(response))
-}
-
-/// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`. Answered by hand: ruma's
-/// `RoomState` has no `origin`, which Synapse sends too (it was required in v1). Every
-/// member event is sent whatever `omit_members` asks (`members_omitted: false`).
-pub async fn send_join(
-    State(services): State<Arc<Services>>,
-    request: Ruma<create_join_event::v2::Request>,
-) -> Result<Json<JsonValue>> {
-    let origin = origin(&request)?;
-    let body = &request.body;
-    let answer = services
-        .send_join(origin, &body.room_id, &body.event_id, &body.pdu)
-        .await?;
-    Ok(Json(json!({
-        "origin": services.config.server_name,
-        "members_omitted": false,
-        "state": answer.state,
-        "auth_chain": answer.auth_chain,
-        "event": answer.event,
-        "servers_in_room": answer.servers_in_room,
-    })))
-}
 
 /// `GET /_matrix/federation/v1/event/{eventId}`
 pub async fn get_event(
