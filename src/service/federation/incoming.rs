@@ -87,6 +87,12 @@ impl Services {
             }
         };
         let event_id = event_id_of(&object, &version);
+        // S2S "Server Access Control Lists": each PDU of a transaction is checked against
+        // the room's ACL for the transaction's origin.
+        if self.check_server_acl(origin, &room_id).is_err() {
+            tracing::info!(%origin, %room_id, "PDU from a server the room's ACL denies dropped");
+            return Ok(event_id.map(|id| (id, Err("denied by the room's server ACL".to_owned()))));
+        }
         let verified = match self.verify_object(object, &version).await {
             Ok(verified) => verified,
             Err(Dropped(reason)) => {

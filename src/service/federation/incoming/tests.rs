@@ -258,3 +258,43 @@ async fn pdus_for_unknown_rooms_and_unfillable_gaps_store_nothing() {
         vec![room.tip().event_id.clone()]
     );
 }
+
+#[tokio::test]
+async fn pdus_from_a_server_the_room_acl_denies_are_dropped() {
+    let (services, room) = setup(RoomVersionId::V10).await;
+    let acl = room.remote.verified(
+        &room.remote.event(
+            &room.version,
+            Some(&room.room_id),
+            &room.carol,
+            "m.room.server_acl",
+            Some(""),
+            json!({ "allow": ["*"], "deny": ["remote.test"], "allow_ip_literals": false }),
+            &[room.tip()],
+            &[&room.create, &room.power_levels, &room.carol_join],
+        ),
+        &room.version,
+    );
+    services
+        .rooms
+        .accept(acl.clone(), Place::Live, StateBefore::default())
+        .await
+        .unwrap();
+    let event = room.remote.event(
+        &room.version,
+        Some(&room.room_id),
+        &room.dave,
+        "m.room.message",
+        None,
+        json!({ "msgtype": "m.text", "body": "after the ACL" }),
+        &[&acl],
+        &room.message_auths(&room.dave_join),
+    );
+    let id = id_of(&room, &event);
+    let results = send(&services, "t1", &[event]).await;
+    assert!(
+        matches!(results.get(&id), Some(Err(reason)) if reason.contains("ACL")),
+        "{results:?}"
+    );
+    assert!(services.rooms.pdu(&id).unwrap().is_none());
+}
