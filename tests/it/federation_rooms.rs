@@ -550,3 +550,150 @@ async fn device_list_changes_reach_the_other_server() {
     new_device(&synapse, &bob_id, "battery staple").await;
     wait_for_device_change(&ours, &alice, since, &bob_id).await;
 }
+
+/// Syncs from `since` until `room_id`'s ephemeral events hold one of `kind` that
+/// `wanted` accepts (bounded: 30 s).
+async fn wait_for_ephemeral(
+    server: &impl Homeserver,
+    token: &str,
+    mut since: String,
+    room_id: &str,
+    kind: &str,
+    wanted: impl Fn(&Value) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, sync) = server
+            .call(
+                token,
+                Method::GET,
+                &format!("/sync?timeout=2000&since={since}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sync}");
+        if let Some(events) = sync["rooms"]["join"][room_id]["ephemeral"]["events"].as_array()
+            && events
+                .iter()
+                .any(|event| event["type"] == kind && wanted(event))
+        {
+            return;
+        }
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        assert!(
+            Instant::now() < deadline,
+            "no matching {kind} on {}",
+            server.name()
+        );
+    }
+}
+
+/// Typing notices and read receipts go both ways between our server and Synapse.
+#[tokio::test]
+async fn typing_and_receipts_cross_to_synapse_and_back() {
+    let synapse = Synapse::start().await;
+    let ours = TestServer::start_federating();
+    let alice = ours.register("alice", "correct horse").await;
+    let bob = synapse.register("bob", "battery staple").await;
+    let (alice_id, bob_id) = (ours.user_id("alice"), synapse.user_id("bob"));
+    let (status, created) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "room_alias_name": "desk", "preset": "public_chat" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room_id = created["room_id"].as_str().unwrap().to_owned();
+    let (status, joined) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/join/%23desk:{}", ours.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let from_alice = send_text(&ours, &alice, &room_id, "o1", "anyone there?").await;
+    wait_for_message(&synapse, &bob, &room_id, "anyone there?").await;
+    let from_bob = send_text(&synapse, &bob, &room_id, "s1", "here").await;
+    wait_for_message(&ours, &alice, &room_id, "here").await;
+
+    // Typing: Bob on Synapse → Alice here, and back.
+    let since = sync_token(&ours, &alice).await;
+    let (status, body) = synapse
+        .client_api(
+            &bob,
+            Method::PUT,
+            &format!("/rooms/{room_id}/typing/{bob_id}"),
+            Some(json!({ "typing": true, "timeout": 30000 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bob_typing = |event: &Value| {
+        event["content"]["user_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|id| id == bob_id.as_str()))
+    };
+    wait_for_ephemeral(&ours, &alice, since, &room_id, "m.typing", bob_typing).await;
+    let since = sync_token(&synapse, &bob).await;
+    let (status, body) = ours
+        .client_api(
+            &alice,
+            Method::PUT,
+            &format!("/rooms/{room_id}/typing/{alice_id}"),
+            Some(json!({ "typing": true, "timeout": 30000 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let alice_typing = |event: &Value| {
+        event["content"]["user_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|id| id == alice_id.as_str()))
+    };
+    wait_for_ephemeral(&synapse, &bob, since, &room_id, "m.typing", alice_typing).await;
+
+    // Receipts: Alice read Bob's message; Bob read Alice's.
+    let since = sync_token(&synapse, &bob).await;
+    let (status, body) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            &format!("/rooms/{room_id}/receipt/m.read/{from_bob}"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let read_by = |event_id: String, user: String| {
+        move |event: &Value| event["content"][&event_id]["m.read"][&user].is_object()
+    };
+    wait_for_ephemeral(
+        &synapse,
+        &bob,
+        since,
+        &room_id,
+        "m.receipt",
+        read_by(from_bob.clone(), alice_id.clone()),
+    )
+    .await;
+    let since = sync_token(&ours, &alice).await;
+    let (status, body) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/rooms/{room_id}/receipt/m.read/{from_alice}"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_ephemeral(
+        &ours,
+        &alice,
+        since,
+        &room_id,
+        "m.receipt",
+        read_by(from_alice.clone(), bob_id.clone()),
+    )
+    .await;
+}

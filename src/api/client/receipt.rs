@@ -53,6 +53,9 @@ pub async fn create_typing_event(
         timeout,
         members.iter().map(|u| u.as_ref()),
     )?;
+    services
+        .typing_sent(&body.room_id, sender, timeout.is_some())
+        .await?;
     if let Some(expires) = expires {
         // When it runs out, the others are told the user stopped typing.
         let services = Arc::clone(&services);
@@ -88,6 +91,7 @@ async fn receipt(
         return Err(Error::not_found("Unknown event."));
     }
     let members = joined_members(services, room_id)?;
+    let event_id_sent = event_id.clone();
     services
         .ephemeral
         .set_receipt(
@@ -99,6 +103,12 @@ async fn receipt(
             members.iter().map(|u| u.as_ref()),
         )
         .await?;
+    // Public receipts go to the other servers in the room too.
+    if kind == "m.read" {
+        services
+            .receipt_sent(room_id, user, &event_id_sent, thread)
+            .await?;
+    }
     // Reading the room clears its notification counts.
     if kind == "m.read" || kind == "m.read.private" {
         services.push.read(user, room_id).await?;

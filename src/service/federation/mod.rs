@@ -14,6 +14,7 @@ pub mod keys;
 pub mod receive;
 pub mod resident;
 pub mod resolve;
+pub mod room_edus;
 pub mod sender;
 
 use std::{

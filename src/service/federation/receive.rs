@@ -13,8 +13,8 @@
 //! PDUs are checked and stored one by one ([`super::incoming`]); PDUs for rooms this
 //! server is not in are dropped. EDUs applied today: `m.direct_to_device` (send-to-device
 //! messages for local users), `m.device_list_update` and `m.signing_key_update` (the
-//! user's device list is marked changed for our users who share a room with them);
-//! typing, receipts and presence are dropped for now.
+//! user's device list is marked changed for our users who share a room with them),
+//! `m.typing` and `m.receipt` ([`super::room_edus`]); presence is dropped for now.
 
 use std::collections::BTreeMap;
 
@@ -120,6 +120,8 @@ impl Services {
                         self.remote_device_list_changed(&content.user_id).await?;
                     }
                 }
+                Ok(Edu::Typing(content)) => self.receive_typing(origin, &content)?,
+                Ok(Edu::Receipt(content)) => self.receive_receipts(origin, &content).await?,
                 Ok(Edu::SigningKeyUpdate(content)) => {
                     if content.user_id.server_name() == origin {
                         self.remote_device_list_changed(&content.user_id).await?;
