@@ -697,3 +697,100 @@ async fn typing_and_receipts_cross_to_synapse_and_back() {
     )
     .await;
 }
+
+/// The bodies of the messages of a backwards `/messages` page, newest first.
+async fn history(server: &impl Homeserver, token: &str, room_id: &str) -> Vec<String> {
+    let (status, page) = server
+        .call(
+            token,
+            Method::GET,
+            &format!("/rooms/{room_id}/messages?dir=b&limit=30"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["type"] == "m.room.message")
+        .filter_map(|event| event["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A user who joins a room on another server pages back past the join: the history comes
+/// from that server (`/backfill`), in order, from our own second instance and from Synapse.
+#[tokio::test]
+async fn history_from_before_the_join_is_backfilled() {
+    let a = TestServer::start_federating();
+    let b = TestServer::start_federating();
+    let alice = a.register("alice", "correct horse").await;
+    let bob = b.register("bob", "battery staple").await;
+    let (status, created) = a
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "room_alias_name": "old", "preset": "public_chat" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room_id = created["room_id"].as_str().unwrap().to_owned();
+    for n in 1..=5 {
+        send_text(&a, &alice, &room_id, &format!("o{n}"), &format!("old {n}")).await;
+    }
+    let (status, joined) = b
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/join/%23old:{}", a.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    assert_eq!(
+        history(&b, &bob, &room_id).await,
+        ["old 5", "old 4", "old 3", "old 2", "old 1"],
+        "{}",
+        b.log()
+    );
+
+    // From Synapse.
+    let synapse = Synapse::start().await;
+    let carol = synapse.register("carol", "battery staple").await;
+    let (status, created) = synapse
+        .client_api(
+            &carol,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "room_alias_name": "log", "preset": "public_chat" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room_id = created["room_id"].as_str().unwrap().to_owned();
+    for n in 1..=3 {
+        send_text(
+            &synapse,
+            &carol,
+            &room_id,
+            &format!("s{n}"),
+            &format!("entry {n}"),
+        )
+        .await;
+    }
+    let (status, joined) = b
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/join/%23log:{}", synapse.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    assert_eq!(
+        history(&b, &bob, &room_id).await,
+        ["entry 3", "entry 2", "entry 1"],
+        "{}",
+        b.log()
+    );
+}

@@ -163,9 +163,21 @@ pub async fn get_message_events(
         limit,
         max_read: (limit * READ_FACTOR).max(MIN_READ),
     };
-    let scanned = scan(&services.rooms, &info, walk, |pos, pdu| {
+    let mut scanned = scan(&services.rooms, &info, walk, |pos, pdu| {
         Ok(matcher.allows_pdu(pdu) && shown(pdu, &ignored) && visibility.can_see(pos, pdu)?)
     })?;
+    // The start of what this server holds, but not of the room: older history comes from
+    // another server in it (backfill), then the page is read again.
+    if body.dir == Direction::Backward
+        && scanned.exhausted
+        && scanned.events.len() < limit
+        && services.backfill_from_others(&body.room_id).await? > 0
+    {
+        let mut visibility = reader(&services, &body.room_id, sender)?;
+        scanned = scan(&services.rooms, &info, walk, |pos, pdu| {
+            Ok(matcher.allows_pdu(pdu) && shown(pdu, &ignored) && visibility.can_see(pos, pdu)?)
+        })?;
+    }
     // No `end` once the start of the room (or `to`) is reached going backwards.
     response.end = match (body.dir, scanned.last_read) {
         (_, None) => None,

@@ -7,6 +7,7 @@
 //! and a client request that needs another server is refused with a clear error
 //! ([`Federation::reach`]).
 
+pub mod backfill;
 pub mod client;
 pub mod incoming;
 pub mod join;
