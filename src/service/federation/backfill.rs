@@ -9,12 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use ruma::{
-    OwnedEventId, OwnedServerName, RoomId, UInt,
-    api::federation::{backfill::get_backfill, event::get_room_state},
-    events::{StateEventType, room::member::MembershipState},
-    state_res::StateMap,
-};
+use ruma::{OwnedEventId, RoomId, UInt, api::federation::backfill::get_backfill};
 
 use crate::{
     Result,
@@ -35,6 +30,8 @@ const SERVERS_TRIED: usize = 3;
 const HOLES_ASKED: usize = 20;
 /// Oldest events of an answer whose state is fetched (one `/state` each).
 const STATES_FETCHED: usize = 3;
+/// Events fetched besides the answer (states, auth events) at most, as for one received PDU.
+const FETCH_BUDGET: usize = 2_000;
 
 impl Services {
     /// Fills the oldest holes of `room_id` from another server in it. Returns how many
@@ -51,13 +48,7 @@ impl Services {
             return Ok(0);
         };
         let version = info.version;
-        let mut servers: BTreeSet<OwnedServerName> = BTreeSet::new();
-        for (member, membership) in self.rooms.members(room_id)? {
-            if membership == MembershipState::Join {
-                servers.insert(member.server_name().to_owned());
-            }
-        }
-        servers.remove(&self.config.server_name);
+        let servers = self.rooms.joined_servers(room_id)?;
         for server in servers.iter().take(SERVERS_TRIED) {
             let request = get_backfill::v1::Request::new(
                 room_id.to_owned(),
@@ -109,67 +100,26 @@ impl Services {
                     oldest.push(event.event_id.clone());
                 }
             }
+            let mut budget = FETCH_BUDGET;
             for event_id in oldest.iter().take(STATES_FETCHED) {
-                let request =
-                    get_room_state::v1::Request::new(event_id.clone(), room_id.to_owned());
-                let state = match client.send(server, request).await {
-                    Ok(state) => state,
-                    Err(error) => {
-                        tracing::info!(%server, %event_id, %error, "state for backfill failed");
-                        continue;
-                    }
-                };
-                let mut outliers = Vec::new();
-                for raw in state.auth_chain.iter().chain(state.pdus.iter()) {
-                    if let Ok(found) = self.verify_pdu(raw, &version).await
-                        && found.room_id == room_id
-                        && self.rooms.pdu(&found.event_id)?.is_none()
-                    {
-                        outliers.push(found);
-                    }
+                if let Some(map) = self
+                    .fetch_state_before(server, room_id, &version, event_id, &mut budget)
+                    .await?
+                {
+                    given.insert(event_id.clone(), StateBefore { fetched: vec![map] });
                 }
-                let state_ids: Vec<OwnedEventId> = {
-                    let mut ids = Vec::new();
-                    for raw in &state.pdus {
-                        if let Ok(found) = self.verify_pdu(raw, &version).await {
-                            ids.push(found.event_id);
-                        }
-                    }
-                    ids
-                };
-                self.rooms.accept_outliers(outliers).await?;
-                let mut map: StateMap<OwnedEventId> = StateMap::new();
-                for id in state_ids {
-                    if let Some(pdu) = self.rooms.pdu(&id)?
-                        && let Some(state_key) = &pdu.state_key
-                    {
-                        map.insert(
-                            (
-                                StateEventType::from(pdu.kind.to_string()),
-                                state_key.clone(),
-                            ),
-                            id,
-                        );
-                    }
-                }
-                given.insert(event_id.clone(), StateBefore { fetched: vec![map] });
             }
-            if !missing_auth.is_empty() {
-                let mut chain = Vec::new();
-                for id in missing_auth.iter().take(100) {
-                    if self.rooms.pdu(id)?.is_some() {
-                        continue;
-                    }
-                    let request =
-                        ruma::api::federation::event::get_event::v1::Request::new(id.clone());
-                    if let Ok(response) = client.send(server, request).await
-                        && let Ok(found) = self.verify_pdu(&response.pdu, &version).await
-                        && found.event_id == *id
-                    {
-                        chain.push(found);
-                    }
+            let mut chain = Vec::new();
+            for id in &missing_auth {
+                if self.rooms.pdu(id)?.is_none()
+                    && let Some(found) = self.fetch_event(server, id, &version, &mut budget).await
+                {
+                    chain.push(found);
                 }
-                self.rooms.accept_outliers(chain).await?;
+            }
+            if !chain.is_empty() {
+                self.store_outliers(server, room_id, &version, chain, &mut budget)
+                    .await?;
             }
             let outcomes = self.rooms.accept_backfill(events, given).await?;
             let stored = outcomes

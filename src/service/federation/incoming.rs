@@ -256,7 +256,7 @@ impl Services {
     }
 
     /// `GET /event/{eventId}`, checked; `None` when it cannot be had or is not that event.
-    async fn fetch_event(
+    pub(crate) async fn fetch_event(
         &self,
         origin: &ServerName,
         event_id: &OwnedEventId,
@@ -314,7 +314,7 @@ impl Services {
             .await
     }
 
-    async fn store_outliers(
+    pub(crate) async fn store_outliers(
         &self,
         origin: &ServerName,
         room_id: &RoomId,
@@ -410,9 +410,6 @@ impl Services {
         prevs: &[OwnedEventId],
         budget: &mut usize,
     ) -> Result<StateBefore> {
-        let Some(client) = self.federation.client() else {
-            return Ok(StateBefore::default());
-        };
         let mut fetched = Vec::new();
         for prev in prevs {
             let prev_event = match self.rooms.pdu(prev)? {
@@ -432,43 +429,12 @@ impl Services {
                     }
                 }
             };
-            let request = get_room_state::v1::Request::new(prev.to_owned(), room_id.to_owned());
-            let response = match client.send(origin, request).await {
-                Ok(response) => response,
-                Err(error) => {
-                    tracing::info!(%origin, %prev, %error, "could not fetch the state at an event");
-                    return Ok(StateBefore::default());
-                }
-            };
-            if response.pdus.len() + response.auth_chain.len() > *budget {
-                tracing::info!(%origin, %prev, "state too large to fetch for one event");
+            let Some(mut map) = self
+                .fetch_state_before(origin, room_id, version, prev, budget)
+                .await?
+            else {
                 return Ok(StateBefore::default());
-            }
-            let mut all = response.auth_chain;
-            all.extend(response.pdus.iter().cloned());
-            self.store_outliers_raw(origin, room_id, version, &all, budget)
-                .await?;
-            let mut map: StateMap<OwnedEventId> = StateMap::new();
-            for raw in &response.pdus {
-                let Ok(object) = check_format(raw, version) else {
-                    continue;
-                };
-                let Some(id) = event_id_of(&object, version) else {
-                    continue;
-                };
-                // Only what was checked and stored counts.
-                if let Some(pdu) = self.rooms.pdu(&id)?
-                    && let Some(state_key) = &pdu.state_key
-                {
-                    map.insert(
-                        (
-                            StateEventType::from(pdu.kind.to_string()),
-                            state_key.clone(),
-                        ),
-                        id,
-                    );
-                }
-            }
+            };
             if let Some(state_key) = &prev_event.state_key {
                 map.insert(
                     (
@@ -481,6 +447,72 @@ impl Services {
             fetched.push(map);
         }
         Ok(StateBefore { fetched })
+    }
+}
+
+impl Services {
+    /// `GET /state` at `event_id` on `origin`: the state before that event and its auth
+    /// chain, checked and stored as outliers. Returns the state as a map of what was
+    /// stored; `None` when it cannot be had or does not fit in `budget`.
+    pub(crate) async fn fetch_state_before(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        event_id: &OwnedEventId,
+        budget: &mut usize,
+    ) -> Result<Option<StateMap<OwnedEventId>>> {
+        let Some(client) = self.federation.client() else {
+            return Ok(None);
+        };
+        let request = get_room_state::v1::Request::new(event_id.to_owned(), room_id.to_owned());
+        let response = match client.send(origin, request).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::info!(%origin, %event_id, %error, "could not fetch the state at an event");
+                return Ok(None);
+            }
+        };
+        if response.pdus.len() + response.auth_chain.len() > *budget {
+            tracing::info!(%origin, %event_id, "state too large to fetch for one event");
+            return Ok(None);
+        }
+        // The state's ids from the reference hashes (cheap); only what is checked and
+        // stored below counts in the map.
+        let state_ids: Vec<OwnedEventId> = response
+            .pdus
+            .iter()
+            .filter_map(|raw| event_id_of(&check_format(raw, version).ok()?, version))
+            .collect();
+        let mut all = response.auth_chain;
+        all.extend(response.pdus);
+        self.store_outliers_raw(origin, room_id, version, &all, budget)
+            .await?;
+        Ok(Some(self.state_map_of(state_ids)?))
+    }
+
+    /// The state map of `ids`: those that are stored state events and not rejected (S2S
+    /// "Rejection": a rejected event is in no state).
+    pub(crate) fn state_map_of(
+        &self,
+        ids: impl IntoIterator<Item = OwnedEventId>,
+    ) -> Result<StateMap<OwnedEventId>> {
+        let mut map = StateMap::new();
+        for id in ids {
+            if let Some(pdu) = self.rooms.pdu(&id)?
+                && let Some(state_key) = &pdu.state_key
+                && !matches!(self.rooms.verdict(&id)?, Verdict::Rejected(_))
+            {
+                map.insert(
+                    (
+                        StateEventType::from(pdu.kind.to_string()),
+                        state_key.clone(),
+                    ),
+                    id,
+                );
+            }
+        }
+        Ok(map)
     }
 }
 

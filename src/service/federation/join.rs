@@ -15,7 +15,6 @@ use ruma::{
     },
     events::StateEventType,
     signatures::{hash_and_sign_event, reference_hash},
-    state_res::StateMap,
 };
 use serde_json::Value as JsonValue;
 
@@ -205,27 +204,8 @@ impl Services {
         self.rooms.accept_outliers(events).await?;
 
         // The state before the join: what was stored and not rejected.
-        let mut state: StateMap<OwnedEventId> = StateMap::new();
-        let mut has_create = false;
-        for id in state_ids {
-            let Some(pdu) = self.rooms.pdu(&id)? else {
-                continue;
-            };
-            if matches!(self.rooms.verdict(&id)?, Verdict::Rejected(_)) {
-                continue;
-            }
-            if let Some(state_key) = &pdu.state_key {
-                has_create |= pdu.kind == ruma::events::TimelineEventType::RoomCreate;
-                state.insert(
-                    (
-                        StateEventType::from(pdu.kind.to_string()),
-                        state_key.clone(),
-                    ),
-                    id,
-                );
-            }
-        }
-        if !has_create {
+        let state = self.state_map_of(state_ids)?;
+        if !state.contains_key(&(StateEventType::RoomCreate, String::new())) {
             return Err(Error::remote(format!(
                 "{server} sent a room state without its create event"
             )));

@@ -4,10 +4,10 @@
 //! for their own users who are joined in the room, and reach our users' syncs like local
 //! ones. Private receipts (`m.read.private`) never leave the server.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::time::Duration;
 
 use ruma::{
-    OwnedEventId, OwnedServerName, RoomId, ServerName, UserId,
+    OwnedEventId, RoomId, ServerName, UserId,
     api::federation::transactions::edu::{ReceiptContent, TypingContent},
     events::{receipt::ReceiptThread, room::member::MembershipState},
 };
@@ -26,13 +26,7 @@ impl Services {
         let Some(sender) = self.federation.sender() else {
             return Ok(());
         };
-        let mut servers: BTreeSet<OwnedServerName> = BTreeSet::new();
-        for (member, membership) in self.rooms.members(room_id)? {
-            if membership == MembershipState::Join {
-                servers.insert(member.server_name().to_owned());
-            }
-        }
-        servers.remove(&self.config.server_name);
+        let servers = self.rooms.joined_servers(room_id)?;
         if servers.is_empty() {
             return Ok(());
         }

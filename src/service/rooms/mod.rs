@@ -526,6 +526,22 @@ impl Rooms {
     /// (`/backfill` with these as `v`) starts here; an event accepted as
     /// [`accept::Place::Backfill`] (or live) closes its hole, and its own unknown prev
     /// events become holes.
+    /// The other servers with a user joined in `room_id` (as the membership index says):
+    /// where our events, typing notices and receipts go, and whom to ask for history.
+    pub fn joined_servers(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<std::collections::BTreeSet<ruma::OwnedServerName>> {
+        let mut servers = std::collections::BTreeSet::new();
+        for (user, membership) in self.members(room_id)? {
+            if membership == MembershipState::Join {
+                servers.insert(user.server_name().to_owned());
+            }
+        }
+        servers.remove(&self.server_name);
+        Ok(servers)
+    }
+
     pub fn backward_extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
         Self::event_ids_under(&*self.backward_extremities, room_id)
     }

@@ -235,12 +235,7 @@ impl Rooms {
     /// the indexes say before the event), and the server of a member event's target (a
     /// kick or ban must reach the user's server), never this one.
     fn destinations(&self, room_id: &RoomId, pdu: &Pdu) -> Result<Vec<OwnedServerName>> {
-        let mut servers = BTreeSet::new();
-        for (user, membership) in self.members(room_id)? {
-            if membership == MembershipState::Join {
-                servers.insert(user.server_name().to_owned());
-            }
-        }
+        let mut servers = self.joined_servers(room_id)?;
         if pdu.kind == TimelineEventType::RoomMember
             && let Some(target) = pdu
                 .state_key
