@@ -52,16 +52,16 @@ impl Homeserver for Synapse {
     }
 }
 
-/// Syncs as `token` on `server` until an `m.room.message` with `body` shows in `room_id`'s
-/// timeline (bounded: 30 s), returning the event.
-async fn wait_for_message(
+/// Syncs as `token` on `server` from `since` (an initial sync first when `None`) until
+/// `found` picks something out of an answer, and returns it (bounded: 30 s).
+async fn sync_until<T>(
     server: &impl Homeserver,
     token: &str,
-    room_id: &str,
-    body: &str,
-) -> Value {
+    mut since: Option<String>,
+    what: &str,
+    found: impl Fn(&Value) -> Option<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut since: Option<String> = None;
     loop {
         let path = match &since {
             Some(since) => format!("/sync?timeout=2000&since={since}"),
@@ -69,22 +69,39 @@ async fn wait_for_message(
         };
         let (status, sync) = server.call(token, Method::GET, &path, None).await;
         assert_eq!(status, StatusCode::OK, "{sync}");
-        for section in ["join", "invite"] {
-            if let Some(events) = sync["rooms"][section][room_id]["timeline"]["events"].as_array()
-                && let Some(found) = events.iter().find(|event| {
-                    event["type"] == "m.room.message" && event["content"]["body"] == body
-                })
-            {
-                return found.clone();
-            }
+        if let Some(found) = found(&sync) {
+            return found;
         }
         since = sync["next_batch"].as_str().map(str::to_owned);
         assert!(
             Instant::now() < deadline,
-            "{body:?} did not arrive in {room_id} on {}",
+            "{what} did not reach {}",
             server.name()
         );
     }
+}
+
+/// Waits for an `m.room.message` with `body` in `room_id`'s timeline; returns the event.
+async fn wait_for_message(
+    server: &impl Homeserver,
+    token: &str,
+    room_id: &str,
+    body: &str,
+) -> Value {
+    sync_until(
+        server,
+        token,
+        None,
+        &format!("{body:?} in {room_id}"),
+        |sync| {
+            sync["rooms"]["join"][room_id]["timeline"]["events"]
+                .as_array()?
+                .iter()
+                .find(|event| event["type"] == "m.room.message" && event["content"]["body"] == body)
+                .cloned()
+        },
+    )
+    .await
 }
 
 async fn send_text(
@@ -430,38 +447,22 @@ async fn sync_token(server: &impl Homeserver, token: &str) -> String {
     sync["next_batch"].as_str().unwrap().to_owned()
 }
 
-/// Syncs from `since` until `user` is in `device_lists.changed` (bounded: 30 s).
-async fn wait_for_device_change(
-    server: &impl Homeserver,
-    token: &str,
-    mut since: String,
-    user: &str,
-) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, sync) = server
-            .call(
-                token,
-                Method::GET,
-                &format!("/sync?timeout=2000&since={since}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{sync}");
-        let changed = sync["device_lists"]["changed"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if changed.iter().any(|id| id == user) {
-            return;
-        }
-        since = sync["next_batch"].as_str().unwrap().to_owned();
-        assert!(
-            Instant::now() < deadline,
-            "{user}'s device change did not reach {}",
-            server.name()
-        );
-    }
+/// Waits, from `since`, for `user` in `device_lists.changed`.
+async fn wait_for_device_change(server: &impl Homeserver, token: &str, since: String, user: &str) {
+    sync_until(
+        server,
+        token,
+        Some(since),
+        &format!("{user}'s device change"),
+        |sync| {
+            sync["device_lists"]["changed"]
+                .as_array()?
+                .iter()
+                .any(|id| id == user)
+                .then_some(())
+        },
+    )
+    .await
 }
 
 /// Logs `name` in on a new device and uploads its device keys, as a client does.
@@ -551,41 +552,30 @@ async fn device_list_changes_reach_the_other_server() {
     wait_for_device_change(&ours, &alice, since, &bob_id).await;
 }
 
-/// Syncs from `since` until `room_id`'s ephemeral events hold one of `kind` that
-/// `wanted` accepts (bounded: 30 s).
+/// Waits, from `since`, for an ephemeral event of `kind` in `room_id` that `wanted`
+/// accepts.
 async fn wait_for_ephemeral(
     server: &impl Homeserver,
     token: &str,
-    mut since: String,
+    since: String,
     room_id: &str,
     kind: &str,
     wanted: impl Fn(&Value) -> bool,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, sync) = server
-            .call(
-                token,
-                Method::GET,
-                &format!("/sync?timeout=2000&since={since}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{sync}");
-        if let Some(events) = sync["rooms"]["join"][room_id]["ephemeral"]["events"].as_array()
-            && events
+    sync_until(
+        server,
+        token,
+        Some(since),
+        &format!("{kind} in {room_id}"),
+        |sync| {
+            sync["rooms"]["join"][room_id]["ephemeral"]["events"]
+                .as_array()?
                 .iter()
                 .any(|event| event["type"] == kind && wanted(event))
-        {
-            return;
-        }
-        since = sync["next_batch"].as_str().unwrap().to_owned();
-        assert!(
-            Instant::now() < deadline,
-            "no matching {kind} on {}",
-            server.name()
-        );
-    }
+                .then_some(())
+        },
+    )
+    .await
 }
 
 /// Typing notices and read receipts go both ways between our server and Synapse.
