@@ -320,8 +320,10 @@ impl Services {
     ///
     /// For a user of this server, the other servers sharing a room with them get an
     /// `m.device_list_update` EDU (server-server API, "Device Management") in the same
-    /// commit. It carries no `prev_id`, so the receiving server refetches the whole list
-    /// (`/user/devices`, with the cross-signing keys) rather than applying a delta: simple
+    /// commit. The spec says an update should name the previous one in `prev_id` so the
+    /// receiver can apply it as a delta; this one names none, so the receiver refetches the
+    /// whole list (`/user/devices`, with the cross-signing keys), which the spec's
+    /// resynchronisation allows and Synapse does for an update without `prev_id`: simple
     /// and always right, at one request per change per server.
     pub async fn device_list_changed(&self, user_id: &ruma::UserId) -> Result<()> {
         let peers = self.room_peers(user_id)?;
