@@ -5,7 +5,10 @@
 //! device showing up in the other user's device list, and a second device restoring room
 //! keys from the server-side backup to read earlier history.
 
-use std::time::Duration;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use matrix_sdk::{
     Client,
@@ -28,18 +31,33 @@ use crate::harness::TestServer;
 
 /// A client with encryption and automatic cross-signing, logged in as `name`.
 pub(crate) async fn encrypting_client(server: &TestServer, name: &str) -> Client {
-    let client = Client::builder()
-        .homeserver_url(&server.url)
+    encrypting_client_at(&server.url, None, name, "pw pw pw").await
+}
+
+/// [`encrypting_client`] for any homeserver at `url` (ours or Synapse), trusting
+/// `certificate` (a self-signed PEM) when there is one.
+pub(crate) async fn encrypting_client_at(
+    url: &str,
+    certificate: Option<&Path>,
+    name: &str,
+    password: &str,
+) -> Client {
+    let mut builder = Client::builder()
+        .homeserver_url(url)
         .with_encryption_settings(EncryptionSettings {
             auto_enable_cross_signing: true,
             ..Default::default()
-        })
-        .build()
-        .await
-        .expect("build client");
+        });
+    if let Some(certificate) = certificate {
+        let pem = std::fs::read(certificate).expect("read the certificate");
+        let certificate =
+            matrix_sdk::reqwest::Certificate::from_pem(&pem).expect("a PEM certificate");
+        builder = builder.add_root_certificates(vec![certificate]);
+    }
+    let client = builder.build().await.expect("build client");
     client
         .matrix_auth()
-        .login_username(name, "pw pw pw")
+        .login_username(name, password)
         .send()
         .await
         .expect("login");
@@ -57,10 +75,15 @@ fn decrypted_body(event: &TimelineEvent) -> Option<String> {
     json["content"]["body"].as_str().map(str::to_owned)
 }
 
-/// Syncs `client` (at most 20 times) until `room_id`'s timeline yields `body` decrypted.
+/// Syncs `client` until `room_id`'s timeline yields `body` decrypted (bounded: 30 s, enough
+/// for a message and its room key to cross between servers).
 pub(crate) async fn receive(client: &Client, room_id: &RoomId, body: &str) {
-    for _ in 0..20 {
-        let sync = client.sync_once(quick_sync()).await.expect("sync");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let sync = client
+            .sync_once(SyncSettings::default().timeout(Duration::from_millis(500)))
+            .await
+            .expect("sync");
         if let Some(room) = sync.rooms.joined.get(room_id)
             && room
                 .timeline
@@ -70,7 +93,6 @@ pub(crate) async fn receive(client: &Client, room_id: &RoomId, body: &str) {
         {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{body:?} never arrived decrypted");
 }

@@ -145,6 +145,11 @@ impl TestServer {
         }
     }
 
+    /// The self-signed certificate a federating server serves, for clients to trust.
+    pub fn certificate(&self) -> Option<&Path> {
+        self.certificate.as_deref()
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.data.path()
     }
