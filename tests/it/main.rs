@@ -16,6 +16,7 @@ mod errcodes;
 mod errors;
 mod federation;
 mod federation_e2ee;
+mod federation_forks;
 mod federation_keys;
 mod federation_pdus;
 mod federation_rooms;
