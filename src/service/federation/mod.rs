@@ -9,6 +9,7 @@
 
 pub mod backfill;
 pub mod client;
+pub mod directory;
 pub mod incoming;
 pub mod join;
 pub mod keys;
@@ -17,6 +18,8 @@ pub mod resident;
 pub mod resolve;
 pub mod room_edus;
 pub mod sender;
+pub mod space;
+pub mod timestamp;
 
 use std::{
     collections::HashMap,

@@ -58,6 +58,7 @@ mod build;
 pub mod check;
 mod commit;
 pub mod create;
+pub mod directory;
 pub mod facts;
 #[cfg(test)]
 mod failure_tests;
@@ -74,6 +75,7 @@ pub mod relations;
 pub(crate) mod remote_tests;
 pub mod resolve;
 pub mod short;
+pub mod space;
 pub mod state;
 #[cfg(test)]
 mod tests;
