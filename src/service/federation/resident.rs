@@ -119,4 +119,6 @@ impl Services {
 }
 
 #[cfg(test)]
+mod query_tests;
+#[cfg(test)]
 mod tests;
