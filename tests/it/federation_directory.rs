@@ -100,7 +100,7 @@ async fn the_directory_and_a_space_are_browsed_on_another_server() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{remote}\n{}", b.log());
-    assert_eq!(listed(&remote), [club.clone()], "{remote}");
+    assert_eq!(listed(&remote), [club.as_str()], "{remote}");
     assert_eq!(remote["chunk"][0]["name"], "The club");
     assert_eq!(remote["chunk"][0]["num_joined_members"], 1);
     let search = |term: &str| json!({ "filter": { "generic_search_term": term }, "limit": 5 });
@@ -109,7 +109,7 @@ async fn the_directory_and_a_space_are_browsed_on_another_server() {
         .client_api(&bob, Method::POST, &path, Some(search("CLUB")))
         .await;
     assert_eq!(status, StatusCode::OK, "{found}");
-    assert_eq!(listed(&found), [club.clone()], "{found}");
+    assert_eq!(listed(&found), [club.as_str()], "{found}");
     let (status, none) = b
         .client_api(&bob, Method::POST, &path, Some(search("chess")))
         .await;
@@ -117,14 +117,12 @@ async fn the_directory_and_a_space_are_browsed_on_another_server() {
     assert!(listed(&none).is_empty(), "{none}");
     // A server that cannot be reached is an error, not an empty list.
     let (status, _) = b
-        .client_api(
-            &bob,
-            Method::GET,
-            "/publicRooms?server=localhost:1",
-            None,
-        )
+        .client_api(&bob, Method::GET, "/publicRooms?server=localhost:1", None)
         .await;
-    assert!(status.is_server_error() || status.is_client_error(), "{status}");
+    assert!(
+        status.is_server_error() || status.is_client_error(),
+        "{status}"
+    );
 
     // A space on A with a public child and a private one, both on A.
     let space = create_room(
@@ -134,10 +132,18 @@ async fn the_directory_and_a_space_are_browsed_on_another_server() {
                 "creation_content": { "type": "m.space" } }),
     )
     .await;
-    let workshop =
-        create_room(&a, &alice, json!({ "preset": "public_chat", "name": "Workshop" })).await;
-    let office =
-        create_room(&a, &alice, json!({ "preset": "private_chat", "name": "Office" })).await;
+    let workshop = create_room(
+        &a,
+        &alice,
+        json!({ "preset": "public_chat", "name": "Workshop" }),
+    )
+    .await;
+    let office = create_room(
+        &a,
+        &alice,
+        json!({ "preset": "private_chat", "name": "Office" }),
+    )
+    .await;
     for child in [&workshop, &office] {
         let (status, body) = a
             .client_api(
@@ -171,7 +177,12 @@ async fn the_directory_and_a_space_are_browsed_on_another_server() {
     assert_eq!(status, StatusCode::OK, "{tree}");
     let rooms = tree["rooms"].as_array().unwrap();
     let ids: Vec<&str> = rooms.iter().filter_map(|r| r["room_id"].as_str()).collect();
-    assert_eq!(ids, [space.as_str(), workshop.as_str()], "{tree}\n{}", b.log());
+    assert_eq!(
+        ids,
+        [space.as_str(), workshop.as_str()],
+        "{tree}\n{}",
+        b.log()
+    );
     assert_eq!(rooms[0]["room_type"], "m.space");
     assert_eq!(
         rooms[0]["children_state"].as_array().map(Vec::len),
@@ -196,7 +207,11 @@ async fn the_directory_and_a_space_are_browsed_on_another_server() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{shallow}");
-    assert_eq!(shallow["rooms"].as_array().map(Vec::len), Some(1), "{shallow}");
+    assert_eq!(
+        shallow["rooms"].as_array().map(Vec::len),
+        Some(1),
+        "{shallow}"
+    );
 }
 
 #[tokio::test]

@@ -25,7 +25,9 @@ pub async fn get_hierarchy(
             &HierarchyQuery {
                 room_id: &body.room_id,
                 suggested_only: body.suggested_only,
-                max_depth: body.max_depth.map(|d| usize::try_from(d).unwrap_or(usize::MAX)),
+                max_depth: body
+                    .max_depth
+                    .map(|d| usize::try_from(d).unwrap_or(usize::MAX)),
                 limit: body.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
                 from: body.from.as_deref(),
             },

@@ -7,8 +7,8 @@
 //!   here from their current state, and a child room not held here from the federation
 //!   `hierarchy` of a server its `m.space.child` event names in `via` (the spec's "the
 //!   server should ask the servers in `via`"). The walk is bounded: rooms walked
-//!   ([`MAX_ROOMS`]), remote requests per walk ([`MAX_REMOTE_REQUESTS`]), servers tried per
-//!   room ([`VIA_TRIED`]). There is no cache across requests.
+//!   ([`MAX_ROOMS`]), remote requests per walk ([`MAX_REMOTE_REQUESTS`], 10 s each), servers
+//!   tried per room ([`VIA_TRIED`]). There is no cache across requests.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -38,6 +38,9 @@ pub const MAX_LIMIT: usize = 100;
 pub const MAX_REMOTE_REQUESTS: usize = 20;
 /// Servers of a child's `via` asked in turn.
 pub const VIA_TRIED: usize = 3;
+/// How long one remote `hierarchy` request may take, so an unresponsive server costs a
+/// walk seconds, not the client request's whole life.
+const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Children of one remote room considered at most.
 const MAX_CHILDREN: usize = 1_000;
 
@@ -96,12 +99,12 @@ impl Services {
         suggested_only: bool,
     ) -> Result<FederationHierarchy> {
         let viewer = Viewer::Server(origin);
+        self.check_server_acl(origin, room_id)?;
         if !self.rooms.hierarchy_visible(room_id, viewer)? {
             return Err(Error::not_found(
                 "The room is not known here, or your server cannot see it.",
             ));
         }
-        self.check_server_acl(origin, room_id)?;
         let SpaceRoom {
             summary,
             children_state,
@@ -149,14 +152,17 @@ impl Services {
             *budget -= 1;
             let mut request = get_hierarchy::v1::Request::new(room_id.to_owned());
             request.suggested_only = suggested_only;
-            match client.send(server, request).await {
-                Ok(response) if response.room.summary.room_id == room_id => return Some(response),
-                Ok(_) => {
+            match tokio::time::timeout(REMOTE_TIMEOUT, client.send(server, request)).await {
+                Ok(Ok(response)) if response.room.summary.room_id == room_id => {
+                    return Some(response);
+                }
+                Ok(Ok(_)) => {
                     tracing::info!(%server, %room_id, "hierarchy answer for another room");
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::info!(%server, %room_id, %error, "remote hierarchy failed");
                 }
+                Err(_) => tracing::info!(%server, %room_id, "remote hierarchy timed out"),
             }
         }
         None
@@ -166,15 +172,22 @@ impl Services {
     /// are never a member of it here, and "joined to an allowed room" is asked of the rooms
     /// held here.
     fn remote_room_accessible(&self, summary: &RoomSummary, user: &UserId) -> Result<bool> {
-        accessible(&summary.join_rule, summary.world_readable, false, |allowed| {
-            self.rooms.is_joined(allowed, user)
-        })
+        accessible(
+            &summary.join_rule,
+            summary.world_readable,
+            false,
+            |allowed| self.rooms.is_joined(allowed, user),
+        )
     }
 
     /// `GET /_matrix/client/v1/rooms/{roomId}/hierarchy` for `user`: the space (held here, and
     /// visible to them, else 403), then its children breadth first, across servers; offset
     /// tokens.
-    pub async fn hierarchy(&self, user: &UserId, query: &HierarchyQuery<'_>) -> Result<HierarchyPage> {
+    pub async fn hierarchy(
+        &self,
+        user: &UserId,
+        query: &HierarchyQuery<'_>,
+    ) -> Result<HierarchyPage> {
         let viewer = Viewer::User(user);
         if !self.rooms.hierarchy_visible(query.room_id, viewer)? {
             return Err(Error::forbidden("You cannot see this room."));
@@ -199,7 +212,12 @@ impl Services {
             depth: 0,
             via: Vec::new(),
         }]);
-        while let Some(Queued { room_id, depth, via }) = queue.pop_front() {
+        while let Some(Queued {
+            room_id,
+            depth,
+            via,
+        }) = queue.pop_front()
+        {
             if chunks.len() >= MAX_ROOMS || chunks.len() > offset + limit {
                 break;
             }
@@ -222,7 +240,10 @@ impl Services {
                 if !self.remote_room_accessible(&summary, user)? {
                     continue;
                 }
-                (SpaceHierarchyRoomsChunk::new(summary, Vec::new()), Vec::new())
+                (
+                    SpaceHierarchyRoomsChunk::new(summary, Vec::new()),
+                    Vec::new(),
+                )
             } else {
                 let Some(answer) = self
                     .remote_space_room(&room_id, &via, query.suggested_only, &mut budget)

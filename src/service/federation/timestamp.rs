@@ -18,17 +18,14 @@ use crate::{
     Error, Result,
     service::{
         Services,
-        rooms::{
-            accept::Outcome,
-            check::Verdict,
-            pdu::Pdu,
-            pos::Pos,
-        },
+        rooms::{accept::Outcome, check::Verdict, pdu::Pdu, pos::Pos},
     },
 };
 
 /// Other servers asked in turn.
 pub const SERVERS_TRIED: usize = 3;
+/// How long one server may take to answer (the event fetch has the client's own limits).
+const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Events fetched for one remote answer at most (the event and its auth chain).
 const FETCH_BUDGET: usize = 500;
 
@@ -51,9 +48,7 @@ pub fn not_found(ts: u64, direction: Direction) -> Error {
 pub fn closer(ts: u64, direction: Direction, candidate: u64, current: Option<u64>) -> bool {
     match direction {
         Direction::Forward => candidate >= ts && current.is_none_or(|current| candidate < current),
-        Direction::Backward => {
-            candidate <= ts && current.is_none_or(|current| candidate > current)
-        }
+        Direction::Backward => candidate <= ts && current.is_none_or(|current| candidate > current),
     }
 }
 
@@ -138,15 +133,28 @@ impl Services {
         let asked = MilliSecondsSinceUnixEpoch(
             ruma::UInt::new(ts).ok_or_else(|| Error::invalid_param("ts is out of range."))?,
         );
-        let request = get_event_by_timestamp::v1::Request::new(room_id.to_owned(), asked, direction);
-        let answer = client.send(server, request).await?;
-        if !closer(ts, direction, u64::from(answer.origin_server_ts.get()), current) {
+        let request =
+            get_event_by_timestamp::v1::Request::new(room_id.to_owned(), asked, direction);
+        let answer = tokio::time::timeout(REMOTE_TIMEOUT, client.send(server, request))
+            .await
+            .map_err(|_| Error::remote_unreachable(server, "timed out"))??;
+        if !closer(
+            ts,
+            direction,
+            u64::from(answer.origin_server_ts.get()),
+            current,
+        ) {
             return Ok(None);
         }
         let event_id = answer.event_id;
         let usable = |pdu: &Pdu| -> Result<bool> {
             Ok(pdu.room_id() == room_id
-                && closer(ts, direction, u64::from(pdu.origin_server_ts.get()), current)
+                && closer(
+                    ts,
+                    direction,
+                    u64::from(pdu.origin_server_ts.get()),
+                    current,
+                )
                 && !matches!(self.rooms.verdict(&pdu.event_id)?, Verdict::Rejected(_)))
         };
         if let Some(pdu) = self.rooms.pdu(&event_id)? {
@@ -154,7 +162,10 @@ impl Services {
         }
         let version = self.rooms.existing(room_id)?.version;
         let mut budget = FETCH_BUDGET;
-        let Some(event) = self.fetch_event(server, &event_id, &version, &mut budget).await else {
+        let Some(event) = self
+            .fetch_event(server, &event_id, &version, &mut budget)
+            .await
+        else {
             return Ok(None);
         };
         if event.room_id != room_id {
@@ -198,11 +209,17 @@ mod tests {
         assert!(closer(100, Direction::Forward, 100, Some(200)));
         assert!(closer(100, Direction::Forward, 150, Some(200)));
         assert!(!closer(100, Direction::Forward, 250, Some(200)));
-        assert!(!closer(100, Direction::Forward, 99, None), "before the time asked");
+        assert!(
+            !closer(100, Direction::Forward, 99, None),
+            "before the time asked"
+        );
         // Backwards from 100: the last event at or before it.
         assert!(closer(100, Direction::Backward, 50, None));
         assert!(closer(100, Direction::Backward, 80, Some(50)));
         assert!(!closer(100, Direction::Backward, 40, Some(50)));
-        assert!(!closer(100, Direction::Backward, 101, None), "after the time asked");
+        assert!(
+            !closer(100, Direction::Backward, 101, None),
+            "after the time asked"
+        );
     }
 }

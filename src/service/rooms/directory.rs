@@ -119,7 +119,8 @@ impl Rooms {
         });
         let total = all.len();
         let chunk: Vec<_> = all.into_iter().skip(offset).take(limit).collect();
-        let next_batch = (offset + chunk.len() < total).then(|| format!("n{}", offset + chunk.len()));
+        let next_batch =
+            (offset + chunk.len() < total).then(|| format!("n{}", offset + chunk.len()));
         let prev_batch = (offset > 0).then(|| format!("n{}", offset.saturating_sub(limit)));
         Ok(PublicRoomsPage {
             chunk,

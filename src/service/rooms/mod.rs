@@ -20,6 +20,8 @@
 //! - [`visibility`], [`relations`], [`power`]: history visibility, relations and threads,
 //!   power levels for client-side checks.
 //! - [`timestamp`]: the event closest to a date (`timestamp_to_event`).
+//! - [`directory`], [`space`]: pages of the published-room directory, and rooms as a
+//!   space hierarchy shows them (with who may see them).
 //!
 //! Trees owned here (besides those of `short` and `state`):
 //! - `pduid_pdu`: `short room id (u64) ‖ pos key (8 or 16 bytes, see [`pos`])` → stored PDU

@@ -4,7 +4,9 @@
 
 use ruma::{
     OwnedRoomId, OwnedServerName, RoomId, ServerName, UInt, UserId,
-    events::{StateEventType, room::member::MembershipState, space::child::HierarchySpaceChildEvent},
+    events::{
+        StateEventType, room::member::MembershipState, space::child::HierarchySpaceChildEvent,
+    },
     room::{JoinRule, JoinRuleKind, JoinRuleSummary, RoomSummary},
     serde::Raw,
 };

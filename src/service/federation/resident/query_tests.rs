@@ -70,7 +70,13 @@ async fn create(
         .unwrap()
 }
 
-async fn state(services: &Services, room_id: &OwnedRoomId, kind: &str, key: &str, content: JsonValue) {
+async fn state(
+    services: &Services,
+    room_id: &OwnedRoomId,
+    kind: &str,
+    key: &str,
+    content: JsonValue,
+) {
     services
         .rooms
         .send(room_id, alice(), NewEvent::state(kind, key, content), None)
@@ -161,7 +167,14 @@ async fn a_server_sees_the_children_it_could_peek_or_join() {
         .await;
     }
     // A removed child (no `via`) is not a child.
-    state(&services, &space, "m.space.child", "!gone:example.org", json!({})).await;
+    state(
+        &services,
+        &space,
+        "m.space.child",
+        "!gone:example.org",
+        json!({}),
+    )
+    .await;
 
     let answer = services
         .federation_hierarchy(remote_server(), &space, false)
