@@ -332,3 +332,107 @@ async fn synapse_and_we_list_each_others_public_rooms() {
     let search = json!({ "filter": { "generic_search_term": "hall" } });
     until_listed(&synapse, &carol, Method::POST, &path, Some(search), &hall).await;
 }
+
+/// The ids of a client `/hierarchy` answer's rooms, asked as `token` on `server` until they
+/// are `expected` (bounded: 30 s; Synapse caches remote summaries briefly).
+async fn until_hierarchy(
+    server: &impl Homeserver,
+    request: impl AsyncFn() -> (StatusCode, Value),
+    expected: &[&str],
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, tree) = request().await;
+        assert_eq!(status, StatusCode::OK, "{tree}");
+        let ids: Vec<&str> = tree["rooms"]
+            .as_array()
+            .map(|rooms| rooms.iter().filter_map(|r| r["room_id"].as_str()).collect())
+            .unwrap_or_default();
+        if ids == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hierarchy on {} is {ids:?}, not {expected:?}: {tree}",
+            server.name()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A space on each side with a public child on the same side: the other side's user joins
+/// the space only, and their server's `/hierarchy` shows the child through federation.
+#[tokio::test]
+async fn spaces_are_walked_between_synapse_and_us() {
+    let synapse = Synapse::start().await;
+    let ours = TestServer::start_federating();
+    let carol = synapse.register("carol", "battery staple").await;
+    let alice = ours.register("alice", "correct horse").await;
+    let space_body = |alias: &str| {
+        json!({ "preset": "public_chat", "room_alias_name": alias,
+                "creation_content": { "type": "m.space" } })
+    };
+    let child_body = json!({ "preset": "public_chat", "name": "Child" });
+
+    // A space and its child on Synapse; alice (ours) joins the space.
+    let s_space = create_room(&synapse, &carol, space_body("sspace")).await;
+    let s_child = create_room(&synapse, &carol, child_body.clone()).await;
+    let (status, body) = synapse
+        .client_api(
+            &carol,
+            Method::PUT,
+            &format!("/rooms/{s_space}/state/m.space.child/{s_child}"),
+            Some(json!({ "via": [synapse.server_name.to_string()] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, joined) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            &format!("/join/%23sspace:{}", synapse.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let path = format!("/_matrix/client/v1/rooms/{s_space}/hierarchy");
+    until_hierarchy(
+        &ours,
+        async || ours.request(Method::GET, &path, Some(&alice), None).await,
+        &[s_space.as_str(), s_child.as_str()],
+    )
+    .await;
+
+    // A space and its child here; carol (Synapse) joins the space.
+    let o_space = create_room(&ours, &alice, space_body("ospace")).await;
+    let o_child = create_room(&ours, &alice, child_body).await;
+    let (status, body) = ours
+        .client_api(
+            &alice,
+            Method::PUT,
+            &format!("/rooms/{o_space}/state/m.space.child/{o_child}"),
+            Some(json!({ "via": [ours.server_name.to_string()] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, joined) = synapse
+        .client_api(
+            &carol,
+            Method::POST,
+            &format!("/join/%23ospace:{}", ours.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let path = format!("/_matrix/client/v1/rooms/{o_space}/hierarchy");
+    until_hierarchy(
+        &synapse,
+        async || {
+            synapse
+                .request(Method::GET, &path, Some(&carol), None)
+                .await
+        },
+        &[o_space.as_str(), o_child.as_str()],
+    )
+    .await;
+}
