@@ -15,6 +15,7 @@ mod endpoints;
 mod errcodes;
 mod errors;
 mod federation;
+mod federation_directory;
 mod federation_e2ee;
 mod federation_forks;
 mod federation_keys;

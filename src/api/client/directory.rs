@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use axum::extract::State;
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    OwnedRoomId, OwnedUserId, UInt, UserId,
     api::client::{
         directory::{
             get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
@@ -12,141 +12,58 @@ use ruma::{
         room::Visibility,
         user_directory::search_users,
     },
-    directory::{PublicRoomsChunk, PublicRoomsChunkInit},
     events::room::member::MembershipState,
-    room::JoinRuleKind,
 };
 use serde_json::Value as JsonValue;
 
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
-    service::Services,
+    service::{Services, rooms::directory::DirectoryQuery},
 };
 
-const DEFAULT_LIMIT: usize = 30;
-const MAX_LIMIT: usize = 500;
-
-/// The directory entry for a room, from its current state.
-fn chunk(services: &Services, room_id: &RoomId) -> Result<PublicRoomsChunk> {
-    let facts = services.rooms.facts(room_id)?;
-    let mut chunk: PublicRoomsChunk = PublicRoomsChunkInit {
-        num_joined_members: UInt::new(facts.joined_members).unwrap_or_default(),
-        room_id: facts.room_id,
-        world_readable: facts.world_readable,
-        guest_can_join: facts.guest_can_join,
-    }
-    .into();
-    chunk.name = facts.name;
-    chunk.topic = facts.topic;
-    chunk.canonical_alias = facts.canonical_alias;
-    chunk.avatar_url = facts.avatar_url.map(Into::into);
-    chunk.join_rule = facts.join_rule.map_or(JoinRuleKind::Public, |rule| {
-        JoinRuleKind::from(rule.as_str())
-    });
-    Ok(chunk)
-}
-
-/// One page of the directory.
-struct Page {
-    chunk: Vec<PublicRoomsChunk>,
-    next: Option<String>,
-    prev: Option<String>,
-    total: usize,
-}
-
-/// Published rooms matching `term`, largest first, paged by offset tokens.
-fn page(
-    services: &Services,
-    term: Option<&str>,
-    limit: Option<UInt>,
-    since: Option<&str>,
-) -> Result<Page> {
-    let term = term.map(str::to_lowercase).filter(|t| !t.is_empty());
-    let mut all = Vec::new();
-    for room_id in services.rooms.aliases.public_rooms()? {
-        let Ok(chunk) = chunk(services, &room_id) else {
-            continue;
-        };
-        let matches = term.as_deref().is_none_or(|term| {
-            [
-                chunk.name.as_deref(),
-                chunk.topic.as_deref(),
-                chunk.canonical_alias.as_ref().map(|a| a.as_str()),
-            ]
-            .into_iter()
-            .flatten()
-            .any(|text| text.to_lowercase().contains(term))
-        });
-        if matches {
-            all.push(chunk);
-        }
-    }
-    all.sort_by(|a, b| {
-        b.num_joined_members
-            .cmp(&a.num_joined_members)
-            .then(a.room_id.cmp(&b.room_id))
-    });
-    let total = all.len();
-    let offset = match since {
-        Some(token) => token
-            .strip_prefix('n')
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| Error::invalid_param("Invalid since token."))?,
-        None => 0,
-    };
-    let limit = limit
-        .and_then(|l| usize::try_from(l).ok())
-        .unwrap_or(DEFAULT_LIMIT)
-        .clamp(1, MAX_LIMIT);
-    let chunk: Vec<_> = all.into_iter().skip(offset).take(limit).collect();
-    let next = (offset + chunk.len() < total).then(|| format!("n{}", offset + chunk.len()));
-    let prev = (offset > 0).then(|| format!("n{}", offset.saturating_sub(limit)));
-    Ok(Page {
-        chunk,
-        next,
-        prev,
-        total,
-    })
-}
-
-/// `GET /_matrix/client/v3/publicRooms`
+/// `GET /_matrix/client/v3/publicRooms` (`server`: another server's, over federation)
 pub async fn get_public_rooms(
     State(services): State<Arc<Services>>,
     request: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<RumaResponse<get_public_rooms::v3::Response>> {
     let body = &request.body;
-    let Page {
-        chunk,
-        next,
-        prev,
-        total,
-    } = page(&services, None, body.limit, body.since.as_deref())?;
-    let mut response = get_public_rooms::v3::Response::new(chunk);
-    response.next_batch = next;
-    response.prev_batch = prev;
-    response.total_room_count_estimate = UInt::new(total as u64);
+    let query = DirectoryQuery {
+        limit: body.limit,
+        since: body.since.as_deref(),
+        ..DirectoryQuery::default()
+    };
+    let page = services
+        .public_rooms(body.server.as_deref(), &query)
+        .await?;
+    let mut response = get_public_rooms::v3::Response::new(page.chunk);
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.total_room_count_estimate = UInt::new(page.total as u64);
     Ok(RumaResponse(response))
 }
 
-/// `POST /_matrix/client/v3/publicRooms`, with `filter.generic_search_term`.
+/// `POST /_matrix/client/v3/publicRooms`, with `filter` (search term, room types) and the
+/// network (`server`: another server's, over federation).
 pub async fn get_public_rooms_filtered(
     State(services): State<Arc<Services>>,
     request: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<RumaResponse<get_public_rooms_filtered::v3::Response>> {
     let body = &request.body;
-    let term = body.filter.generic_search_term.as_deref();
-    let Page {
-        chunk,
-        next,
-        prev,
-        total,
-    } = page(&services, term, body.limit, body.since.as_deref())?;
+    let query = DirectoryQuery {
+        limit: body.limit,
+        since: body.since.as_deref(),
+        filter: Some(&body.filter),
+        network: Some(&body.room_network),
+    };
+    let page = services
+        .public_rooms(body.server.as_deref(), &query)
+        .await?;
     let mut response = get_public_rooms_filtered::v3::Response::new();
-    response.chunk = chunk;
-    response.next_batch = next;
-    response.prev_batch = prev;
-    response.total_room_count_estimate = UInt::new(total as u64);
+    response.chunk = page.chunk;
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.total_room_count_estimate = UInt::new(page.total as u64);
     Ok(RumaResponse(response))
 }
 

@@ -230,30 +230,28 @@ pub async fn get_room_event(
 }
 
 /// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event`: the closest event the caller
-/// may see in the asked direction, or `404 M_NOT_FOUND`; `403` for a room they may not read.
+/// may see in the asked direction, asking other servers in the room when what we hold ends
+/// there (`service::federation::timestamp`), or `404 M_NOT_FOUND`; `403` for a room they
+/// may not read.
 pub async fn get_event_by_timestamp(
     State(services): State<Arc<Services>>,
     request: Ruma<get_event_by_timestamp::v1::Request>,
 ) -> Result<RumaResponse<get_event_by_timestamp::v1::Response>> {
     let (sender, _) = request.sender()?;
     let body = &request.body;
-    let mut visibility = reader(&services, &body.room_id, sender)?;
     let ts = u64::from(body.ts.get());
-    let (_, pdu) = services
-        .rooms
-        .event_at_timestamp(&body.room_id, ts, body.dir, &mut visibility)?
-        .ok_or_else(|| {
-            let direction = match body.dir {
-                ruma::api::Direction::Forward => "forward",
-                ruma::api::Direction::Backward => "backward",
-            };
-            Error::not_found(format!(
-                "Unable to find an event from {ts} in the {direction} direction."
-            ))
-        })?;
+    let local = {
+        let mut visibility = reader(&services, &body.room_id, sender)?;
+        services
+            .rooms
+            .event_at_timestamp(&body.room_id, ts, body.dir, &mut visibility)?
+    };
+    let (event_id, origin_server_ts) = services
+        .timestamp_to_event(&body.room_id, ts, body.dir, local)
+        .await?;
     Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(
-        pdu.event_id,
-        pdu.origin_server_ts,
+        event_id,
+        origin_server_ts,
     )))
 }
 

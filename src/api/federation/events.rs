@@ -1,6 +1,6 @@
 //! The reads another server in a room uses (server-server API, "Retrieving events",
 //! "Backfilling and retrieving missing events"): `/event`, `/state`, `/state_ids`,
-//! `/event_auth`, `/get_missing_events`, `/backfill`. The logic is in
+//! `/event_auth`, `/get_missing_events`, `/backfill`, `/timestamp_to_event`. The logic is in
 //! `service::federation::resident`.
 
 use std::sync::Arc;
@@ -11,7 +11,10 @@ use ruma::{
     api::federation::{
         authorization::get_event_authorization,
         backfill::get_backfill,
-        event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+        event::{
+            get_event, get_event_by_timestamp, get_missing_events, get_room_state,
+            get_room_state_ids,
+        },
     },
 };
 
@@ -109,5 +112,24 @@ pub async fn get_backfill(
         services.config.server_name.clone(),
         MilliSecondsSinceUnixEpoch::now(),
         pdus,
+    )))
+}
+
+/// `GET /_matrix/federation/v1/timestamp_to_event/{roomId}?ts=&dir=`
+pub async fn get_event_by_timestamp(
+    State(services): State<Arc<Services>>,
+    request: Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<RumaResponse<get_event_by_timestamp::v1::Response>> {
+    let origin = origin(&request)?;
+    let body = &request.body;
+    let (event_id, origin_server_ts) = services.federation_timestamp_to_event(
+        origin,
+        &body.room_id,
+        u64::from(body.ts.get()),
+        body.dir,
+    )?;
+    Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(
+        event_id,
+        origin_server_ts,
     )))
 }

@@ -4,6 +4,7 @@
 //! [`super::ruma::Ruma`] extractor before a handler runs (the origin is in `Ruma::origin`);
 //! the key endpoints are not signed (`NoAuthentication`).
 
+pub mod directory;
 pub mod events;
 pub mod keys;
 pub mod membership;
@@ -39,6 +40,10 @@ pub fn routes() -> Routes {
         .ruma_route(events::get_event_authorization)
         .ruma_route(events::get_missing_events)
         .ruma_route(events::get_backfill)
+        .ruma_route(events::get_event_by_timestamp)
+        .ruma_route(directory::get_public_rooms)
+        .ruma_route(directory::get_public_rooms_filtered)
+        .ruma_route(directory::get_hierarchy)
 }
 
 /// The server that signed a request (the `X-Matrix` check has run).

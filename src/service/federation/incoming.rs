@@ -223,7 +223,7 @@ impl Services {
 
     /// `GET /event_auth` for `event_id`: its auth chain, stored as outliers. Returns the
     /// ids fetched.
-    async fn fetch_auth_chain(
+    pub(crate) async fn fetch_auth_chain(
         &self,
         origin: &ServerName,
         room_id: &RoomId,

@@ -1,7 +1,8 @@
 //! Federation (server-server API): finding other servers ([`resolve`]), server signing
 //! keys, ours and theirs ([`keys`]), signed requests to other servers ([`client`]), and
 //! this server as the resident server of its rooms for others ([`resident`]: joins, and
-//! the reads that fill gaps).
+//! the reads that fill gaps), and browsing across servers ([`directory`], [`space`],
+//! [`timestamp`]).
 //!
 //! Off unless `allow_federation` is set: then no federation path is served, nothing is sent,
 //! and a client request that needs another server is refused with a clear error
@@ -9,6 +10,7 @@
 
 pub mod backfill;
 pub mod client;
+pub mod directory;
 pub mod incoming;
 pub mod join;
 pub mod keys;
@@ -17,6 +19,8 @@ pub mod resident;
 pub mod resolve;
 pub mod room_edus;
 pub mod sender;
+pub mod space;
+pub mod timestamp;
 
 use std::{
     collections::HashMap,

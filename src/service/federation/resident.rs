@@ -82,7 +82,7 @@ impl Services {
     /// 403 unless the server ACL allows `origin` and it has a user joined in the room's
     /// current state; its users with a membership in the room otherwise (for [`Serve`]).
     /// One scan of the room's membership index (there is no index by server).
-    fn require_server_in_room(
+    pub(crate) fn require_server_in_room(
         &self,
         origin: &ServerName,
         room_id: &RoomId,
@@ -118,5 +118,7 @@ impl Services {
     }
 }
 
+#[cfg(test)]
+mod query_tests;
 #[cfg(test)]
 mod tests;

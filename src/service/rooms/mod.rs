@@ -20,6 +20,8 @@
 //! - [`visibility`], [`relations`], [`power`]: history visibility, relations and threads,
 //!   power levels for client-side checks.
 //! - [`timestamp`]: the event closest to a date (`timestamp_to_event`).
+//! - [`directory`], [`space`]: pages of the published-room directory, and rooms as a
+//!   space hierarchy shows them (with who may see them).
 //!
 //! Trees owned here (besides those of `short` and `state`):
 //! - `pduid_pdu`: `short room id (u64) ‖ pos key (8 or 16 bytes, see [`pos`])` → stored PDU
@@ -58,6 +60,7 @@ mod build;
 pub mod check;
 mod commit;
 pub mod create;
+pub mod directory;
 pub mod facts;
 #[cfg(test)]
 mod failure_tests;
@@ -74,6 +77,7 @@ pub mod relations;
 pub(crate) mod remote_tests;
 pub mod resolve;
 pub mod short;
+pub mod space;
 pub mod state;
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,20 @@ impl Rooms {
         direction: Direction,
         visibility: &mut Visibility<'_>,
     ) -> Result<Option<(Pos, Pdu)>> {
+        self.event_at_timestamp_where(room_id, ts, direction, |pos, pdu| {
+            visibility.can_see(pos, pdu)
+        })
+    }
+
+    /// [`Self::event_at_timestamp`] with any test of which events count (another server's
+    /// `timestamp_to_event` counts every timeline event).
+    pub fn event_at_timestamp_where(
+        &self,
+        room_id: &RoomId,
+        ts: u64,
+        direction: Direction,
+        mut counts: impl FnMut(Pos, &Pdu) -> Result<bool>,
+    ) -> Result<Option<(Pos, Pdu)>> {
         let info = self.existing(room_id)?;
         let forward = direction == Direction::Forward;
         // Forwards from the first event with a timestamp >= ts; backwards from just before
@@ -44,13 +58,19 @@ impl Rooms {
             };
             position = if forward { last.next() } else { *last };
             for (pos, pdu) in chunk {
-                if visibility.can_see(pos, &pdu)? {
+                if counts(pos, &pdu)? {
                     return Ok(Some((pos, pdu)));
                 }
                 examined += 1;
             }
         }
         Ok(None)
+    }
+
+    /// The first event of the room's timeline (backfilled ones included), if any.
+    pub fn first_event(&self, room_id: &RoomId) -> Result<Option<(Pos, Pdu)>> {
+        let info = self.existing(room_id)?;
+        Ok(self.events_from(&info, Pos::MIN, 1)?.into_iter().next())
     }
 
     /// The smallest position `p` such that the first event at or after `p` has a timestamp
