@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod query;
 pub mod transactions;
@@ -39,6 +40,8 @@ pub fn routes() -> Routes {
         .ruma_route(events::get_event_authorization)
         .ruma_route(events::get_missing_events)
         .ruma_route(events::get_backfill)
+        .ruma_route(media::get_content)
+        .ruma_route(media::get_content_thumbnail)
 }
 
 /// The server that signed a request (the `X-Matrix` check has run).
