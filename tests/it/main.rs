@@ -16,6 +16,7 @@ mod errcodes;
 mod errors;
 mod federation;
 mod federation_keys;
+mod federation_media;
 mod federation_pdus;
 mod federation_rooms;
 mod filters;

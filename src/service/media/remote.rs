@@ -267,6 +267,9 @@ impl Media {
         if is_unrecognized(&answer) {
             return self.fetch_legacy(client, server, id, wanted, wait).await;
         }
+        if let Some(error) = media_error(server, &answer, limit) {
+            return Err(error);
+        }
         // Both endpoints answer the same multipart form; ruma reads it (and a Matrix error).
         let answer = read_answer::<get_content::v1::Response>(server, answer)?;
         match answer.content {
@@ -322,6 +325,9 @@ impl Media {
             .get_unsigned(server, &path, limit)
             .await
             .map_err(|error| fetch_error(server, error, limit))?;
+        if let Some(error) = media_error(server, &answer, limit) {
+            return Err(error);
+        }
         if !answer.status().is_success() {
             let error = ruma::api::error::Error::from_http_response(answer);
             return Err(remote_error(server, error));
@@ -413,6 +419,26 @@ fn is_unrecognized(answer: &http::Response<Bytes>) -> bool {
             .is_ok_and(|body| body["errcode"] == "M_UNRECOGNIZED")
 }
 
+/// The two remote errors a client is told about as such (client-server API, "Content
+/// repository"): media not uploaded yet (`504 M_NOT_YET_UPLOADED`) and media too large for
+/// the other server to serve or thumbnail (`502 M_TOO_LARGE`). Other errors are passed on
+/// by [`remote_error`] (a `404 M_NOT_FOUND` stays one; server errors become `502`).
+fn media_error(server: &ServerName, answer: &http::Response<Bytes>, limit: u64) -> Option<Error> {
+    if answer.status().is_success() {
+        return None;
+    }
+    let body = serde_json::from_slice::<serde_json::Value>(answer.body()).ok()?;
+    match body["errcode"].as_str()? {
+        "M_NOT_YET_UPLOADED" => Some(Error::with_status(
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::NotYetUploaded,
+            format!("The media on {server} has not been uploaded yet."),
+        )),
+        "M_TOO_LARGE" => Some(too_large(server, limit)),
+        _ => None,
+    }
+}
+
 fn fetch_error(server: &ServerName, error: Fetch, limit: u64) -> Error {
     match error {
         Fetch::TooLarge => too_large(server, limit),
@@ -420,10 +446,13 @@ fn fetch_error(server: &ServerName, error: Fetch, limit: u64) -> Error {
     }
 }
 
+/// Remote media too large: `502 M_TOO_LARGE` (client-server API, "Content repository":
+/// "The content is too large for the server to serve"), not the `413` of a local upload.
 fn too_large(server: &ServerName, limit: u64) -> Error {
-    Error::new(
+    Error::with_status(
+        StatusCode::BAD_GATEWAY,
         ErrorKind::TooLarge,
-        format!("The media on {server} is larger than this server's limit of {limit} bytes."),
+        format!("The media on {server} is too large: this server's limit is {limit} bytes."),
     )
 }
 
@@ -480,6 +509,39 @@ mod tests {
             read_answer::<get_content::v1::Response>(server_name!("remote.example"), response)
                 .unwrap_err();
         assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn not_yet_uploaded_and_too_large_are_told_as_such() {
+        let server = server_name!("remote.example");
+        let error = media_error(
+            server,
+            &answer(
+                StatusCode::GATEWAY_TIMEOUT,
+                r#"{"errcode":"M_NOT_YET_UPLOADED","error":"wait"}"#,
+            ),
+            10,
+        )
+        .unwrap();
+        assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT);
+        let error = media_error(
+            server,
+            &answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                r#"{"errcode":"M_TOO_LARGE","error":"big"}"#,
+            ),
+            10,
+        )
+        .unwrap();
+        assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+        assert!(
+            media_error(
+                server,
+                &answer(StatusCode::NOT_FOUND, r#"{"errcode":"M_NOT_FOUND"}"#),
+                10
+            )
+            .is_none()
+        );
     }
 
     #[test]
