@@ -42,7 +42,9 @@ async fn upload(
     body: Vec<u8>,
 ) -> (String, String) {
     let response = http
-        .post(format!("{base}/_matrix/media/v3/upload?filename={filename}"))
+        .post(format!(
+            "{base}/_matrix/media/v3/upload?filename={filename}"
+        ))
         .bearer_auth(token)
         .header(header::CONTENT_TYPE, content_type)
         .body(body)
@@ -119,7 +121,13 @@ async fn a_remote_image_downloads_and_thumbnails_and_stays_cached() {
         b.url
     );
     let (status, headers, body) = get(&b.http(), download.clone(), Some(&bob)).await;
-    assert_eq!(status, StatusCode::OK, "{}\n{}", String::from_utf8_lossy(&body), b.log());
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}\n{}",
+        String::from_utf8_lossy(&body),
+        b.log()
+    );
     assert_eq!(body, image, "the bytes A stored");
     assert_eq!(header(&headers, "content-type"), "image/png");
     assert_eq!(
@@ -129,7 +137,12 @@ async fn a_remote_image_downloads_and_thumbnails_and_stays_cached() {
     assert_safe_headers(&headers);
 
     let (status, headers, thumb) = get(&b.http(), thumbnail.clone(), Some(&bob)).await;
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&thumb));
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&thumb)
+    );
     assert!(header(&headers, "content-type").starts_with("image/"));
     assert_eq!(decoded_size(&thumb), (32, 32));
     assert_safe_headers(&headers);
@@ -176,16 +189,17 @@ async fn a_remote_image_downloads_and_thumbnails_and_stays_cached() {
         b.url
     );
     let http = b.http();
-    let answers = futures_util::future::join_all(
-        (0..4).map(|_| get(&http, busy.clone(), Some(&bob))),
-    )
-    .await;
+    let answers =
+        futures_util::future::join_all((0..4).map(|_| get(&http, busy.clone(), Some(&bob)))).await;
     for (status, _, body) in answers {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, png(64, 64));
     }
     assert_eq!(
-        served(&a, &format!("/_matrix/federation/v1/media/download/{busy_id}")),
+        served(
+            &a,
+            &format!("/_matrix/federation/v1/media/download/{busy_id}")
+        ),
         1,
         "{}",
         a.log()
@@ -194,7 +208,10 @@ async fn a_remote_image_downloads_and_thumbnails_and_stays_cached() {
     // No such media on A: A's 404 M_NOT_FOUND reaches the client.
     let (status, _, body) = get(
         &b.http(),
-        format!("{}/_matrix/client/v1/media/download/{server}/NoSuchMedia1", b.url),
+        format!(
+            "{}/_matrix/client/v1/media/download/{server}/NoSuchMedia1",
+            b.url
+        ),
         Some(&bob),
     )
     .await;
@@ -216,18 +233,31 @@ async fn a_remote_image_downloads_and_thumbnails_and_stays_cached() {
     // With A gone, what B fetched is served from B's store; what it did not fetch cannot be.
     a.stop();
     let (status, _, again) = get(&b.http(), download, Some(&bob)).await;
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&again));
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&again)
+    );
     assert_eq!(again, image);
     let (status, _, thumb_again) = get(&b.http(), thumbnail, Some(&bob)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(thumb_again, thumb);
     let (status, _, body) = get(
         &b.http(),
-        format!("{}/_matrix/client/v1/media/download/{server}/{other_id}", b.url),
+        format!(
+            "{}/_matrix/client/v1/media/download/{server}/{other_id}",
+            b.url
+        ),
         Some(&bob),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
 }
 
 /// Remote media is refused cleanly when it cannot be had: a malformed media id is
@@ -239,18 +269,13 @@ async fn remote_media_that_cannot_be_had_is_a_clean_error() {
     let b = TestServer::federating_with_env(&[("CONDUIT_ALLOW_LEGACY_MEDIA", "true")]);
     let alice = a.register("alice", "correct horse").await;
     let bob = b.register("bob", "battery staple").await;
-    let (server, id) = upload(
-        &a.http(),
-        &a.url,
-        &alice,
-        "image/png",
-        "cat.png",
-        png(8, 8),
-    )
-    .await;
+    let (server, id) = upload(&a.http(), &a.url, &alice, "image/png", "cat.png", png(8, 8)).await;
     let (status, _, body) = get(
         &b.http(),
-        format!("{}/_matrix/client/v1/media/download/{server}/bad%2Eid", b.url),
+        format!(
+            "{}/_matrix/client/v1/media/download/{server}/bad%2Eid",
+            b.url
+        ),
         Some(&bob),
     )
     .await;
@@ -305,7 +330,10 @@ async fn synapse_and_our_users_download_each_others_media() {
     assert_eq!(server, synapse.server_name);
     let (status, headers, body) = get(
         &ours.http(),
-        format!("{}/_matrix/client/v1/media/download/{server}/{id}", ours.url),
+        format!(
+            "{}/_matrix/client/v1/media/download/{server}/{id}",
+            ours.url
+        ),
         Some(&alice),
     )
     .await;
@@ -328,7 +356,12 @@ async fn synapse_and_our_users_download_each_others_media() {
         Some(&alice),
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&thumb));
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&thumb)
+    );
     assert!(header(&headers, "content-type").starts_with("image/"));
     let (width, height) = decoded_size(&thumb);
     assert!(width <= 64 && height <= 48, "{width}x{height}");
@@ -345,7 +378,10 @@ async fn synapse_and_our_users_download_each_others_media() {
     .await;
     let (status, headers, body) = get(
         &synapse.http(),
-        format!("{}/_matrix/client/v1/media/download/{server}/{id}", synapse.url),
+        format!(
+            "{}/_matrix/client/v1/media/download/{server}/{id}",
+            synapse.url
+        ),
         Some(&bob),
     )
     .await;
@@ -360,7 +396,10 @@ async fn synapse_and_our_users_download_each_others_media() {
     assert_eq!(header(&headers, "content-type"), "image/png");
     // Synapse asked the authenticated federation endpoint, not the deprecated one.
     assert_eq!(
-        served(&ours, &format!("/_matrix/federation/v1/media/download/{id}")),
+        served(
+            &ours,
+            &format!("/_matrix/federation/v1/media/download/{id}")
+        ),
         1,
         "{}",
         ours.log()

@@ -105,6 +105,9 @@ mod tests {
         let (one, two) = (boundary(), boundary());
         assert_ne!(one, two);
         assert!(one.len() >= 30 && one.bytes().all(|b| b.is_ascii_alphanumeric()));
-        assert_eq!(content_type(&one), format!("multipart/mixed; boundary={one}"));
+        assert_eq!(
+            content_type(&one),
+            format!("multipart/mixed; boundary={one}")
+        );
     }
 }

@@ -41,7 +41,7 @@ use super::{
 use crate::{
     Error, Result,
     service::federation::client::{
-        Fetch, FederationClient, ReadError, read_answer, read_limited, remote_error,
+        FederationClient, Fetch, ReadError, read_answer, read_limited, remote_error,
     },
     storage::Batch,
 };
@@ -55,6 +55,9 @@ const MULTIPART_SLACK: u64 = 64 * 1024;
 /// Time for a `Location` fetch: to connect, and for the whole answer.
 const LOCATION_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const LOCATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest another server is asked to wait for pending media: well inside the
+/// federation client's whole-request timeout, so a long wait still leaves time for the file.
+const MAX_REMOTE_WAIT: Duration = Duration::from_secs(30);
 
 /// Another server's media, as fetched and kept here.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -185,7 +188,9 @@ impl Media {
         if let Some(thumb) = self.thumbs.get(&thumb_key)? {
             return self.thumb_download(thumb).await;
         }
-        let fetched = self.fetch(server, id, Wanted::Thumbnail(size), wait).await?;
+        let fetched = self
+            .fetch(server, id, Wanted::Thumbnail(size), wait)
+            .await?;
         let staged = self.stage_bytes(fetched.bytes).await?;
         let thumb = ThumbMeta {
             content: staged.content.clone(),
@@ -242,6 +247,7 @@ impl Media {
             .map_err(|_| Error::internal("remote media fetches closed"))?;
         let limit = self.max_size;
         let answer_limit = limit + MULTIPART_SLACK;
+        let wait = wait.min(MAX_REMOTE_WAIT);
         let answer = match wanted {
             Wanted::Download => {
                 let mut request = get_content::v1::Request::new(id.to_owned());
@@ -303,7 +309,7 @@ impl Media {
         wanted: Wanted,
         wait: Duration,
     ) -> Result<Fetched> {
-        let timeout_ms = wait.as_millis();
+        let timeout_ms = wait.min(MAX_REMOTE_WAIT).as_millis();
         let path = match wanted {
             Wanted::Download => format!(
                 "/_matrix/media/v3/download/{server}/{id}?allow_remote=false&timeout_ms={timeout_ms}"
@@ -332,7 +338,10 @@ impl Media {
             let error = ruma::api::error::Error::from_http_response(answer);
             return Err(remote_error(server, error));
         }
-        Ok(fetched_from_headers(answer.headers(), answer.body().clone()))
+        Ok(fetched_from_headers(
+            answer.headers(),
+            answer.body().clone(),
+        ))
     }
 
     /// Fetches the file at `location`, which `server`'s multipart answer pointed at (the
@@ -472,7 +481,10 @@ mod tests {
     #[test]
     fn only_404_unrecognized_means_an_old_server() {
         let unrecognized = r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#;
-        assert!(is_unrecognized(&answer(StatusCode::NOT_FOUND, unrecognized)));
+        assert!(is_unrecognized(&answer(
+            StatusCode::NOT_FOUND,
+            unrecognized
+        )));
         assert!(!is_unrecognized(&answer(
             StatusCode::NOT_FOUND,
             r#"{"errcode":"M_NOT_FOUND","error":"no such media"}"#
