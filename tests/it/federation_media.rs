@@ -405,3 +405,136 @@ async fn synapse_and_our_users_download_each_others_media() {
         ours.log()
     );
 }
+
+/// A server of another kind on 127.0.0.1 over HTTPS (Python's standard library), for what
+/// neither our server nor Synapse does: it has no federation media endpoints for `old`
+/// (`404 M_UNRECOGNIZED`, so the deprecated endpoint is asked), answers `loc` with a
+/// `Location` part, and `big` with more than the asking server's limit. It prints each
+/// path it is asked for as one line.
+const OTHER_SERVER: &str = r#"
+import http.server, json, ssl, sys
+class Server(http.server.BaseHTTPRequestHandler):
+    def answer(self, status, content_type, body, extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+    def multipart(self, part):
+        body = (b"--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b\r\n" + part
+                + b"\r\n--b--\r\n")
+        self.answer(200, "multipart/mixed; boundary=b", body)
+    def do_GET(self):
+        print(self.path, flush=True)
+        port = self.server.server_address[1]
+        if self.path.startswith("/_matrix/federation/v1/media/download/old"):
+            self.answer(404, "application/json",
+                        json.dumps({"errcode": "M_UNRECOGNIZED", "error": "?"}).encode())
+        elif self.path.startswith("/_matrix/media/v3/download/"):
+            self.answer(200, "text/plain", b"from the old endpoint",
+                        [("Content-Disposition", 'attachment; filename="old.txt"')])
+        elif self.path.startswith("/_matrix/federation/v1/media/download/loc"):
+            self.multipart(b"Location: https://127.0.0.1:%d/files/loc\r\n\r\n" % port)
+        elif self.path == "/files/loc":
+            self.answer(200, "text/plain", b"from the location")
+        elif self.path.startswith("/_matrix/federation/v1/media/download/big"):
+            self.multipart(b"Content-Type: text/plain\r\n\r\n" + b"x" * 200000)
+        else:
+            self.answer(404, "application/json",
+                        json.dumps({"errcode": "M_NOT_FOUND", "error": "no"}).encode())
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// Kills the other server when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The next path the other server printed that starts with `prefix` (bounded: 10 s).
+fn next_asked(asked: &std::sync::mpsc::Receiver<String>, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match asked.recv_timeout(left) {
+            Ok(path) if path.starts_with(prefix) => return path,
+            Ok(_) => continue,
+            Err(_) => panic!("the other server was not asked for {prefix}"),
+        }
+    }
+}
+
+/// A server without the federation media endpoints is asked through the deprecated one
+/// (with `allow_remote=false`); a `Location` part is followed; an answer larger than our
+/// limit is `502 M_TOO_LARGE` and nothing is kept.
+#[tokio::test]
+async fn an_old_server_a_location_and_too_much_are_handled() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (certificate, key) = crate::harness::self_signed_certificate(dir.path());
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(OTHER_SERVER)
+        .arg(&certificate)
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the other server");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _other = Killed(child);
+    let port: u16 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    let (sender, asked) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let other = format!("localhost:{port}");
+
+    let ours = TestServer::federating_with_env(&[("CONDUIT_MAX_REQUEST_SIZE", "65536")]);
+    let alice = ours.register("alice", "correct horse").await;
+    let download = |id: &str| format!("{}/_matrix/client/v1/media/download/{other}/{id}", ours.url);
+
+    let (status, headers, body) = get(&ours.http(), download("old"), Some(&alice)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"from the old endpoint");
+    assert_eq!(header(&headers, "content-type"), "text/plain");
+    assert_eq!(
+        header(&headers, "content-disposition"),
+        "inline; filename=\"old.txt\""
+    );
+    let legacy = next_asked(&asked, "/_matrix/media/v3/download/");
+    assert!(
+        legacy.starts_with(&format!("/_matrix/media/v3/download/{other}/old?"))
+            && legacy.contains("allow_remote=false"),
+        "{legacy}"
+    );
+
+    let (status, _, body) = get(&ours.http(), download("loc"), Some(&alice)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"from the location");
+
+    for _ in 0..2 {
+        let (status, _, body) = get(&ours.http(), download("big"), Some(&alice)).await;
+        let (errcode, json) = error(&body);
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{json}");
+        assert_eq!(errcode, "M_TOO_LARGE", "{json}");
+    }
+    // Refused answers are not kept: each request asked again.
+    next_asked(&asked, "/_matrix/federation/v1/media/download/big");
+    next_asked(&asked, "/_matrix/federation/v1/media/download/big");
+}
