@@ -87,6 +87,7 @@ impl Services {
             Some(client) => client,
             None => Arc::new(federation::keys::NoFetch),
         };
+        let media = media::Media::new(&db, &config, federation.client())?;
         let keyring = federation::keys::Keyring::new(
             &db,
             config.server_name.clone(),
@@ -122,7 +123,7 @@ impl Services {
             keys,
             backup: backup::Backup::new(&db)?,
             dehydrated: dehydrated::Dehydrated::new(&db)?,
-            media: media::Media::new(&db, &config)?,
+            media,
             uiaa: uiaa::Uiaa::new(),
             registration: registration::Registration::new(),
             password_failures: rate_limit::FailureLimiter::new(5, Duration::from_secs(60), 10_000),

@@ -30,7 +30,7 @@ async fn logged_in(server: &TestServer, name: &str) -> (Client, String) {
 }
 
 /// A `width` x `height` RGB gradient as PNG.
-fn png(width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn png(width: u32, height: u32) -> Vec<u8> {
     let image = image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
     });
@@ -105,7 +105,7 @@ async fn upload(
     (status, json(&response.bytes().await.unwrap()))
 }
 
-fn header<'a>(headers: &'a header::HeaderMap, name: &str) -> &'a str {
+pub(crate) fn header<'a>(headers: &'a header::HeaderMap, name: &str) -> &'a str {
     headers
         .get(name)
         .map(|v| v.to_str().unwrap())
@@ -114,7 +114,7 @@ fn header<'a>(headers: &'a header::HeaderMap, name: &str) -> &'a str {
 
 /// The headers every media response must carry so a browser never runs uploaded content.
 #[track_caller]
-fn assert_safe_headers(headers: &header::HeaderMap) {
+pub(crate) fn assert_safe_headers(headers: &header::HeaderMap) {
     let csp = header(headers, "content-security-policy");
     assert!(csp.starts_with("sandbox;"), "{csp}");
     assert!(csp.contains("script-src 'none'"), "{csp}");
@@ -125,7 +125,7 @@ fn assert_safe_headers(headers: &header::HeaderMap) {
     );
 }
 
-fn decoded_size(bytes: &[u8]) -> (u32, u32) {
+pub(crate) fn decoded_size(bytes: &[u8]) -> (u32, u32) {
     let image = image::load_from_memory(bytes).expect("an image");
     (image.width(), image.height())
 }

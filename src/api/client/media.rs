@@ -110,6 +110,8 @@ struct UploadQuery {
 #[derive(Deserialize)]
 struct DownloadQuery {
     timeout_ms: Option<u64>,
+    /// Deprecated endpoints only: `false` forbids fetching another server's media.
+    allow_remote: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +121,7 @@ struct ThumbnailQuery {
     method: Option<String>,
     animated: Option<bool>,
     timeout_ms: Option<u64>,
+    allow_remote: Option<bool>,
 }
 
 fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T> {
@@ -287,13 +290,32 @@ fn legacy_allowed(services: &Services) -> Result<()> {
     }
 }
 
+/// `allow_remote=false` (client-server API, deprecated download endpoints): another
+/// server's media is then not served at all (404), so two servers that fall back to these
+/// endpoints never ask each other in a loop. The authenticated endpoints have no such
+/// parameter, so it is `None` there.
+fn check_remote_allowed(
+    services: &Services,
+    server: &ruma::ServerName,
+    allow_remote: Option<bool>,
+) -> Result<()> {
+    if allow_remote == Some(false) && *server != services.config.server_name {
+        return Err(Error::not_found("Media not found (allow_remote is false)."));
+    }
+    Ok(())
+}
+
 async fn serve_download(
     services: &Services,
     path: std::result::Result<Path<Vec<String>>, PathRejection>,
     uri: &Uri,
 ) -> Result<Response> {
     let (server, id, filename) = media_path(path)?;
-    let DownloadQuery { timeout_ms } = query(uri)?;
+    let DownloadQuery {
+        timeout_ms,
+        allow_remote,
+    } = query(uri)?;
+    check_remote_allowed(services, &server, allow_remote)?;
     let wait = timeout_ms.map_or(DEFAULT_WAIT, Duration::from_millis);
     let mut download = services.media.download(&server, &id, wait).await?;
     if filename.is_some() {
@@ -314,7 +336,9 @@ async fn serve_thumbnail(
         method,
         animated,
         timeout_ms,
+        allow_remote,
     } = query(uri)?;
+    check_remote_allowed(services, &server, allow_remote)?;
     let method = match method.as_deref() {
         None | Some("scale") => Method::Scale,
         Some("crop") => Method::Crop,
@@ -338,8 +362,10 @@ async fn serve_thumbnail(
     Ok(file_response(download))
 }
 
-/// The file with its type, length and disposition; the body is read from disk as it is sent.
-fn file_response(download: Download) -> Response {
+/// The `Content-Type` and `Content-Disposition` a file is served with: its type if that is
+/// a valid header value (else `application/octet-stream`), and `inline` only for the types
+/// the spec lists as safe, with the file name. Shared with the federation media answers.
+pub(crate) fn file_headers(download: &Download) -> (HeaderValue, String) {
     let content_type = download
         .content_type
         .as_deref()
@@ -359,6 +385,12 @@ fn file_response(download: Download) -> Response {
         "attachment"
     };
     let disposition = content_disposition(kind, download.filename.as_deref());
+    (content_type, disposition)
+}
+
+/// The file with its type, length and disposition; the body is read from disk as it is sent.
+fn file_response(download: Download) -> Response {
+    let (content_type, disposition) = file_headers(&download);
     let body = Body::from_stream(ReaderStream::with_capacity(download.file, 64 * 1024));
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();

@@ -7,6 +7,7 @@
 pub mod directory;
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod query;
 pub mod transactions;
@@ -44,6 +45,8 @@ pub fn routes() -> Routes {
         .ruma_route(directory::get_public_rooms)
         .ruma_route(directory::get_public_rooms_filtered)
         .ruma_route(directory::get_hierarchy)
+        .ruma_route(media::get_content)
+        .ruma_route(media::get_content_thumbnail)
 }
 
 /// The server that signed a request (the `X-Matrix` check has run).

@@ -147,18 +147,80 @@ impl FederationClient {
         T::Authentication: FederationAuth,
         for<'a> T::PathBuilder: PathBuilder<Input<'a> = ()>,
     {
+        let response = self
+            .send_raw(destination, request, MAX_RESPONSE as u64)
+            .await
+            .map_err(|error| match error {
+                Fetch::TooLarge => {
+                    Error::remote_unreachable(destination, "its answer is too large")
+                }
+                Fetch::Failed(error) => error,
+            })?;
+        read_answer::<T::IncomingResponse>(destination, response)
+    }
+
+    /// Sends `request` to `destination` and hands back its answer as it came (any status),
+    /// with at most `limit` bytes of body: for answers a caller reads itself (media).
+    pub async fn send_raw<T>(
+        &self,
+        destination: &ServerName,
+        request: T,
+        limit: u64,
+    ) -> std::result::Result<http::Response<Bytes>, Fetch>
+    where
+        T: OutgoingRequest,
+        T::Authentication: FederationAuth,
+        for<'a> T::PathBuilder: PathBuilder<Input<'a> = ()>,
+    {
+        let (target, base) = self.target(destination).await?;
+        let auth = T::Authentication::input(&self.server_name, destination, self.keys.keypair());
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(&base, auth, ())
+            .map_err(|e| Error::internal(format!("federation request: {e}")))?;
+        self.execute(destination, &target, &base, http_request, limit)
+            .await
+    }
+
+    /// An unsigned `GET` of `path_and_query` (which starts with `/`) on `destination`, for
+    /// the deprecated unauthenticated media endpoints old servers still serve. The answer as
+    /// it came, with at most `limit` bytes of body.
+    pub async fn get_unsigned(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        limit: u64,
+    ) -> std::result::Result<http::Response<Bytes>, Fetch> {
+        let (target, base) = self.target(destination).await?;
+        let http_request = http::Request::get(format!("{base}{path_and_query}"))
+            .body(Vec::new())
+            .map_err(|e| Error::internal(format!("federation request: {e}")))?;
+        self.execute(destination, &target, &base, http_request, limit)
+            .await
+    }
+
+    /// Where `destination` is, and the base URL for it.
+    async fn target(&self, destination: &ServerName) -> Result<(Destination, String)> {
         if destination == self.server_name {
             return Err(Error::internal(format!(
                 "a federation request to ourselves ({destination})"
             )));
         }
-        let unreachable = |detail: String| Error::remote_unreachable(destination, detail);
         let target = self.resolver.resolve(destination).await?;
-        let base = self.base_url(&target).map_err(unreachable)?;
-        let auth = T::Authentication::input(&self.server_name, destination, self.keys.keypair());
-        let http_request = request
-            .try_into_http_request::<Vec<u8>>(&base, auth, ())
-            .map_err(|e| Error::internal(format!("federation request: {e}")))?;
+        let base = self
+            .base_url(&target)
+            .map_err(|detail| Error::remote_unreachable(destination, detail))?;
+        Ok((target, base))
+    }
+
+    async fn execute(
+        &self,
+        destination: &ServerName,
+        target: &Destination,
+        base: &str,
+        http_request: http::Request<Vec<u8>>,
+        limit: u64,
+    ) -> std::result::Result<http::Response<Bytes>, Fetch> {
+        let unreachable = |detail: String| Error::remote_unreachable(destination, detail);
         let (parts, body) = http_request.into_parts();
         let url = parts.uri.to_string();
         let mut outgoing = self
@@ -166,7 +228,7 @@ impl FederationClient {
             .request(parts.method, url)
             .headers(parts.headers)
             .body(body);
-        if target.host != host_of_url(&base) {
+        if target.host != host_of_url(base) {
             outgoing = outgoing.header(http::header::HOST, target.host.as_str());
         }
         let response = outgoing
@@ -179,19 +241,20 @@ impl FederationClient {
         if !status.is_success() && !status.is_client_error() && !status.is_server_error() {
             return Err(unreachable(format!(
                 "it answered {status}, and federation requests do not follow redirects"
-            )));
+            ))
+            .into());
         }
         let headers = response.headers().clone();
-        let body = read_limited(response)
+        let body = read_limited(response, limit)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|error| match error {
+                ReadError::TooLarge => Fetch::TooLarge,
+                ReadError::Failed(detail) => Fetch::Failed(unreachable(detail)),
+            })?;
         let mut http_response = http::Response::new(body);
         *http_response.status_mut() = status;
         *http_response.headers_mut() = headers;
-        T::IncomingResponse::try_from_http_response(http_response).map_err(|error| match error {
-            FromHttpResponseError::Server(error) => remote_error(destination, error),
-            other => unreachable(format!("its answer could not be read: {other}")),
-        })
+        Ok(http_response)
     }
 
     /// `https://<tls name>:<port>`, the name pinned to the resolved addresses.
@@ -242,22 +305,61 @@ fn host_of_url(base: &str) -> &str {
     base.trim_start_matches("https://")
 }
 
-/// Reads a response body, failing past [`MAX_RESPONSE`] bytes.
-async fn read_limited(mut response: reqwest::Response) -> std::result::Result<Bytes, String> {
+/// Why [`FederationClient::send_raw`] has no answer: the answer was larger than allowed,
+/// or anything else (the server unreachable, our request unbuildable).
+#[derive(Debug)]
+pub enum Fetch {
+    TooLarge,
+    Failed(Error),
+}
+
+impl From<Error> for Fetch {
+    fn from(error: Error) -> Self {
+        Self::Failed(error)
+    }
+}
+
+/// Reads the answer `response` of `destination` as ruma's `R`: a Matrix error passed on
+/// ([`remote_error`]), anything unreadable `502`.
+pub fn read_answer<R>(destination: &ServerName, response: http::Response<Bytes>) -> Result<R>
+where
+    R: IncomingResponse<EndpointError = ruma::api::error::Error>,
+{
+    R::try_from_http_response(response).map_err(|error| match error {
+        FromHttpResponseError::Server(error) => remote_error(destination, error),
+        other => Error::remote_unreachable(
+            destination,
+            format!("its answer could not be read: {other}"),
+        ),
+    })
+}
+
+/// Why a body could not be read.
+pub(crate) enum ReadError {
+    TooLarge,
+    Failed(String),
+}
+
+/// Reads a response body, failing past `limit` bytes (checked against a declared length
+/// before anything is read, and as the body arrives).
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    limit: u64,
+) -> std::result::Result<Bytes, ReadError> {
     if response
         .content_length()
-        .is_some_and(|length| length > MAX_RESPONSE as u64)
+        .is_some_and(|length| length > limit)
     {
-        return Err("its answer is too large".into());
+        return Err(ReadError::TooLarge);
     }
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| e.without_url().to_string())?
+        .map_err(|e| ReadError::Failed(e.without_url().to_string()))?
     {
-        if body.len() + chunk.len() > MAX_RESPONSE {
-            return Err("its answer is too large".into());
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(ReadError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
@@ -267,7 +369,7 @@ async fn read_limited(mut response: reqwest::Response) -> std::result::Result<By
 /// Another server's Matrix error, passed on with its status and errcode: except a `401`
 /// (the other server did not accept our signature; passed on, a client would take it
 /// for its own token being refused) and server errors, which are `502`.
-fn remote_error(server: &ServerName, error: ruma::api::error::Error) -> Error {
+pub(crate) fn remote_error(server: &ServerName, error: ruma::api::error::Error) -> Error {
     if error.status_code == StatusCode::UNAUTHORIZED || error.status_code.is_server_error() {
         let detail = match &error.body {
             ErrorBody::Standard(body) => body.message.clone(),

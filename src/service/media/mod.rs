@@ -13,13 +13,17 @@
 //! - `mediathumbs`: `server/media_id 0xFF WxH-method[-animated]` → [`ThumbMeta`].
 //! - `mediathumbrefused`: `server/media_id` → [`Refusal`], remembered so a file that cannot
 //!   be thumbnailed is not decoded again on every request.
+//! - `mediaremote`: `server/media_id` → [`RemoteMeta`], other servers' media fetched for our
+//!   clients ([`remote`]); their thumbnails are in `mediathumbs` under the same key form.
 //!
 //! Ordering for durability: the file is fsynced (and its directory) before the metadata that
 //! names it is written and persisted; on delete the metadata goes first, the file after.
 //! A crash can leave an unreferenced file behind, never a reference to a missing one.
 
+pub mod multipart;
 mod preview;
 pub(crate) use preview::is_public_address;
+mod remote;
 mod thumbnail;
 
 use std::{
@@ -38,12 +42,14 @@ use tokio::{io::AsyncWriteExt, sync::Semaphore};
 
 pub use self::{
     preview::{Preview, PreviewError, parse_html_preview},
+    remote::{MAX_FETCHES, RemoteMeta},
     thumbnail::{Method, Refusal, RenderError, Rendered, ThumbnailSize, choose_size, render},
 };
 use crate::{
     Error, Result,
     config::Config,
     crypto,
+    service::federation::client::FederationClient,
     storage::{Batch, Db, Table, Tree},
 };
 
@@ -114,6 +120,11 @@ pub struct Media {
     pending: Table<u64>,
     thumbs: Table<ThumbMeta>,
     thumb_refused: Table<Refusal>,
+    remote_meta: Table<RemoteMeta>,
+    /// Fetching other servers' media ([`remote`]).
+    remote: remote::Remote,
+    /// The largest file kept: an upload, or another server's media (`max_request_size`).
+    max_size: u64,
     /// Held while blob references change and files are renamed in or unlinked, so a delete
     /// never unlinks a file an upload has just started to reference.
     blob_lock: tokio::sync::Mutex<()>,
@@ -208,7 +219,9 @@ impl Drop for Staged {
 }
 
 impl Media {
-    pub fn new(db: &Db, config: &Config) -> Result<Self> {
+    /// The repository in `config.database_path`; `client` (when federation is on) fetches
+    /// other servers' media.
+    pub fn new(db: &Db, config: &Config, client: Option<Arc<FederationClient>>) -> Result<Self> {
         let dir = config.database_path.join("media");
         // Leftovers of uploads a crash interrupted.
         let _ = std::fs::remove_dir_all(dir.join("tmp"));
@@ -223,6 +236,13 @@ impl Media {
             pending: db.table("mediapending")?,
             thumbs: db.table("mediathumbs")?,
             thumb_refused: db.table("mediathumbrefused")?,
+            remote_meta: db.table("mediaremote")?,
+            remote: remote::Remote::new(
+                client,
+                config.federation_ip_range_allowlist.clone(),
+                config.federation_verify_certificates,
+            ),
+            max_size: u64::from(config.max_request_size),
             blob_lock: tokio::sync::Mutex::new(()),
             uploaded: tokio::sync::Notify::new(),
             thumbnailing: Semaphore::new(1),
@@ -502,15 +522,14 @@ impl Media {
     }
 
     /// The metadata of uploaded media `server/id`, waiting up to `wait` while it is pending.
-    /// Unknown, malformed, remote or expired ids are 404 `M_NOT_FOUND`; still pending after
-    /// the wait is 504 `M_NOT_YET_UPLOADED`.
+    /// Unknown, malformed, remote or expired ids are 404 `M_NOT_FOUND` (other servers' media
+    /// is [`remote`]'s); still pending after the wait is 504 `M_NOT_YET_UPLOADED`.
     pub async fn uploaded_meta(
         &self,
         server: &ServerName,
         id: &str,
         wait: Duration,
     ) -> Result<(String, MediaMeta, Content)> {
-        // Remote media needs federation, which this server does not speak yet.
         if server != self.server_name || !valid_media_id(id) {
             return Err(not_found());
         }
@@ -550,13 +569,17 @@ impl Media {
             })
     }
 
-    /// Download `server/id`: the open file and what the uploader said about it.
+    /// Download `server/id`: the open file and what the uploader said about it. Another
+    /// server's media is fetched from it the first time ([`remote`]).
     pub async fn download(
         &self,
         server: &ServerName,
         id: &str,
         wait: Duration,
     ) -> Result<Download> {
+        if server != self.server_name {
+            return self.remote_download(server, id, wait).await;
+        }
         let (_, meta, content) = self.uploaded_meta(server, id, wait).await?;
         Ok(Download {
             file: self.open_blob(&content).await?,
@@ -583,6 +606,10 @@ impl Media {
         } = requested;
         if width == 0 || height == 0 {
             return Err(Error::invalid_param("width and height must be positive."));
+        }
+        if server != self.server_name {
+            let size = choose_size(width, height, method, animated);
+            return self.remote_thumbnail(server, id, size, wait).await;
         }
         let (media_key, _, content) = self.uploaded_meta(server, id, wait).await?;
         if let Some(refusal) = self.thumb_refused.get(media_key.as_bytes())? {

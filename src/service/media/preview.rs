@@ -186,7 +186,7 @@ async fn fetch_with(
 }
 
 /// The addresses `url` leads to, all of them public, or why not.
-async fn checked_addresses(
+pub(super) async fn checked_addresses(
     url: &Url,
     allowed: &(dyn Fn(SocketAddr) -> bool + Sync),
 ) -> Result<Vec<SocketAddr>, PreviewError> {
