@@ -12,6 +12,7 @@ pub mod client;
 pub mod incoming;
 pub mod join;
 pub mod keys;
+pub mod knock;
 pub mod receive;
 pub mod resident;
 pub mod resolve;

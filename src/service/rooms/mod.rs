@@ -40,7 +40,8 @@
 //!   is never a forward extremity.
 //! - `shorteventid_pendingredaction`: `target short event id ‖ redaction short event id` →
 //!   empty. Redactions from other servers whose target is not held yet ([`redact`]).
-//! - `userroomid_membership`: `user 0xFF room` → [`MembershipEntry`] (JSON).
+//! - `userroomid_membership`: `user 0xFF room` → [`MembershipEntry`] (JSON; with stripped
+//!   state for a room this server is not in).
 //! - `roomuserid_membership`: `room 0xFF user` → membership string.
 //! - `userdevicetxnid_eventid`: `user 0xFF device 0xFF txn id` → event id (idempotent send).
 //! - `eventid_devicetxnid`: event id → `device 0xFF txn id` (for `unsigned.transaction_id`).
@@ -91,7 +92,8 @@ use std::{
 use ruma::{
     DeviceId, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
     RoomVersionId, UserId,
-    events::{StateEventType, room::member::MembershipState},
+    events::{AnyStrippedStateEvent, StateEventType, room::member::MembershipState},
+    serde::Raw,
 };
 use serde::{Deserialize, Serialize};
 
@@ -159,6 +161,12 @@ pub struct MembershipEntry {
     pub membership: MembershipState,
     /// Count of the membership event.
     pub count: u64,
+    /// For a room this server is not in (a knock on another server's room): the stripped
+    /// state that server gave, with the user's own member event, shown instead of the
+    /// room's state ([`Rooms::set_outside_membership`]). `None` for rooms held here; a
+    /// membership event of the room, once held, rewrites the entry without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripped_state: Option<Vec<Raw<AnyStrippedStateEvent>>>,
 }
 
 /// Number of room locks. Appends to one room are serialised; different rooms mostly not.
@@ -618,6 +626,39 @@ impl Rooms {
                 Ok((room, value))
             })
             .collect()
+    }
+
+    /// Records `user_id`'s `membership` in `room_id`, a room this server is not in (a knock
+    /// made through another server), with the stripped state that server gave, at a new
+    /// stream position, and wakes the user's syncs. Does nothing (returns `false`) once
+    /// the room is held here: its own member events are the truth then.
+    pub async fn set_outside_membership(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        membership: MembershipState,
+        stripped_state: Vec<Raw<AnyStrippedStateEvent>>,
+    ) -> Result<bool> {
+        let _room = self.lock(room_id).await;
+        if self.info(room_id)?.is_some() {
+            return Ok(false);
+        }
+        // Only the user's index: the room's member index is for rooms held here.
+        let (count, ()) = self.stream.commit(|count, batch| {
+            batch.insert_json(
+                &self.user_rooms,
+                pair_key(user_id.as_str(), room_id.as_str()),
+                &MembershipEntry {
+                    membership,
+                    count,
+                    stripped_state: Some(stripped_state),
+                },
+            );
+            Ok(())
+        })?;
+        self.db.persist().await?;
+        self.stream.touch([user_id], count);
+        Ok(true)
     }
 
     /// Forgets a room the user has left: it disappears from their sync.
