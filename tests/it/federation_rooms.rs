@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::{harness::TestServer, synapse::Synapse};
 
 /// A homeserver a test talks to as a client: ours or Synapse.
-trait Homeserver {
+pub(crate) trait Homeserver {
     fn name(&self) -> String;
     async fn call(
         &self,
@@ -54,7 +54,7 @@ impl Homeserver for Synapse {
 
 /// Syncs as `token` on `server` from `since` (an initial sync first when `None`) until
 /// `found` picks something out of an answer, and returns it (bounded: 30 s).
-async fn sync_until<T>(
+pub(crate) async fn sync_until<T>(
     server: &impl Homeserver,
     token: &str,
     mut since: Option<String>,
