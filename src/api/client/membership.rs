@@ -273,11 +273,12 @@ pub async fn knock_room(
     let profile = member_profile(&services, sender)?;
     if through_others(&services, &room_id, &servers)? {
         services
-            .knock_remote(
+            .member_remote(
                 &room_id,
                 &servers,
                 sender,
                 profile.content("knock", body.reason.as_deref(), false),
+                MembershipState::Knock,
             )
             .await?;
         return Ok(RumaResponse(knock_room::v3::Response::new(room_id)));

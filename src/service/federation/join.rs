@@ -52,10 +52,11 @@ impl Services {
             .await
     }
 
-    /// A join or a knock (`membership`) for `user` through each of `servers` but this one
-    /// in turn, until one succeeds (the last error otherwise; 404 when there is no other
-    /// server to ask).
-    pub(super) async fn member_remote(
+    /// A join or a knock (`membership`) for `user` in `room_id`, which this server is not
+    /// in, through each of `servers` but this one in turn, until one succeeds (the last
+    /// error otherwise; 404 when there is no other server to ask). `content` is the member
+    /// event's content (membership, profile, reason).
+    pub async fn member_remote(
         &self,
         room_id: &RoomId,
         servers: &[OwnedServerName],

@@ -25,20 +25,7 @@ use crate::{
 const MAX_KNOCK_STATE: usize = 50;
 
 impl Services {
-    /// Knocks for `user` on `room_id`, which this server is not in, through the first of
-    /// `servers` that lets it. `content` is the member event's content (membership,
-    /// profile, reason).
-    pub async fn knock_remote(
-        &self,
-        room_id: &RoomId,
-        servers: &[OwnedServerName],
-        user: &UserId,
-        content: JsonValue,
-    ) -> Result<()> {
-        self.member_remote(room_id, servers, user, content, MembershipState::Knock)
-            .await
-    }
-
+    /// A knock for `user` on `room_id` through `server` (see [`Services::member_remote`]).
     pub(super) async fn knock_through(
         &self,
         server: &OwnedServerName,

@@ -238,15 +238,30 @@ impl Services {
         event_id: &EventId,
         raw: &RawJsonValue,
     ) -> Result<JoinAnswer> {
-        let (version, object) =
-            self.check_member_event(origin, room_id, raw, &MembershipState::Join)?;
+        let join_id = self
+            .send_member_event(origin, room_id, event_id, raw, &MembershipState::Join)
+            .await?;
+        self.join_answer(room_id, &join_id)
+    }
+
+    /// `send_join` and `send_knock` up to the answer: [`Self::check_member_event`], the
+    /// keys through the keyring, [`Self::accept_member_event`]. Returns the event's id.
+    pub(super) async fn send_member_event(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        raw: &RawJsonValue,
+        membership: &MembershipState,
+    ) -> Result<OwnedEventId> {
+        let (version, object) = self.check_member_event(origin, room_id, raw, membership)?;
         let keys = self.keys_for_member_event(&object, &version).await?;
-        self.accept_join(room_id, event_id, &version, object, &keys)
+        self.accept_member_event(event_id, &version, object, &keys)
             .await
     }
 
     /// The public keys `object`'s signatures need, through the keyring.
-    pub(super) async fn keys_for_member_event(
+    async fn keys_for_member_event(
         &self,
         object: &CanonicalJsonObject,
         version: &RoomVersionId,
@@ -312,21 +327,6 @@ impl Services {
             self.sign_event(&mut object, &version)?;
         }
         Ok((version, object))
-    }
-
-    /// `send_join`'s last steps: [`Self::accept_member_event`], then the answer.
-    pub(super) async fn accept_join(
-        &self,
-        room_id: &RoomId,
-        event_id: &EventId,
-        version: &RoomVersionId,
-        object: CanonicalJsonObject,
-        keys: &PublicKeyMap,
-    ) -> Result<JoinAnswer> {
-        let join_id = self
-            .accept_member_event(event_id, version, object, keys)
-            .await?;
-        self.join_answer(room_id, &join_id)
     }
 
     /// `send_join` and `send_knock`'s last steps: signatures and content hash with `keys`,
@@ -408,7 +408,7 @@ impl Services {
     }
 
     /// The answer to an accepted join: the state before it, the auth chains, the servers.
-    fn join_answer(&self, room_id: &RoomId, join_id: &EventId) -> Result<JoinAnswer> {
+    pub(super) fn join_answer(&self, room_id: &RoomId, join_id: &EventId) -> Result<JoinAnswer> {
         let (before, _) = self
             .rooms
             .state_hashes(join_id)?

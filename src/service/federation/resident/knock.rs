@@ -4,7 +4,6 @@
 use ruma::{
     CanonicalJsonObject, EventId, OwnedEventId, RoomId, RoomVersionId, ServerName, UserId,
     events::{StateEventType, room::member::MembershipState},
-    signatures::PublicKeyMap,
 };
 use serde_json::{json, value::RawValue as RawJsonValue};
 
@@ -41,24 +40,8 @@ impl Services {
         event_id: &EventId,
         raw: &RawJsonValue,
     ) -> Result<Vec<Box<RawJsonValue>>> {
-        let (version, object) =
-            self.check_member_event(origin, room_id, raw, &MembershipState::Knock)?;
-        let keys = self.keys_for_member_event(&object, &version).await?;
-        self.accept_knock(room_id, event_id, &version, object, &keys)
-            .await
-    }
-
-    /// `send_knock`'s last steps, with the keys given.
-    pub(super) async fn accept_knock(
-        &self,
-        room_id: &RoomId,
-        event_id: &EventId,
-        version: &RoomVersionId,
-        object: CanonicalJsonObject,
-        keys: &PublicKeyMap,
-    ) -> Result<Vec<Box<RawJsonValue>>> {
         let knock_id = self
-            .accept_member_event(event_id, version, object, keys)
+            .send_member_event(origin, room_id, event_id, raw, &MembershipState::Knock)
             .await?;
         tracing::info!(room = %room_id, knock = %knock_id, "remote knock accepted");
         self.knock_room_state(room_id)

@@ -142,9 +142,10 @@ async fn send_join(
         "example.org".to_owned(),
         services.server_keys.public_keys(None),
     );
-    services
-        .accept_join(room_id, event_id, &version, object, &keys)
-        .await
+    let join_id = services
+        .accept_member_event(event_id, &version, object, &keys)
+        .await?;
+    services.join_answer(room_id, &join_id)
 }
 
 /// `@bob:remote.test` joins `room_id` through make_join and send_join.
@@ -915,8 +916,9 @@ async fn send_knock(
     let (version, object) =
         services.check_member_event(remote_server(), room_id, raw, &MembershipState::Knock)?;
     services
-        .accept_knock(room_id, event_id, &version, object, &remote.keys())
-        .await
+        .accept_member_event(event_id, &version, object, &remote.keys())
+        .await?;
+    services.knock_room_state(room_id)
 }
 
 fn knock_rule(rule: &str) -> Vec<(String, String, JsonValue)> {
