@@ -56,9 +56,9 @@ async fn resolve(
     }
 }
 
-/// A room this server is not in: joining (or knocking) needs another server in it, which
-/// this server cannot do yet; the error names the first of `servers` (with federation off,
-/// that it is off). A room with no server known is unknown.
+/// A room this server is not in and cannot reach through another server (see
+/// [`through_others`]): with federation off, an error naming the first of `servers`; a
+/// room with no other server known is unknown (404).
 fn remote_room(
     services: &Services,
     room_id: &RoomId,
