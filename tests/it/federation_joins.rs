@@ -5,7 +5,8 @@
 //! (`join_authorised_via_users_server`, signed by A); joins by room id with `server_name`;
 //! and the error paths: an unknown room, an unreachable server, and, from a server the test
 //! plays, an old room version, a garbage answer and a `send_join` answer with a forged
-//! state event (left out of the room).
+//! state event (left out of the room). With Synapse: knocks both ways and a restricted
+//! join of one of our users.
 
 use std::{path::Path, sync::Arc};
 
@@ -25,6 +26,7 @@ use serde_json::{Value, json};
 use crate::{
     federation_rooms::sync_until,
     harness::{TestServer, assert_error, free_port, self_signed_certificate},
+    synapse::Synapse,
 };
 
 async fn create_room(server: &TestServer, token: &str, body: Value) -> String {
@@ -600,4 +602,158 @@ async fn bad_answers_from_the_resident_server_are_refused_cleanly() {
         .await;
     assert_eq!(status, StatusCode::OK, "{member}");
     assert_eq!(member["membership"], "join");
+}
+
+/// Against Synapse (rooms v12, its default): our user knocks on a Synapse room and joins a
+/// Synapse restricted room through its space (Synapse signs the join); a Synapse user
+/// knocks on a room here.
+#[tokio::test]
+async fn knocks_and_restricted_joins_with_synapse() {
+    let synapse = Synapse::start().await;
+    let ours = TestServer::start_federating();
+    let alice = ours.register("alice", "correct horse").await;
+    let alice_id = ours.user_id("alice");
+    let bob = synapse.register("bob", "battery staple").await;
+    let bob_id = synapse.user_id("bob");
+    let synapse_room = |body: Value| {
+        let (synapse, bob) = (&synapse, &bob);
+        async move {
+            let (status, created) = synapse
+                .client_api(bob, Method::POST, "/createRoom", Some(body))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{created}");
+            created["room_id"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // Alice knocks on bob's room by alias; both see the knock.
+    let door = synapse_room(json!({
+        "room_alias_name": "door",
+        "name": "Synapse door",
+        "initial_state": join_rule(json!({ "join_rule": "knock" })),
+    }))
+    .await;
+    let (status, knocked) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            &format!("/knock/%23door:{}", synapse.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{knocked}\n{}", synapse.log());
+    let state = sync_until(&ours, &alice, None, "the knocked Synapse room", |sync| {
+        sync["rooms"]["knock"][door.as_str()]["knock_state"]["events"]
+            .as_array()
+            .cloned()
+    })
+    .await;
+    assert!(
+        state.iter().any(|event| event["type"] == "m.room.create"),
+        "{state:?}"
+    );
+    assert!(
+        state
+            .iter()
+            .any(|event| event["type"] == "m.room.name"
+                && event["content"]["name"] == "Synapse door"),
+        "{state:?}"
+    );
+    let knock = sync_until(&synapse, &bob, None, "alice's knock", |sync| {
+        sync["rooms"]["join"][door.as_str()]["timeline"]["events"]
+            .as_array()?
+            .iter()
+            .find(|event| event["type"] == "m.room.member" && event["state_key"] == alice_id)
+            .cloned()
+    })
+    .await;
+    assert_eq!(knock["content"]["membership"], "knock", "{knock}");
+
+    // Alice joins bob's space, then his restricted room by id.
+    let space = synapse_room(json!({
+        "preset": "public_chat",
+        "room_alias_name": "hall",
+        "creation_content": { "type": "m.space" },
+    }))
+    .await;
+    let restricted = synapse_room(json!({
+        "preset": "private_chat",
+        "name": "Hall members",
+        "initial_state": join_rule(json!({
+            "join_rule": "restricted",
+            "allow": [{ "type": "m.room_membership", "room_id": space }],
+        })),
+    }))
+    .await;
+    let (status, joined) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            &format!("/join/%23hall:{}", synapse.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let (status, joined) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            &format!("/join/{restricted}?via={}", synapse.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}\n{}", ours.log());
+    let (status, member) = synapse
+        .client_api(
+            &bob,
+            Method::GET,
+            &format!("/rooms/{restricted}/state/m.room.member/{alice_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{member}");
+    assert_eq!(member["membership"], "join");
+    assert_eq!(member["join_authorised_via_users_server"], bob_id.as_str());
+
+    // Bob knocks on alice's room here.
+    let ours_room = create_room(
+        &ours,
+        &alice,
+        json!({
+            "room_alias_name": "porch",
+            "name": "Our porch",
+            "initial_state": join_rule(json!({ "join_rule": "knock" })),
+        }),
+    )
+    .await;
+    let (status, knocked) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/knock/%23porch:{}", ours.server_name),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{knocked}\n{}", synapse.log());
+    let knock = sync_until(&ours, &alice, None, "bob's knock", |sync| {
+        sync["rooms"]["join"][ours_room.as_str()]["timeline"]["events"]
+            .as_array()?
+            .iter()
+            .find(|event| event["type"] == "m.room.member" && event["state_key"] == bob_id)
+            .cloned()
+    })
+    .await;
+    assert_eq!(knock["content"]["membership"], "knock", "{knock}");
+    let state = sync_until(&synapse, &bob, None, "our knocked room", |sync| {
+        sync["rooms"]["knock"][ours_room.as_str()]["knock_state"]["events"]
+            .as_array()
+            .cloned()
+    })
+    .await;
+    assert!(
+        state
+            .iter()
+            .any(|event| event["type"] == "m.room.name" && event["content"]["name"] == "Our porch"),
+        "{state:?}"
+    );
 }
