@@ -663,7 +663,14 @@ impl Rooms {
 
     /// Forgets a room the user has left: it disappears from their sync.
     pub async fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
-        match self.membership(room_id, user_id)? {
+        // A room not held here has only the user's entry (a knock through another server).
+        let membership = match self.membership(room_id, user_id)? {
+            Some(membership) => Some(membership),
+            None => self
+                .membership_entry(room_id, user_id)?
+                .map(|entry| entry.membership),
+        };
+        match membership {
             Some(MembershipState::Leave | MembershipState::Ban) | None => {}
             Some(_) => {
                 return Err(Error::bad_request(

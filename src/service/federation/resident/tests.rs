@@ -1069,3 +1069,67 @@ async fn make_knock_and_send_knock_refuse_what_the_spec_refuses() {
         Some(MembershipState::Ban)
     );
 }
+
+/// A knock made through another server is kept with its stripped state in the user's
+/// membership entry, only for a room not held here.
+#[tokio::test]
+async fn an_outside_membership_is_kept_only_for_rooms_not_held() {
+    let services = services();
+    let bob = user_id!("@bob:example.org");
+    let stripped: Vec<ruma::serde::Raw<ruma::events::AnyStrippedStateEvent>> = vec![
+        ruma::serde::Raw::new(&json!({
+            "type": "m.room.name", "state_key": "", "sender": "@carol:remote.test",
+            "content": { "name": "Elsewhere" },
+        }))
+        .unwrap()
+        .cast_unchecked(),
+    ];
+    let held = create(
+        &services,
+        &RoomVersionId::V10,
+        Preset::PublicChat,
+        Vec::new(),
+    )
+    .await;
+    assert!(
+        !services
+            .rooms
+            .set_outside_membership(&held, bob, MembershipState::Knock, stripped.clone())
+            .await
+            .unwrap()
+    );
+    assert!(
+        services
+            .rooms
+            .membership_entry(&held, bob)
+            .unwrap()
+            .is_none()
+    );
+
+    let elsewhere = OwnedRoomId::try_from("!elsewhere:remote.test").unwrap();
+    let before = services.stream.position();
+    assert!(
+        services
+            .rooms
+            .set_outside_membership(&elsewhere, bob, MembershipState::Knock, stripped)
+            .await
+            .unwrap()
+    );
+    let entry = services
+        .rooms
+        .membership_entry(&elsewhere, bob)
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.membership, MembershipState::Knock);
+    assert!(entry.count > before);
+    let state = entry.stripped_state.unwrap();
+    assert_eq!(
+        state[0].get_field::<String>("type").unwrap().as_deref(),
+        Some("m.room.name")
+    );
+    // Only the user's index: the room's member index is for rooms held here.
+    assert_eq!(services.rooms.membership(&elsewhere, bob).unwrap(), None);
+    assert!(services.stream.changed_for(bob, entry.count));
+    // Still knocking: not to be forgotten.
+    assert!(services.rooms.forget(&elsewhere, bob).await.is_err());
+}
