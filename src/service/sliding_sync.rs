@@ -173,7 +173,9 @@ impl Default for SlidingSync {
 struct Candidate {
     room_id: OwnedRoomId,
     entry: MembershipEntry,
-    info: RoomInfo,
+    /// `None` for a room this server is not in (a knock through another server; the
+    /// entry has its stripped state).
+    info: Option<RoomInfo>,
     bump: u64,
 }
 
@@ -439,14 +441,15 @@ fn candidates(
         if !listed {
             continue;
         }
-        let Some(info) = services.rooms.info(&room_id)? else {
+        let info = services.rooms.info(&room_id)?;
+        if info.is_none() && entry.stripped_state.is_none() {
             continue;
-        };
+        }
         // Joined rooms by their newest message-like event (not by the user's own member
         // events: a new display name must not reorder every room); others by the invite,
         // the leave.
-        let bump = match entry.membership {
-            MembershipState::Join => info.bump_stamp(),
+        let bump = match (&entry.membership, &info) {
+            (MembershipState::Join, Some(info)) => info.bump_stamp(),
             _ => entry.count,
         };
         out.push(Candidate {
@@ -525,7 +528,10 @@ fn room_changed(
     since: u64,
 ) -> Result<bool> {
     Ok(candidate.entry.count >= since
-        || candidate.info.last_count >= since
+        || candidate
+            .info
+            .as_ref()
+            .is_some_and(|info| info.last_count >= since)
         || services.push.counts(user, &candidate.room_id)?.position >= since)
 }
 
@@ -820,7 +826,6 @@ fn build_room(
 ) -> Result<response::Room> {
     let rooms = &services.rooms;
     let room_id = &*candidate.room_id;
-    let info = &candidate.info;
     let mut room = response::Room::new();
     room.bump_stamp = UInt::new(candidate.bump);
     room.is_dm = Some(is_dm(services, candidate, user, direct)?);
@@ -833,7 +838,10 @@ fn build_room(
     ) {
         // Stripped state with the user's own member event, whose membership (`invite` or
         // `knock`) tells the client which it is.
-        let state = invite_state(services, room_id, user)?;
+        let state = match &candidate.entry.stripped_state {
+            Some(state) => state.clone(),
+            None => invite_state(services, room_id, user)?,
+        };
         room.name = state.iter().find_map(|event| {
             let event = event.deserialize_as_unchecked::<JsonValue>().ok()?;
             (event["type"] == "m.room.name")
@@ -844,6 +852,10 @@ fn build_room(
         return Ok(room);
     }
 
+    // A room this server is not in has no timeline or state here.
+    let Some(info) = &candidate.info else {
+        return Ok(room);
+    };
     // Timeline: the newest `timeline_limit` events (since the room was last sent), up to
     // the user's leave for a room they left.
     let limit = config.timeline_limit;

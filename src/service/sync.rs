@@ -52,7 +52,7 @@ pub struct SyncRequest<'a> {
 }
 
 /// State an invitee sees (client-server API, "Stripped state").
-const INVITE_STATE_TYPES: &[&str] = &[
+pub(crate) const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",
@@ -195,6 +195,14 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
             continue;
         }
         let Some(info) = rooms.info(&room_id)? else {
+            // A room this server is not in: a knock through another server, shown with the
+            // stripped state that server gave.
+            if entry.membership == MembershipState::Knock
+                && request.since.is_none_or(|since| entry.count >= since)
+                && let Some(state) = entry.stripped_state
+            {
+                response.rooms.knock.insert(room_id, knocked_room(state));
+            }
             continue;
         };
         let counts_position = services.push.counts(request.user_id, &room_id)?.position;
@@ -250,14 +258,8 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
                 response.rooms.leave.insert(room_id, left);
             }
             MembershipState::Knock if request.since.is_none_or(|since| entry.count >= since) => {
-                let mut knocked = ruma::api::client::sync::sync_events::v3::KnockedRoom::new();
-                knocked.knock_state.events = invited_room(services, &room_id, request.user_id)?
-                    .invite_state
-                    .events
-                    .into_iter()
-                    .map(|event| event.cast_unchecked())
-                    .collect();
-                response.rooms.knock.insert(room_id, knocked);
+                let state = invite_state(services, &room_id, request.user_id)?;
+                response.rooms.knock.insert(room_id, knocked_room(state));
             }
             _ => {}
         }
@@ -808,6 +810,14 @@ fn invited_room(services: &Services, room_id: &RoomId, user_id: &UserId) -> Resu
     let mut room = InvitedRoom::new();
     room.invite_state = state;
     Ok(room)
+}
+
+fn knocked_room(
+    state: Vec<Raw<ruma::events::AnyStrippedStateEvent>>,
+) -> ruma::api::client::sync::sync_events::v3::KnockedRoom {
+    let mut knocked = ruma::api::client::sync::sync_events::v3::KnockedRoom::new();
+    knocked.knock_state.events = state.into_iter().map(Raw::cast_unchecked).collect();
+    knocked
 }
 
 /// The stripped state an invitee (or knocker) sees, with their own member event.

@@ -56,9 +56,9 @@ async fn resolve(
     }
 }
 
-/// A room this server is not in: joining (or knocking) needs another server in it, which
-/// this server cannot do yet; the error names the first of `servers` (with federation off,
-/// that it is off). A room with no server known is unknown.
+/// A room this server is not in and cannot reach through another server (see
+/// [`through_others`]): with federation off, an error naming the first of `servers`; a
+/// room with no other server known is unknown (404).
 fn remote_room(
     services: &Services,
     room_id: &RoomId,
@@ -79,6 +79,20 @@ fn remote_room(
     }
 }
 
+/// Whether `room_id` is a room this server is not in and may reach through one of
+/// `servers`.
+fn through_others(
+    services: &Services,
+    room_id: &RoomId,
+    servers: &[OwnedServerName],
+) -> Result<bool> {
+    Ok(services.rooms.info(room_id)?.is_none()
+        && services.federation.enabled()
+        && servers
+            .iter()
+            .any(|server| *server != services.config.server_name))
+}
+
 async fn join(
     services: &Services,
     room_id: &RoomId,
@@ -87,13 +101,7 @@ async fn join(
     reason: Option<&str>,
 ) -> Result<()> {
     let profile = member_profile(services, user)?;
-    // A room this server is not in: through one of the servers that are.
-    if services.rooms.info(room_id)?.is_none()
-        && services.federation.enabled()
-        && servers
-            .iter()
-            .any(|server| *server != services.config.server_name)
-    {
+    if through_others(services, room_id, servers)? {
         return services
             .join_remote(
                 room_id,
@@ -262,8 +270,20 @@ pub async fn knock_room(
     let (sender, _) = request.sender()?;
     let body = &request.body;
     let (room_id, servers) = resolve(&services, &body.room_id_or_alias, &body.via).await?;
-    remote_room(&services, &room_id, &servers, "knocking on")?;
     let profile = member_profile(&services, sender)?;
+    if through_others(&services, &room_id, &servers)? {
+        services
+            .member_remote(
+                &room_id,
+                &servers,
+                sender,
+                profile.content("knock", body.reason.as_deref(), false),
+                MembershipState::Knock,
+            )
+            .await?;
+        return Ok(RumaResponse(knock_room::v3::Response::new(room_id)));
+    }
+    remote_room(&services, &room_id, &servers, "knocking on")?;
     services
         .rooms
         .knock(&room_id, sender, &profile, request.body.reason.as_deref())

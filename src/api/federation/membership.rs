@@ -1,10 +1,14 @@
-//! Joins for other servers' users (server-server API, "Joining Rooms"): `make_join` and
-//! `send_join` (v2). The logic is in `service::federation::resident`.
+//! Joins and knocks for other servers' users (server-server API, "Joining Rooms",
+//! "Knocking upon a room"): `make_join`, `send_join` (v2), `make_knock`, `send_knock`. The
+//! logic is in `service::federation::resident`.
 
 use std::sync::Arc;
 
 use axum::{Json, extract::State};
-use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use ruma::api::federation::membership::{
+    RawStrippedState, create_join_event, create_knock_event, prepare_join_event,
+    prepare_knock_event,
+};
 use serde_json::{Value as JsonValue, json};
 
 use super::origin;
@@ -52,4 +56,34 @@ pub async fn create_join_event(
         "event": answer.event,
         "servers_in_room": answer.servers_in_room,
     })))
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`
+pub async fn prepare_knock_event(
+    State(services): State<Arc<Services>>,
+    request: Ruma<prepare_knock_event::v1::Request>,
+) -> Result<RumaResponse<prepare_knock_event::v1::Response>> {
+    let origin = origin(&request)?;
+    let body = &request.body;
+    let (version, template) =
+        services.make_knock(origin, &body.room_id, &body.user_id, &body.ver)?;
+    Ok(RumaResponse(prepare_knock_event::v1::Response::new(
+        version,
+        raw(&template)?,
+    )))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
+pub async fn create_knock_event(
+    State(services): State<Arc<Services>>,
+    request: Ruma<create_knock_event::v1::Request>,
+) -> Result<RumaResponse<create_knock_event::v1::Response>> {
+    let origin = origin(&request)?;
+    let body = &request.body;
+    let state = services
+        .send_knock(origin, &body.room_id, &body.event_id, &body.pdu)
+        .await?;
+    Ok(RumaResponse(create_knock_event::v1::Response::new(
+        state.into_iter().map(RawStrippedState::Pdu).collect(),
+    )))
 }

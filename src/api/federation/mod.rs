@@ -35,6 +35,8 @@ pub fn routes() -> Routes {
         .ruma_route(transactions::send_transaction)
         .ruma_route(membership::prepare_join_event)
         .ruma_route(membership::create_join_event)
+        .ruma_route(membership::prepare_knock_event)
+        .ruma_route(membership::create_knock_event)
         .ruma_route(events::get_event)
         .ruma_route(events::get_room_state)
         .ruma_route(events::get_room_state_ids)

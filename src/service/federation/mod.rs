@@ -14,6 +14,7 @@ pub mod directory;
 pub mod incoming;
 pub mod join;
 pub mod keys;
+pub mod knock;
 pub mod receive;
 pub mod resident;
 pub mod resolve;

@@ -4,12 +4,15 @@
 //! - [`Services::make_join`] and [`Services::send_join`]: another server's user joins a room
 //!   here (the template, then the signed event, accepted through the room core like any
 //!   remote event, answered with the state before it and its auth chain);
+//! - [`Services::make_knock`] and [`Services::send_knock`]: the same for a knock (rooms
+//!   v7+), answered with the room's stripped state (as full events);
 //! - the read endpoints another server in a room uses to fill gaps: one event
 //!   ([`Services::federation_event`]), the state before an event ([`Services::state_at`]),
 //!   an event's auth chain ([`Services::event_auth`]), the prev events it misses
 //!   ([`Services::missing_events`]) and older history ([`Services::backfill`]).
 //!
-//! [`join`] has the joins, [`read`] the reads (and the walks); what both need is here.
+//! [`join`] has the joins (and what knocks share with them), [`knock`] the knocks, [`read`]
+//! the reads (and the walks); what all need is here.
 //!
 //! Who may read: a server with a user joined in the room's current state (as Synapse's
 //! `assert_host_in_room`); otherwise 403. Events are served in federation form (the stored
@@ -18,6 +21,7 @@
 //! visibility at that event is served redacted (as Synapse's `filter_events_for_server`).
 
 mod join;
+mod knock;
 mod read;
 
 use ruma::{

@@ -121,7 +121,7 @@ impl Rooms {
     /// The unsigned event `sender` would send on top of `prev_events`: `auth_events`,
     /// `depth`, `origin_server_ts` and the rest of the JSON, without hashes, signatures or
     /// event id, together with the state before it. Shared by [`Rooms::build`] (which hashes
-    /// and signs it) and the join templates other servers ask for ([`Rooms::join_template`],
+    /// and signs it) and the join templates other servers ask for ([`Rooms::member_template`],
     /// server-server API `make_join`). `room_id` is `None` only for a version-12 create
     /// event, whose id names the room.
     pub(super) fn template(
@@ -197,14 +197,15 @@ impl Rooms {
         })
     }
 
-    /// The join event template for `user_id`, another server's user, in a room here
-    /// (server-server API, `GET /make_join`): the unsigned `m.room.member` event with
-    /// `content`, on top of the room's forward extremities, with `origin` = this server (the
-    /// joining server replaces `origin` and `origin_server_ts`, signs it and sends it back
-    /// through `send_join`). 404 for an unknown room; 403 with the reason when the
-    /// authorization rules refuse the join against the state it would follow (join rules,
-    /// bans): its event would be rejected anyway.
-    pub fn join_template(
+    /// The member event template for `user_id`, another server's user, in a room here
+    /// (server-server API, `GET /make_join`, `/make_knock`): the unsigned `m.room.member`
+    /// event with `content` (a join or a knock), on top of the room's forward extremities,
+    /// with `origin` = this server (the other server replaces `origin` and
+    /// `origin_server_ts`, signs it and sends it back through `send_join` / `send_knock`).
+    /// 404 for an unknown room; 403 with the reason when the authorization rules refuse
+    /// the event against the state it would follow (join rules, bans, a room version
+    /// without knocking): its event would be rejected anyway.
+    pub fn member_template(
         &self,
         room_id: &RoomId,
         user_id: &UserId,
@@ -226,13 +227,15 @@ impl Rooms {
         let mut probe = object.clone();
         probe.insert(
             "event_id".into(),
-            CanonicalJsonValue::String("$make_join_template".into()),
+            CanonicalJsonValue::String("$member_template".into()),
         );
         let pdu: Pdu = serde_json::to_value(&probe)
             .and_then(serde_json::from_value)
-            .map_err(|e| Error::internal(format!("join template does not parse: {e}")))?;
+            .map_err(|e| Error::internal(format!("member template does not parse: {e}")))?;
         self.auth_against_state(&rules.authorization, &pdu, &state)?
-            .map_err(|reason| Error::forbidden(format!("You may not join this room: {reason}")))?;
+            .map_err(|reason| {
+                Error::forbidden(format!("The room's rules do not allow this: {reason}"))
+            })?;
         object.insert(
             "origin".into(),
             CanonicalJsonValue::String(self.server_name.to_string()),

@@ -196,7 +196,11 @@ impl Rooms {
         batch.insert_json(
             &self.user_rooms,
             pair_key(user.as_str(), room_id.as_str()),
-            &MembershipEntry { membership, count },
+            &MembershipEntry {
+                membership,
+                count,
+                stripped_state: None,
+            },
         );
     }
 }

@@ -42,7 +42,8 @@
 //!   is never a forward extremity.
 //! - `shorteventid_pendingredaction`: `target short event id ‖ redaction short event id` →
 //!   empty. Redactions from other servers whose target is not held yet ([`redact`]).
-//! - `userroomid_membership`: `user 0xFF room` → [`MembershipEntry`] (JSON).
+//! - `userroomid_membership`: `user 0xFF room` → [`MembershipEntry`] (JSON; with stripped
+//!   state for a room this server is not in).
 //! - `roomuserid_membership`: `room 0xFF user` → membership string.
 //! - `userdevicetxnid_eventid`: `user 0xFF device 0xFF txn id` → event id (idempotent send).
 //! - `eventid_devicetxnid`: event id → `device 0xFF txn id` (for `unsigned.transaction_id`).
@@ -95,7 +96,8 @@ use std::{
 use ruma::{
     DeviceId, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
     RoomVersionId, UserId,
-    events::{StateEventType, room::member::MembershipState},
+    events::{AnyStrippedStateEvent, StateEventType, room::member::MembershipState},
+    serde::Raw,
 };
 use serde::{Deserialize, Serialize};
 
@@ -163,6 +165,12 @@ pub struct MembershipEntry {
     pub membership: MembershipState,
     /// Count of the membership event.
     pub count: u64,
+    /// For a room this server is not in (a knock on another server's room): the stripped
+    /// state that server gave, with the user's own member event, shown instead of the
+    /// room's state ([`Rooms::set_outside_membership`]). `None` for rooms held here; a
+    /// membership event of the room, once held, rewrites the entry without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripped_state: Option<Vec<Raw<AnyStrippedStateEvent>>>,
 }
 
 /// Number of room locks. Appends to one room are serialised; different rooms mostly not.
@@ -624,9 +632,49 @@ impl Rooms {
             .collect()
     }
 
+    /// Records `user_id`'s `membership` in `room_id`, a room this server is not in (a knock
+    /// made through another server), with the stripped state that server gave, at a new
+    /// stream position, and wakes the user's syncs. Does nothing (returns `false`) once
+    /// the room is held here: its own member events are the truth then.
+    pub async fn set_outside_membership(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        membership: MembershipState,
+        stripped_state: Vec<Raw<AnyStrippedStateEvent>>,
+    ) -> Result<bool> {
+        let _room = self.lock(room_id).await;
+        if self.info(room_id)?.is_some() {
+            return Ok(false);
+        }
+        // Only the user's index: the room's member index is for rooms held here.
+        let (count, ()) = self.stream.commit(|count, batch| {
+            batch.insert_json(
+                &self.user_rooms,
+                pair_key(user_id.as_str(), room_id.as_str()),
+                &MembershipEntry {
+                    membership,
+                    count,
+                    stripped_state: Some(stripped_state),
+                },
+            );
+            Ok(())
+        })?;
+        self.db.persist().await?;
+        self.stream.touch([user_id], count);
+        Ok(true)
+    }
+
     /// Forgets a room the user has left: it disappears from their sync.
     pub async fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
-        match self.membership(room_id, user_id)? {
+        // A room not held here has only the user's entry (a knock through another server).
+        let membership = match self.membership(room_id, user_id)? {
+            Some(membership) => Some(membership),
+            None => self
+                .membership_entry(room_id, user_id)?
+                .map(|entry| entry.membership),
+        };
+        match membership {
             Some(MembershipState::Leave | MembershipState::Ban) | None => {}
             Some(_) => {
                 return Err(Error::bad_request(

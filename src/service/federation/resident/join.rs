@@ -47,7 +47,7 @@ pub struct JoinAnswer {
 }
 
 fn invalid(reason: impl std::fmt::Display) -> Error {
-    Error::invalid_param(format!("Invalid join event: {reason}"))
+    Error::invalid_param(format!("Invalid member event: {reason}"))
 }
 
 /// The servers with a member of `membership` in `state` (any of `memberships`).
@@ -177,16 +177,16 @@ impl Services {
         ))
     }
 
-    /// `GET /make_join/{roomId}/{userId}`: the join template for `user_id` of `origin`, if
-    /// the room is here, its version among `supported` and the join allowed (see
-    /// [`Rooms::join_template`]).
-    pub fn make_join(
+    /// `make_join` and `make_knock`'s checks before the template: `user_id` is a user of
+    /// `origin` (403), the room is here (404), the ACL allows `origin` (403), the room's
+    /// version is among `supported` (400 `M_INCOMPATIBLE_ROOM_VERSION`).
+    pub(super) fn check_member_request(
         &self,
         origin: &ServerName,
         room_id: &RoomId,
         user_id: &UserId,
         supported: &[RoomVersionId],
-    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+    ) -> Result<()> {
         if user_id.server_name() != origin {
             return Err(Error::forbidden(format!(
                 "{user_id} is not a user of {origin}."
@@ -205,11 +205,25 @@ impl Services {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// `GET /make_join/{roomId}/{userId}`: the join template for `user_id` of `origin`, if
+    /// the room is here, its version among `supported` and the join allowed (see
+    /// [`Rooms::member_template`]).
+    pub fn make_join(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        supported: &[RoomVersionId],
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        self.check_member_request(origin, room_id, user_id, supported)?;
         let mut content = json!({ "membership": "join" });
         if let Some(authoriser) = self.restricted_join_authoriser(room_id, user_id)? {
             content["join_authorised_via_users_server"] = authoriser.as_str().into();
         }
-        self.rooms.join_template(room_id, user_id, content)
+        self.rooms.member_template(room_id, user_id, content)
     }
 
     /// `PUT /v2/send_join/{roomId}/{eventId}`: `raw`, a join event of a user of `origin`
@@ -224,27 +238,54 @@ impl Services {
         event_id: &EventId,
         raw: &RawJsonValue,
     ) -> Result<JoinAnswer> {
-        let (version, object) = self.check_join_event(origin, room_id, raw)?;
-        let needed = keys_needed(&object, &version).map_err(invalid)?;
-        // Collected first: a closure over the servers held across the await would not be
-        // `Send` for every lifetime (rustc's higher-ranked inference).
-        let servers: Vec<&ServerName> = needed.servers.iter().map(|server| &**server).collect();
-        let keys = self
-            .keyring
-            .public_key_map(&object, servers, needed.signed_at)
+        let join_id = self
+            .send_member_event(origin, room_id, event_id, raw, &MembershipState::Join)
             .await?;
-        self.accept_join(room_id, event_id, &version, object, &keys)
+        self.join_answer(room_id, &join_id)
+    }
+
+    /// `send_join` and `send_knock` up to the answer: [`Self::check_member_event`], the
+    /// keys through the keyring, [`Self::accept_member_event`]. Returns the event's id.
+    pub(super) async fn send_member_event(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        raw: &RawJsonValue,
+        membership: &MembershipState,
+    ) -> Result<OwnedEventId> {
+        let (version, object) = self.check_member_event(origin, room_id, raw, membership)?;
+        let keys = self.keys_for_member_event(&object, &version).await?;
+        self.accept_member_event(event_id, &version, object, &keys)
             .await
     }
 
-    /// `send_join`'s checks before signatures: the format, the fields of a join by a user
-    /// of `origin` in `room_id`; our signature added for a restricted join one of our users
-    /// authorises. Returns the room version and the event.
-    pub(super) fn check_join_event(
+    /// The public keys `object`'s signatures need, through the keyring.
+    async fn keys_for_member_event(
+        &self,
+        object: &CanonicalJsonObject,
+        version: &RoomVersionId,
+    ) -> Result<PublicKeyMap> {
+        let needed = keys_needed(object, version).map_err(invalid)?;
+        // Collected first: a closure over the servers held across the await would not be
+        // `Send` for every lifetime (rustc's higher-ranked inference).
+        let servers: Vec<&ServerName> = needed.servers.iter().map(|server| &**server).collect();
+        self.keyring
+            .public_key_map(object, servers, needed.signed_at)
+            .await
+    }
+
+    /// `send_join` and `send_knock`'s checks before signatures (S2S "Joining Rooms",
+    /// "Knocking upon a room": 400 `M_INVALID_PARAM` otherwise): the format, an
+    /// `m.room.member` event of `membership` by a user of `origin` (the state key) in
+    /// `room_id`; for a join, our signature added when one of our users authorises a
+    /// restricted join. Returns the room version and the event.
+    pub(super) fn check_member_event(
         &self,
         origin: &ServerName,
         room_id: &RoomId,
         raw: &RawJsonValue,
+        expected: &MembershipState,
     ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
         let info = self.rooms.existing(room_id)?;
         self.check_server_acl(origin, room_id)?;
@@ -272,13 +313,14 @@ impl Services {
             },
             _ => "",
         };
-        if membership != "join" {
-            return Err(invalid("the membership is not `join`"));
+        if membership != expected.as_str() {
+            return Err(invalid(format!("the membership is not `{expected}`")));
         }
         // A restricted join one of our users authorises: the conditions again (they may
         // have changed since make_join), then our signature, which the room version's
         // rules require (S2S "Restricted rooms"; rooms v8 "Authorization rules").
-        if let Some(authoriser) = authorising_user(&object)
+        if *expected == MembershipState::Join
+            && let Some(authoriser) = authorising_user(&object)
             && authoriser.server_name() == self.config.server_name
         {
             self.restricted_join_authoriser(room_id, &sender)?;
@@ -287,17 +329,16 @@ impl Services {
         Ok((version, object))
     }
 
-    /// `send_join`'s last steps: signatures and content hash with `keys`, the event id
-    /// against the path, then the room core (a live event); only an accepted join is
-    /// answered.
-    pub(super) async fn accept_join(
+    /// `send_join` and `send_knock`'s last steps: signatures and content hash with `keys`,
+    /// the event id against the path, then the room core (a live event); only an accepted
+    /// event passes (soft-failed and rejected are 403, missing events 400).
+    pub(super) async fn accept_member_event(
         &self,
-        room_id: &RoomId,
         event_id: &EventId,
         version: &RoomVersionId,
         object: CanonicalJsonObject,
         keys: &PublicKeyMap,
-    ) -> Result<JoinAnswer> {
+    ) -> Result<OwnedEventId> {
         let verified: Verified =
             check_signatures_and_hash(object, version, keys).map_err(invalid)?;
         if verified.event_id.as_str() != event_id.as_str() {
@@ -306,7 +347,7 @@ impl Services {
                 verified.event_id
             )));
         }
-        let join_id = verified.event_id.clone();
+        let member_id = verified.event_id.clone();
         match self
             .rooms
             .accept(verified, Place::Live, StateBefore::default())
@@ -314,33 +355,26 @@ impl Services {
         {
             Outcome::Committed(committed) | Outcome::AlreadyKnown(committed) => {
                 match committed.verdict {
-                    Verdict::Accepted if committed.position.is_some() => {}
-                    Verdict::Accepted => {
-                        return Err(Error::forbidden(
-                            "The join is known here only without its place in the room.",
-                        ));
-                    }
-                    Verdict::SoftFailed => {
-                        return Err(Error::forbidden(
-                            "The join is not allowed by the room's current state.",
-                        ));
-                    }
-                    Verdict::Rejected(reason) => {
-                        return Err(Error::forbidden(format!(
-                            "The join is not allowed: {reason}"
-                        )));
-                    }
+                    Verdict::Accepted if committed.position.is_some() => Ok(member_id),
+                    Verdict::Accepted => Err(Error::forbidden(
+                        "The event is known here only without its place in the room.",
+                    )),
+                    Verdict::SoftFailed => Err(Error::forbidden(
+                        "The event is not allowed by the room's current state.",
+                    )),
+                    Verdict::Rejected(reason) => Err(Error::forbidden(format!(
+                        "The event is not allowed: {reason}"
+                    ))),
                 }
             }
             Outcome::Missing { auth, prev } => {
                 let names: Vec<_> = auth.iter().chain(&prev).map(|id| id.as_str()).collect();
-                return Err(Error::invalid_param(format!(
-                    "The join cites events this server does not hold: {}.",
+                Err(Error::invalid_param(format!(
+                    "The event cites events this server does not hold: {}.",
                     names.join(", ")
-                )));
+                )))
             }
         }
-        self.join_answer(room_id, &join_id)
     }
 
     /// Adds our signature to an event (over its redacted form, as every event signature:
@@ -374,7 +408,7 @@ impl Services {
     }
 
     /// The answer to an accepted join: the state before it, the auth chains, the servers.
-    fn join_answer(&self, room_id: &RoomId, join_id: &EventId) -> Result<JoinAnswer> {
+    pub(super) fn join_answer(&self, room_id: &RoomId, join_id: &EventId) -> Result<JoinAnswer> {
         let (before, _) = self
             .rooms
             .state_hashes(join_id)?

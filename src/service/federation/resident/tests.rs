@@ -135,15 +135,17 @@ async fn send_join(
     event_id: &OwnedEventId,
     raw: &RawJsonValue,
 ) -> crate::Result<JoinAnswer> {
-    let (version, object) = services.check_join_event(remote_server(), room_id, raw)?;
+    let (version, object) =
+        services.check_member_event(remote_server(), room_id, raw, &MembershipState::Join)?;
     let mut keys = remote.keys();
     keys.insert(
         "example.org".to_owned(),
         services.server_keys.public_keys(None),
     );
-    services
-        .accept_join(room_id, event_id, &version, object, &keys)
-        .await
+    let join_id = services
+        .accept_member_event(event_id, &version, object, &keys)
+        .await?;
+    services.join_answer(room_id, &join_id)
 }
 
 /// `@bob:remote.test` joins `room_id` through make_join and send_join.
@@ -384,7 +386,12 @@ async fn send_join_refuses_events_that_are_not_the_join_asked_for() {
     );
     // A sender of another server than the one asking.
     assert_error(
-        services.check_join_event(server_name!("other.test"), &room_id, &raw),
+        services.check_member_event(
+            server_name!("other.test"),
+            &room_id,
+            &raw,
+            &MembershipState::Join,
+        ),
         StatusCode::BAD_REQUEST,
         "M_INVALID_PARAM",
     );
@@ -896,4 +903,233 @@ async fn a_server_the_acl_denies_is_refused() {
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
+}
+
+/// `send_knock` with `remote`'s keys instead of the keyring's network fetch.
+async fn send_knock(
+    services: &Services,
+    remote: &Remote,
+    room_id: &OwnedRoomId,
+    event_id: &OwnedEventId,
+    raw: &RawJsonValue,
+) -> crate::Result<Vec<Box<RawJsonValue>>> {
+    let (version, object) =
+        services.check_member_event(remote_server(), room_id, raw, &MembershipState::Knock)?;
+    services
+        .accept_member_event(event_id, &version, object, &remote.keys())
+        .await?;
+    services.knock_room_state(room_id)
+}
+
+fn knock_rule(rule: &str) -> Vec<(String, String, JsonValue)> {
+    vec![(
+        "m.room.join_rules".into(),
+        String::new(),
+        json!({ "join_rule": rule }),
+    )]
+}
+
+#[tokio::test]
+async fn a_remote_knock_is_accepted_and_answered_with_the_stripped_state() {
+    for version in VERSIONS {
+        let services = services();
+        let remote = Remote::new();
+        let room_id = create(
+            &services,
+            &version,
+            Preset::PrivateChat,
+            knock_rule("knock"),
+        )
+        .await;
+        let bob = remote.user("bob");
+        let (got, template) = services
+            .make_knock(
+                remote_server(),
+                &room_id,
+                &bob,
+                std::slice::from_ref(&version),
+            )
+            .unwrap();
+        assert_eq!(got, version);
+        let template_json = serde_json::to_value(&template).unwrap();
+        assert_eq!(template_json["content"], json!({ "membership": "knock" }));
+        assert_eq!(template_json["origin"], "example.org");
+        assert!(template_json.get("signatures").is_none());
+        let (event_id, raw) = sign_template(&remote, template, &version);
+        let state = send_knock(&services, &remote, &room_id, &event_id, &raw)
+            .await
+            .unwrap();
+        // Full events (Matrix 1.16), the create event among them, no ids or unsigned.
+        let kinds: Vec<String> = state
+            .iter()
+            .map(|event| object(event)["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kinds[0], "m.room.create", "{kinds:?}");
+        assert!(kinds.contains(&"m.room.join_rules".to_owned()), "{kinds:?}");
+        assert!(kinds.contains(&"m.room.name".to_owned()), "{kinds:?}");
+        for event in &state {
+            let event = object(event);
+            assert!(event["signatures"]["example.org"].is_object(), "{event}");
+            assert!(event.get("event_id").is_none() && event.get("unsigned").is_none());
+        }
+        assert_eq!(
+            services.rooms.membership(&room_id, &bob).unwrap(),
+            Some(MembershipState::Knock)
+        );
+        // A repeat is answered the same way.
+        let again = send_knock(&services, &remote, &room_id, &event_id, &raw)
+            .await
+            .unwrap();
+        assert_eq!(again.len(), state.len());
+    }
+}
+
+#[tokio::test]
+async fn make_knock_and_send_knock_refuse_what_the_spec_refuses() {
+    let services = services();
+    let remote = Remote::new();
+    let version = RoomVersionId::V10;
+    let v10 = std::slice::from_ref(&version);
+    let bob = remote.user("bob");
+    let knockable = create(
+        &services,
+        &version,
+        Preset::PrivateChat,
+        knock_rule("knock"),
+    )
+    .await;
+    // Another server's user; a version the knocking server does not support.
+    assert_error(
+        services.make_knock(server_name!("other.test"), &knockable, &bob, v10),
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        services.make_knock(remote_server(), &knockable, &bob, &[RoomVersionId::V9]),
+        StatusCode::BAD_REQUEST,
+        "M_INCOMPATIBLE_ROOM_VERSION",
+    );
+    // Rooms whose rules do not let anyone knock: invite-only, public, and a version
+    // without knocking (v6) even with a `knock` rule.
+    let private = create(&services, &version, Preset::PrivateChat, Vec::new()).await;
+    let public = create(&services, &version, Preset::PublicChat, Vec::new()).await;
+    for room_id in [&private, &public] {
+        assert_error(
+            services.make_knock(remote_server(), room_id, &bob, v10),
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+        );
+    }
+    let v6 = RoomVersionId::V6;
+    let old = create(&services, &v6, Preset::PrivateChat, knock_rule("knock")).await;
+    assert_error(
+        services.make_knock(remote_server(), &old, &bob, std::slice::from_ref(&v6)),
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+
+    // send_knock: a join (or anything but a knock) is 400, as is a knock signed by
+    // another key; neither is stored.
+    let (_, template) = services
+        .make_knock(remote_server(), &knockable, &bob, v10)
+        .unwrap();
+    let mut join = template.clone();
+    join.insert(
+        "content".into(),
+        CanonicalJsonValue::try_from(json!({ "membership": "join" })).unwrap(),
+    );
+    let (id, raw) = sign_template(&remote, join, &version);
+    assert_error(
+        send_knock(&services, &remote, &knockable, &id, &raw).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    let impostor = Remote::with_key(crate::service::rooms::remote_tests::new_key("r1"));
+    let (id, forged) = sign_template(&impostor, template.clone(), &version);
+    assert_error(
+        send_knock(&services, &remote, &knockable, &id, &forged).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert_eq!(services.rooms.membership(&knockable, &bob).unwrap(), None);
+    // A knock by a member the room banned meanwhile: 403, not stored as a knock.
+    services
+        .rooms
+        .ban(&knockable, alice(), &bob, None)
+        .await
+        .unwrap();
+    let (id, raw) = sign_template(&remote, template, &version);
+    assert_error(
+        send_knock(&services, &remote, &knockable, &id, &raw).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_eq!(
+        services.rooms.membership(&knockable, &bob).unwrap(),
+        Some(MembershipState::Ban)
+    );
+}
+
+/// A knock made through another server is kept with its stripped state in the user's
+/// membership entry, only for a room not held here.
+#[tokio::test]
+async fn an_outside_membership_is_kept_only_for_rooms_not_held() {
+    let services = services();
+    let bob = user_id!("@bob:example.org");
+    let stripped: Vec<ruma::serde::Raw<ruma::events::AnyStrippedStateEvent>> = vec![
+        ruma::serde::Raw::new(&json!({
+            "type": "m.room.name", "state_key": "", "sender": "@carol:remote.test",
+            "content": { "name": "Elsewhere" },
+        }))
+        .unwrap()
+        .cast_unchecked(),
+    ];
+    let held = create(
+        &services,
+        &RoomVersionId::V10,
+        Preset::PublicChat,
+        Vec::new(),
+    )
+    .await;
+    assert!(
+        !services
+            .rooms
+            .set_outside_membership(&held, bob, MembershipState::Knock, stripped.clone())
+            .await
+            .unwrap()
+    );
+    assert!(
+        services
+            .rooms
+            .membership_entry(&held, bob)
+            .unwrap()
+            .is_none()
+    );
+
+    let elsewhere = OwnedRoomId::try_from("!elsewhere:remote.test").unwrap();
+    let before = services.stream.position();
+    assert!(
+        services
+            .rooms
+            .set_outside_membership(&elsewhere, bob, MembershipState::Knock, stripped)
+            .await
+            .unwrap()
+    );
+    let entry = services
+        .rooms
+        .membership_entry(&elsewhere, bob)
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.membership, MembershipState::Knock);
+    assert!(entry.count > before);
+    let state = entry.stripped_state.unwrap();
+    assert_eq!(
+        state[0].get_field::<String>("type").unwrap().as_deref(),
+        Some("m.room.name")
+    );
+    // Only the user's index: the room's member index is for rooms held here.
+    assert_eq!(services.rooms.membership(&elsewhere, bob).unwrap(), None);
+    assert!(services.stream.changed_for(bob, entry.count));
+    // Still knocking: not to be forgotten.
+    assert!(services.rooms.forget(&elsewhere, bob).await.is_err());
 }
