@@ -63,6 +63,11 @@ pub struct Config {
     /// with it off no federation path is served and nothing is sent to other servers.
     #[serde(default)]
     pub allow_federation: bool,
+    /// Whether other servers may list this server's public room directory
+    /// (`/_matrix/federation/v1/publicRooms`; Conduit's key, Synapse's
+    /// `allow_public_rooms_over_federation`). Off by default, as in both.
+    #[serde(default)]
+    pub allow_public_room_directory_over_federation: bool,
     /// Whether the certificates of other servers are checked on outgoing federation
     /// requests (Synapse's key). Only for tests on loopback: off, anyone on the path can
     /// pretend to be any server. A loud warning at start says so.
@@ -188,6 +193,7 @@ const KNOWN_KEYS: &[&str] = &[
     "registration_token",
     "registration_shared_secret",
     "allow_federation",
+    "allow_public_room_directory_over_federation",
     "federation_verify_certificates",
     "federation_port",
     "federation_ip_range_allowlist",

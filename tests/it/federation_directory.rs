@@ -64,7 +64,11 @@ async fn until_listed(
 
 #[tokio::test]
 async fn the_directory_and_a_space_are_browsed_on_another_server() {
-    let a = TestServer::start_federating();
+    let a = TestServer::federating_with_env(&[(
+        "CONDUIT_ALLOW_PUBLIC_ROOM_DIRECTORY_OVER_FEDERATION",
+        "true",
+    )]);
+    // B keeps the default: its directory is not shared with other servers.
     let b = TestServer::start_federating();
     let alice = a.register("alice", "correct horse").await;
     let bob = b.register("bob", "battery staple").await;
@@ -115,6 +119,17 @@ async fn the_directory_and_a_space_are_browsed_on_another_server() {
         .await;
     assert_eq!(status, StatusCode::OK, "{none}");
     assert!(listed(&none).is_empty(), "{none}");
+    // B does not share its directory: A's users get the refusal, not an empty list.
+    let (status, refused) = a
+        .client_api(
+            &alice,
+            Method::GET,
+            &format!("/publicRooms?server={}", b.server_name),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}\n{}", a.log());
+    assert_eq!(refused["errcode"], "M_FORBIDDEN", "{refused}");
     // A server that cannot be reached is an error, not an empty list.
     let (status, _) = b
         .client_api(&bob, Method::GET, "/publicRooms?server=localhost:1", None)
@@ -290,7 +305,10 @@ async fn timestamp_to_event_finds_history_from_before_the_join() {
 #[tokio::test]
 async fn synapse_and_we_list_each_others_public_rooms() {
     let synapse = Synapse::start().await;
-    let ours = TestServer::start_federating();
+    let ours = TestServer::federating_with_env(&[(
+        "CONDUIT_ALLOW_PUBLIC_ROOM_DIRECTORY_OVER_FEDERATION",
+        "true",
+    )]);
     let carol = synapse.register("carol", "battery staple").await;
     let alice = ours.register("alice", "correct horse").await;
     let lounge = create_room(

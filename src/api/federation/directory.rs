@@ -15,7 +15,7 @@ use ruma::{
 
 use super::origin;
 use crate::{
-    Result,
+    Error, Result,
     api::ruma::{Ruma, RumaResponse},
     service::{Services, rooms::directory::DirectoryQuery},
 };
@@ -25,6 +25,7 @@ pub async fn get_public_rooms(
     State(services): State<Arc<Services>>,
     request: Ruma<get_public_rooms::v1::Request>,
 ) -> Result<RumaResponse<get_public_rooms::v1::Response>> {
+    directory_shared(&services)?;
     let body = &request.body;
     let page = services.rooms.public_rooms_page(&DirectoryQuery {
         limit: body.limit,
@@ -45,6 +46,7 @@ pub async fn get_public_rooms_filtered(
     State(services): State<Arc<Services>>,
     request: Ruma<get_public_rooms_filtered::v1::Request>,
 ) -> Result<RumaResponse<get_public_rooms_filtered::v1::Response>> {
+    directory_shared(&services)?;
     let body = &request.body;
     let page = services.rooms.public_rooms_page(&DirectoryQuery {
         limit: body.limit,
@@ -72,4 +74,16 @@ pub async fn get_hierarchy(
     response.children = answer.children;
     response.inaccessible_children = answer.inaccessible_children;
     Ok(RumaResponse(response))
+}
+
+/// Other servers see our directory only when the admin shares it
+/// (`allow_public_room_directory_over_federation`, off by default).
+fn directory_shared(services: &Services) -> Result<()> {
+    if services.config.allow_public_room_directory_over_federation {
+        Ok(())
+    } else {
+        Err(Error::forbidden(
+            "This server does not share its room directory with other servers.",
+        ))
+    }
 }
