@@ -12,6 +12,7 @@ pub mod client;
 pub mod incoming;
 pub mod join;
 pub mod keys;
+pub mod presence;
 pub mod receive;
 pub mod resident;
 pub mod resolve;
@@ -35,6 +36,8 @@ pub struct Federation {
     client: Option<Arc<client::FederationClient>>,
     /// The outgoing queue; `None` when federation is off.
     sender: Option<Arc<sender::Sender>>,
+    /// Our users' presence on its way out, at a bounded rate.
+    presence: presence::Outbox,
     /// Turns for requests from each other server being handled at once
     /// ([`Federation::origin_turn`]). Entries of servers with no request in progress are
     /// dropped when the map reaches [`MAX_ORIGINS`].
@@ -77,6 +80,7 @@ impl Federation {
             enabled: config.allow_federation,
             client,
             sender,
+            presence: presence::Outbox::default(),
             origin_turns: Mutex::default(),
             receive_locks: Mutex::default(),
         })
@@ -129,6 +133,10 @@ impl Federation {
     /// The outgoing queue, when federation is on.
     pub fn sender(&self) -> Option<&Arc<sender::Sender>> {
         self.sender.as_ref()
+    }
+
+    pub fn presence_outbox(&self) -> &presence::Outbox {
+        &self.presence
     }
 
     pub fn enabled(&self) -> bool {
