@@ -393,3 +393,61 @@ async fn remote_members_device_lists_follow_joins_and_leaves() {
     )
     .await;
 }
+
+/// Cross-signing keys uploaded by our user reach a Synapse user who shares a room with
+/// them (`m.signing_key_update`, with the `m.device_list_update` that makes Synapse fetch
+/// the list again): the change shows in `device_lists.changed`, and Synapse's `keys/query`
+/// answers with the new master and self-signing keys.
+#[tokio::test]
+async fn cross_signing_keys_reach_synapse() {
+    let synapse = Synapse::start().await;
+    let ours = TestServer::start_federating();
+    let alice = ours.register("alice", "correct horse").await;
+    let bob = synapse.register("bob", "battery staple").await;
+    let alice_id = ours.user_id("alice");
+    shared_room(&ours, &alice, &synapse, &bob, "keys").await;
+
+    let since = sync_token(&synapse, &bob).await;
+    let upload = crate::keys::CrossSigningKeys::new().upload_body(&alice_id);
+    let (status, body) = ours
+        .client_api(
+            &alice,
+            Method::POST,
+            "/keys/device_signing/upload",
+            Some(upload.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    sync_until(
+        &synapse,
+        &bob,
+        Some(since),
+        "alice's cross-signing keys",
+        |sync| {
+            sync["device_lists"]["changed"]
+                .as_array()?
+                .iter()
+                .any(|id| *id == alice_id)
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, keys) = synapse
+        .client_api(
+            &bob,
+            Method::POST,
+            "/keys/query",
+            Some(json!({ "device_keys": { alice_id.as_str(): [] } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    for (field, answer) in [
+        ("master_key", "master_keys"),
+        ("self_signing_key", "self_signing_keys"),
+    ] {
+        assert_eq!(
+            keys[answer][alice_id.as_str()]["keys"], upload[field]["keys"],
+            "{field}: {keys}"
+        );
+    }
+}
