@@ -231,7 +231,12 @@ impl Services {
             Some(sender) if self.users.is_local(user_id) && !servers.is_empty() => self
                 .federation
                 .presence_outbox()
-                .offer(sender, user_id, self.presence_update(user_id), servers.clone())
+                .offer(
+                    sender,
+                    user_id,
+                    self.presence_update(user_id),
+                    servers.clone(),
+                )
                 .map(|item| (sender, item)),
             _ => None,
         };

@@ -225,13 +225,7 @@ mod tests {
         assert_eq!(presence.get(&user(0)).position, 0);
         assert_eq!(presence.get(&user(1)).state, PresenceState::Online);
         // A repeat of the same presence is no change; a status message is.
-        assert!(!presence.set_remote(
-            &user(1),
-            PresenceState::Online,
-            None,
-            Instant::now(),
-            true
-        ));
+        assert!(!presence.set_remote(&user(1), PresenceState::Online, None, Instant::now(), true));
         assert!(presence.set_remote(
             &user(1),
             PresenceState::Online,
@@ -241,7 +235,13 @@ mod tests {
         ));
         presence.published(&user(1), 50_000);
         // Republished, user 1 is now the newest: user 2 goes next.
-        presence.set_remote(&user(99_999), PresenceState::Online, None, Instant::now(), true);
+        presence.set_remote(
+            &user(99_999),
+            PresenceState::Online,
+            None,
+            Instant::now(),
+            true,
+        );
         presence.published(&user(99_999), 50_001);
         assert_eq!(presence.get(&user(2)).position, 0);
         assert_eq!(presence.get(&user(1)).status_msg.as_deref(), Some("lunch"));

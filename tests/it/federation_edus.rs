@@ -111,7 +111,12 @@ async fn wait_for_status(
 
 async fn get_presence(server: &impl Homeserver, token: &str, user: &str) -> Value {
     let (status, body) = server
-        .call(token, Method::GET, &format!("/presence/{user}/status"), None)
+        .call(
+            token,
+            Method::GET,
+            &format!("/presence/{user}/status"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
@@ -248,27 +253,38 @@ async fn a_room_acl_shuts_out_a_denied_server() {
             &bob,
             Method::PUT,
             "/sendToDevice/m.test/control",
-            Some(json!({ "messages": { alice_id.as_str(): { alice_device.as_str(): { "n": 1 } } } })),
+            Some(
+                json!({ "messages": { alice_id.as_str(): { alice_device.as_str(): { "n": 1 } } } }),
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // Alice's syncs until the control message, keeping everything of the room they show.
     let room_news = std::sync::Mutex::new(Vec::new());
-    sync_until(&a, &alice, Some(since), "the control to-device message", |sync| {
-        let room = &sync["rooms"]["join"][room_id.as_str()];
-        for section in ["timeline", "ephemeral"] {
-            room_news
-                .lock()
-                .unwrap()
-                .extend(room[section]["events"].as_array().into_iter().flatten().cloned());
-        }
-        sync["to_device"]["events"]
-            .as_array()?
-            .iter()
-            .any(|event| event["type"] == "m.test")
-            .then_some(())
-    })
+    sync_until(
+        &a,
+        &alice,
+        Some(since),
+        "the control to-device message",
+        |sync| {
+            let room = &sync["rooms"]["join"][room_id.as_str()];
+            for section in ["timeline", "ephemeral"] {
+                room_news.lock().unwrap().extend(
+                    room[section]["events"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                );
+            }
+            sync["to_device"]["events"]
+                .as_array()?
+                .iter()
+                .any(|event| event["type"] == "m.test")
+                .then_some(())
+        },
+    )
     .await;
     let room_news = room_news.into_inner().unwrap();
     assert!(
@@ -446,7 +462,8 @@ async fn cross_signing_keys_reach_synapse() {
         ("self_signing_key", "self_signing_keys"),
     ] {
         assert_eq!(
-            keys[answer][alice_id.as_str()]["keys"], upload[field]["keys"],
+            keys[answer][alice_id.as_str()]["keys"],
+            upload[field]["keys"],
             "{field}: {keys}"
         );
     }

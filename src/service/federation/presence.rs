@@ -21,8 +21,7 @@ use std::{
 
 use ruma::{
     OwnedServerName, OwnedUserId, ServerName, UserId,
-    api::federation::transactions::edu::PresenceContent,
-    events::room::member::MembershipState,
+    api::federation::transactions::edu::PresenceContent, events::room::member::MembershipState,
 };
 use serde_json::{Value as JsonValue, json};
 
@@ -295,9 +294,15 @@ impl Services {
             }
             let (position, ()) = self.stream.commit(|_, _| Ok(()))?;
             self.presence.published(user_id, position);
+            // Only our users sync; touching others would only grow the notifier's map.
             let peers = self.room_peers(user_id)?;
-            self.stream
-                .touch(peers.iter().map(|u| u.as_ref()), position);
+            self.stream.touch(
+                peers
+                    .iter()
+                    .filter(|peer| self.users.is_local(peer))
+                    .map(|u| u.as_ref()),
+                position,
+            );
         }
         Ok(())
     }
@@ -361,7 +366,11 @@ mod tests {
             }
         );
         assert_eq!(coalescer.next_due(), Some(start + PUSH_INTERVAL));
-        assert!(coalescer.take_due(start + Duration::from_secs(9)).is_empty());
+        assert!(
+            coalescer
+                .take_due(start + Duration::from_secs(9))
+                .is_empty()
+        );
         let due = coalescer.take_due(start + PUSH_INTERVAL);
         assert_eq!(due.len(), 2, "one entry per destination");
         for (_, items) in &due {

@@ -903,7 +903,9 @@ async fn a_server_the_acl_denies_is_refused() {
 /// and receipts for that room are ignored (S2S "Server Access Control Lists").
 #[tokio::test]
 async fn edus_of_a_server_the_acl_denies_are_ignored() {
-    use ruma::api::federation::transactions::edu::{PresenceContent, ReceiptContent, TypingContent};
+    use ruma::api::federation::transactions::edu::{
+        PresenceContent, ReceiptContent, TypingContent,
+    };
     let services = services();
     let remote = Remote::new();
     let version = RoomVersionId::V10;
@@ -911,8 +913,7 @@ async fn edus_of_a_server_the_acl_denies_are_ignored() {
     let (join_id, _) = join(&services, &remote, &room_id, &version).await;
     let bob = remote.user("bob");
     let typing = |on: bool| -> TypingContent {
-        serde_json::from_value(json!({ "room_id": room_id, "user_id": bob, "typing": on }))
-            .unwrap()
+        serde_json::from_value(json!({ "room_id": room_id, "user_id": bob, "typing": on })).unwrap()
     };
     let typing_users = || -> Vec<JsonValue> {
         services
@@ -921,9 +922,13 @@ async fn edus_of_a_server_the_acl_denies_are_ignored() {
             .and_then(|event| event["content"]["user_ids"].as_array().cloned())
             .unwrap_or_default()
     };
-    services.receive_typing(remote_server(), &typing(true)).unwrap();
+    services
+        .receive_typing(remote_server(), &typing(true))
+        .unwrap();
     assert_eq!(typing_users(), [json!(bob)]);
-    services.receive_typing(remote_server(), &typing(false)).unwrap();
+    services
+        .receive_typing(remote_server(), &typing(false))
+        .unwrap();
     assert!(typing_users().is_empty());
 
     // Bob shares a room with alice: his presence is taken.
@@ -959,7 +964,9 @@ async fn edus_of_a_server_the_acl_denies_are_ignored() {
         )
         .await
         .unwrap();
-    services.receive_typing(remote_server(), &typing(true)).unwrap();
+    services
+        .receive_typing(remote_server(), &typing(true))
+        .unwrap();
     assert!(typing_users().is_empty(), "typing from a denied server");
     let receipt: ReceiptContent = serde_json::from_value(json!({ room_id.as_str(): {
         "m.read": { bob.as_str(): { "data": { "ts": 1 }, "event_ids": [join_id] } },
