@@ -210,7 +210,9 @@ impl Services {
         self.delivery.notify(user, &notification)
     }
 
-    /// Sets a user's presence; a real change is published to everyone sharing a room.
+    /// Sets a user's presence; a real change is published to everyone sharing a room, and
+    /// for one of our users to the other servers in those rooms (`m.presence`, at the rate
+    /// of [`federation::presence::Outbox`]; the first push in the batch that publishes it).
     pub fn set_presence(
         &self,
         user_id: &ruma::UserId,
@@ -220,19 +222,39 @@ impl Services {
         if !self.config.allow_presence || !self.presence.set(user_id, state, status_msg) {
             return Ok(());
         }
-        let (position, ()) = self.stream.commit(|_, _| Ok(()))?;
-        self.presence.published(user_id, position);
-        let mut audience = std::collections::BTreeSet::new();
-        audience.insert(user_id.to_owned());
-        for (room_id, entry) in self.rooms.rooms_of(user_id)? {
-            if entry.membership == ruma::events::room::member::MembershipState::Join {
-                for (member, membership) in self.rooms.members(&room_id)? {
-                    if membership == ruma::events::room::member::MembershipState::Join {
-                        audience.insert(member);
-                    }
+        let audience = self.room_peers(user_id)?;
+        let mut servers: std::collections::BTreeSet<ruma::OwnedServerName> = audience
+            .iter()
+            .map(|peer| peer.server_name().to_owned())
+            .collect();
+        servers.remove(&*self.config.server_name);
+        let outgoing = match self.federation.sender() {
+            Some(sender) if self.users.is_local(user_id) && !servers.is_empty() => self
+                .federation
+                .presence_outbox()
+                .offer(
+                    sender,
+                    user_id,
+                    self.presence_update(user_id),
+                    servers.clone(),
+                )
+                .map(|item| (sender, item)),
+            _ => None,
+        };
+        let (position, ()) = self.stream.commit(|_, batch| {
+            if let Some((sender, item)) = &outgoing {
+                for server in &servers {
+                    sender.enqueue(batch, server, item)?;
                 }
             }
+            Ok(())
+        })?;
+        if let Some((sender, _)) = &outgoing {
+            for server in &servers {
+                sender.wake(server);
+            }
         }
+        self.presence.published(user_id, position);
         self.stream
             .touch(audience.iter().map(|u| u.as_ref()), position);
         Ok(())
@@ -327,6 +349,18 @@ impl Services {
     /// resynchronisation allows and Synapse does for an update without `prev_id`: simple
     /// and always right, at one request per change per server.
     pub async fn device_list_changed(&self, user_id: &ruma::UserId) -> Result<()> {
+        self.keys_changed(user_id, false).await
+    }
+
+    /// The user uploaded cross-signing keys: as [`Services::device_list_changed`], and for
+    /// one of our users the other servers sharing a room also get an
+    /// `m.signing_key_update` EDU with the master and self-signing keys (server-server
+    /// API, "End-to-End Encryption"), queued in the same commit.
+    pub async fn signing_keys_changed(&self, user_id: &ruma::UserId) -> Result<()> {
+        self.keys_changed(user_id, true).await
+    }
+
+    async fn keys_changed(&self, user_id: &ruma::UserId, signing_keys: bool) -> Result<()> {
         let peers = self.room_peers(user_id)?;
         let mut servers: std::collections::BTreeSet<&ruma::ServerName> =
             peers.iter().map(|peer| peer.server_name()).collect();
@@ -341,13 +375,30 @@ impl Services {
                     .into_iter()
                     .next()
                     .map_or_else(|| "DELETED".to_owned(), |(id, _)| id.to_string());
-                Some((sender, device))
+                let signing = if signing_keys {
+                    let mut content = serde_json::json!({ "user_id": user_id });
+                    for (field, usage) in [
+                        ("master_key", cross_signing::MASTER),
+                        ("self_signing_key", cross_signing::SELF_SIGNING),
+                    ] {
+                        if let Some(key) = self.cross_signing.key(user_id, usage)? {
+                            content[field] = key;
+                        }
+                    }
+                    Some(federation::sender::Item::Edu(serde_json::json!({
+                        "edu_type": "m.signing_key_update",
+                        "content": content,
+                    })))
+                } else {
+                    None
+                };
+                Some((sender, device, signing))
             }
             _ => None,
         };
         let (position, ()) = self.stream.commit(|position, batch| {
             self.devices.mark_list_changed(batch, user_id, position);
-            if let Some((sender, device)) = &outgoing {
+            if let Some((sender, device, signing)) = &outgoing {
                 let item = federation::sender::Item::Edu(serde_json::json!({
                     "edu_type": "m.device_list_update",
                     "content": {
@@ -360,11 +411,14 @@ impl Services {
                 }));
                 for server in &servers {
                     sender.enqueue(batch, server, &item)?;
+                    if let Some(signing) = signing {
+                        sender.enqueue(batch, server, signing)?;
+                    }
                 }
             }
             Ok(())
         })?;
-        if let Some((sender, _)) = &outgoing {
+        if let Some((sender, ..)) = &outgoing {
             for server in &servers {
                 sender.wake(server);
             }

@@ -424,7 +424,7 @@ fn presence_events(
             let mut content = json!({
                 "presence": entry.state,
                 "last_active_ago": ago.as_millis() as u64,
-                "currently_active": ago < Duration::from_secs(300),
+                "currently_active": entry.currently_active(),
             });
             if let Some(status) = entry.status_msg {
                 content["status_msg"] = status.into();

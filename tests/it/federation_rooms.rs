@@ -439,7 +439,7 @@ async fn a_gap_is_filled_with_get_missing_events() {
 }
 
 /// The `next_batch` of an initial sync.
-async fn sync_token(server: &impl Homeserver, token: &str) -> String {
+pub(crate) async fn sync_token(server: &impl Homeserver, token: &str) -> String {
     let (status, sync) = server
         .call(token, Method::GET, "/sync?timeout=0", None)
         .await;
@@ -554,7 +554,7 @@ async fn device_list_changes_reach_the_other_server() {
 
 /// Waits, from `since`, for an ephemeral event of `kind` in `room_id` that `wanted`
 /// accepts.
-async fn wait_for_ephemeral(
+pub(crate) async fn wait_for_ephemeral(
     server: &impl Homeserver,
     token: &str,
     since: String,

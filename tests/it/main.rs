@@ -17,6 +17,7 @@ mod errors;
 mod federation;
 mod federation_directory;
 mod federation_e2ee;
+mod federation_edus;
 mod federation_forks;
 mod federation_joins;
 mod federation_keys;

@@ -146,7 +146,7 @@ pub async fn upload_signing_keys(
             .await?;
     }
     services.cross_signing.upload(user_id, &upload).await?;
-    services.device_list_changed(user_id).await?;
+    services.signing_keys_changed(user_id).await?;
     Ok(RumaResponse(upload_signing_keys::v3::Response::new()))
 }
 

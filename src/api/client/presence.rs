@@ -1,4 +1,5 @@
-//! Presence: `GET/PUT /presence/{userId}/status`. Off (403) with `allow_presence = false`.
+//! Presence: `GET/PUT /presence/{userId}/status` (other servers' users as their servers
+//! pushed it, `m.presence`). Off (403) with `allow_presence = false`.
 
 use std::sync::Arc;
 
@@ -42,11 +43,13 @@ pub async fn get_presence(
     enabled(&services)?;
     request.sender()?;
     let user_id = &request.body.user_id;
-    if !services.users.is_local(user_id) || !services.users.exists(user_id)? {
+    // Another server's user: what their server last pushed to us (offline when nothing).
+    if services.users.is_local(user_id) && !services.users.exists(user_id)? {
         return Err(Error::not_found("Unknown user."));
     }
     let entry = services.presence.get(user_id);
-    let mut response = get_presence::v3::Response::new(entry.state);
+    let mut response = get_presence::v3::Response::new(entry.state.clone());
+    response.currently_active = Some(entry.currently_active());
     response.status_msg = entry.status_msg;
     response.last_active_ago = Some(entry.last_active.elapsed());
     Ok(RumaResponse(response))

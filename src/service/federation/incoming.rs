@@ -89,7 +89,7 @@ impl Services {
         let event_id = event_id_of(&object, &version);
         // S2S "Server Access Control Lists": each PDU of a transaction is checked against
         // the room's ACL for the transaction's origin.
-        if self.check_server_acl(origin, &room_id).is_err() {
+        if !self.server_acl_allows(origin, &room_id)? {
             tracing::info!(%origin, %room_id, "PDU from a server the room's ACL denies dropped");
             return Ok(event_id.map(|id| (id, Err("denied by the room's server ACL".to_owned()))));
         }

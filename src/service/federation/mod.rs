@@ -15,6 +15,7 @@ pub mod incoming;
 pub mod join;
 pub mod keys;
 pub mod knock;
+pub mod presence;
 pub mod receive;
 pub mod resident;
 pub mod resolve;
@@ -40,6 +41,8 @@ pub struct Federation {
     client: Option<Arc<client::FederationClient>>,
     /// The outgoing queue; `None` when federation is off.
     sender: Option<Arc<sender::Sender>>,
+    /// Our users' presence on its way out, at a bounded rate.
+    presence: presence::Outbox,
     /// Turns for requests from each other server being handled at once
     /// ([`Federation::origin_turn`]). Entries of servers with no request in progress are
     /// dropped when the map reaches [`MAX_ORIGINS`].
@@ -82,6 +85,7 @@ impl Federation {
             enabled: config.allow_federation,
             client,
             sender,
+            presence: presence::Outbox::default(),
             origin_turns: Mutex::default(),
             receive_locks: Mutex::default(),
         })
@@ -134,6 +138,10 @@ impl Federation {
     /// The outgoing queue, when federation is on.
     pub fn sender(&self) -> Option<&Arc<sender::Sender>> {
         self.sender.as_ref()
+    }
+
+    pub fn presence_outbox(&self) -> &presence::Outbox {
+        &self.presence
     }
 
     pub fn enabled(&self) -> bool {

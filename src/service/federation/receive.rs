@@ -14,7 +14,8 @@
 //! server is not in are dropped. EDUs applied today: `m.direct_to_device` (send-to-device
 //! messages for local users), `m.device_list_update` and `m.signing_key_update` (the
 //! user's device list is marked changed for our users who share a room with them),
-//! `m.typing` and `m.receipt` ([`super::room_edus`]); presence is dropped for now.
+//! `m.typing` and `m.receipt` ([`super::room_edus`], each dropped when the room's server ACL
+//! denies the origin), `m.presence` ([`super::presence`]).
 
 use std::collections::BTreeMap;
 
@@ -122,6 +123,7 @@ impl Services {
                 }
                 Ok(Edu::Typing(content)) => self.receive_typing(origin, &content)?,
                 Ok(Edu::Receipt(content)) => self.receive_receipts(origin, &content).await?,
+                Ok(Edu::Presence(content)) => self.receive_presence(origin, &content)?,
                 Ok(Edu::SigningKeyUpdate(content)) => {
                     if content.user_id.server_name() == origin {
                         self.remote_device_list_changed(&content.user_id).await?;

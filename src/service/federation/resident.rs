@@ -68,19 +68,30 @@ impl Services {
     /// "Server Access Control Lists": `make_join`, `send_join`, `/state`, `/state_ids`,
     /// `/backfill`, `/event_auth` and `get_missing_events` must check it; `/send` per PDU).
     pub fn check_server_acl(&self, origin: &ServerName, room_id: &RoomId) -> Result<()> {
+        if self.server_acl_allows(origin, room_id)? {
+            Ok(())
+        } else {
+            Err(Error::forbidden(format!(
+                "{origin} is denied by the room's server ACL."
+            )))
+        }
+    }
+
+    /// Whether the room's current `m.room.server_acl` lets `origin` in (a storage error is
+    /// an error, never a denial). Content that does not parse denies nobody.
+    pub fn server_acl_allows(&self, origin: &ServerName, room_id: &RoomId) -> Result<bool> {
         let Some(acl) =
             self.rooms
                 .current_state_event(room_id, &StateEventType::RoomServerAcl, "")?
         else {
-            return Ok(());
+            return Ok(true);
         };
-        // Content that does not parse denies nobody.
-        match serde_json::from_str::<RoomServerAclEventContent>(acl.content.get()) {
-            Ok(acl) if !acl.is_allowed(origin) => Err(Error::forbidden(format!(
-                "{origin} is denied by the room's server ACL."
-            ))),
-            _ => Ok(()),
-        }
+        Ok(
+            match serde_json::from_str::<RoomServerAclEventContent>(acl.content.get()) {
+                Ok(acl) => acl.is_allowed(origin),
+                Err(_) => true,
+            },
+        )
     }
 
     /// 403 unless the server ACL allows `origin` and it has a user joined in the room's

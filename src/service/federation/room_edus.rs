@@ -2,7 +2,8 @@
 //! Notifications" and "Receipts"): ours go as `m.typing` / `m.receipt` EDUs to every other
 //! server with a user joined in the room (through the outgoing queue); theirs are applied
 //! for their own users who are joined in the room, and reach our users' syncs like local
-//! ones. Private receipts (`m.read.private`) never leave the server.
+//! ones, unless the room's server ACL denies their server. Private receipts
+//! (`m.read.private`) never leave the server.
 
 use std::time::Duration;
 
@@ -106,7 +107,11 @@ impl Services {
         origin: &ServerName,
         content: &TypingContent,
     ) -> Result<()> {
-        if !self.speaks_for(origin, &content.room_id, &content.user_id)? {
+        // S2S "Server Access Control Lists": a typing EDU from a server the room's ACL
+        // denies is ignored.
+        if !self.server_acl_allows(origin, &content.room_id)?
+            || !self.speaks_for(origin, &content.room_id, &content.user_id)?
+        {
             return Ok(());
         }
         let members = self.local_members(&content.room_id)?;
@@ -128,7 +133,9 @@ impl Services {
         content: &ReceiptContent,
     ) -> Result<()> {
         for (room_id, receipts) in &content.receipts {
-            if self.rooms.info(room_id)?.is_none() {
+            // S2S "Server Access Control Lists": all receipts for a room whose ACL denies
+            // the origin are ignored.
+            if self.rooms.info(room_id)?.is_none() || !self.server_acl_allows(origin, room_id)? {
                 continue;
             }
             let members = self.local_members(room_id)?;

@@ -1133,3 +1133,91 @@ async fn an_outside_membership_is_kept_only_for_rooms_not_held() {
     // Still knocking: not to be forgotten.
     assert!(services.rooms.forget(&elsewhere, bob).await.is_err());
 }
+
+/// EDUs from a server in the room: typing and presence are applied (presence because its
+/// user shares a room with ours) until the room's ACL denies the server; then its typing
+/// and receipts for that room are ignored (S2S "Server Access Control Lists").
+#[tokio::test]
+async fn edus_of_a_server_the_acl_denies_are_ignored() {
+    use ruma::api::federation::transactions::edu::{
+        PresenceContent, ReceiptContent, TypingContent,
+    };
+    let services = services();
+    let remote = Remote::new();
+    let version = RoomVersionId::V10;
+    let room_id = create(&services, &version, Preset::PublicChat, Vec::new()).await;
+    let (join_id, _) = join(&services, &remote, &room_id, &version).await;
+    let bob = remote.user("bob");
+    let typing = |on: bool| -> TypingContent {
+        serde_json::from_value(json!({ "room_id": room_id, "user_id": bob, "typing": on })).unwrap()
+    };
+    let typing_users = || -> Vec<JsonValue> {
+        services
+            .ephemeral
+            .typing_event(&room_id, None)
+            .and_then(|event| event["content"]["user_ids"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    services
+        .receive_typing(remote_server(), &typing(true))
+        .unwrap();
+    assert_eq!(typing_users(), [json!(bob)]);
+    services
+        .receive_typing(remote_server(), &typing(false))
+        .unwrap();
+    assert!(typing_users().is_empty());
+
+    // Bob shares a room with alice: his presence is taken.
+    let presence: PresenceContent = serde_json::from_value(json!({ "push": [{
+        "user_id": bob, "presence": "unavailable", "last_active_ago": 60_000,
+        "status_msg": "lunch",
+    }] }))
+    .unwrap();
+    services
+        .receive_presence(remote_server(), &presence)
+        .unwrap();
+    let entry = services.presence.get(&bob);
+    assert_eq!(entry.state, ruma::presence::PresenceState::Unavailable);
+    assert_eq!(entry.status_msg.as_deref(), Some("lunch"));
+    assert!(entry.position > 0);
+    // The same again is no news.
+    services
+        .receive_presence(remote_server(), &presence)
+        .unwrap();
+    assert_eq!(services.presence.get(&bob).position, entry.position);
+
+    services
+        .rooms
+        .send(
+            &room_id,
+            alice(),
+            NewEvent::state(
+                "m.room.server_acl",
+                "",
+                json!({ "allow": ["*"], "deny": ["remote.test"], "allow_ip_literals": false }),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    services
+        .receive_typing(remote_server(), &typing(true))
+        .unwrap();
+    assert!(typing_users().is_empty(), "typing from a denied server");
+    let receipt: ReceiptContent = serde_json::from_value(json!({ room_id.as_str(): {
+        "m.read": { bob.as_str(): { "data": { "ts": 1 }, "event_ids": [join_id] } },
+    } }))
+    .unwrap();
+    services
+        .receive_receipts(remote_server(), &receipt)
+        .await
+        .unwrap();
+    assert!(
+        services
+            .ephemeral
+            .read_receipt_events(&room_id, &bob)
+            .unwrap()
+            .is_empty(),
+        "a receipt from a denied server"
+    );
+}
