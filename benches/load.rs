@@ -3,6 +3,8 @@
 //! `cargo bench --bench load`; the results table goes to standard output (and into
 //! `docs/benchmarks.md` by hand, with the machine it ran on). The federation rows run in
 //! this process, without a server: `cargo bench --bench load -- federation` runs only them.
+//! `cargo bench --bench load -- join` runs only the joins of large rooms across two servers
+//! (a few minutes: it registers 2,000 users, each password hashed with argon2).
 //!
 //! Every request goes to 127.0.0.1 only, and every loop is bounded.
 
@@ -22,6 +24,8 @@ struct Server {
     base: String,
     _data: tempfile::TempDir,
     data_path: std::path::PathBuf,
+    /// For a federating server: its name (`localhost:PORT`) and its self-signed certificate.
+    federation: Option<(String, std::path::PathBuf, tempfile::TempDir)>,
 }
 
 impl Server {
@@ -45,10 +49,19 @@ impl Server {
             .expect("start conduit");
         let stdout = child.stdout.take().unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
+        // `BENCH_LOG=DIR` keeps each server's log in `DIR/PID.log` (to see where time goes).
+        let mut log = std::env::var_os("BENCH_LOG").map(|dir| {
+            std::fs::File::create(std::path::Path::new(&dir).join(format!("{}.log", child.id())))
+                .expect("create the log file")
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(at) = line.find("listening on ") {
                     let _ = sender.send(line[at + 13..].trim().to_owned());
+                }
+                if let Some(log) = &mut log {
+                    use std::io::Write;
+                    let _ = writeln!(log, "{line}");
                 }
             }
         });
@@ -61,7 +74,72 @@ impl Server {
             base,
             _data: data,
             data_path,
+            federation: None,
         }
+    }
+
+    /// A server other servers reach by its name, as in the black-box federation tests: TLS
+    /// with a self-signed certificate on a free port of 127.0.0.1, server name
+    /// `localhost:PORT`, no notaries, certificate checks off for its own requests.
+    fn start_federating() -> Self {
+        let certs = tempfile::tempdir().expect("temporary directory");
+        let (certificate, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&certificate)
+            .output()
+            .expect("openssl is installed (tests/run.sh installs it)");
+        assert!(
+            made.status.success(),
+            "openssl could not make a certificate"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let name = format!("localhost:{port}");
+        let mut server = Self::start_with(&[
+            ("CONDUIT_SERVER_NAME", &name),
+            ("CONDUIT_PORT", &port.to_string()),
+            ("CONDUIT_TLS_CERTS", certificate.to_str().unwrap()),
+            ("CONDUIT_TLS_KEY", key.to_str().unwrap()),
+            ("CONDUIT_ALLOW_FEDERATION", "true"),
+            ("CONDUIT_TRUSTED_SERVERS", "[]"),
+            ("CONDUIT_FEDERATION_VERIFY_CERTIFICATES", "false"),
+            // Both servers are on loopback, which is not a public address.
+            (
+                "CONDUIT_FEDERATION_IP_RANGE_ALLOWLIST",
+                r#"["127.0.0.0/8", "::1/128"]"#,
+            ),
+        ]);
+        server.federation = Some((name, certificate, certs));
+        server
+    }
+
+    /// A client API for this server (trusting its certificate, if it has one).
+    fn api(&self) -> Api {
+        let mut http = Client::builder().pool_max_idle_per_host(64).no_proxy();
+        if let Some((_, certificate, _)) = &self.federation {
+            let pem = std::fs::read(certificate).expect("read the certificate");
+            http = http.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem).expect("a PEM certificate"),
+            );
+        }
+        Api {
+            http: http.build().unwrap(),
+            base: self.base.clone(),
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.federation.as_ref().expect("a federating server").0
     }
 
     fn rss_kib(&self) -> u64 {
@@ -616,11 +694,13 @@ fn signature_checks(rows: &mut Vec<Row>) {
 }
 
 /// Which rows to run: everything, or with the filter `federation` (`cargo bench --bench
-/// load -- federation`) only the in-process federation rows, with no server started.
+/// load -- federation`) only the in-process federation rows, with no server started, or
+/// with `join` only the joins of large rooms on another server (two servers over TLS).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phases {
     All,
     Federation,
+    Join,
 }
 
 impl Phases {
@@ -634,7 +714,8 @@ impl Phases {
         match filters.iter().map(String::as_str).collect::<Vec<_>>()[..] {
             [] => Self::All,
             ["federation"] => Self::Federation,
-            _ => panic!("unknown filter {filters:?}: the only filter is `federation`"),
+            ["join"] => Self::Join,
+            _ => panic!("unknown filter {filters:?}: the filters are `federation` and `join`"),
         }
     }
 }
@@ -645,6 +726,7 @@ async fn main() {
     match Phases::from_args() {
         Phases::All => over_http(&mut rows).await,
         Phases::Federation => federation(&mut rows).await,
+        Phases::Join => remote_joins(&mut rows).await,
     }
     println!("| What | Target | Measured | Met |");
     println!("|---|---|---|---|");
@@ -1503,4 +1585,208 @@ async fn key_cache(rows: &mut Vec<Row>) {
         measured: "50 PDUs + 100 EDUs, <= 1 MiB a destination".into(),
         met: true,
     });
+}
+
+/// Joining a room that lives on another server, as its membership grows: a room on A with
+/// 500, 1,000 and 2,000 joined members; for each size a fresh server B (so its memory
+/// starts clean) joins it by alias (make_join, send_join with the whole state and auth
+/// chain verified and stored). Measured on B: the time `/join` takes and its peak resident
+/// memory. Then, in the 2,000-member room, how long a message sent on A takes to reach a
+/// long-polling `/sync` on B.
+async fn remote_joins(rows: &mut Vec<Row>) {
+    let a = Server::start_federating();
+    let on_a = a.api();
+    let owner = on_a.register("owner").await;
+    let room = on_a
+        .create_room(
+            &owner,
+            json!({ "room_alias_name": "big", "preset": "public_chat" }),
+        )
+        .await;
+    let mut members = 1;
+    for size in [500usize, 1_000, 2_000] {
+        // Grow the room on A to `size` members (4 clients at a time).
+        let growing = Instant::now();
+        let mut tasks = Vec::new();
+        for lane in 0..4 {
+            let (api, room) = (on_a.clone(), room.clone());
+            let names: Vec<usize> = (members..size).filter(|n| n % 4 == lane).collect();
+            tasks.push(tokio::spawn(async move {
+                for n in names {
+                    let token = api.register(&format!("member{n}")).await;
+                    api.join(&token, &room).await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let members_before = std::mem::replace(&mut members, size);
+        eprintln!(
+            "room on A has {size} members ({:.1} s to add the last {})",
+            growing.elapsed().as_secs_f64(),
+            size - members_before
+        );
+
+        let b = Server::start_federating();
+        let on_b = b.api();
+        let joiner = on_b.register("joiner").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let path = format!("/join/%23big:{}", a.name());
+        let (_, took, peak) = with_peak_rss(
+            &b,
+            on_b.call(reqwest::Method::POST, &path, Some(&joiner), Some(json!({}))),
+        )
+        .await;
+        let joined = on_b
+            .call(
+                reqwest::Method::GET,
+                &format!("/rooms/{room}/joined_members"),
+                Some(&joiner),
+                None,
+            )
+            .await;
+        let count = joined["joined"].as_object().map_or(0, |m| m.len());
+        assert_eq!(count, size + 1, "B knows every member after the join");
+        let peak_mb = peak as f64 / 1024.0;
+        let (target, met) = if size == 2_000 {
+            (
+                "< 10 s, < 150 MB".to_owned(),
+                took < Duration::from_secs(10) && peak_mb < 150.0,
+            )
+        } else {
+            ("(growth)".to_owned(), true)
+        };
+        rows.push(Row {
+            what: format!(
+                "join a room on another server with {size} members: time, peak RSS of the joining server"
+            ),
+            target,
+            measured: format!("{:.2} s, {peak_mb:.1} MB", took.as_secs_f64()),
+            met,
+        });
+        if size == 2_000 {
+            delivery_across_servers(rows, &on_a, &owner, &on_b, &joiner, &room).await;
+        }
+    }
+}
+
+/// A message sent on A reaching a long-polling `/sync` on B (p50 and p99 of 100, one at a
+/// time): A's commit, its transaction to B, B's checks and commit, and the sync's wake-up.
+/// The clock runs from the send request to B's answer; A's answer to its own client (which
+/// also waits for the notification counts of A's 2,000 members) is not on that path.
+async fn delivery_across_servers(
+    rows: &mut Vec<Row>,
+    on_a: &Api,
+    sender: &str,
+    on_b: &Api,
+    receiver: &str,
+    room: &str,
+) {
+    let filter = json!({
+        "room": { "state": { "lazy_load_members": true }, "timeline": { "limit": 5 } },
+        "presence": { "not_types": ["*"] },
+    })
+    .to_string();
+    let filter = urlencode(&filter);
+    let first = on_b
+        .call(
+            reqwest::Method::GET,
+            &format!("/sync?timeout=0&filter={filter}"),
+            Some(receiver),
+            None,
+        )
+        .await;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    let mut samples = Vec::new();
+    let mut answers = Vec::new();
+    for n in 0..100 {
+        let body = format!("across {n}");
+        let poll = {
+            let (api, receiver, since, filter) = (
+                on_b.clone(),
+                receiver.to_owned(),
+                since.clone(),
+                filter.clone(),
+            );
+            tokio::spawn(async move {
+                api.call(
+                    reqwest::Method::GET,
+                    &format!("/sync?timeout=30000&since={since}&filter={filter}"),
+                    Some(&receiver),
+                    None,
+                )
+                .await
+            })
+        };
+        // Let the long-poll reach B and wait there before the send starts the clock.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let started = Instant::now();
+        // The clock stops when B's sync answers, whenever A answers its own client.
+        let send = {
+            let (api, sender, room, txn, body) = (
+                on_a.clone(),
+                sender.to_owned(),
+                room.to_owned(),
+                format!("x{n}"),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                let started = Instant::now();
+                api.send(&sender, &room, &txn, &body).await;
+                started.elapsed()
+            })
+        };
+        let mut sync = poll.await.unwrap();
+        // Something else (a receipt, a member count) may wake the poll first: poll again.
+        for _ in 0..5 {
+            if sync.to_string().contains(&body) {
+                break;
+            }
+            let next = sync["next_batch"].as_str().unwrap().to_owned();
+            sync = on_b
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/sync?timeout=30000&since={next}&filter={filter}"),
+                    Some(receiver),
+                    None,
+                )
+                .await;
+        }
+        assert!(sync.to_string().contains(&body), "{body} reached B");
+        samples.push(started.elapsed());
+        answers.push(send.await.unwrap());
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    let p50 = percentile(&mut samples, 0.5);
+    let p99 = percentile(&mut samples, 0.99);
+    rows.push(Row {
+        what: "message on A to a long-polling /sync on B (2,000-member room), p50 / p99".into(),
+        target: "p99 < 50 ms".into(),
+        measured: format!("{} / {}", ms(p50), ms(p99)),
+        met: p99 < Duration::from_millis(50),
+    });
+    rows.push(Row {
+        what: "the same sends as A's own client sees them (notification counts for A's 2,000 members), p50 / p99".into(),
+        target: "(measured)".into(),
+        measured: format!(
+            "{} / {}",
+            ms(percentile(&mut answers, 0.5)),
+            ms(percentile(&mut answers, 0.99))
+        ),
+        met: true,
+    });
+}
+
+/// Percent-encodes a query parameter's value (every byte outside the unreserved set).
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
 }

@@ -316,7 +316,13 @@ impl Push {
 
         let mut changes = Vec::new();
         let mut notified = Vec::new();
-        for member in &room.joined {
+        // Only our users have push rules and counts here; other servers' members are
+        // counted in `member_count` but notified by their own servers.
+        for member in room
+            .joined
+            .iter()
+            .filter(|member| member.server_name() == rooms.server_name())
+        {
             if *member == pdu.sender {
                 changes.push((member.clone(), None));
                 continue;
