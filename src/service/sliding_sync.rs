@@ -173,7 +173,8 @@ impl Default for SlidingSync {
 struct Candidate {
     room_id: OwnedRoomId,
     entry: MembershipEntry,
-    info: RoomInfo,
+    /// `None` for a room known only through an invite from another server.
+    info: Option<RoomInfo>,
     bump: u64,
 }
 
@@ -394,6 +395,9 @@ fn direct_rooms(services: &Services, user: &UserId) -> Result<HashSet<OwnedRoomI
 
 /// Whether an invite is to a direct chat (`is_direct` on the invite).
 fn invite_is_direct(services: &Services, room_id: &RoomId, user: &UserId) -> Result<bool> {
+    if let Some(invite) = services.rooms.pending_remote_invite(room_id, user)? {
+        return Ok(invite.invite.content_value()["is_direct"] == json!(true));
+    }
     Ok(services
         .rooms
         .current_state_event(room_id, &StateEventType::RoomMember, user.as_str())?
@@ -439,14 +443,17 @@ fn candidates(
         if !listed {
             continue;
         }
-        let Some(info) = services.rooms.info(&room_id)? else {
+        let info = services.rooms.info(&room_id)?;
+        // A room held nowhere here: listed only while an invite from another server to it
+        // is pending.
+        if info.is_none() && entry.membership != MembershipState::Invite {
             continue;
-        };
+        }
         // Joined rooms by their newest message-like event (not by the user's own member
         // events: a new display name must not reorder every room); others by the invite,
         // the leave.
-        let bump = match entry.membership {
-            MembershipState::Join => info.bump_stamp(),
+        let bump = match (entry.membership.clone(), &info) {
+            (MembershipState::Join, Some(info)) => info.bump_stamp(),
             _ => entry.count,
         };
         out.push(Candidate {
@@ -525,7 +532,7 @@ fn room_changed(
     since: u64,
 ) -> Result<bool> {
     Ok(candidate.entry.count >= since
-        || candidate.info.last_count >= since
+        || candidate.info.as_ref().is_some_and(|info| info.last_count >= since)
         || services.push.counts(user, &candidate.room_id)?.position >= since)
 }
 
@@ -820,7 +827,7 @@ fn build_room(
 ) -> Result<response::Room> {
     let rooms = &services.rooms;
     let room_id = &*candidate.room_id;
-    let info = &candidate.info;
+    let info = candidate.info.as_ref();
     let mut room = response::Room::new();
     room.bump_stamp = UInt::new(candidate.bump);
     room.is_dm = Some(is_dm(services, candidate, user, direct)?);
@@ -846,6 +853,10 @@ fn build_room(
 
     // Timeline: the newest `timeline_limit` events (since the room was last sent), up to
     // the user's leave for a room they left.
+    let Some(info) = info else {
+        // Only pending invites from other servers have no room here (`candidates`).
+        return Ok(room);
+    };
     let limit = config.timeline_limit;
     let upto = match candidate.entry.membership {
         MembershipState::Join => Pos::MAX,

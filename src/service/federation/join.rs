@@ -8,7 +8,8 @@
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedServerName, RoomId, RoomVersionId, UserId,
+    OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
+    room_version_rules::RoomVersionRules,
     api::{
         error::ErrorKind,
         federation::membership::{create_join_event, prepare_join_event},
@@ -16,7 +17,7 @@ use ruma::{
     events::StateEventType,
     signatures::{hash_and_sign_event, reference_hash},
 };
-use serde_json::Value as JsonValue;
+use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
 
 use crate::{
     Error, Result,
@@ -32,7 +33,7 @@ use crate::{
 };
 
 /// Room versions we can join (sent as `ver`).
-fn versions() -> Vec<RoomVersionId> {
+pub(super) fn versions() -> Vec<RoomVersionId> {
     use RoomVersionId::*;
     [V3, V4, V5, V6, V7, V8, V9, V10, V11, V12].into()
 }
@@ -93,22 +94,7 @@ impl Services {
             })?;
 
         // The template, completed and signed.
-        let mut event: CanonicalJsonObject =
-            serde_json::from_str(template.event.get()).map_err(|e| {
-                Error::remote(format!(
-                    "{server} sent a join template that is not canonical JSON: {e}"
-                ))
-            })?;
-        let check = |field: &str, expected: &str| match event.get(field) {
-            Some(CanonicalJsonValue::String(value)) if value == expected => Ok(()),
-            _ => Err(Error::remote(format!(
-                "{server} sent a join template with another `{field}`"
-            ))),
-        };
-        check("type", "m.room.member")?;
-        check("sender", user.as_str())?;
-        check("state_key", user.as_str())?;
-        check("room_id", room_id.as_str())?;
+        let mut event = template_event(server, &template.event, room_id, user, "join")?;
         let mut content = match CanonicalJsonValue::try_from(content) {
             Ok(CanonicalJsonValue::Object(content)) => content,
             _ => return Err(Error::internal("member content is not an object")),
@@ -120,37 +106,7 @@ impl Services {
             content.insert("join_authorised_via_users_server".into(), via.clone());
         }
         event.insert("content".into(), CanonicalJsonValue::Object(content));
-        event.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(
-                ruma::Int::try_from(u64::from(MilliSecondsSinceUnixEpoch::now().get()))
-                    .unwrap_or_default(),
-            ),
-        );
-        event.insert(
-            "origin".into(),
-            CanonicalJsonValue::String(self.config.server_name.to_string()),
-        );
-        for unsigned_field in ["event_id", "hashes", "signatures", "unsigned"] {
-            event.remove(unsigned_field);
-        }
-        hash_and_sign_event(
-            self.config.server_name.as_str(),
-            self.server_keys.keypair(),
-            &mut event,
-            &rules.redaction,
-        )
-        .map_err(|e| {
-            Error::remote(format!(
-                "the join from {server}'s template cannot be signed: {e}"
-            ))
-        })?;
-        let hash = reference_hash(&event, &rules)
-            .map_err(|e| Error::internal(format!("join event id: {e}")))?;
-        let event_id = OwnedEventId::try_from(format!("${hash}"))
-            .map_err(|_| Error::internal("reference hash is not an event id"))?;
-        let raw =
-            serde_json::value::to_raw_value(&event).map_err(|e| Error::internal(e.to_string()))?;
+        let (event_id, raw) = self.sign_member_event(server, event, &rules)?;
 
         let answer = client
             .send(
@@ -238,5 +194,76 @@ impl Services {
                 prev.len()
             ))),
         }
+    }
+}
+
+/// A membership template another server sent (`make_join`, `make_leave`), as canonical
+/// JSON, checked to be a member event of `user` about themselves in `room_id`.
+pub(super) fn template_event(
+    server: &ServerName,
+    template: &RawJsonValue,
+    room_id: &RoomId,
+    user: &UserId,
+    what: &str,
+) -> Result<CanonicalJsonObject> {
+    let event: CanonicalJsonObject = serde_json::from_str(template.get()).map_err(|e| {
+        Error::remote(format!(
+            "{server} sent a {what} template that is not canonical JSON: {e}"
+        ))
+    })?;
+    let check = |field: &str, expected: &str| match event.get(field) {
+        Some(CanonicalJsonValue::String(value)) if value == expected => Ok(()),
+        _ => Err(Error::remote(format!(
+            "{server} sent a {what} template with another `{field}`"
+        ))),
+    };
+    check("type", "m.room.member")?;
+    check("sender", user.as_str())?;
+    check("state_key", user.as_str())?;
+    check("room_id", room_id.as_str())?;
+    Ok(event)
+}
+
+impl Services {
+    /// A member event of ours from a template (`server`'s, or ours): `origin` and
+    /// `origin_server_ts` set, then hashed and signed. Returns its id and the event.
+    pub(super) fn sign_member_event(
+        &self,
+        server: &ServerName,
+        mut event: CanonicalJsonObject,
+        rules: &RoomVersionRules,
+    ) -> Result<(OwnedEventId, Box<RawJsonValue>)> {
+        event.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(
+                ruma::Int::try_from(u64::from(MilliSecondsSinceUnixEpoch::now().get()))
+                    .unwrap_or_default(),
+            ),
+        );
+        event.insert(
+            "origin".into(),
+            CanonicalJsonValue::String(self.config.server_name.to_string()),
+        );
+        for unsigned_field in ["event_id", "hashes", "signatures", "unsigned"] {
+            event.remove(unsigned_field);
+        }
+        hash_and_sign_event(
+            self.config.server_name.as_str(),
+            self.server_keys.keypair(),
+            &mut event,
+            &rules.redaction,
+        )
+        .map_err(|e| {
+            Error::remote(format!(
+                "the member event from {server}'s template cannot be signed: {e}"
+            ))
+        })?;
+        let hash = reference_hash(&event, rules)
+            .map_err(|e| Error::internal(format!("member event id: {e}")))?;
+        let event_id = OwnedEventId::try_from(format!("${hash}"))
+            .map_err(|_| Error::internal("reference hash is not an event id"))?;
+        let raw =
+            serde_json::value::to_raw_value(&event).map_err(|e| Error::internal(e.to_string()))?;
+        Ok((event_id, raw))
     }
 }

@@ -10,6 +10,7 @@
 pub mod backfill;
 pub mod client;
 pub mod incoming;
+pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod receive;

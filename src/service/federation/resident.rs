@@ -4,6 +4,8 @@
 //! - [`Services::make_join`] and [`Services::send_join`]: another server's user joins a room
 //!   here (the template, then the signed event, accepted through the room core like any
 //!   remote event, answered with the state before it and its auth chain);
+//! - [`Services::make_leave`] and [`Services::send_leave`] ([`leave`]): another server's
+//!   user leaves, or rejects an invite to, a room here, the same way;
 //! - the read endpoints another server in a room uses to fill gaps: one event
 //!   ([`Services::federation_event`]), the state before an event ([`Services::state_at`]),
 //!   an event's auth chain ([`Services::event_auth`]), the prev events it misses
@@ -18,6 +20,7 @@
 //! visibility at that event is served redacted (as Synapse's `filter_events_for_server`).
 
 mod join;
+mod leave;
 mod read;
 
 use ruma::{

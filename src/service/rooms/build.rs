@@ -197,8 +197,9 @@ impl Rooms {
         })
     }
 
-    /// The join event template for `user_id`, another server's user, in a room here
-    /// (server-server API, `GET /make_join`): the unsigned `m.room.member` event with
+    /// The join (or leave: `GET /make_leave`) event template for `user_id`, another server's
+    /// user, in a room here (server-server API, `GET /make_join`): the unsigned
+    /// `m.room.member` event with
     /// `content`, on top of the room's forward extremities, with `origin` = this server (the
     /// joining server replaces `origin` and `origin_server_ts`, signs it and sends it back
     /// through `send_join`). 404 for an unknown room; 403 with the reason when the
@@ -232,7 +233,9 @@ impl Rooms {
             .and_then(serde_json::from_value)
             .map_err(|e| Error::internal(format!("join template does not parse: {e}")))?;
         self.auth_against_state(&rules.authorization, &pdu, &state)?
-            .map_err(|reason| Error::forbidden(format!("You may not join this room: {reason}")))?;
+            .map_err(|reason| {
+                Error::forbidden(format!("This membership change is not allowed: {reason}"))
+            })?;
         object.insert(
             "origin".into(),
             CanonicalJsonValue::String(self.server_name.to_string()),

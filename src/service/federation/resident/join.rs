@@ -246,10 +246,24 @@ impl Services {
         room_id: &RoomId,
         raw: &RawJsonValue,
     ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        self.check_member_event(origin, room_id, raw, "join")
+    }
+
+    /// The checks of [`Self::check_join_event`] for a member event of `membership` (`join`,
+    /// or `leave` for `send_leave`) by a user of `origin` about themselves.
+    pub(super) fn check_member_event(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        raw: &RawJsonValue,
+        wanted: &str,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        let invalid =
+            |reason: &str| Error::invalid_param(format!("Invalid {wanted} event: {reason}"));
         let info = self.rooms.existing(room_id)?;
         self.check_server_acl(origin, room_id)?;
         let version = info.version.clone();
-        let mut object = check_format(raw, &version).map_err(invalid)?;
+        let mut object = check_format(raw, &version).map_err(|e| invalid(&e.0))?;
         if string_field(&object, "type") != Some("m.room.member") {
             return Err(invalid("not an `m.room.member` event"));
         }
@@ -257,7 +271,7 @@ impl Services {
             .and_then(|sender| OwnedUserId::try_from(sender).ok())
             .ok_or_else(|| invalid("no valid `sender`"))?;
         if sender.server_name() != origin {
-            return Err(invalid(format!("the sender is not a user of {origin}")));
+            return Err(invalid(&format!("the sender is not a user of {origin}")));
         }
         if string_field(&object, "state_key") != Some(sender.as_str()) {
             return Err(invalid("the `state_key` is not the sender"));
@@ -272,13 +286,14 @@ impl Services {
             },
             _ => "",
         };
-        if membership != "join" {
-            return Err(invalid("the membership is not `join`"));
+        if membership != wanted {
+            return Err(invalid(&format!("the membership is not `{wanted}`")));
         }
         // A restricted join one of our users authorises: the conditions again (they may
         // have changed since make_join), then our signature, which the room version's
         // rules require (S2S "Restricted rooms"; rooms v8 "Authorization rules").
-        if let Some(authoriser) = authorising_user(&object)
+        if wanted == "join"
+            && let Some(authoriser) = authorising_user(&object)
             && authoriser.server_name() == self.config.server_name
         {
             self.restricted_join_authoriser(room_id, &sender)?;
@@ -298,15 +313,34 @@ impl Services {
         object: CanonicalJsonObject,
         keys: &PublicKeyMap,
     ) -> Result<JoinAnswer> {
-        let verified: Verified =
-            check_signatures_and_hash(object, version, keys).map_err(invalid)?;
+        let join_id = self
+            .accept_member(event_id, version, object, keys, "join")
+            .await?;
+        self.join_answer(room_id, &join_id)
+    }
+
+    /// The last steps of `send_join` and `send_leave` for a member event (`what`: `join`
+    /// or `leave`): signatures and content hash with `keys`, the event id against the path,
+    /// then the room core (a live event). Only an accepted event is answered.
+    pub(super) async fn accept_member(
+        &self,
+        event_id: &EventId,
+        version: &RoomVersionId,
+        object: CanonicalJsonObject,
+        keys: &PublicKeyMap,
+        what: &str,
+    ) -> Result<OwnedEventId> {
+        let invalid =
+            |reason: String| Error::invalid_param(format!("Invalid {what} event: {reason}"));
+        let verified: Verified = check_signatures_and_hash(object, version, keys)
+            .map_err(|e| invalid(e.to_string()))?;
         if verified.event_id.as_str() != event_id.as_str() {
             return Err(invalid(format!(
                 "its id is {}, not {event_id}",
                 verified.event_id
             )));
         }
-        let join_id = verified.event_id.clone();
+        let member_id = verified.event_id.clone();
         match self
             .rooms
             .accept(verified, Place::Live, StateBefore::default())
@@ -316,18 +350,18 @@ impl Services {
                 match committed.verdict {
                     Verdict::Accepted if committed.position.is_some() => {}
                     Verdict::Accepted => {
-                        return Err(Error::forbidden(
-                            "The join is known here only without its place in the room.",
-                        ));
+                        return Err(Error::forbidden(format!(
+                            "The {what} is known here only without its place in the room."
+                        )));
                     }
                     Verdict::SoftFailed => {
-                        return Err(Error::forbidden(
-                            "The join is not allowed by the room's current state.",
-                        ));
+                        return Err(Error::forbidden(format!(
+                            "The {what} is not allowed by the room's current state."
+                        )));
                     }
                     Verdict::Rejected(reason) => {
                         return Err(Error::forbidden(format!(
-                            "The join is not allowed: {reason}"
+                            "The {what} is not allowed: {reason}"
                         )));
                     }
                 }
@@ -335,17 +369,19 @@ impl Services {
             Outcome::Missing { auth, prev } => {
                 let names: Vec<_> = auth.iter().chain(&prev).map(|id| id.as_str()).collect();
                 return Err(Error::invalid_param(format!(
-                    "The join cites events this server does not hold: {}.",
+                    "The {what} cites events this server does not hold: {}.",
                     names.join(", ")
                 )));
             }
         }
-        self.join_answer(room_id, &join_id)
+        Ok(member_id)
     }
 
     /// Adds our signature to an event (over its redacted form, as every event signature:
     /// S2S "Signing events"), leaving its hashes and the other signatures as they are.
-    fn sign_event(&self, object: &mut CanonicalJsonObject, version: &RoomVersionId) -> Result<()> {
+    pub(in crate::service::federation) fn sign_event(
+        &self,
+        object: &mut CanonicalJsonObject, version: &RoomVersionId) -> Result<()> {
         let rules = version
             .rules()
             .ok_or_else(|| Error::internal("room of an unknown version"))?;
