@@ -532,7 +532,10 @@ fn room_changed(
     since: u64,
 ) -> Result<bool> {
     Ok(candidate.entry.count >= since
-        || candidate.info.as_ref().is_some_and(|info| info.last_count >= since)
+        || candidate
+            .info
+            .as_ref()
+            .is_some_and(|info| info.last_count >= since)
         || services.push.counts(user, &candidate.room_id)?.position >= since)
 }
 

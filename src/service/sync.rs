@@ -824,11 +824,11 @@ fn out_of_band_room(
         return Ok(());
     }
     match entry.membership {
-        MembershipState::Invite => {
-            if !invited_by_ignored(services, room_id, request.user_id, ignored)? {
-                let room = invited_room(services, room_id, request.user_id)?;
-                response.rooms.invite.insert(room_id.to_owned(), room);
-            }
+        MembershipState::Invite
+            if !invited_by_ignored(services, room_id, request.user_id, ignored)? =>
+        {
+            let room = invited_room(services, room_id, request.user_id)?;
+            response.rooms.invite.insert(room_id.to_owned(), room);
         }
         MembershipState::Leave if request.since.is_some() || request.filter.include_leave => {
             if let Some(leave) = services

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::{harness::TestServer, synapse::Synapse};
 
 /// A homeserver a test talks to as a client: ours or Synapse.
-trait Homeserver {
+pub(crate) trait Homeserver {
     fn name(&self) -> String;
     async fn call(
         &self,
@@ -54,7 +54,7 @@ impl Homeserver for Synapse {
 
 /// Syncs as `token` on `server` from `since` (an initial sync first when `None`) until
 /// `found` picks something out of an answer, and returns it (bounded: 30 s).
-async fn sync_until<T>(
+pub(crate) async fn sync_until<T>(
     server: &impl Homeserver,
     token: &str,
     mut since: Option<String>,
@@ -82,7 +82,7 @@ async fn sync_until<T>(
 }
 
 /// Waits for an `m.room.message` with `body` in `room_id`'s timeline; returns the event.
-async fn wait_for_message(
+pub(crate) async fn wait_for_message(
     server: &impl Homeserver,
     token: &str,
     room_id: &str,
@@ -104,7 +104,7 @@ async fn wait_for_message(
     .await
 }
 
-async fn send_text(
+pub(crate) async fn send_text(
     server: &impl Homeserver,
     token: &str,
     room_id: &str,

@@ -15,6 +15,7 @@ mod endpoints;
 mod errcodes;
 mod errors;
 mod federation;
+mod federation_invites;
 mod federation_keys;
 mod federation_pdus;
 mod federation_rooms;

@@ -94,8 +94,11 @@ async fn join(
     // the others named (client-server API, "Room membership"; S2S "Joining Rooms").
     if let Some(invite) = services.rooms.pending_remote_invite(room_id, user)? {
         let mut candidates = vec![invite.sender().server_name().to_owned()];
-        candidates.extend(servers.iter().cloned());
-        candidates.dedup();
+        for server in servers {
+            if !candidates.contains(server) {
+                candidates.push(server.clone());
+            }
+        }
         services
             .join_remote(
                 room_id,
@@ -185,7 +188,8 @@ pub async fn invite_user(
     let target = &recipient.user_id;
     if !services.users.is_local(target) {
         // Another server's user: their server signs the invite first.
-        let content = MemberProfile::default().content("invite", recipient.reason.as_deref(), false);
+        let content =
+            MemberProfile::default().content("invite", recipient.reason.as_deref(), false);
         let pdu = services
             .invite_remote(&request.body.room_id, sender, target, content)
             .await?;

@@ -205,7 +205,11 @@ pub async fn create_room(
     tracing::info!(%room_id, creator = %sender, "room created");
     // Other servers' users: each invite is signed by their server first. One that fails
     // does not undo the room (as Synapse: the room exists; the invite is logged).
-    for invitee in body.invite.iter().filter(|user| !services.users.is_local(user)) {
+    for invitee in body
+        .invite
+        .iter()
+        .filter(|user| !services.users.is_local(user))
+    {
         let content = json!({ "membership": "invite", "is_direct": body.is_direct });
         match services
             .invite_remote(&room_id, sender, invitee, content)

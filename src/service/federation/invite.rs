@@ -162,7 +162,9 @@ pub(crate) fn stripped_invite_state(
             other_room,
         ) else {
             if strict {
-                return Err(invalid("an `invite_room_state` entry is not a state event of the room"));
+                return Err(invalid(
+                    "an `invite_room_state` entry is not a state event of the room",
+                ));
             }
             tracing::warn!(%room_id, "invalid `invite_room_state` entry ignored");
             continue;
@@ -217,7 +219,9 @@ impl Services {
             Some(_) => {}
         }
         if self.rooms.is_joined(room_id, &invitee)? {
-            return Err(Error::forbidden(format!("{invitee} is already in the room.")));
+            return Err(Error::forbidden(format!(
+                "{invitee} is already in the room."
+            )));
         }
         let stripped = stripped_invite_state(invite_room_state, room_id, version)?;
 
@@ -244,9 +248,13 @@ impl Services {
 
         // A room here with a member of ours: the invite comes through `/send` too, and is
         // then a room event like any other.
-        let local_member = self.rooms.members(room_id)?.iter().any(|(user, membership)| {
-            *membership == MembershipState::Join && self.users.is_local(user)
-        });
+        let local_member = self
+            .rooms
+            .members(room_id)?
+            .iter()
+            .any(|(user, membership)| {
+                *membership == MembershipState::Join && self.users.is_local(user)
+            });
         if !local_member {
             let mut stored = signed.clone();
             stored.insert(
@@ -345,20 +353,31 @@ impl Services {
         let signed_at = keys_needed(event, version)
             .map_err(|reason| Error::remote(format!("{server} returned a bad invite: {reason}")))?
             .signed_at;
-        let keys: PublicKeyMap = self
+        let mut keys: PublicKeyMap = self
             .keyring
             .public_key_map(event, [server], signed_at)
             .await?;
+        // ruma checks every signature the event carries: ours too.
+        keys.insert(
+            self.config.server_name.to_string(),
+            self.server_keys.public_keys(None),
+        );
         let redacted = ruma::canonical_json::redact(event.clone(), &rules.redaction, None)
             .map_err(|e| Error::remote(format!("{server} returned a bad invite: {e}")))?;
         verify_json(&keys, &redacted).map_err(|e| {
-            Error::remote(format!("{server}'s signature on the invite does not verify: {e}"))
+            Error::remote(format!(
+                "{server}'s signature on the invite does not verify: {e}"
+            ))
         })
     }
 
     /// `invite_room_state` for an invite by `sender` to `room_id`: the state events of the
     /// stripped state and the inviter's member event, as PDUs (Matrix 1.16).
-    fn invite_room_state(&self, room_id: &RoomId, sender: &UserId) -> Result<Vec<RawStrippedState>> {
+    fn invite_room_state(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+    ) -> Result<Vec<RawStrippedState>> {
         let kinds = INVITE_STATE_TYPES
             .iter()
             .map(|kind| (StateEventType::from(*kind), ""))
@@ -397,7 +416,9 @@ impl Services {
                 self.local_rejection(&invite, user, reason)?
             }
         };
-        self.rooms.record_remote_rejection(room_id, user, leave).await
+        self.rooms
+            .record_remote_rejection(room_id, user, leave)
+            .await
     }
 
     /// `make_leave` and `send_leave` (v2) through `server`; the leave as sent.
@@ -424,7 +445,9 @@ impl Services {
             .rules()
             .filter(|_| supported_room_version(&version))
             .ok_or_else(|| {
-                Error::remote(format!("{server} names an unsupported room version {version}"))
+                Error::remote(format!(
+                    "{server} names an unsupported room version {version}"
+                ))
             })?;
         let mut event = template_event(server, &template.event, room_id, user, "leave")?;
         event.insert("content".into(), leave_content(reason));
@@ -462,7 +485,10 @@ impl Services {
         let mut event = CanonicalJsonObject::new();
         for (field, value) in [
             ("type", CanonicalJsonValue::String("m.room.member".into())),
-            ("room_id", CanonicalJsonValue::String(invite.invite.room_id().to_string())),
+            (
+                "room_id",
+                CanonicalJsonValue::String(invite.invite.room_id().to_string()),
+            ),
             ("sender", CanonicalJsonValue::String(user.to_string())),
             ("state_key", CanonicalJsonValue::String(user.to_string())),
             ("content", leave_content(reason)),

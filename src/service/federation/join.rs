@@ -9,12 +9,12 @@
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId,
     OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
-    room_version_rules::RoomVersionRules,
     api::{
         error::ErrorKind,
         federation::membership::{create_join_event, prepare_join_event},
     },
     events::StateEventType,
+    room_version_rules::RoomVersionRules,
     signatures::{hash_and_sign_event, reference_hash},
 };
 use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};

@@ -55,7 +55,11 @@ impl RemoteInvite {
 
 impl Rooms {
     /// The out-of-band invite (or its rejection) of `user_id` to `room_id`, if any.
-    pub fn remote_invite(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<RemoteInvite>> {
+    pub fn remote_invite(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<RemoteInvite>> {
         Ok(self
             .remote_invites
             .get(&pair_key(user_id.as_str(), room_id.as_str()))?)

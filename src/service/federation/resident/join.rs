@@ -332,8 +332,8 @@ impl Services {
     ) -> Result<OwnedEventId> {
         let invalid =
             |reason: String| Error::invalid_param(format!("Invalid {what} event: {reason}"));
-        let verified: Verified = check_signatures_and_hash(object, version, keys)
-            .map_err(|e| invalid(e.to_string()))?;
+        let verified: Verified =
+            check_signatures_and_hash(object, version, keys).map_err(|e| invalid(e.to_string()))?;
         if verified.event_id.as_str() != event_id.as_str() {
             return Err(invalid(format!(
                 "its id is {}, not {event_id}",
@@ -381,7 +381,9 @@ impl Services {
     /// S2S "Signing events"), leaving its hashes and the other signatures as they are.
     pub(in crate::service::federation) fn sign_event(
         &self,
-        object: &mut CanonicalJsonObject, version: &RoomVersionId) -> Result<()> {
+        object: &mut CanonicalJsonObject,
+        version: &RoomVersionId,
+    ) -> Result<()> {
         let rules = version
             .rules()
             .ok_or_else(|| Error::internal("room of an unknown version"))?;
