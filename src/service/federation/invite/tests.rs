@@ -109,3 +109,79 @@ fn invite_room_state_is_stripped_and_checked_by_room_version() {
     assert_eq!(kept.len(), 1);
     assert!(stripped_invite_state(&no_create, room, &RoomVersionId::V10).is_ok());
 }
+
+/// An invite from another server is recorded with the invitee's membership, shown with its
+/// stripped state while pending, and replaced by its rejection; forgetting drops it.
+#[tokio::test]
+async fn a_remote_invite_is_recorded_then_rejected_then_forgotten() {
+    use ruma::{events::room::member::MembershipState, user_id};
+
+    use crate::service::rooms::{pdu::Pdu, remote_invite::RemoteInvite};
+
+    let services = crate::service::Services::build(
+        crate::config::tests_support::config(),
+        crate::storage::Db::memory(),
+    )
+    .unwrap();
+    let rooms = &services.rooms;
+    let room = room_id!("!room:remote.test");
+    let bob = user_id!("@bob:example.org");
+    let member = |membership: &str, sender: &str, id: &str| -> Pdu {
+        serde_json::from_value(json!({
+            "event_id": id, "room_id": room, "sender": sender, "type": "m.room.member",
+            "state_key": bob, "content": { "membership": membership },
+            "origin_server_ts": 1, "depth": 5, "prev_events": [], "auth_events": [],
+        }))
+        .unwrap()
+    };
+    rooms
+        .record_remote_invite(RemoteInvite {
+            version: RoomVersionId::V10,
+            invite: member("invite", "@alice:remote.test", "$invite"),
+            stripped: vec![json!({
+                "type": "m.room.name", "state_key": "", "sender": "@alice:remote.test",
+                "content": { "name": "Lobby" },
+            })],
+            leave: None,
+        })
+        .await
+        .unwrap();
+    let entries = rooms.rooms_of(bob).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].1.membership, MembershipState::Invite);
+    let pending = rooms.pending_remote_invite(room, bob).unwrap().unwrap();
+    assert_eq!(pending.sender(), "@alice:remote.test");
+    let state: Vec<JsonValue> = pending
+        .invite_state()
+        .unwrap()
+        .iter()
+        .map(|event| event.deserialize_as_unchecked().unwrap())
+        .collect();
+    assert_eq!(state[0]["content"]["name"], "Lobby");
+    assert_eq!(state[1]["content"]["membership"], "invite");
+    // Sync reads the same stripped state.
+    let shown = crate::service::sync::invite_state(&services, room, bob).unwrap();
+    assert_eq!(shown.len(), 2);
+
+    rooms
+        .record_remote_rejection(room, bob, member("leave", bob.as_str(), "$leave"))
+        .await
+        .unwrap();
+    assert!(rooms.pending_remote_invite(room, bob).unwrap().is_none());
+    assert_eq!(
+        rooms.rooms_of(bob).unwrap()[0].1.membership,
+        MembershipState::Leave
+    );
+    assert!(
+        rooms
+            .remote_invite(room, bob)
+            .unwrap()
+            .unwrap()
+            .leave
+            .is_some()
+    );
+
+    rooms.forget(room, bob).await.unwrap();
+    assert!(rooms.rooms_of(bob).unwrap().is_empty());
+    assert!(rooms.remote_invite(room, bob).unwrap().is_none());
+}
