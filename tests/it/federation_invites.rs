@@ -166,6 +166,17 @@ async fn an_invite_to_another_server_is_accepted_and_kicks_and_bans_reach_it() {
     )
     .await;
 
+    // B refuses an invite for a user it does not have; A passes its answer on.
+    let (status, body) = membership_call(
+        &a,
+        &alice,
+        &room_id,
+        "invite",
+        json!({ "user_id": b.user_id("nobody") }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
     // The invite reaches B, with the room's stripped state, in /sync and sliding sync.
     invite(&a, &alice, &room_id, &bob_id).await;
     let state = wait_for_invite(&b, &bob, &room_id).await;
@@ -298,9 +309,14 @@ async fn a_remote_invite_is_rejected_through_the_inviting_server_or_here_alone()
     let (status, body) = membership_call(&a, &alice, &room_id, "forget", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    // Another invite, and B goes down: the rejection is made here alone.
-    let other = create_room(&b, &bob, json!({ "preset": "private_chat" })).await;
-    invite(&b, &bob, &other, &alice_id).await;
+    // Another invite (from createRoom's `invite`), and B goes down: the rejection is made
+    // here alone.
+    let other = create_room(
+        &b,
+        &bob,
+        json!({ "preset": "private_chat", "invite": [alice_id] }),
+    )
+    .await;
     wait_for_invite(&a, &alice, &other).await;
     b.stop();
     let (status, body) = membership_call(&a, &alice, &other, "leave", json!({})).await;
@@ -351,6 +367,25 @@ async fn invites_between_synapse_and_ours_are_accepted() {
     );
     send_text(&ours, &alice, &room_id, "o1", "hello from conduit").await;
     wait_for_message(&synapse, &bob, &room_id, "hello from conduit").await;
+    // Leaving a room on Synapse is a room event like any other.
+    let (status, body) = membership_call(&ours, &alice, &room_id, "leave", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_membership(&synapse, &bob, &room_id, &alice_id, "leave").await;
+
+    // A second invite from Synapse, rejected through Synapse.
+    let rejected = create_room(&synapse, &bob, json!({ "preset": "private_chat" })).await;
+    invite(&synapse, &bob, &rejected, &alice_id).await;
+    wait_for_invite(&ours, &alice, &rejected).await;
+    let (status, body) = membership_call(&ours, &alice, &rejected, "leave", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        membership_of(&synapse, &bob, &rejected, &alice_id)
+            .await
+            .as_deref(),
+        Some("leave"),
+        "{}",
+        synapse.log()
+    );
 
     // Ours → Synapse.
     let room_id = create_room(
