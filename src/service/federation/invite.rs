@@ -313,7 +313,19 @@ impl Services {
             raw,
             self.invite_room_state(room_id, sender)?,
         );
-        let answer = client.send(server, request).await?;
+        // S2S `PUT /v2/invite`: a 400 `M_MISSING_PARAM` or `M_INVALID_PARAM` is about our
+        // request, not the client's, so the client gets a 5xx; other errors pass on.
+        let answer = client
+            .send(server, request)
+            .await
+            .map_err(|error| match error {
+                Error::Matrix {
+                    kind: ErrorKind::InvalidParam | ErrorKind::MissingParam,
+                    message,
+                    ..
+                } => Error::remote(message),
+                other => other,
+            })?;
 
         // The same event, with a valid signature of theirs added.
         let returned = check_format(&answer.event, &version).map_err(|reason| {
