@@ -379,7 +379,11 @@ impl Services {
 
     /// Adds our signature to an event (over its redacted form, as every event signature:
     /// S2S "Signing events"), leaving its hashes and the other signatures as they are.
-    fn sign_event(&self, object: &mut CanonicalJsonObject, version: &RoomVersionId) -> Result<()> {
+    pub(in crate::service::federation) fn sign_event(
+        &self,
+        object: &mut CanonicalJsonObject,
+        version: &RoomVersionId,
+    ) -> Result<()> {
         let rules = version
             .rules()
             .ok_or_else(|| Error::internal("room of an unknown version"))?;

@@ -104,7 +104,12 @@ async fn remote_join(services: &Services, remote: &Remote, room_id: &OwnedRoomId
     let event_id = OwnedEventId::try_from(format!("${hash}")).unwrap();
     let raw = serde_json::value::to_raw_value(&signed).unwrap();
     let (version, object) = services
-        .check_join_event(remote_server(), room_id, &raw)
+        .check_member_event(
+            remote_server(),
+            room_id,
+            &raw,
+            &ruma::events::room::member::MembershipState::Join,
+        )
         .unwrap();
     let mut keys = remote.keys();
     keys.insert(
@@ -112,7 +117,7 @@ async fn remote_join(services: &Services, remote: &Remote, room_id: &OwnedRoomId
         services.server_keys.public_keys(None),
     );
     services
-        .accept_join(room_id, &event_id, &version, object, &keys)
+        .accept_member_event(&event_id, &version, object, &keys)
         .await
         .unwrap();
 }

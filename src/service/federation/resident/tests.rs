@@ -1133,3 +1133,106 @@ async fn an_outside_membership_is_kept_only_for_rooms_not_held() {
     // Still knocking: not to be forgotten.
     assert!(services.rooms.forget(&elsewhere, bob).await.is_err());
 }
+
+/// `send_leave` with `remote`'s keys instead of the keyring's network fetch.
+async fn send_leave(
+    services: &Services,
+    remote: &Remote,
+    room_id: &OwnedRoomId,
+    event_id: &OwnedEventId,
+    raw: &RawJsonValue,
+) -> crate::Result<OwnedEventId> {
+    let (version, object) =
+        services.check_member_event(remote_server(), room_id, raw, &MembershipState::Leave)?;
+    services
+        .accept_member_event(event_id, &version, object, &remote.keys())
+        .await
+}
+
+#[tokio::test]
+async fn a_remote_user_rejects_an_invite_with_make_leave_and_send_leave() {
+    for version in VERSIONS {
+        let services = services();
+        let remote = Remote::new();
+        let bob = remote.user("bob");
+        let room_id = create(&services, &version, Preset::PrivateChat, Vec::new()).await;
+        // Not in the room: nothing to leave.
+        assert_error(
+            services.make_leave(remote_server(), &room_id, &bob),
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+        );
+        services
+            .rooms
+            .invite(
+                &room_id,
+                alice(),
+                &bob,
+                &MemberProfile::default(),
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        // Another server's user; an unknown room.
+        assert_error(
+            services.make_leave(server_name!("other.test"), &room_id, &bob),
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+        );
+        let unknown = OwnedRoomId::try_from("!nowhere:example.org").unwrap();
+        assert_error(
+            services.make_leave(remote_server(), &unknown, &bob),
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        );
+
+        let (template_version, template) = services
+            .make_leave(remote_server(), &room_id, &bob)
+            .unwrap();
+        assert_eq!(template_version, version);
+        assert_eq!(
+            template["content"],
+            CanonicalJsonValue::try_from(json!({ "membership": "leave" })).unwrap()
+        );
+
+        // A join sent to send_leave, and a leave of someone else, are refused.
+        let mut join = template.clone();
+        join.insert(
+            "content".into(),
+            json!({ "membership": "join" }).try_into().unwrap(),
+        );
+        let (join_id, raw) = sign_template(&remote, join, &version);
+        assert_error(
+            send_leave(&services, &remote, &room_id, &join_id, &raw).await,
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        );
+        let mut other = template.clone();
+        other.insert(
+            "state_key".into(),
+            CanonicalJsonValue::String(remote.user("carol").to_string()),
+        );
+        let (other_id, raw) = sign_template(&remote, other, &version);
+        assert_error(
+            send_leave(&services, &remote, &room_id, &other_id, &raw).await,
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        );
+        assert_eq!(
+            services.rooms.membership(&room_id, &bob).unwrap(),
+            Some(MembershipState::Invite)
+        );
+
+        // The leave itself: accepted, Bob's invite is gone.
+        let (leave_id, raw) = sign_template(&remote, template, &version);
+        let accepted = send_leave(&services, &remote, &room_id, &leave_id, &raw)
+            .await
+            .unwrap();
+        assert_eq!(accepted, leave_id);
+        assert_eq!(
+            services.rooms.membership(&room_id, &bob).unwrap(),
+            Some(MembershipState::Leave)
+        );
+    }
+}
