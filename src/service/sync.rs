@@ -843,6 +843,13 @@ fn out_of_band_room(
                 let mut left = LeftRoom::new();
                 left.timeline.events.push(leave.to_sync_event(None));
                 response.rooms.leave.insert(room_id.to_owned(), left);
+            } else if entry.stripped_state.is_some() {
+                // A knock through another server, taken back: the room leaves the knock
+                // section (no timeline: the room's events are not held here).
+                response
+                    .rooms
+                    .leave
+                    .insert(room_id.to_owned(), LeftRoom::new());
             }
         }
         _ => {}

@@ -1,8 +1,9 @@
 //! Joins and knocks across servers (issue 12 items 1 and 2): two instances of this server
 //! over TLS on 127.0.0.1. A user of B knocks on A's knock-rule room by alias
 //! (`make_knock` / `send_knock`) and sees it under `rooms.knock` while A's user sees the
-//! knock; a user of B joins A's restricted room after joining the space it allows
-//! (`join_authorised_via_users_server`, signed by A); joins by room id with `server_name`;
+//! knock, then takes it back (`make_leave` / `send_leave`); a user of B joins A's
+//! restricted room after joining the space it allows (`join_authorised_via_users_server`,
+//! signed by A); joins by room id with `server_name`;
 //! and the error paths: an unknown room, an unreachable server, and, from a server the test
 //! plays, an old room version, a garbage answer and a `send_join` answer with a forged
 //! state event (left out of the room). With Synapse: knocks both ways and a restricted
@@ -141,6 +142,68 @@ async fn a_knock_by_alias_shows_on_both_servers() {
             .iter()
             .any(|event| event["state_key"] == bob_id && event["content"]["membership"] == "knock")
     }));
+
+    // Bob takes his knock back: a leave through A (make_leave / send_leave). Alice sees
+    // it; B moves the room from bob's knocks to his left rooms, and he may forget it.
+    let (_, before) = b
+        .client_api(&bob, Method::GET, "/sync?timeout=0", None)
+        .await;
+    let since = before["next_batch"].as_str().unwrap();
+    let (status, left) = b
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/rooms/{room_id}/leave"),
+            Some(json!({ "reason": "never mind" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{left}");
+    let leave = sync_until(&a, &alice, None, "bob's leave", |sync| {
+        sync["rooms"]["join"][room_id.as_str()]["timeline"]["events"]
+            .as_array()?
+            .iter()
+            .find(|event| {
+                event["type"] == "m.room.member"
+                    && event["state_key"] == bob_id
+                    && event["content"]["membership"] == "leave"
+            })
+            .cloned()
+    })
+    .await;
+    assert_eq!(leave["sender"], bob_id, "{leave}");
+    assert_eq!(leave["content"]["reason"], "never mind", "{leave}");
+    let (_, after) = b
+        .client_api(
+            &bob,
+            Method::GET,
+            &format!("/sync?timeout=0&since={since}"),
+            None,
+        )
+        .await;
+    assert!(
+        after["rooms"]["leave"].get(room_id.as_str()).is_some(),
+        "{after}"
+    );
+    assert!(
+        after["rooms"]["knock"].get(room_id.as_str()).is_none(),
+        "{after}"
+    );
+    let (_, fresh) = b
+        .client_api(&bob, Method::GET, "/sync?timeout=0", None)
+        .await;
+    assert!(
+        fresh["rooms"]["knock"].get(room_id.as_str()).is_none(),
+        "{fresh}"
+    );
+    let (status, forgot) = b
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/rooms/{room_id}/forget"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{forgot}");
 
     // A room whose rules do not allow knocking: A's 403 comes back to bob.
     let closed = create_room(&a, &alice, json!({ "preset": "private_chat" })).await;

@@ -243,6 +243,17 @@ pub async fn leave_room(
             .await?;
         return Ok(RumaResponse(leave_room::v3::Response::new()));
     }
+    // A knock through another server on a room not held here: taken back the same way.
+    if services
+        .rooms
+        .outside_knock(&body.room_id, sender)?
+        .is_some()
+    {
+        services
+            .retract_remote_knock(&body.room_id, sender, body.reason.as_deref())
+            .await?;
+        return Ok(RumaResponse(leave_room::v3::Response::new()));
+    }
     services
         .rooms
         .leave(&body.room_id, sender, sender, body.reason.as_deref())

@@ -433,7 +433,7 @@ impl Services {
     }
 
     /// `make_leave` and `send_leave` (v2) through `server`; the leave as sent.
-    async fn leave_through(
+    pub(super) async fn leave_through(
         &self,
         server: &ServerName,
         room_id: &RoomId,

@@ -670,6 +670,22 @@ impl Rooms {
         Ok(true)
     }
 
+    /// The stripped state of `user_id`'s knock on `room_id` made through another server,
+    /// while it stands and the room is not held here ([`Rooms::set_outside_membership`]).
+    pub fn outside_knock(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<Vec<Raw<AnyStrippedStateEvent>>>> {
+        if self.info(room_id)?.is_some() {
+            return Ok(None);
+        }
+        Ok(self
+            .membership_entry(room_id, user_id)?
+            .filter(|entry| entry.membership == MembershipState::Knock)
+            .and_then(|entry| entry.stripped_state))
+    }
+
     /// Forgets a room the user has left: it disappears from their sync.
     pub async fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
         // A room not held here has only the user's entry (a knock through another server).

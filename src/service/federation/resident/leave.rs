@@ -9,10 +9,7 @@ use ruma::{
 };
 use serde_json::{json, value::RawValue as RawJsonValue};
 
-use crate::{
-    Error, Result,
-    service::Services,
-};
+use crate::{Error, Result, service::Services};
 
 impl Services {
     /// `GET /make_leave/{roomId}/{userId}`: the leave template for `user_id` of `origin`,
