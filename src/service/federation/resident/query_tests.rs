@@ -117,7 +117,7 @@ async fn remote_join(services: &Services, remote: &Remote, room_id: &OwnedRoomId
         services.server_keys.public_keys(None),
     );
     services
-        .accept_member_event(&event_id, &version, object, &keys)
+        .accept_member_event(remote_server(), &event_id, &version, object, &keys)
         .await
         .unwrap();
 }
