@@ -173,8 +173,8 @@ impl Default for SlidingSync {
 struct Candidate {
     room_id: OwnedRoomId,
     entry: MembershipEntry,
-    /// `None` for a room this server is not in (a knock through another server; the
-    /// entry has its stripped state).
+    /// `None` for a room this server is not in: a pending invite from another server, or
+    /// a knock through another server (the entry has its stripped state).
     info: Option<RoomInfo>,
     bump: u64,
 }
@@ -396,6 +396,9 @@ fn direct_rooms(services: &Services, user: &UserId) -> Result<HashSet<OwnedRoomI
 
 /// Whether an invite is to a direct chat (`is_direct` on the invite).
 fn invite_is_direct(services: &Services, room_id: &RoomId, user: &UserId) -> Result<bool> {
+    if let Some(invite) = services.rooms.pending_remote_invite(room_id, user)? {
+        return Ok(invite.invite.content_value()["is_direct"] == json!(true));
+    }
     Ok(services
         .rooms
         .current_state_event(room_id, &StateEventType::RoomMember, user.as_str())?
@@ -442,7 +445,12 @@ fn candidates(
             continue;
         }
         let info = services.rooms.info(&room_id)?;
-        if info.is_none() && entry.stripped_state.is_none() {
+        // A room held nowhere here: listed only while an invite from another server to it
+        // is pending, or a knock through another server stands.
+        if info.is_none()
+            && entry.stripped_state.is_none()
+            && entry.membership != MembershipState::Invite
+        {
             continue;
         }
         // Joined rooms by their newest message-like event (not by the user's own member

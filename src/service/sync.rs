@@ -195,14 +195,9 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
             continue;
         }
         let Some(info) = rooms.info(&room_id)? else {
-            // A room this server is not in: a knock through another server, shown with the
-            // stripped state that server gave.
-            if entry.membership == MembershipState::Knock
-                && request.since.is_none_or(|since| entry.count >= since)
-                && let Some(state) = entry.stripped_state
-            {
-                response.rooms.knock.insert(room_id, knocked_room(state));
-            }
+            // A room this server is not in: an invite from another server (or its
+            // rejection), or a knock through another server.
+            out_of_band_room(services, request, &room_id, &entry, &ignored, &mut response)?;
             continue;
         };
         let counts_position = services.push.counts(request.user_id, &room_id)?.position;
@@ -767,6 +762,9 @@ pub(crate) fn invited_by_ignored(
     if ignored.is_empty() {
         return Ok(false);
     }
+    if let Some(invite) = services.rooms.pending_remote_invite(room_id, user_id)? {
+        return Ok(ignored.contains(invite.sender()));
+    }
     Ok(services
         .rooms
         .current_state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
@@ -804,6 +802,61 @@ fn summary(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<Ro
     Ok(summary)
 }
 
+/// A room this server holds no state of, in which the user has an out-of-band membership
+/// (`rooms::remote_invite`): a pending invite from another server is shown as any invite
+/// (the same `invited_room`), its rejection as a left room whose timeline is the leave.
+fn out_of_band_room(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    room_id: &RoomId,
+    entry: &MembershipEntry,
+    ignored: &HashSet<OwnedUserId>,
+    response: &mut Response,
+) -> Result<()> {
+    if request.since.is_some_and(|since| entry.count < since)
+        || !request.filter.allows_room(room_id)
+    {
+        return Ok(());
+    }
+    match entry.membership {
+        MembershipState::Invite
+            if !invited_by_ignored(services, room_id, request.user_id, ignored)? =>
+        {
+            let room = invited_room(services, room_id, request.user_id)?;
+            response.rooms.invite.insert(room_id.to_owned(), room);
+        }
+        // A knock through another server, shown with the stripped state that server gave.
+        MembershipState::Knock => {
+            if let Some(state) = entry.stripped_state.clone() {
+                response
+                    .rooms
+                    .knock
+                    .insert(room_id.to_owned(), knocked_room(state));
+            }
+        }
+        MembershipState::Leave if request.since.is_some() || request.filter.include_leave => {
+            if let Some(leave) = services
+                .rooms
+                .remote_invite(room_id, request.user_id)?
+                .and_then(|invite| invite.leave)
+            {
+                let mut left = LeftRoom::new();
+                left.timeline.events.push(leave.to_sync_event(None));
+                response.rooms.leave.insert(room_id.to_owned(), left);
+            } else if entry.stripped_state.is_some() {
+                // A knock through another server, taken back: the room leaves the knock
+                // section (no timeline: the room's events are not held here).
+                response
+                    .rooms
+                    .leave
+                    .insert(room_id.to_owned(), LeftRoom::new());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn invited_room(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<InvitedRoom> {
     let mut state = InviteState::new();
     state.events = invite_state(services, room_id, user_id)?;
@@ -827,6 +880,10 @@ pub(crate) fn invite_state(
     user_id: &UserId,
 ) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
     let rooms = &services.rooms;
+    // An invite from another server: the stripped state it sent.
+    if let Some(invite) = rooms.pending_remote_invite(room_id, user_id)? {
+        return invite.invite_state();
+    }
     let mut events = Vec::new();
     for kind in INVITE_STATE_TYPES {
         if let Some(pdu) = rooms.current_state_event(room_id, &StateEventType::from(*kind), "")? {

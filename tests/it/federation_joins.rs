@@ -1,8 +1,10 @@
 //! Joins and knocks across servers (issue 12 items 1 and 2): two instances of this server
 //! over TLS on 127.0.0.1. A user of B knocks on A's knock-rule room by alias
 //! (`make_knock` / `send_knock`) and sees it under `rooms.knock` while A's user sees the
-//! knock; a user of B joins A's restricted room after joining the space it allows
-//! (`join_authorised_via_users_server`, signed by A); joins by room id with `server_name`;
+//! knock, then takes it back (`make_leave` / `send_leave`); a user of B joins A's
+//! restricted room after joining the space it allows (`join_authorised_via_users_server`,
+//! signed by A); joins by room id with `server_name`; a join A accepted through
+//! `send_join` sent on by A to the room's third server;
 //! and the error paths: an unknown room, an unreachable server, and, from a server the test
 //! plays, an old room version, a garbage answer and a `send_join` answer with a forged
 //! state event (left out of the room). With Synapse: knocks both ways and a restricted
@@ -142,6 +144,68 @@ async fn a_knock_by_alias_shows_on_both_servers() {
             .any(|event| event["state_key"] == bob_id && event["content"]["membership"] == "knock")
     }));
 
+    // Bob takes his knock back: a leave through A (make_leave / send_leave). Alice sees
+    // it; B moves the room from bob's knocks to his left rooms, and he may forget it.
+    let (_, before) = b
+        .client_api(&bob, Method::GET, "/sync?timeout=0", None)
+        .await;
+    let since = before["next_batch"].as_str().unwrap();
+    let (status, left) = b
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/rooms/{room_id}/leave"),
+            Some(json!({ "reason": "never mind" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{left}");
+    let leave = sync_until(&a, &alice, None, "bob's leave", |sync| {
+        sync["rooms"]["join"][room_id.as_str()]["timeline"]["events"]
+            .as_array()?
+            .iter()
+            .find(|event| {
+                event["type"] == "m.room.member"
+                    && event["state_key"] == bob_id
+                    && event["content"]["membership"] == "leave"
+            })
+            .cloned()
+    })
+    .await;
+    assert_eq!(leave["sender"], bob_id, "{leave}");
+    assert_eq!(leave["content"]["reason"], "never mind", "{leave}");
+    let (_, after) = b
+        .client_api(
+            &bob,
+            Method::GET,
+            &format!("/sync?timeout=0&since={since}"),
+            None,
+        )
+        .await;
+    assert!(
+        after["rooms"]["leave"].get(room_id.as_str()).is_some(),
+        "{after}"
+    );
+    assert!(
+        after["rooms"]["knock"].get(room_id.as_str()).is_none(),
+        "{after}"
+    );
+    let (_, fresh) = b
+        .client_api(&bob, Method::GET, "/sync?timeout=0", None)
+        .await;
+    assert!(
+        fresh["rooms"]["knock"].get(room_id.as_str()).is_none(),
+        "{fresh}"
+    );
+    let (status, forgot) = b
+        .client_api(
+            &bob,
+            Method::POST,
+            &format!("/rooms/{room_id}/forget"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{forgot}");
+
     // A room whose rules do not allow knocking: A's 403 comes back to bob.
     let closed = create_room(&a, &alice, json!({ "preset": "private_chat" })).await;
     let refused = b
@@ -153,6 +217,48 @@ async fn a_knock_by_alias_shows_on_both_servers() {
         )
         .await;
     assert_error(&refused, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+}
+
+/// The resident server sends on a join it accepted through `send_join` (S2S "Joining
+/// Rooms": it "then sends the event to the other servers in the room"): carol of C joins
+/// A's room, in which bob of B already is; bob sees her join with nothing sent after it.
+#[tokio::test]
+async fn a_join_through_the_resident_reaches_the_rooms_other_servers() {
+    let a = TestServer::start_federating();
+    let b = TestServer::start_federating();
+    let c = TestServer::start_federating();
+    let alice = a.register("alice", "correct horse").await;
+    let bob = b.register("bob", "battery staple").await;
+    let carol = c.register("carol", "tr0ub4dor").await;
+    let carol_id = c.user_id("carol");
+    let room_id = create_room(
+        &a,
+        &alice,
+        json!({ "preset": "public_chat", "room_alias_name": "square" }),
+    )
+    .await;
+    let alias = format!("%23square:{}", a.server_name);
+    for (server, token) in [(&b, &bob), (&c, &carol)] {
+        let (status, joined) = server
+            .client_api(
+                token,
+                Method::POST,
+                &format!("/join/{alias}"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{joined}");
+    }
+    let join = sync_until(&b, &bob, None, "carol's join, sent on by A", |sync| {
+        sync["rooms"]["join"][room_id.as_str()]["timeline"]["events"]
+            .as_array()?
+            .iter()
+            .find(|event| event["type"] == "m.room.member" && event["state_key"] == carol_id)
+            .cloned()
+    })
+    .await;
+    assert_eq!(join["content"]["membership"], "join", "{join}");
+    assert_eq!(join["sender"], carol_id, "{join}");
 }
 
 #[tokio::test]

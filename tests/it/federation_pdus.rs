@@ -18,25 +18,25 @@ use serde_json::{Value, json};
 use crate::harness::{TestServer, free_port};
 
 /// The server the test plays.
-struct Fake {
-    name: String,
-    key: Ed25519KeyPair,
+pub(crate) struct Fake {
+    pub(crate) name: String,
+    pub(crate) key: Ed25519KeyPair,
 }
 
 impl Fake {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             name: format!("localhost:{}", free_port()),
             key: Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "fake".into()).unwrap(),
         }
     }
 
-    fn user(&self, localpart: &str) -> String {
+    pub(crate) fn user(&self, localpart: &str) -> String {
         format!("@{localpart}:{}", self.name)
     }
 
     /// Puts this server's key into `server`'s key store (the server must be stopped).
-    fn plant_key(&self, server: &TestServer) {
+    pub(crate) fn plant_key(&self, server: &TestServer) {
         let far = 4_102_444_800_000u64; // 2100
         let public = Base64::<Standard, _>::new(self.key.public_key().to_vec()).encode();
         let mut response: CanonicalJsonObject = serde_json::from_value(json!({
@@ -66,7 +66,7 @@ impl Fake {
     }
 
     /// A signed federation request to `server`.
-    async fn request(
+    pub(crate) async fn request(
         &self,
         server: &TestServer,
         method: Method,
@@ -115,7 +115,7 @@ impl Fake {
 
     /// Hashes and signs `event` as this server (with `key`, normally its own) and returns
     /// it with its event id.
-    fn sign(
+    pub(crate) fn sign(
         &self,
         mut event: CanonicalJsonObject,
         key: &Ed25519KeyPair,

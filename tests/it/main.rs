@@ -19,6 +19,7 @@ mod federation_directory;
 mod federation_e2ee;
 mod federation_edus;
 mod federation_forks;
+mod federation_invites;
 mod federation_joins;
 mod federation_keys;
 mod federation_media;

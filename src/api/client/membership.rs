@@ -20,7 +20,10 @@ use super::room::{member_profile, readable_state, require_joined};
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse},
-    service::{Services, rooms::pos::Pos},
+    service::{
+        Services,
+        rooms::{membership::MemberProfile, pos::Pos},
+    },
 };
 
 /// A room id, or the room an alias points at (asking the alias's server for another
@@ -101,6 +104,26 @@ async fn join(
     reason: Option<&str>,
 ) -> Result<()> {
     let profile = member_profile(services, user)?;
+    // Accepting an invite from another server: through the inviting server first, then
+    // the others named (client-server API, "Room membership"; S2S "Joining Rooms").
+    if let Some(invite) = services.rooms.pending_remote_invite(room_id, user)? {
+        let mut candidates = vec![invite.sender().server_name().to_owned()];
+        for server in servers {
+            if !candidates.contains(server) {
+                candidates.push(server.clone());
+            }
+        }
+        services
+            .join_remote(
+                room_id,
+                &candidates,
+                user,
+                profile.content("join", reason, false),
+            )
+            .await?;
+        return services.rooms.drop_remote_invite(room_id, user);
+    }
+    // A room this server is not in: through one of the servers that are.
     if through_others(services, room_id, servers)? {
         return services
             .join_remote(
@@ -173,9 +196,14 @@ pub async fn invite_user(
     };
     let target = &recipient.user_id;
     if !services.users.is_local(target) {
-        return Err(services
-            .federation
-            .not_yet(target.server_name(), &format!("inviting {target}")));
+        // Another server's user: their server signs the invite first.
+        let content =
+            MemberProfile::default().content("invite", recipient.reason.as_deref(), false);
+        let pdu = services
+            .invite_remote(&request.body.room_id, sender, target, content)
+            .await?;
+        services.count_notifications(&pdu).await;
+        return Ok(RumaResponse(invite_user::v3::Response::new()));
     }
     if !services.users.exists(target)? {
         return Err(Error::not_found("Unknown user."));
@@ -203,6 +231,29 @@ pub async fn leave_room(
 ) -> Result<RumaResponse<leave_room::v3::Response>> {
     let (sender, _) = request.sender()?;
     let body = &request.body;
+    // An invite from another server to a room not held here: rejected through that server
+    // (S2S "Leaving Rooms (Rejecting Invites)").
+    if services
+        .rooms
+        .pending_remote_invite(&body.room_id, sender)?
+        .is_some()
+    {
+        services
+            .reject_remote_invite(&body.room_id, sender, body.reason.as_deref())
+            .await?;
+        return Ok(RumaResponse(leave_room::v3::Response::new()));
+    }
+    // A knock through another server on a room not held here: taken back the same way.
+    if services
+        .rooms
+        .outside_knock(&body.room_id, sender)?
+        .is_some()
+    {
+        services
+            .retract_remote_knock(&body.room_id, sender, body.reason.as_deref())
+            .await?;
+        return Ok(RumaResponse(leave_room::v3::Response::new()));
+    }
     services
         .rooms
         .leave(&body.room_id, sender, sender, body.reason.as_deref())

@@ -17,7 +17,7 @@ use ruma::{
         error::ErrorKind,
     },
 };
-use serde_json::{Map, Value as JsonValue};
+use serde_json::{Map, Value as JsonValue, json};
 
 use crate::{
     Error, Result,
@@ -171,9 +171,11 @@ pub async fn create_room(
     }
     for invitee in &body.invite {
         if !services.users.is_local(invitee) {
-            return Err(services
+            // Refused before the room exists when federation is off.
+            services
                 .federation
-                .not_yet(invitee.server_name(), &format!("inviting {invitee}")));
+                .reach(invitee.server_name(), &format!("inviting {invitee}"))?;
+            continue;
         }
         if !services.users.exists(invitee)? {
             return Err(Error::not_found(format!("Unknown user {invitee}.")));
@@ -201,6 +203,22 @@ pub async fn create_room(
     let profile = member_profile(&services, sender)?;
     let room_id = services.rooms.create_room(sender, profile, options).await?;
     tracing::info!(%room_id, creator = %sender, "room created");
+    // Other servers' users: each invite is signed by their server first. One that fails
+    // does not undo the room (as Synapse: the room exists; the invite is logged).
+    for invitee in body
+        .invite
+        .iter()
+        .filter(|user| !services.users.is_local(user))
+    {
+        let content = json!({ "membership": "invite", "is_direct": body.is_direct });
+        match services
+            .invite_remote(&room_id, sender, invitee, content)
+            .await
+        {
+            Ok(pdu) => services.count_notifications(&pdu).await,
+            Err(error) => tracing::warn!(%room_id, %invitee, %error, "remote invite failed"),
+        }
+    }
     Ok(RumaResponse(create_room::v3::Response::new(room_id)))
 }
 

@@ -1,13 +1,15 @@
-//! Joins and knocks for other servers' users (server-server API, "Joining Rooms",
-//! "Knocking upon a room"): `make_join`, `send_join` (v2), `make_knock`, `send_knock`. The
-//! logic is in `service::federation::resident`.
+//! Memberships for other servers' users (server-server API, "Joining Rooms", "Knocking
+//! upon a room", "Leaving Rooms (Rejecting Invites)", "Inviting to a room"): `make_join`
+//! and `send_join` (v2), `make_knock` and `send_knock`, `make_leave` and `send_leave` (v2),
+//! `invite` (v2). The logic is in `service::federation::resident` and
+//! `service::federation::invite`.
 
 use std::sync::Arc;
 
 use axum::{Json, extract::State};
 use ruma::api::federation::membership::{
-    RawStrippedState, create_join_event, create_knock_event, prepare_join_event,
-    prepare_knock_event,
+    RawStrippedState, create_invite, create_join_event, create_knock_event, create_leave_event,
+    prepare_join_event, prepare_knock_event, prepare_leave_event,
 };
 use serde_json::{Value as JsonValue, json};
 
@@ -73,6 +75,20 @@ pub async fn prepare_knock_event(
     )))
 }
 
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`
+pub async fn prepare_leave_event(
+    State(services): State<Arc<Services>>,
+    request: Ruma<prepare_leave_event::v1::Request>,
+) -> Result<RumaResponse<prepare_leave_event::v1::Response>> {
+    let origin = origin(&request)?;
+    let body = &request.body;
+    let (version, template) = services.make_leave(origin, &body.room_id, &body.user_id)?;
+    Ok(RumaResponse(prepare_leave_event::v1::Response::new(
+        Some(version),
+        raw(&template)?,
+    )))
+}
+
 /// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
 pub async fn create_knock_event(
     State(services): State<Arc<Services>>,
@@ -86,4 +102,37 @@ pub async fn create_knock_event(
     Ok(RumaResponse(create_knock_event::v1::Response::new(
         state.into_iter().map(RawStrippedState::Pdu).collect(),
     )))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`
+pub async fn create_leave_event(
+    State(services): State<Arc<Services>>,
+    request: Ruma<create_leave_event::v2::Request>,
+) -> Result<RumaResponse<create_leave_event::v2::Response>> {
+    let origin = origin(&request)?;
+    let body = &request.body;
+    services
+        .send_leave(origin, &body.room_id, &body.event_id, &body.pdu)
+        .await?;
+    Ok(RumaResponse(create_leave_event::v2::Response::new()))
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`
+pub async fn create_invite(
+    State(services): State<Arc<Services>>,
+    request: Ruma<create_invite::v2::Request>,
+) -> Result<RumaResponse<create_invite::v2::Response>> {
+    let origin = origin(&request)?;
+    let body = &request.body;
+    let event = services
+        .receive_invite(
+            origin,
+            &body.room_id,
+            &body.event_id,
+            &body.room_version,
+            &body.event,
+            &body.invite_room_state,
+        )
+        .await?;
+    Ok(RumaResponse(create_invite::v2::Response::new(event)))
 }

@@ -14,6 +14,7 @@ use ruma::{
         federation::membership::{create_join_event, prepare_join_event},
     },
     events::{StateEventType, room::member::MembershipState},
+    room_version_rules::RoomVersionRules,
     signatures::{hash_and_sign_event, reference_hash},
 };
 use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
@@ -203,7 +204,7 @@ impl Services {
 
 /// The rules of a room `version` we can join or knock on: 400 `M_UNSUPPORTED_ROOM_VERSION`
 /// for another (versions 1 and 2, unknown ones; client-server API "Joining rooms").
-fn member_rules(version: &RoomVersionId) -> Result<ruma::room_version_rules::RoomVersionRules> {
+pub(super) fn member_rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
     version
         .rules()
         .filter(|_| supported_room_version(version))
@@ -216,7 +217,7 @@ fn member_rules(version: &RoomVersionId) -> Result<ruma::room_version_rules::Roo
 }
 
 impl Services {
-    /// The member event from `server`'s template (`make_join` / `make_knock`) for `user`
+    /// The member event from `server`'s template (`make_join`, `make_knock`, `make_leave`) for `user`
     /// in `room_id`, completed with `content` (a resident's
     /// `join_authorised_via_users_server` kept), our `origin` and time, hashed and signed;
     /// with its event id. 502 for a template that is not for this user's member event.
@@ -250,12 +251,25 @@ impl Services {
             _ => return Err(Error::internal("member content is not an object")),
         };
         // A restricted room's resident names the member who authorises the join.
-        if let Some(CanonicalJsonValue::Object(given)) = event.get("content")
+        if content.get("membership") == Some(&CanonicalJsonValue::String("join".into()))
+            && let Some(CanonicalJsonValue::Object(given)) = event.get("content")
             && let Some(via) = given.get("join_authorised_via_users_server")
         {
             content.insert("join_authorised_via_users_server".into(), via.clone());
         }
         event.insert("content".into(), CanonicalJsonValue::Object(content));
+        self.sign_member_event(server, event, &rules)
+    }
+
+    /// A member event of ours (from `server`'s template, or made here: a rejection of a
+    /// remote invite): `origin` and `origin_server_ts` set, then hashed and signed with the
+    /// room version's `rules`. Returns its id and the event.
+    pub(super) fn sign_member_event(
+        &self,
+        server: &ServerName,
+        mut event: CanonicalJsonObject,
+        rules: &RoomVersionRules,
+    ) -> Result<(OwnedEventId, Box<RawJsonValue>)> {
         event.insert(
             "origin_server_ts".into(),
             CanonicalJsonValue::Integer(
@@ -281,7 +295,7 @@ impl Services {
                 "the member event from {server}'s template cannot be signed: {e}"
             ))
         })?;
-        let hash = reference_hash(&event, &rules)
+        let hash = reference_hash(&event, rules)
             .map_err(|e| Error::internal(format!("member event id: {e}")))?;
         let event_id = OwnedEventId::try_from(format!("${hash}"))
             .map_err(|_| Error::internal("reference hash is not an event id"))?;

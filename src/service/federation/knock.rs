@@ -4,7 +4,9 @@
 //! room's stripped state. This server stays outside the room: the knock is recorded in the
 //! user's membership index with that state ([`crate::service::rooms::Rooms::set_outside_membership`]),
 //! so the room shows in `/sync` under `rooms.knock` (and in sliding sync). Taking the knock
-//! back is a leave through the room's server (`make_leave` / `send_leave`).
+//! back ([`Services::retract_remote_knock`]) is a leave through a server in the room
+//! (`make_leave` / `send_leave`, as rejecting a remote invite), or here alone when none
+//! can be reached.
 
 use ruma::{
     OwnedServerName, RoomId, RoomVersionId, UserId,
@@ -74,6 +76,89 @@ impl Services {
             // member events are the truth now; the knock arrives through it.
             tracing::info!(%room_id, %user, "knock made while the room became known here");
         }
+        Ok(())
+    }
+
+    /// `user` takes back their knock through another server on `room_id` (client
+    /// `/leave`; S2S "Leaving Rooms (Rejecting Invites)": "Leaves are used to ... retract
+    /// knocks"): `make_leave` / `send_leave` through each server the knock's stripped state
+    /// names (its events' senders), then the room id's, until one takes it; when none does,
+    /// the knock is withdrawn here alone, so it leaves the user's sync (as a rejected
+    /// remote invite). Either way the user's entry becomes a leave. 403 without such a
+    /// knock.
+    pub async fn retract_remote_knock(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let state = self
+            .rooms
+            .outside_knock(room_id, user)?
+            .ok_or_else(|| Error::forbidden("You have not knocked on this room."))?;
+        let mut servers: Vec<OwnedServerName> = Vec::new();
+        let mut version = RoomVersionId::V1;
+        for event in &state {
+            let Ok(event) = event.deserialize_as_unchecked::<JsonValue>() else {
+                continue;
+            };
+            if event["type"] == "m.room.create"
+                && let Some(given) = event["content"]["room_version"].as_str()
+                && let Ok(given) = RoomVersionId::try_from(given)
+            {
+                version = given;
+            }
+            if let Some(server) = event["sender"]
+                .as_str()
+                .and_then(|sender| UserId::parse(sender).ok())
+                .map(|sender| sender.server_name().to_owned())
+                && !servers.contains(&server)
+            {
+                servers.push(server);
+            }
+        }
+        if let Some(server) = room_id.server_name()
+            && !servers.iter().any(|known| known == server)
+        {
+            servers.push(server.to_owned());
+        }
+        let mut left = false;
+        for server in servers
+            .iter()
+            .filter(|server| **server != self.config.server_name)
+        {
+            match self
+                .leave_through(server, room_id, user, reason, &version)
+                .await
+            {
+                Ok(_) => {
+                    left = true;
+                    break;
+                }
+                Err(error) => {
+                    tracing::info!(%server, %room_id, %error, "retracting a knock failed")
+                }
+            }
+        }
+        if !left {
+            tracing::info!(%room_id, %user, "knock retracted here only");
+        }
+        let mut content = json!({ "membership": "leave" });
+        if let Some(reason) = reason {
+            content["reason"] = reason.into();
+        }
+        let own = json!({
+            "type": "m.room.member",
+            "state_key": user,
+            "sender": user,
+            "content": content,
+        });
+        let own = Raw::new(&own)
+            .map_err(|e| Error::internal(e.to_string()))?
+            .cast_unchecked();
+        self.rooms
+            .set_outside_membership(room_id, user, MembershipState::Leave, vec![own])
+            .await?;
         Ok(())
     }
 

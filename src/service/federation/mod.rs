@@ -12,6 +12,7 @@ pub mod backfill;
 pub mod client;
 pub mod directory;
 pub mod incoming;
+pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod knock;

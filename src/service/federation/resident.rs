@@ -6,13 +6,15 @@
 //!   remote event, answered with the state before it and its auth chain);
 //! - [`Services::make_knock`] and [`Services::send_knock`]: the same for a knock (rooms
 //!   v7+), answered with the room's stripped state (as full events);
+//! - [`Services::make_leave`] and [`Services::send_leave`] ([`leave`]): another server's
+//!   user leaves, or rejects an invite to, a room here, the same way;
 //! - the read endpoints another server in a room uses to fill gaps: one event
 //!   ([`Services::federation_event`]), the state before an event ([`Services::state_at`]),
 //!   an event's auth chain ([`Services::event_auth`]), the prev events it misses
 //!   ([`Services::missing_events`]) and older history ([`Services::backfill`]).
 //!
-//! [`join`] has the joins (and what knocks share with them), [`knock`] the knocks, [`read`]
-//! the reads (and the walks); what all need is here.
+//! [`join`] has the joins (and what knocks and leaves share with them), [`knock`] the
+//! knocks, [`leave`] the leaves, [`read`] the reads (and the walks); what all need is here.
 //!
 //! Who may read: a server with a user joined in the room's current state (as Synapse's
 //! `assert_host_in_room`); otherwise 403. Events are served in federation form (the stored
@@ -22,6 +24,7 @@
 
 mod join;
 mod knock;
+mod leave;
 mod read;
 
 use ruma::{

@@ -41,8 +41,8 @@
 use std::collections::BTreeMap;
 
 use ruma::{
-    OwnedEventId, RoomVersionId, events::TimelineEventType, room_version_rules::RoomVersionRules,
-    state_res::StateMap,
+    OwnedEventId, OwnedServerName, RoomVersionId, ServerName, events::TimelineEventType,
+    room_version_rules::RoomVersionRules, state_res::StateMap,
 };
 use serde::Deserialize;
 
@@ -141,7 +141,32 @@ impl Rooms {
     ) -> Result<Outcome> {
         let outcome = {
             let _guard = self.lock(&event.room_id).await;
-            off_worker(|| self.accept_locked(event, place, state, None))?
+            off_worker(|| self.accept_locked(event, place, state, None, None))?
+        };
+        if let Outcome::Committed(_) = outcome {
+            self.db.persist().await?;
+        }
+        Ok(outcome)
+    }
+
+    /// [`Rooms::accept`] for a live member event a user of `origin` sent us through
+    /// `send_join`, `send_leave` or `send_knock`: once accepted, it is queued (in its
+    /// commit's batch) to the other servers with a member joined in the room, neither
+    /// `origin` nor this one. The resident server "then sends the event to the other
+    /// servers in the room" (server-server API, "Joining Rooms"): they would otherwise
+    /// learn of the new member only from a later event citing it.
+    pub async fn accept_relayed(&self, event: Verified, origin: &ServerName) -> Result<Outcome> {
+        let outcome = {
+            let _guard = self.lock(&event.room_id).await;
+            off_worker(|| {
+                self.accept_locked(
+                    event,
+                    Place::Live,
+                    StateBefore::default(),
+                    None,
+                    Some(origin.to_owned()),
+                )
+            })?
         };
         if let Outcome::Committed(_) = outcome {
             self.db.persist().await?;
@@ -158,7 +183,7 @@ impl Rooms {
         state: StateBefore,
     ) -> Result<Outcome> {
         let _guard = self.lock(&event.room_id).await;
-        off_worker(|| self.accept_locked(event, place, state, None))
+        off_worker(|| self.accept_locked(event, place, state, None, None))
     }
 
     /// Stores several events as outliers (an auth chain or a state answer) in an order where
@@ -177,7 +202,7 @@ impl Rooms {
                 let event = events[i].clone();
                 let _guard = self.lock(&event.room_id).await;
                 match off_worker(|| {
-                    self.accept_locked(event, Place::Outlier, StateBefore::default(), None)
+                    self.accept_locked(event, Place::Outlier, StateBefore::default(), None, None)
                 })? {
                     missing @ Outcome::Missing { .. } => {
                         outcomes[i] = Some(missing);
@@ -205,6 +230,7 @@ impl Rooms {
         place: Place,
         given: StateBefore,
         reserved: Option<u64>,
+        relayed_from: Option<OwnedServerName>,
     ) -> Result<Outcome> {
         let Verified {
             event_id,
@@ -293,6 +319,7 @@ impl Rooms {
             reserved,
             holes: Vec::new(),
             local: false,
+            relayed_from,
         };
         let mut redaction = None;
         if place != Place::Outlier {
@@ -397,7 +424,7 @@ impl Rooms {
                 let state = given.remove(&events[i].event_id).unwrap_or_default();
                 let position = reserved.pop();
                 outcomes[i] = Some(off_worker(|| {
-                    self.accept_locked(events[i].clone(), Place::Backfill, state, position)
+                    self.accept_locked(events[i].clone(), Place::Backfill, state, position, None)
                 })?);
             }
         }

@@ -5,12 +5,13 @@
 //! the next stream position). A local event the rules refuse is never stored (403).
 
 use ruma::{
-    DeviceId, OwnedEventId, RoomId, RoomVersionId, UserId, api::error::ErrorKind,
-    events::TimelineEventType,
+    CanonicalJsonObject, CanonicalJsonValue, DeviceId, EventId, OwnedEventId, RoomId,
+    RoomVersionId, ServerName, UserId, api::error::ErrorKind, events::TimelineEventType,
+    room_version_rules::RoomVersionRules,
 };
 use serde_json::Value as JsonValue;
 
-use super::{RoomInfo, Rooms, pdu::Pdu};
+use super::{RoomInfo, Rooms, build::Built, pdu::Pdu};
 use crate::{Error, Result};
 
 /// What a caller wants to send; the rest of the PDU is filled in here.
@@ -156,30 +157,13 @@ impl Rooms {
         event: NewEvent,
         extra: Extra<'_>,
     ) -> Result<Pdu> {
-        let rules = version
-            .rules()
-            .filter(|_| supported_room_version(version))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::UnsupportedRoomVersion,
-                    "Unsupported room version.",
-                )
-            })?;
+        let rules = rules_of(version)?;
         let prev_events = match (extra.prev_events, room_id) {
             (Some(prevs), _) => prevs,
             (None, Some(room_id)) => self.pick_prev_events(room_id)?,
             (None, None) => Vec::new(),
         };
-        let built = self.build(room_id, &rules, sender, &event, prev_events)?;
-
-        // Authorization rules (server-server API, "Checks performed on receipt of a PDU",
-        // steps 4 and 5): against the auth events, and against the state before the event.
-        // A local event is built on the state before it, so step 6 is step 5.
-        let forbidden = |reason: String| Error::forbidden(format!("Event not allowed: {reason}"));
-        self.auth_against_auth_events(&rules.authorization, &built.pdu)?
-            .map_err(forbidden)?;
-        self.auth_against_state(&rules.authorization, &built.pdu, &built.state)?
-            .map_err(forbidden)?;
+        let built = self.build_checked(room_id, &rules, sender, &event, prev_events)?;
 
         // A redaction rewrites its target with the room version's redaction algorithm, in
         // the same batch (client-server API, "Redactions"; rooms, "Handling redactions").
@@ -197,4 +181,111 @@ impl Rooms {
         let prepared = self.prepare(&rules, version, info, built.into(), redaction)?;
         Ok(self.commit(prepared, extra.transaction)?.0)
     }
+
+    /// Builds `event` and checks it against the authorization rules (server-server API,
+    /// "Checks performed on receipt of a PDU", steps 4 and 5: against the auth events, and
+    /// against the state before the event; a local event is built on the state before it,
+    /// so step 6 is step 5). A refusal is 403.
+    fn build_checked(
+        &self,
+        room_id: Option<&RoomId>,
+        rules: &RoomVersionRules,
+        sender: &UserId,
+        event: &NewEvent,
+        prev_events: Vec<OwnedEventId>,
+    ) -> Result<Built> {
+        let built = self.build(room_id, rules, sender, event, prev_events)?;
+        let forbidden = |reason: String| Error::forbidden(format!("Event not allowed: {reason}"));
+        self.auth_against_auth_events(&rules.authorization, &built.pdu)?
+            .map_err(forbidden)?;
+        self.auth_against_state(&rules.authorization, &built.pdu, &built.state)?
+            .map_err(forbidden)?;
+        Ok(built)
+    }
+
+    /// Builds and authorises `event` like [`Rooms::send`] without storing it: an invite of
+    /// another server's user is stored only once that server has signed it too
+    /// (server-server API, "Inviting to a room"; [`Rooms::commit_pending`]).
+    pub async fn build_pending(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+    ) -> Result<Pending> {
+        let _guard = self.lock(room_id).await;
+        let info = self.existing(room_id)?;
+        let rules = rules_of(&info.version)?;
+        let prev_events = self.pick_prev_events(room_id)?;
+        let built = self.build_checked(Some(room_id), &rules, sender, &event, prev_events)?;
+        Ok(Pending {
+            version: info.version,
+            built,
+        })
+    }
+
+    /// Stores `pending` as a local event (it goes to the room's other servers too), with
+    /// `server`'s `signature` (its entry of `signatures`, verified by the caller) added.
+    /// Events sent meanwhile make it a fork, resolved where it meets them.
+    pub async fn commit_pending(
+        &self,
+        pending: Pending,
+        server: &ServerName,
+        signature: CanonicalJsonValue,
+    ) -> Result<Pdu> {
+        let Pending { version, mut built } = pending;
+        let room_id = built.room_id.clone();
+        let pdu = {
+            let _guard = self.lock(&room_id).await;
+            let info = self.existing(&room_id)?;
+            let rules = rules_of(&version)?;
+            match built.object.get_mut("signatures") {
+                Some(CanonicalJsonValue::Object(signatures)) => {
+                    signatures.insert(server.to_string(), signature);
+                }
+                _ => return Err(Error::internal("a built event without signatures")),
+            }
+            built.stored = serde_json::to_vec(&built.object)
+                .map_err(|e| Error::internal(format!("PDU serialisation: {e}")))?;
+            let prepared = self.prepare(&rules, &version, Some(info), built.into(), None)?;
+            self.commit(prepared, None)?.0
+        };
+        self.db.persist().await?;
+        Ok(pdu)
+    }
+}
+
+/// A local event built and authorised, not stored ([`Rooms::build_pending`]).
+pub struct Pending {
+    version: RoomVersionId,
+    built: Built,
+}
+
+impl Pending {
+    pub fn event_id(&self) -> &EventId {
+        &self.built.event_id
+    }
+
+    pub fn version(&self) -> &RoomVersionId {
+        &self.version
+    }
+
+    /// The signed event as other servers get it (without `event_id` and `unsigned`).
+    pub fn federation_form(&self) -> CanonicalJsonObject {
+        let mut object = self.built.object.clone();
+        object.remove("event_id");
+        object.remove("unsigned");
+        object
+    }
+}
+
+fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
+    version
+        .rules()
+        .filter(|_| supported_room_version(version))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                "Unsupported room version.",
+            )
+        })
 }

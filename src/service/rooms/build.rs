@@ -198,13 +198,13 @@ impl Rooms {
     }
 
     /// The member event template for `user_id`, another server's user, in a room here
-    /// (server-server API, `GET /make_join`, `/make_knock`): the unsigned `m.room.member`
-    /// event with `content` (a join or a knock), on top of the room's forward extremities,
-    /// with `origin` = this server (the other server replaces `origin` and
-    /// `origin_server_ts`, signs it and sends it back through `send_join` / `send_knock`).
-    /// 404 for an unknown room; 403 with the reason when the authorization rules refuse
-    /// the event against the state it would follow (join rules, bans, a room version
-    /// without knocking): its event would be rejected anyway.
+    /// (server-server API, `GET /make_join`, `/make_knock`, `/make_leave`): the unsigned
+    /// `m.room.member` event with `content` (a join, a knock or a leave), on top of the
+    /// room's forward extremities, with `origin` = this server (the other server replaces
+    /// `origin` and `origin_server_ts`, signs it and sends it back through `send_join`,
+    /// `send_knock` or `send_leave`). 404 for an unknown room; 403 with the reason when the
+    /// authorization rules refuse the event against the state it would follow (join rules,
+    /// bans, a room version without knocking): its event would be rejected anyway.
     pub fn member_template(
         &self,
         room_id: &RoomId,

@@ -180,7 +180,7 @@ impl Rooms {
     }
 
     /// Writes both membership indexes for `user` in `room_id`.
-    fn index_membership(
+    pub(super) fn index_membership(
         &self,
         batch: &mut crate::storage::Batch,
         room_id: &ruma::RoomId,

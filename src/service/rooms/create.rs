@@ -258,8 +258,13 @@ impl Rooms {
             ))?;
         }
 
-        // 8. Invites.
-        for invitee in &options.invite {
+        // 8. Invites (of our users: another server's are sent after, each signed by the
+        // invitee's server first, `Services::invite_remote`).
+        for invitee in options
+            .invite
+            .iter()
+            .filter(|invitee| invitee.server_name() == self.server_name)
+        {
             let content = json!({ "membership": "invite", "is_direct": options.is_direct });
             send(NewEvent::state("m.room.member", invitee.as_str(), content))?;
         }

@@ -48,6 +48,8 @@
 //! - `userdevicetxnid_eventid`: `user 0xFF device 0xFF txn id` → event id (idempotent send).
 //! - `eventid_devicetxnid`: event id → `device 0xFF txn id` (for `unsigned.transaction_id`).
 //! - `reportid_report`: report number (u64) → report (JSON: reporter, room, event, reason).
+//! - `userroomid_remoteinvite`: see [`remote_invite`] (invites from other servers to rooms
+//!   not held here, and their rejections).
 
 pub mod accept;
 #[cfg(test)]
@@ -74,6 +76,7 @@ mod redact;
 #[cfg(test)]
 mod redact_tests;
 pub mod relations;
+pub mod remote_invite;
 #[cfg(test)]
 pub(crate) mod remote_tests;
 pub mod resolve;
@@ -195,6 +198,7 @@ pub struct Rooms {
     extremities: Arc<dyn Tree>,
     user_rooms: Table<MembershipEntry>,
     room_users: Arc<dyn Tree>,
+    remote_invites: Table<remote_invite::RemoteInvite>,
     txn_event: Arc<dyn Tree>,
     event_txn: Arc<dyn Tree>,
     reports: Table<serde_json::Value>,
@@ -261,6 +265,7 @@ impl Rooms {
             extremities: db.tree("roomid_extremity")?,
             user_rooms: db.table("userroomid_membership")?,
             room_users: db.tree("roomuserid_membership")?,
+            remote_invites: db.table("userroomid_remoteinvite")?,
             txn_event: db.tree("userdevicetxnid_eventid")?,
             event_txn: db.tree("eventid_devicetxnid")?,
             reports: db.table("reportid_report")?,
@@ -665,6 +670,22 @@ impl Rooms {
         Ok(true)
     }
 
+    /// The stripped state of `user_id`'s knock on `room_id` made through another server,
+    /// while it stands and the room is not held here ([`Rooms::set_outside_membership`]).
+    pub fn outside_knock(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<Vec<Raw<AnyStrippedStateEvent>>>> {
+        if self.info(room_id)?.is_some() {
+            return Ok(None);
+        }
+        Ok(self
+            .membership_entry(room_id, user_id)?
+            .filter(|entry| entry.membership == MembershipState::Knock)
+            .and_then(|entry| entry.stripped_state))
+    }
+
     /// Forgets a room the user has left: it disappears from their sync.
     pub async fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
         // A room not held here has only the user's entry (a knock through another server).
@@ -685,6 +706,7 @@ impl Rooms {
         }
         self.user_rooms
             .remove(&pair_key(user_id.as_str(), room_id.as_str()))?;
+        self.drop_remote_invite(room_id, user_id)?;
         self.db.persist().await?;
         Ok(())
     }

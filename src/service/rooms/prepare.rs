@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ruma::{
-    OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId,
+    OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, ServerName,
     events::{StateEventType, TimelineEventType, room::member::MembershipState},
     room_version_rules::RoomVersionRules,
 };
@@ -55,6 +55,10 @@ pub(super) struct Ready {
     pub holes: Vec<OwnedEventId>,
     /// Whether this server made the event (then it goes to the other servers in the room).
     pub local: bool,
+    /// For another server's member event accepted through `send_join`, `send_leave` or
+    /// `send_knock`: that server. The event goes on to the room's other servers
+    /// ([`Rooms::accept_relayed`]).
+    pub relayed_from: Option<OwnedServerName>,
 }
 
 impl From<Built> for Ready {
@@ -71,6 +75,7 @@ impl From<Built> for Ready {
             reserved: None,
             holes: Vec::new(),
             local: true,
+            relayed_from: None,
         }
     }
 }
@@ -110,7 +115,8 @@ pub(super) struct Prepared {
     pub backfilled: bool,
     pub reserved: Option<u64>,
     pub verdict: Verdict,
-    /// Other servers this event goes to (our events only).
+    /// Other servers this event goes to (our events, and member events relayed for
+    /// another server).
     pub destinations: Vec<OwnedServerName>,
     /// State diffs, holes, redactions and other writes that need no position.
     pub batch: Batch,
@@ -142,6 +148,7 @@ impl Rooms {
             reserved,
             holes,
             local,
+            relayed_from,
         } = ready;
         let mut batch = Batch::new();
         let short_room_id = match &info {
@@ -208,8 +215,9 @@ impl Rooms {
             }
             _ => None,
         };
-        let destinations = match (&live, local, &self.outgoing) {
-            (Some(_), true, Some(_)) => self.destinations(&room_id, &pdu)?,
+        let destinations = match (&live, &self.outgoing, &relayed_from) {
+            (Some(_), Some(_), _) if local => self.destinations(&room_id, &pdu)?,
+            (Some(_), Some(_), Some(origin)) => self.relay_destinations(&room_id, origin)?,
             _ => Vec::new(),
         };
         Ok(Prepared {
@@ -244,6 +252,20 @@ impl Rooms {
         {
             servers.insert(target.server_name().to_owned());
         }
+        servers.remove(&self.server_name);
+        Ok(servers.into_iter().collect())
+    }
+
+    /// The servers another server's member event we accepted goes on to (see
+    /// [`Rooms::accept_relayed`]): those with a member joined in the room (as the indexes
+    /// say before the event), but `origin` and this one.
+    fn relay_destinations(
+        &self,
+        room_id: &RoomId,
+        origin: &ServerName,
+    ) -> Result<Vec<OwnedServerName>> {
+        let mut servers = self.joined_servers(room_id)?;
+        servers.remove(origin);
         servers.remove(&self.server_name);
         Ok(servers.into_iter().collect())
     }

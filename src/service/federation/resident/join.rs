@@ -25,7 +25,7 @@ use crate::{
         Services,
         rooms::{
             Rooms,
-            accept::{Outcome, Place, StateBefore},
+            accept::Outcome,
             check::Verdict,
             state::StateSet,
             verify::{Verified, check_format, check_signatures_and_hash, keys_needed},
@@ -256,7 +256,7 @@ impl Services {
     ) -> Result<OwnedEventId> {
         let (version, object) = self.check_member_event(origin, room_id, raw, membership)?;
         let keys = self.keys_for_member_event(&object, &version).await?;
-        self.accept_member_event(event_id, &version, object, &keys)
+        self.accept_member_event(origin, event_id, &version, object, &keys)
             .await
     }
 
@@ -329,11 +329,13 @@ impl Services {
         Ok((version, object))
     }
 
-    /// `send_join` and `send_knock`'s last steps: signatures and content hash with `keys`,
-    /// the event id against the path, then the room core (a live event); only an accepted
-    /// event passes (soft-failed and rejected are 403, missing events 400).
+    /// `send_join`, `send_knock` and `send_leave`'s last steps: signatures and content hash
+    /// with `keys`, the event id against the path, then the room core (a live event, sent on
+    /// to the room's other servers but `origin`: [`Rooms::accept_relayed`]); only an
+    /// accepted event passes (soft-failed and rejected are 403, missing events 400).
     pub(super) async fn accept_member_event(
         &self,
+        origin: &ServerName,
         event_id: &EventId,
         version: &RoomVersionId,
         object: CanonicalJsonObject,
@@ -348,11 +350,7 @@ impl Services {
             )));
         }
         let member_id = verified.event_id.clone();
-        match self
-            .rooms
-            .accept(verified, Place::Live, StateBefore::default())
-            .await?
-        {
+        match self.rooms.accept_relayed(verified, origin).await? {
             Outcome::Committed(committed) | Outcome::AlreadyKnown(committed) => {
                 match committed.verdict {
                     Verdict::Accepted if committed.position.is_some() => Ok(member_id),
@@ -379,7 +377,11 @@ impl Services {
 
     /// Adds our signature to an event (over its redacted form, as every event signature:
     /// S2S "Signing events"), leaving its hashes and the other signatures as they are.
-    fn sign_event(&self, object: &mut CanonicalJsonObject, version: &RoomVersionId) -> Result<()> {
+    pub(in crate::service::federation) fn sign_event(
+        &self,
+        object: &mut CanonicalJsonObject,
+        version: &RoomVersionId,
+    ) -> Result<()> {
         let rules = version
             .rules()
             .ok_or_else(|| Error::internal("room of an unknown version"))?;

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use ruma::{
     CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomVersionId, ServerName, UserId,
-    api::Direction, events::room::member::MembershipState, server_name, signatures::reference_hash,
-    user_id,
+    api::Direction, server_name, signatures::reference_hash, user_id,
 };
 use serde_json::{Map, Value as JsonValue, json};
 
@@ -105,7 +104,12 @@ async fn remote_join(services: &Services, remote: &Remote, room_id: &OwnedRoomId
     let event_id = OwnedEventId::try_from(format!("${hash}")).unwrap();
     let raw = serde_json::value::to_raw_value(&signed).unwrap();
     let (version, object) = services
-        .check_member_event(remote_server(), room_id, &raw, &MembershipState::Join)
+        .check_member_event(
+            remote_server(),
+            room_id,
+            &raw,
+            &ruma::events::room::member::MembershipState::Join,
+        )
         .unwrap();
     let mut keys = remote.keys();
     keys.insert(
@@ -113,7 +117,7 @@ async fn remote_join(services: &Services, remote: &Remote, room_id: &OwnedRoomId
         services.server_keys.public_keys(None),
     );
     services
-        .accept_member_event(&event_id, &version, object, &keys)
+        .accept_member_event(remote_server(), &event_id, &version, object, &keys)
         .await
         .unwrap();
 }

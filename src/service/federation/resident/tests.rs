@@ -143,7 +143,7 @@ async fn send_join(
         services.server_keys.public_keys(None),
     );
     let join_id = services
-        .accept_member_event(event_id, &version, object, &keys)
+        .accept_member_event(remote_server(), event_id, &version, object, &keys)
         .await?;
     services.join_answer(room_id, &join_id)
 }
@@ -916,7 +916,7 @@ async fn send_knock(
     let (version, object) =
         services.check_member_event(remote_server(), room_id, raw, &MembershipState::Knock)?;
     services
-        .accept_member_event(event_id, &version, object, &remote.keys())
+        .accept_member_event(remote_server(), event_id, &version, object, &remote.keys())
         .await?;
     services.knock_room_state(room_id)
 }
@@ -1219,5 +1219,196 @@ async fn edus_of_a_server_the_acl_denies_are_ignored() {
             .unwrap()
             .is_empty(),
         "a receipt from a denied server"
+    );
+}
+
+/// `send_leave` with `remote`'s keys instead of the keyring's network fetch.
+async fn send_leave(
+    services: &Services,
+    remote: &Remote,
+    room_id: &OwnedRoomId,
+    event_id: &OwnedEventId,
+    raw: &RawJsonValue,
+) -> crate::Result<OwnedEventId> {
+    let (version, object) =
+        services.check_member_event(remote_server(), room_id, raw, &MembershipState::Leave)?;
+    services
+        .accept_member_event(remote_server(), event_id, &version, object, &remote.keys())
+        .await
+}
+
+#[tokio::test]
+async fn a_remote_user_rejects_an_invite_with_make_leave_and_send_leave() {
+    for version in VERSIONS {
+        let services = services();
+        let remote = Remote::new();
+        let bob = remote.user("bob");
+        let room_id = create(&services, &version, Preset::PrivateChat, Vec::new()).await;
+        // Not in the room: nothing to leave.
+        assert_error(
+            services.make_leave(remote_server(), &room_id, &bob),
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+        );
+        services
+            .rooms
+            .invite(
+                &room_id,
+                alice(),
+                &bob,
+                &MemberProfile::default(),
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        // Another server's user; an unknown room.
+        assert_error(
+            services.make_leave(server_name!("other.test"), &room_id, &bob),
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+        );
+        let unknown = OwnedRoomId::try_from("!nowhere:example.org").unwrap();
+        assert_error(
+            services.make_leave(remote_server(), &unknown, &bob),
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        );
+
+        let (template_version, template) = services
+            .make_leave(remote_server(), &room_id, &bob)
+            .unwrap();
+        assert_eq!(template_version, version);
+        assert_eq!(
+            template["content"],
+            CanonicalJsonValue::try_from(json!({ "membership": "leave" })).unwrap()
+        );
+
+        // A join sent to send_leave, and a leave of someone else, are refused.
+        let mut join = template.clone();
+        join.insert(
+            "content".into(),
+            json!({ "membership": "join" }).try_into().unwrap(),
+        );
+        let (join_id, raw) = sign_template(&remote, join, &version);
+        assert_error(
+            send_leave(&services, &remote, &room_id, &join_id, &raw).await,
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        );
+        let mut other = template.clone();
+        other.insert(
+            "state_key".into(),
+            CanonicalJsonValue::String(remote.user("carol").to_string()),
+        );
+        let (other_id, raw) = sign_template(&remote, other, &version);
+        assert_error(
+            send_leave(&services, &remote, &room_id, &other_id, &raw).await,
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        );
+        assert_eq!(
+            services.rooms.membership(&room_id, &bob).unwrap(),
+            Some(MembershipState::Invite)
+        );
+
+        // The leave itself: accepted, Bob's invite is gone.
+        let (leave_id, raw) = sign_template(&remote, template, &version);
+        let accepted = send_leave(&services, &remote, &room_id, &leave_id, &raw)
+            .await
+            .unwrap();
+        assert_eq!(accepted, leave_id);
+        assert_eq!(
+            services.rooms.membership(&room_id, &bob).unwrap(),
+            Some(MembershipState::Leave)
+        );
+    }
+}
+
+/// A member event `remote`'s user `localpart` sends through `make_join` / `send_join` (or
+/// `make_leave` / `send_leave` for `leave`), with `remote`'s keys.
+async fn member_through(
+    services: &Services,
+    remote: &Remote,
+    localpart: &str,
+    room_id: &OwnedRoomId,
+    version: &RoomVersionId,
+    membership: MembershipState,
+) -> OwnedEventId {
+    let origin = <&ruma::ServerName>::try_from(remote.name).unwrap();
+    let user = remote.user(localpart);
+    let (_, template) = match membership {
+        MembershipState::Leave => services.make_leave(origin, room_id, &user),
+        _ => services.make_join(origin, room_id, &user, std::slice::from_ref(version)),
+    }
+    .unwrap();
+    let (event_id, raw) = sign_template(remote, template, version);
+    let (version, object) = services
+        .check_member_event(origin, room_id, &raw, &membership)
+        .unwrap();
+    services
+        .accept_member_event(origin, &event_id, &version, object, &remote.keys())
+        .await
+        .unwrap()
+}
+
+/// The resident server sends a join (or leave) another server's user made through it on to
+/// the room's other servers (S2S "Joining Rooms": "then sends the event to the other
+/// servers in the room"), queued with the event, never back to its origin.
+#[tokio::test]
+async fn remote_members_events_are_sent_on_to_the_rooms_other_servers() {
+    let mut config = crate::config::tests_support::config();
+    config.allow_federation = true;
+    let services = Services::build(config, Db::memory()).unwrap();
+    let sender = services.federation.sender().unwrap().clone();
+    let version = RoomVersionId::V10;
+    let room_id = create(&services, &version, Preset::PublicChat, Vec::new()).await;
+    // A user of another server is in the room (a loopback port nobody listens on: its
+    // queue keeps what it is given).
+    let other = Remote::named("localhost:1");
+    let other_server = server_name!("localhost:1");
+    member_through(
+        &services,
+        &other,
+        "olive",
+        &room_id,
+        &version,
+        MembershipState::Join,
+    )
+    .await;
+    // Olive's own join is not sent back to her server: nobody else is in the room.
+    assert_eq!(sender.pending(other_server).unwrap(), 0);
+
+    // Bob of remote.test joins through us: his join goes to localhost:1, not to him.
+    let remote = Remote::new();
+    let bob = remote.user("bob");
+    member_through(
+        &services,
+        &remote,
+        "bob",
+        &room_id,
+        &version,
+        MembershipState::Join,
+    )
+    .await;
+    assert_eq!(sender.pending(other_server).unwrap(), 1);
+    assert_eq!(sender.pending(remote_server()).unwrap(), 0);
+    assert!(services.rooms.is_joined(&room_id, &bob).unwrap());
+
+    // His leave too.
+    member_through(
+        &services,
+        &remote,
+        "bob",
+        &room_id,
+        &version,
+        MembershipState::Leave,
+    )
+    .await;
+    assert_eq!(sender.pending(other_server).unwrap(), 2);
+    assert_eq!(sender.pending(remote_server()).unwrap(), 0);
+    assert_eq!(
+        services.rooms.membership(&room_id, &bob).unwrap(),
+        Some(MembershipState::Leave)
     );
 }
