@@ -583,11 +583,31 @@ pub(crate) async fn wait_for_ephemeral(
 async fn typing_and_receipts_cross_to_synapse_and_back() {
     let synapse = Synapse::start().await;
     let ours = TestServer::start_federating();
-    let alice = ours.register("alice", "correct horse").await;
     let bob = synapse.register("bob", "battery staple").await;
-    let (alice_id, bob_id) = (ours.user_id("alice"), synapse.user_id("bob"));
+    typing_and_receipts_cross(&ours, &synapse, &bob, synapse.user_id("bob")).await;
+}
+
+/// The same between two instances of our server.
+#[tokio::test]
+async fn typing_and_receipts_cross_between_two_of_our_servers() {
+    let ours = TestServer::start_federating();
+    let other = TestServer::start_federating();
+    let bob = other.register("bob", "battery staple").await;
+    typing_and_receipts_cross(&ours, &other, &bob, other.user_id("bob")).await;
+}
+
+/// Alice (on `ours`) and Bob (on `other`, logged in as `bob`) share a room on `ours`; each
+/// one's typing notice and read receipt reach the other.
+async fn typing_and_receipts_cross(
+    ours: &TestServer,
+    other: &impl Homeserver,
+    bob: &str,
+    bob_id: String,
+) {
+    let alice = ours.register("alice", "correct horse").await;
+    let alice_id = ours.user_id("alice");
     let (status, created) = ours
-        .client_api(
+        .call(
             &alice,
             Method::POST,
             "/createRoom",
@@ -596,25 +616,25 @@ async fn typing_and_receipts_cross_to_synapse_and_back() {
         .await;
     assert_eq!(status, StatusCode::OK, "{created}");
     let room_id = created["room_id"].as_str().unwrap().to_owned();
-    let (status, joined) = synapse
-        .client_api(
-            &bob,
+    let (status, joined) = other
+        .call(
+            bob,
             Method::POST,
             &format!("/join/%23desk:{}", ours.server_name),
             Some(json!({})),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{joined}");
-    let from_alice = send_text(&ours, &alice, &room_id, "o1", "anyone there?").await;
-    wait_for_message(&synapse, &bob, &room_id, "anyone there?").await;
-    let from_bob = send_text(&synapse, &bob, &room_id, "s1", "here").await;
-    wait_for_message(&ours, &alice, &room_id, "here").await;
+    let from_alice = send_text(ours, &alice, &room_id, "o1", "anyone there?").await;
+    wait_for_message(other, bob, &room_id, "anyone there?").await;
+    let from_bob = send_text(other, bob, &room_id, "s1", "here").await;
+    wait_for_message(ours, &alice, &room_id, "here").await;
 
-    // Typing: Bob on Synapse → Alice here, and back.
-    let since = sync_token(&ours, &alice).await;
-    let (status, body) = synapse
-        .client_api(
-            &bob,
+    // Typing: Bob on the other server → Alice here, and back.
+    let since = sync_token(ours, &alice).await;
+    let (status, body) = other
+        .call(
+            bob,
             Method::PUT,
             &format!("/rooms/{room_id}/typing/{bob_id}"),
             Some(json!({ "typing": true, "timeout": 30000 })),
@@ -626,10 +646,10 @@ async fn typing_and_receipts_cross_to_synapse_and_back() {
             .as_array()
             .is_some_and(|ids| ids.iter().any(|id| id == bob_id.as_str()))
     };
-    wait_for_ephemeral(&ours, &alice, since, &room_id, "m.typing", bob_typing).await;
-    let since = sync_token(&synapse, &bob).await;
+    wait_for_ephemeral(ours, &alice, since, &room_id, "m.typing", bob_typing).await;
+    let since = sync_token(other, bob).await;
     let (status, body) = ours
-        .client_api(
+        .call(
             &alice,
             Method::PUT,
             &format!("/rooms/{room_id}/typing/{alice_id}"),
@@ -642,12 +662,12 @@ async fn typing_and_receipts_cross_to_synapse_and_back() {
             .as_array()
             .is_some_and(|ids| ids.iter().any(|id| id == alice_id.as_str()))
     };
-    wait_for_ephemeral(&synapse, &bob, since, &room_id, "m.typing", alice_typing).await;
+    wait_for_ephemeral(other, bob, since, &room_id, "m.typing", alice_typing).await;
 
     // Receipts: Alice read Bob's message; Bob read Alice's.
-    let since = sync_token(&synapse, &bob).await;
+    let since = sync_token(other, bob).await;
     let (status, body) = ours
-        .client_api(
+        .call(
             &alice,
             Method::POST,
             &format!("/rooms/{room_id}/receipt/m.read/{from_bob}"),
@@ -659,18 +679,18 @@ async fn typing_and_receipts_cross_to_synapse_and_back() {
         move |event: &Value| event["content"][&event_id]["m.read"][&user].is_object()
     };
     wait_for_ephemeral(
-        &synapse,
-        &bob,
+        other,
+        bob,
         since,
         &room_id,
         "m.receipt",
         read_by(from_bob.clone(), alice_id.clone()),
     )
     .await;
-    let since = sync_token(&ours, &alice).await;
-    let (status, body) = synapse
-        .client_api(
-            &bob,
+    let since = sync_token(ours, &alice).await;
+    let (status, body) = other
+        .call(
+            bob,
             Method::POST,
             &format!("/rooms/{room_id}/receipt/m.read/{from_alice}"),
             Some(json!({})),
@@ -678,7 +698,7 @@ async fn typing_and_receipts_cross_to_synapse_and_back() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_for_ephemeral(
-        &ours,
+        ours,
         &alice,
         since,
         &room_id,
