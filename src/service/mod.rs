@@ -37,6 +37,21 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{Result, config::Config, storage::Db};
 
+/// Runs `f` — CPU-bound work such as an event's checks and state resolution, or the
+/// notification counts of a large room — without holding up the async worker thread's other
+/// tasks. On the server's multi-threaded runtime the worker hands its tasks to the others
+/// for the duration (`block_in_place`); that includes a task the caller just woke, which
+/// tokio keeps in the waking worker's own slot (e.g. the outgoing federation queue after a
+/// send). Elsewhere (single-threaded tests) `f` simply runs.
+pub(crate) fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// All services, built once at start and shared (via `Arc`) with every handler.
 pub struct Services {
     pub config: Arc<Config>,

@@ -58,20 +58,7 @@ use super::{
     state::StateHash,
     verify::Verified,
 };
-use crate::{Error, Result};
-
-/// Runs `f` — checks, state resolution, the commit — without holding up the async worker
-/// thread's other tasks: a resolution over a large room can take a while. On the server's
-/// multi-threaded runtime the worker hands its tasks to the others for the duration
-/// (`block_in_place`); elsewhere (single-threaded tests) `f` simply runs.
-fn off_worker<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
+use crate::{Error, Result, service::off_worker};
 
 /// Where an accepted event goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
