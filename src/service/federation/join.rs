@@ -138,16 +138,17 @@ impl Services {
             )));
         }
 
-        // The room's auth chain and state, checked and stored as outliers.
-        let mut events = Vec::with_capacity(answer.auth_chain.len() + answer.state.len());
-        let mut state_ids = Vec::with_capacity(answer.state.len());
-        for (raw, in_state) in answer
-            .auth_chain
-            .iter()
+        // The room's auth chain and state, checked and stored as outliers. Each event's
+        // JSON is dropped once it is checked: the answer is never held twice.
+        let (auth_chain, state) = (answer.auth_chain, answer.state);
+        let mut events = Vec::with_capacity(auth_chain.len() + state.len());
+        let mut state_ids = Vec::with_capacity(state.len());
+        for (raw, in_state) in auth_chain
+            .into_iter()
             .map(|raw| (raw, false))
-            .chain(answer.state.iter().map(|raw| (raw, true)))
+            .chain(state.into_iter().map(|raw| (raw, true)))
         {
-            match self.verify_pdu(raw, &version).await {
+            match self.verify_pdu(&raw, &version).await {
                 Ok(found) if found.room_id == room_id => {
                     if in_state {
                         state_ids.push(found.event_id.clone());
