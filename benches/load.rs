@@ -5,6 +5,9 @@
 //! this process, without a server: `cargo bench --bench load -- federation` runs only them.
 //! `cargo bench --bench load -- join` runs only the joins of large rooms across two servers
 //! (a few minutes: it registers 2,000 users, each password hashed with argon2).
+//! `cargo bench --bench load -- storage` runs only the storage run: 100,000 messages
+//! (`BENCH_MESSAGES=1000000` for the long variant, by hand), then what they cost on disk
+//! and in memory, and a restart on the full database.
 //!
 //! Every request goes to 127.0.0.1 only, and every loop is bounded.
 
@@ -24,6 +27,8 @@ struct Server {
     base: String,
     _data: tempfile::TempDir,
     data_path: std::path::PathBuf,
+    /// The extra `CONDUIT_*` settings, kept for a restart.
+    env: Vec<(String, String)>,
     /// For a federating server: its name (`localhost:PORT`) and its self-signed certificate.
     federation: Option<(String, std::path::PathBuf, tempfile::TempDir)>,
 }
@@ -35,14 +40,32 @@ impl Server {
 
     fn start_with(env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("temporary directory");
+        let data_path = data.path().to_owned();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, base) = Self::spawn(&data_path, &env);
+        Self {
+            child,
+            base,
+            _data: data,
+            data_path,
+            env,
+            federation: None,
+        }
+    }
+
+    /// Starts the binary on `data_path` and waits for its address.
+    fn spawn(data_path: &std::path::Path, env: &[(String, String)]) -> (Child, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_conduit"))
             .env("CONDUIT_SERVER_NAME", "bench.local")
-            .env("CONDUIT_DATABASE_PATH", data.path())
+            .env("CONDUIT_DATABASE_PATH", data_path)
             .env("CONDUIT_ADDRESS", "127.0.0.1")
             .env("CONDUIT_PORT", "0")
             .env("CONDUIT_ALLOW_REGISTRATION", "true")
             .env("CONDUIT_LOG", "warn,conduit=info")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -66,16 +89,50 @@ impl Server {
             }
         });
         let base = receiver
-            .recv_timeout(Duration::from_secs(30))
+            .recv_timeout(Duration::from_secs(120))
             .expect("server started");
-        let data_path = data.path().to_owned();
-        Self {
-            child,
-            base,
-            _data: data,
-            data_path,
-            federation: None,
+        (child, base)
+    }
+
+    /// Stops the server as an admin would (SIGTERM: it flushes and exits), starts it again
+    /// on the same database, and returns the time from the start until its first answer.
+    async fn restart(&mut self) -> Duration {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill is installed");
+        assert!(stopped.success(), "SIGTERM sent");
+        self.child.wait().expect("the server exits");
+        let started = Instant::now();
+        let (child, base) = Self::spawn(&self.data_path, &self.env);
+        self.child = child;
+        self.base = base;
+        let http = Client::new();
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            let answer = http
+                .get(format!("{}/_matrix/client/versions", self.base))
+                .send()
+                .await;
+            if answer.is_ok_and(|answer| answer.status().is_success()) {
+                return started.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server answers after a restart"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// Bytes the server process caused to be written to disk so far (`/proc/PID/io`).
+    fn written_bytes(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/io", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("write_bytes:"))
+            .and_then(|bytes| bytes.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// A server other servers reach by its name, as in the black-box federation tests: TLS
@@ -695,12 +752,14 @@ fn signature_checks(rows: &mut Vec<Row>) {
 
 /// Which rows to run: everything, or with the filter `federation` (`cargo bench --bench
 /// load -- federation`) only the in-process federation rows, with no server started, or
-/// with `join` only the joins of large rooms on another server (two servers over TLS).
+/// with `join` only the joins of large rooms on another server (two servers over TLS), or
+/// with `storage` only the storage run (issue 13: what many messages cost on disk).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phases {
     All,
     Federation,
     Join,
+    Storage,
 }
 
 impl Phases {
@@ -715,7 +774,10 @@ impl Phases {
             [] => Self::All,
             ["federation"] => Self::Federation,
             ["join"] => Self::Join,
-            _ => panic!("unknown filter {filters:?}: the filters are `federation` and `join`"),
+            ["storage"] => Self::Storage,
+            _ => panic!(
+                "unknown filter {filters:?}: the filters are `federation`, `join` and `storage`"
+            ),
         }
     }
 }
@@ -727,6 +789,7 @@ async fn main() {
         Phases::All => over_http(&mut rows).await,
         Phases::Federation => federation(&mut rows).await,
         Phases::Join => remote_joins(&mut rows).await,
+        Phases::Storage => storage(&mut rows).await,
     }
     println!("| What | Target | Measured | Met |");
     println!("|---|---|---|---|");
@@ -1789,4 +1852,102 @@ fn urlencode(value: &str) -> String {
             _ => format!("%{byte:02X}"),
         })
         .collect()
+}
+
+/// What many messages cost on disk and in memory (issue 13): 20 users send `BENCH_MESSAGES`
+/// (default 100,000) messages into one room, 20 at a time, every send acknowledged only
+/// once it is durable. Reported: bytes the server wrote to disk per message (`write_bytes`
+/// of `/proc/PID/io`, so everything the store wrote and rewrote, not just the data), the
+/// database's size per message after the run and after a restart, resident memory at the
+/// end, after 10 s idle and after the restart, and the time from the restart to the first
+/// answer.
+async fn storage(rows: &mut Vec<Row>) {
+    let messages: usize = std::env::var("BENCH_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let mut server = Server::start();
+    let api = server.api();
+    let owner = api.register("owner").await;
+    let room = api
+        .create_room(
+            &owner,
+            json!({ "preset": "public_chat", "name": "storage" }),
+        )
+        .await;
+    let mut writers = Vec::new();
+    for n in 0..20 {
+        let token = api.register(&format!("writer{n}")).await;
+        api.join(&token, &room).await;
+        writers.push(token);
+    }
+    let written_before = server.written_bytes();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (lane, token) in writers.into_iter().enumerate() {
+        let (api, room) = (api.clone(), room.clone());
+        let count = messages / 20 + usize::from(lane < messages % 20);
+        tasks.push(tokio::spawn(async move {
+            for n in 0..count {
+                // About the length of a chat line.
+                let body = format!("message {n} from writer {lane}: see you at the club tonight");
+                api.send(&token, &room, &format!("s{lane}-{n}"), &body)
+                    .await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let took = started.elapsed();
+    let written = server.written_bytes().saturating_sub(written_before);
+    let disk = server.disk_bytes();
+    let rss_end = server.rss_kib();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rss_idle = server.rss_kib();
+    let first_answer = server.restart().await;
+    let rss_restarted = server.rss_kib();
+    let disk_restarted = server.disk_bytes();
+    eprintln!(
+        "{messages} messages in {:.1} s ({:.0} msg/s)",
+        took.as_secs_f64(),
+        messages as f64 / took.as_secs_f64()
+    );
+
+    let per = |bytes: u64| bytes as f64 / messages as f64;
+    let mb = |kib: u64| kib as f64 / 1024.0;
+    rows.push(Row {
+        what: format!("written to disk per message ({messages} messages, /proc/PID/io)"),
+        target: "<= 4 KiB".into(),
+        measured: format!("{:.0} B", per(written)),
+        met: per(written) <= 4096.0,
+    });
+    rows.push(Row {
+        what: "database on disk per message, after the run".into(),
+        target: "<= 2 KiB".into(),
+        measured: format!("{:.0} B", per(disk)),
+        met: per(disk) <= 2048.0,
+    });
+    rows.push(Row {
+        what: "database on disk per message, after a restart".into(),
+        target: "<= 2 KiB".into(),
+        measured: format!("{:.0} B", per(disk_restarted)),
+        met: per(disk_restarted) <= 2048.0,
+    });
+    rows.push(Row {
+        what: "resident memory at the end of the run / after 10 s idle".into(),
+        target: "< 64 MB, flat".into(),
+        measured: format!("{:.1} MB / {:.1} MB", mb(rss_end), mb(rss_idle)),
+        met: rss_end < 64 * 1024 && rss_idle <= rss_end,
+    });
+    rows.push(Row {
+        what: "restart on the full database: time to the first answer, resident memory".into(),
+        target: "< 300 ms".into(),
+        measured: format!(
+            "{:.0} ms, {:.1} MB",
+            first_answer.as_secs_f64() * 1000.0,
+            mb(rss_restarted)
+        ),
+        met: first_answer < Duration::from_millis(300),
+    });
 }
