@@ -211,8 +211,9 @@ async fn concurrent_changes_on_two_servers_converge_to_the_same_state() {
     //    first, and the topic, now conflicted between his two changes ("from B" on A's
     //    side, "too late" on B's), is checked against the resolved power levels, under which
     //    bob may not set it: both of his topic events fail, so neither is in the resolved
-    //    state (room versions, "State resolution v2": the iterative auth check replaces an
-    //    event's auth events with the partially resolved state). Both sides say the same.
+    //    state (room versions, "State resolution v2", "Iterative auth checks": an event is
+    //    checked against the partially resolved state, its own auth events filling only
+    //    the keys that state lacks). Both sides say the same.
     power["users"][&bob_id] = json!(0);
     let (demoted, late_topic) = partitioned!(
         a,
