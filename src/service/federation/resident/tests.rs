@@ -1412,3 +1412,35 @@ async fn remote_members_events_are_sent_on_to_the_rooms_other_servers() {
         Some(MembershipState::Leave)
     );
 }
+
+/// Notification counts are kept for our own members only: a message in a room with a member
+/// of another server counts nothing for that member (their server counts for them), though
+/// its default rules would notify (a one-to-one room).
+#[tokio::test]
+async fn notification_counts_are_kept_for_our_members_only() {
+    let services = services();
+    let version = RoomVersionId::V10;
+    let room_id = create(&services, &version, Preset::PublicChat, Vec::new()).await;
+    let remote = Remote::new();
+    join(&services, &remote, &room_id, &version).await;
+    let bob = remote.user("bob");
+    assert_eq!(
+        services.rooms.membership(&room_id, &bob).unwrap(),
+        Some(MembershipState::Join)
+    );
+    let message = services
+        .send_event(
+            &room_id,
+            alice(),
+            NewEvent::message(
+                "m.room.message",
+                json!({ "msgtype": "m.text", "body": "hello bob" }),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(message.sender, alice());
+    let counts = services.push.counts(&bob, &room_id).unwrap();
+    assert_eq!((counts.notifications, counts.highlights), (0, 0));
+}
