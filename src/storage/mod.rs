@@ -10,6 +10,7 @@
 
 pub mod dump;
 pub mod memory;
+pub mod redb;
 pub mod sled;
 #[cfg(test)]
 mod tests;
@@ -270,6 +271,19 @@ impl Db {
     ) -> StorageResult<Self> {
         Self::with_store(
             Arc::new(sled::SledStore::open(path, cache_capacity_bytes)?),
+            steps,
+            SCHEMA_VERSION,
+        )
+    }
+
+    /// Opens (or creates) the redb database in `path/redb/` and upgrades it with `steps`.
+    pub fn open_redb(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        steps: &[Migration],
+    ) -> StorageResult<Self> {
+        Self::with_store(
+            Arc::new(redb::RedbStore::open(path, cache_capacity_bytes)?),
             steps,
             SCHEMA_VERSION,
         )
