@@ -476,11 +476,12 @@ impl Iterator for Chunks {
     type Item = StorageResult<KeyValue>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.buffer.is_empty() && !self.done {
-            if let Err(e) = self.refill() {
-                self.done = true;
-                return Some(Err(e));
-            }
+        if self.buffer.is_empty()
+            && !self.done
+            && let Err(e) = self.refill()
+        {
+            self.done = true;
+            return Some(Err(e));
         }
         self.buffer.pop_front().map(Ok)
     }
