@@ -276,7 +276,7 @@ impl Config {
         {
             return Err(ConfigError(format!(
                 "global.database_backend: `{name}` is not supported; the backends are \"fjall\" \
-                 (the default) and \"sled\""
+                 (the default), \"sled\" and \"redb\""
             )));
         }
         if !(self.db_cache_capacity_mb.is_finite() && self.db_cache_capacity_mb > 0.0) {

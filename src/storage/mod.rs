@@ -12,6 +12,7 @@
 pub mod dump;
 pub mod fjall;
 pub mod memory;
+pub mod redb;
 pub mod sled;
 #[cfg(test)]
 mod tests;
@@ -268,6 +269,8 @@ pub enum Backend {
     Fjall,
     /// sled, in `database_path` itself: what every database before fjall was.
     Sled,
+    /// redb, in `database_path/redb/data.redb`: the other candidate measured for issue 13.
+    Redb,
 }
 
 impl Backend {
@@ -279,6 +282,7 @@ impl Backend {
         match name {
             "fjall" => Some(Self::Fjall),
             "sled" => Some(Self::Sled),
+            "redb" => Some(Self::Redb),
             _ => None,
         }
     }
@@ -287,6 +291,7 @@ impl Backend {
         match self {
             Self::Fjall => "fjall",
             Self::Sled => "sled",
+            Self::Redb => "redb",
         }
     }
 
@@ -294,6 +299,8 @@ impl Backend {
     pub fn found_in(path: &Path) -> Option<Self> {
         if path.join(fjall::DIRECTORY).is_dir() {
             Some(Self::Fjall)
+        } else if path.join(redb::DIRECTORY).is_dir() {
+            Some(Self::Redb)
         } else if path.join("conf").is_file() && path.join("db").is_file() {
             Some(Self::Sled)
         } else {
@@ -343,6 +350,7 @@ impl Db {
         match backend {
             Backend::Fjall => Self::open_fjall(path, cache_capacity_bytes, steps),
             Backend::Sled => Self::open_sled(path, cache_capacity_bytes, steps),
+            Backend::Redb => Self::open_redb(path, cache_capacity_bytes, steps),
         }
     }
 
@@ -367,6 +375,19 @@ impl Db {
     ) -> StorageResult<Self> {
         Self::with_store(
             Arc::new(sled::SledStore::open(path, cache_capacity_bytes)?),
+            steps,
+            SCHEMA_VERSION,
+        )
+    }
+
+    /// Opens (or creates) the redb database in `path/redb/` and upgrades it with `steps`.
+    pub fn open_redb(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        steps: &[Migration],
+    ) -> StorageResult<Self> {
+        Self::with_store(
+            Arc::new(redb::RedbStore::open(path, cache_capacity_bytes)?),
             steps,
             SCHEMA_VERSION,
         )
