@@ -1352,11 +1352,12 @@ fn in_process_config(path: &std::path::Path) -> conduit::config::Config {
         .expect("a valid configuration")
 }
 
-/// Opens the database in `config.database_path` the way the binary does (sled, its
-/// migration steps, the configured page cache).
-fn open_sled(config: &conduit::config::Config) -> conduit::storage::Db {
-    conduit::storage::Db::open_sled(
+/// Opens the database in `config.database_path` the way the binary does (the configured or
+/// found backend, its migration steps, the configured cache).
+fn open_database(config: &conduit::config::Config) -> conduit::storage::Db {
+    conduit::storage::Db::open(
         &config.database_path,
+        config.backend(),
         config.db_cache_capacity_bytes(),
         conduit::service::migrations::STEPS,
     )
@@ -1395,7 +1396,7 @@ async fn incoming_send(rows: &mut Vec<Row>) {
 
     let data = tempfile::tempdir().expect("temporary directory");
     let config = in_process_config(data.path());
-    let db = open_sled(&config);
+    let db = open_database(&config);
     let mut services = Services::build(config, db.clone()).expect("services");
     let mut remote = RemoteServer::new("remote.bench");
     let keyring = Keyring::new(
@@ -1554,7 +1555,7 @@ async fn key_cache(rows: &mut Vec<Row>) {
 
     let data = tempfile::tempdir().expect("temporary directory");
     let config = in_process_config(data.path());
-    let db = open_sled(&config);
+    let db = open_database(&config);
     let own = Arc::new(ServerKeys::load_or_generate(&db).expect("our keys"));
     let remote = RemoteServer::new("remote.bench");
     let keyring = Keyring::new(
@@ -1604,7 +1605,7 @@ async fn key_cache(rows: &mut Vec<Row>) {
         })
         .collect();
     let control_data = tempfile::tempdir().expect("temporary directory");
-    let control = open_sled(&in_process_config(control_data.path()));
+    let control = open_database(&in_process_config(control_data.path()));
     let control_tree = control
         .tree("servername_serverkeys")
         .expect("the keys tree");
@@ -1862,6 +1863,8 @@ fn urlencode(value: &str) -> String {
 /// end, after 10 s idle and after the restart, and the time from the restart to the first
 /// answer.
 async fn storage(rows: &mut Vec<Row>) {
+    // `CONDUIT_DATABASE_BACKEND=sled` (or `redb`) measures another backend than the default.
+    let backend = std::env::var("CONDUIT_DATABASE_BACKEND").unwrap_or_else(|_| "fjall".into());
     let messages: usize = std::env::var("BENCH_MESSAGES")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -1917,31 +1920,33 @@ async fn storage(rows: &mut Vec<Row>) {
     let per = |bytes: u64| bytes as f64 / messages as f64;
     let mb = |kib: u64| kib as f64 / 1024.0;
     rows.push(Row {
-        what: format!("written to disk per message ({messages} messages, /proc/PID/io)"),
+        what: format!("{backend}: written to disk per message ({messages} messages, /proc/PID/io)"),
         target: "<= 4 KiB".into(),
         measured: format!("{:.0} B", per(written)),
         met: per(written) <= 4096.0,
     });
     rows.push(Row {
-        what: "database on disk per message, after the run".into(),
+        what: format!("{backend}: database on disk per message, after the run"),
         target: "<= 2 KiB".into(),
         measured: format!("{:.0} B", per(disk)),
         met: per(disk) <= 2048.0,
     });
     rows.push(Row {
-        what: "database on disk per message, after a restart".into(),
+        what: format!("{backend}: database on disk per message, after a restart"),
         target: "<= 2 KiB".into(),
         measured: format!("{:.0} B", per(disk_restarted)),
         met: per(disk_restarted) <= 2048.0,
     });
     rows.push(Row {
-        what: "resident memory at the end of the run / after 10 s idle".into(),
+        what: format!("{backend}: resident memory at the end of the run / after 10 s idle"),
         target: "< 64 MB, flat".into(),
         measured: format!("{:.1} MB / {:.1} MB", mb(rss_end), mb(rss_idle)),
         met: rss_end < 64 * 1024 && rss_idle <= rss_end,
     });
     rows.push(Row {
-        what: "restart on the full database: time to the first answer, resident memory".into(),
+        what: format!(
+            "{backend}: restart on the full database: time to the first answer, resident memory"
+        ),
         target: "< 300 ms".into(),
         measured: format!(
             "{:.0} ms, {:.1} MB",
