@@ -241,7 +241,9 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
 /// - 2: the room core stores events it did not make (outliers, verdicts, backfill
 ///   positions): new trees and longer keys for new kinds of entries only, nothing
 ///   rewritten; its step checks the timeline index (`service::migrations`).
-pub const SCHEMA_VERSION: u64 = 2;
+/// - 3: forward extremities as one value per room (`roomid_extremities`), moved from
+///   `roomid_extremity` by its step.
+pub const SCHEMA_VERSION: u64 = 3;
 const GLOBAL: &str = "global";
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 /// `global` key of the id base: 8 bytes big-endian, added to every [`Store::next_id`].

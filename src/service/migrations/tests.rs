@@ -542,8 +542,8 @@ async fn schema1_database_opens_unchanged() {
     assert_eq!(expect["schema_version"], 1);
     let services = services_in(dir.path());
     // Upgraded by the steps.
-    assert_eq!(SCHEMA_VERSION, 2);
-    assert_eq!(services.db.schema_version().unwrap(), 2);
+    assert_eq!(SCHEMA_VERSION, 3);
+    assert_eq!(services.db.schema_version().unwrap(), 3);
 
     // Everything the old build showed, this one shows too, section by section.
     let room_ids: Vec<OwnedRoomId> = expect["rooms"]
@@ -553,6 +553,15 @@ async fn schema1_database_opens_unchanged() {
         .map(|room| serde_json::from_value(room["room_id"].clone()).unwrap())
         .collect();
     assert_eq!(room_ids.len(), 2);
+    // Step 3 moved every room's forward extremities into one value, leaving none behind.
+    for room_id in &room_ids {
+        let extremities = services.rooms.extremities(room_id).unwrap();
+        assert_eq!(extremities.len(), 1, "{room_id}: {extremities:?}");
+    }
+    {
+        let old = services.db.tree("roomid_extremity").unwrap();
+        assert!(old.iter_from(b"", false).next().is_none());
+    }
     let seen = observe(&services, &room_ids).await;
     for (index, room) in expect["rooms"].as_array().unwrap().iter().enumerate() {
         for (key, value) in room.as_object().unwrap() {

@@ -122,18 +122,14 @@ impl Rooms {
                 bump_count,
             };
             batch.insert_json(&self.info, room_id.as_bytes().to_vec(), &new_info);
-            for covered in &live.covered {
-                batch.remove(
-                    &*self.extremities,
-                    pair_key(room_id.as_str(), covered.as_str()),
-                );
-            }
-            if live.extremity {
-                batch.insert(
-                    &*self.extremities,
-                    pair_key(room_id.as_str(), event_id.as_str()),
-                    Vec::new(),
-                );
+            if !live.covered.is_empty() || live.extremity {
+                // The room lock is held from prepare to here: nothing else changes them.
+                let mut extremities = self.extremities(&room_id)?;
+                extremities.retain(|id| !live.covered.contains(id));
+                if live.extremity {
+                    extremities.push(event_id.clone());
+                }
+                self.write_extremities(batch, &room_id, extremities.iter().map(|id| &**id));
             }
             if let Some(transaction) = &transaction {
                 batch.insert(

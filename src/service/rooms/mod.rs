@@ -35,7 +35,10 @@
 //! - `shorteventid_statehashes`: short event id → state hash before (u64, 0 = empty) and
 //!   after (u64) the event.
 //! - `roomid_info`: room id → [`RoomInfo`] (version, current state hash, last count, depth).
-//! - `roomid_extremity`: `room id 0xFF event id` → empty. Forward extremities.
+//! - `roomid_extremities`: room id → its forward extremities, event ids joined by `0xFF`
+//!   (one value per room, rewritten whole: a log-structured store scans a prefix of
+//!   per-event keys through every removed one, and extremities change with every event;
+//!   schema 3, `service::migrations`).
 //! - `roomid_backwardextremity`: `room id 0xFF event id` → empty. Events named in the
 //!   `prev_events` of an event with state that we do not hold with state: holes in the
 //!   DAG, where backfill starts ([`Rooms::backward_extremities`]). An event that fills one
@@ -113,8 +116,24 @@ use self::{
 use super::{server_keys::ServerKeys, stream::Stream};
 use crate::{
     Error, Result,
-    storage::{Db, Table, Tree},
+    storage::{Batch, Db, Table, Tree},
 };
+
+/// The tree of each room's forward extremities (see the module's tree list).
+pub(crate) const EXTREMITIES: &str = "roomid_extremities";
+
+/// Event ids joined by `0xFF`, the value of [`EXTREMITIES`] (and how the schema-3 step
+/// writes it).
+pub(crate) fn join_extremities<'a>(ids: impl IntoIterator<Item = &'a EventId>) -> Vec<u8> {
+    let mut value = Vec::new();
+    for id in ids {
+        if !value.is_empty() {
+            value.push(0xFF);
+        }
+        value.extend_from_slice(id.as_bytes());
+    }
+    value
+}
 
 /// Per-room facts read on every append.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -262,7 +281,7 @@ impl Rooms {
             pending_redactions: db.tree("shorteventid_pendingredaction")?,
             statehashes: db.tree("shorteventid_statehashes")?,
             info: db.table("roomid_info")?,
-            extremities: db.tree("roomid_extremity")?,
+            extremities: db.tree(EXTREMITIES)?,
             user_rooms: db.table("userroomid_membership")?,
             room_users: db.tree("roomuserid_membership")?,
             remote_invites: db.table("userroomid_remoteinvite")?,
@@ -535,7 +554,33 @@ impl Rooms {
     }
 
     pub fn extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
-        Self::event_ids_under(&*self.extremities, room_id)
+        let Some(bytes) = self.extremities.get(room_id.as_bytes())? else {
+            return Ok(Vec::new());
+        };
+        bytes
+            .split(|byte| *byte == 0xFF)
+            .map(|id| {
+                OwnedEventId::try_from(String::from_utf8_lossy(id).into_owned())
+                    .map_err(|_| Error::internal(format!("bad event id in {EXTREMITIES}")))
+            })
+            .collect()
+    }
+
+    /// Writes the room's forward extremities as `extremities` (none: the entry goes).
+    pub(super) fn write_extremities<'a>(
+        &self,
+        batch: &mut Batch,
+        room_id: &RoomId,
+        extremities: impl IntoIterator<Item = &'a EventId>,
+    ) {
+        // In event id order, as they always were.
+        let sorted: std::collections::BTreeSet<&EventId> = extremities.into_iter().collect();
+        let value = join_extremities(sorted);
+        if value.is_empty() {
+            batch.remove(&*self.extremities, room_id.as_bytes().to_vec());
+        } else {
+            batch.insert(&*self.extremities, room_id.as_bytes().to_vec(), value);
+        }
     }
 
     /// The room's backward extremities: events that an event we hold with state names in

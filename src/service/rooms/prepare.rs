@@ -279,9 +279,8 @@ impl Rooms {
         let old: BTreeSet<OwnedEventId> = self.extremities(room_id)?.into_iter().collect();
         let covered = self.covered_by(pdu, &old)?;
         if covered.len() < old.len() {
-            for id in covered {
-                batch.remove(&*self.extremities, pair_key(room_id.as_str(), id.as_str()));
-            }
+            let left = old.iter().filter(|id| !covered.contains(*id));
+            self.write_extremities(batch, room_id, left.map(|id| &**id));
         }
         Ok(())
     }
