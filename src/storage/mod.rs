@@ -9,6 +9,8 @@
 //! knowledge of HTTP or services.
 
 pub mod dump;
+pub mod export;
+mod gate;
 pub mod memory;
 pub mod sled;
 #[cfg(test)]
@@ -56,6 +58,15 @@ pub enum StorageError {
     /// A dump can only be loaded into a database that holds nothing yet.
     #[error("cannot load a dump into a database that already holds data (tree {0})")]
     NotEmpty(String),
+    /// An export file that cannot be read back (see [`export`]), or one that cannot be written.
+    #[error("export: {0}")]
+    Export(String),
+    /// An import into this database started and did not finish (see [`export`]).
+    #[error(
+        "an import into this database did not finish, so it holds only part of the data: \
+         empty the directory and import again"
+    )]
+    ImportIncomplete,
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
@@ -259,6 +270,8 @@ pub struct Db {
     flush: Arc<GroupFlush>,
     /// Added to every id of the store (see [`Db::advance_ids`]); only ever grows.
     id_base: Arc<AtomicU64>,
+    /// Writes hold it shared, an export exclusively: see [`gate`].
+    gate: gate::Gate,
 }
 
 impl Db {
@@ -304,6 +317,7 @@ impl Db {
             store,
             flush: Arc::new(GroupFlush::default()),
             id_base: Arc::new(AtomicU64::new(0)),
+            gate: gate::Gate::default(),
         };
         let global = db.tree(GLOBAL)?;
         db.id_base.store(
@@ -315,7 +329,7 @@ impl Db {
     }
 
     pub fn tree(&self, name: &'static str) -> StorageResult<Arc<dyn Tree>> {
-        self.store.open_tree(name)
+        Ok(self.gate.wrap(self.store.open_tree(name)?))
     }
 
     pub fn table<V: Serialize + DeserializeOwned>(
@@ -330,6 +344,7 @@ impl Db {
         if batch.is_empty() {
             return Ok(());
         }
+        let _shared = self.gate.shared();
         self.store.apply_batch(batch)
     }
 
@@ -391,6 +406,9 @@ impl Db {
     /// and flushed after it. A new, empty database runs no step and gets `latest` at once.
     fn migrate(&self, steps: &[Migration], latest: u64) -> StorageResult<()> {
         let global = self.tree(GLOBAL)?;
+        if global.get(export::IMPORT_MARKER_KEY)?.is_some() {
+            return Err(StorageError::ImportIncomplete);
+        }
         let found = self.schema_version()?;
         if found == 0 && global.iter_from(b"", false).next().transpose()?.is_some() {
             return Err(StorageError::Foreign);
