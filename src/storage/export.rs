@@ -161,7 +161,10 @@ impl Db {
                 Record::End => break,
             }
         }
-        self.store.apply_batch(&batch)?;
+        if !batch.is_empty() {
+            // A sled transaction over no tree at all panics.
+            self.store.apply_batch(&batch)?;
+        }
         let summary = reader.finish()?;
         self.advance_ids(summary.next_id)?;
         global.remove(IMPORT_MARKER_KEY)?;

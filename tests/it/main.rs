@@ -5,6 +5,7 @@
 mod account;
 mod admin;
 mod backup;
+mod backup_restore;
 mod client_state;
 mod connections;
 mod dehydrated;
