@@ -134,6 +134,16 @@ pub fn restore_command(config: &Config, dir: &Path) -> Result<String, String> {
 /// Writes a backup of `db` (whose data directory and server are `config`'s) into `dir`, which
 /// must be empty or absent. On failure `dir` is left empty. The server calls this too.
 pub fn write_backup(db: &Db, config: &Config, dir: &Path) -> Result<String, String> {
+    let data = std::path::absolute(&config.database_path)
+        .map_err(|e| describe(&config.database_path, e))?;
+    if dir.starts_with(&data) {
+        // It would copy media into itself, and die with the data it protects.
+        return Err(format!(
+            "{} is inside the data directory {}: put backups elsewhere",
+            dir.display(),
+            data.display()
+        ));
+    }
     prepare_empty_dir(dir, "a backup goes into a new or empty directory")?;
     let result = (|| {
         let summary = export_file(db, &dir.join(EXPORT_FILE))?;
@@ -183,7 +193,7 @@ pub fn export_file(db: &Db, path: &Path) -> Result<export::Summary, String> {
     let partial = PathBuf::from(partial);
     let result = (|| {
         let file = File::create(&partial).map_err(|e| describe(&partial, e))?;
-        let mut out = BufWriter::new(file);
+        let mut out = BufWriter::with_capacity(64 << 10, file);
         let summary = db.export(&mut out).map_err(|e| e.to_string())?;
         let file = out
             .into_inner()
@@ -204,7 +214,7 @@ pub fn export_file(db: &Db, path: &Path) -> Result<export::Summary, String> {
 fn import_file(config: &Config, file: &Path) -> Result<export::Summary, String> {
     let open = || {
         File::open(file)
-            .map(BufReader::new)
+            .map(|file| BufReader::with_capacity(64 << 10, file))
             .map_err(|e| describe(file, e))
     };
     export::verify(open()?).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -356,5 +366,41 @@ fn ask_server(mut stream: UnixStream, dir: &Path) -> Result<String, String> {
         _ => Err(format!(
             "the running server gave no answer (its log may say why): {answer:?}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_copies_skip_uploads_in_progress() {
+        let from = tempfile::tempdir().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        let to = to.path().join("media");
+        fs::create_dir_all(from.path().join("blobs/ab")).unwrap();
+        fs::create_dir_all(from.path().join("tmp")).unwrap();
+        fs::write(from.path().join("blobs/ab/abcd"), b"content").unwrap();
+        fs::write(from.path().join("tmp/partial"), b"half").unwrap();
+        assert_eq!(copy_tree(from.path(), &to).unwrap(), (1, 7));
+        assert_eq!(fs::read(to.join("blobs/ab/abcd")).unwrap(), b"content");
+        assert!(!to.join("tmp").exists());
+        // Nothing to copy is not an error.
+        let nothing = from.path().join("missing");
+        assert_eq!(copy_tree(&nothing, &to.join("more")).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn only_new_or_empty_directories_are_filled() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("a/b");
+        prepare_empty_dir(&new, "why").unwrap();
+        assert!(new.is_dir());
+        prepare_empty_dir(&new, "why").unwrap();
+        fs::write(new.join("file"), b"").unwrap();
+        let refused = prepare_empty_dir(&new, "the reason").unwrap_err();
+        assert!(refused.contains("not empty: the reason"), "{refused}");
+        empty_directory(&new);
+        prepare_empty_dir(&new, "why").unwrap();
     }
 }

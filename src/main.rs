@@ -178,15 +178,16 @@ async fn serve(config: Config) -> Result<(), String> {
     let address = SocketAddr::new(config.address, config.port);
     let services = Services::build(config, db).map_err(|e| e.to_string())?;
     services.federation.resume().map_err(|e| e.to_string())?;
+    // `conduit backup` while we run (ready before "listening on"); the file is removed when
+    // this is dropped, after the server stopped.
+    let _admin_socket = AdminSocket::start(std::sync::Arc::clone(&services))
+        .inspect_err(|e| tracing::warn!("{e}; `conduit backup` will not work while this runs"))
+        .ok();
     let mut listeners = vec![bind(address, tls.clone()).await?];
     if let Some(port) = federation_port {
         let address = SocketAddr::new(address.ip(), port);
         listeners.push(bind(address, tls).await?);
     }
-    // `conduit backup` while we run; removed again when this is dropped, after the server.
-    let _admin_socket = AdminSocket::start(std::sync::Arc::clone(&services))
-        .inspect_err(|e| tracing::warn!("{e}; `conduit backup` will not work while this runs"))
-        .ok();
     server::run(listeners, services, shutdown_signal())
         .await
         .map_err(|e| e.to_string())

@@ -333,3 +333,39 @@ async fn export_and_import_move_a_stopped_servers_database() {
     let (status, login) = imported.login("bob", "a long password").await;
     assert_eq!(status, StatusCode::OK, "{login}");
 }
+
+#[tokio::test]
+async fn the_admin_socket_is_private_and_knows_one_command() {
+    use std::{
+        io::{Read, Write},
+        os::unix::{fs::PermissionsExt, net::UnixStream},
+        time::Duration,
+    };
+    let server = TestServer::start();
+    let socket = server.data_dir().join("admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let inside = server.data_dir().join("backup");
+    for (command, answer) in [
+        ("hello\n".to_owned(), "error unknown command"),
+        (
+            "backup relative/dir\n".to_owned(),
+            "error the backup directory must be an absolute path",
+        ),
+        (
+            format!("backup {}\n", inside.display()),
+            "error ", // inside the data directory
+        ),
+    ] {
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(command.as_bytes()).unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with(answer), "{command:?}: {reply}");
+        assert!(reply.ends_with('\n'), "{reply}");
+    }
+    assert!(!inside.exists());
+}
