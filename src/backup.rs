@@ -223,8 +223,9 @@ fn import_file(config: &Config, file: &Path) -> Result<export::Summary, String> 
         data,
         "import and restore fill only a new or empty data directory (database_path)",
     )?;
+    // A failure to open is not cleaned up after: the lock may be another import's.
+    let db = cli::open_database(config)?;
     let result = (|| -> Result<export::Summary, String> {
-        let db = cli::open_database(config)?;
         let summary = db
             .import(open()?)
             .map_err(|e| format!("{}: {e}", file.display()))?;
