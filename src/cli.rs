@@ -80,8 +80,9 @@ fn generated_password() -> String {
 
 /// Opens the database, explaining the lock error in the words an admin needs.
 pub fn open_database(config: &Config) -> Result<Db, String> {
-    Db::open_sled(
+    Db::open(
         &config.database_path,
+        config.backend(),
         config.db_cache_capacity_bytes(),
         crate::service::migrations::STEPS,
     )

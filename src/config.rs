@@ -17,14 +17,18 @@ use figment::{
     value::{Dict, Value},
 };
 use ruma::OwnedServerName;
+
+use crate::storage::Backend;
 use serde::{Deserialize, Serialize};
 
 /// Everything under `[global]`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Config {
     pub server_name: OwnedServerName,
-    #[serde(default = "default_database_backend")]
-    pub database_backend: String,
+    /// "fjall" or "sled"; unset: whatever the database directory holds, fjall for a new one
+    /// (`storage::Db::open`).
+    #[serde(default)]
+    pub database_backend: Option<String>,
     #[serde(default = "default_database_path")]
     pub database_path: PathBuf,
     /// sled's page cache, in MiB. sled's own default (1 GiB) is far too much for a Pi.
@@ -133,9 +137,6 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-fn default_database_backend() -> String {
-    "sled".to_owned()
-}
 fn default_database_path() -> PathBuf {
     PathBuf::from("/var/lib/conduit")
 }
@@ -270,10 +271,12 @@ impl Config {
 
     /// Checks what the types alone do not.
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.database_backend != "sled" {
+        if let Some(name) = &self.database_backend
+            && Backend::parse(name).is_none()
+        {
             return Err(ConfigError(format!(
-                "global.database_backend: `{}` is not supported; the only backend is \"sled\"",
-                self.database_backend
+                "global.database_backend: `{name}` is not supported; the backends are \"fjall\" \
+                 (the default), \"sled\" and \"redb\""
             )));
         }
         if !(self.db_cache_capacity_mb.is_finite() && self.db_cache_capacity_mb > 0.0) {
@@ -340,6 +343,11 @@ impl Config {
     }
 
     /// sled's cache size in bytes.
+    /// The configured backend, if one is named (validated at load).
+    pub fn backend(&self) -> Option<Backend> {
+        self.database_backend.as_deref().and_then(Backend::parse)
+    }
+
     pub fn db_cache_capacity_bytes(&self) -> u64 {
         (self.db_cache_capacity_mb * 1024.0 * 1024.0) as u64
     }
@@ -489,7 +497,7 @@ mod tests {
             assert_eq!(config.port, 6167);
             assert_eq!(config.address, IpAddr::V4(Ipv4Addr::LOCALHOST));
             assert!(!config.allow_registration);
-            assert_eq!(config.database_backend, "sled");
+            assert_eq!(config.database_backend, None);
             assert_eq!(config.db_cache_capacity_bytes(), 32 << 20);
             assert_eq!(config.max_concurrent_requests, 100);
             assert_eq!(config.max_connections, 4096);

@@ -12,8 +12,6 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use futures_util::future::BoxFuture;
-
 use super::{KvIter, StorageResult, Tree};
 
 #[derive(Clone, Default)]
@@ -74,9 +72,5 @@ impl Tree for GatedTree {
 
     fn iter_from(&self, from: &[u8], backwards: bool) -> KvIter<'_> {
         self.tree.iter_from(from, backwards)
-    }
-
-    fn watch_prefix(&self, prefix: &[u8]) -> BoxFuture<'static, ()> {
-        self.tree.watch_prefix(prefix)
     }
 }

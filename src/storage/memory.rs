@@ -4,38 +4,17 @@
 use std::{
     collections::{BTreeMap, HashMap},
     ops::Bound,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
 };
-
-use futures_util::future::BoxFuture;
-use tokio::sync::oneshot;
 
 use super::{Batch, BatchOp, KeyValue, KvIter, StorageResult, Store, Tree};
 
 type Trees = HashMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>>;
-type Watchers = Vec<(&'static str, Vec<u8>, oneshot::Sender<()>)>;
 
 #[derive(Default)]
 struct Shared {
     next_id: std::sync::atomic::AtomicU64,
     trees: RwLock<Trees>,
-    watchers: Mutex<Watchers>,
-}
-
-impl Shared {
-    fn notify(&self, tree: &'static str, key: &[u8]) {
-        let mut watchers = self.watchers.lock().expect("watchers lock");
-        let mut index = 0;
-        while index < watchers.len() {
-            let (watched_tree, prefix, _) = &watchers[index];
-            if *watched_tree == tree && key.starts_with(prefix) {
-                let (_, _, sender) = watchers.swap_remove(index);
-                let _ = sender.send(());
-            } else {
-                index += 1;
-            }
-        }
-    }
 }
 
 #[derive(Default)]
@@ -71,13 +50,6 @@ impl Store for MemoryStore {
                     BatchOp::Remove { tree, key } => {
                         trees.entry(tree).or_default().remove(key);
                     }
-                }
-            }
-        }
-        for op in batch.ops() {
-            match op {
-                BatchOp::Insert { tree, key, .. } | BatchOp::Remove { tree, key } => {
-                    self.shared.notify(tree, key);
                 }
             }
         }
@@ -137,7 +109,6 @@ impl Tree for MemoryTree {
             .entry(self.name)
             .or_default()
             .insert(key.to_vec(), value.to_vec());
-        self.shared.notify(self.name, key);
         Ok(())
     }
 
@@ -149,7 +120,6 @@ impl Tree for MemoryTree {
             .entry(self.name)
             .or_default()
             .remove(key);
-        self.shared.notify(self.name, key);
         Ok(())
     }
 
@@ -174,18 +144,6 @@ impl Tree for MemoryTree {
             }
         })
     }
-
-    fn watch_prefix(&self, prefix: &[u8]) -> BoxFuture<'static, ()> {
-        let (sender, receiver) = oneshot::channel();
-        self.shared.watchers.lock().expect("watchers lock").push((
-            self.name,
-            prefix.to_vec(),
-            sender,
-        ));
-        Box::pin(async move {
-            let _ = receiver.await;
-        })
-    }
 }
 
 /// Which `get`s a [`FailingStore`] fails (§9 of `docs/room-core.md`: a storage error must
@@ -204,7 +162,7 @@ pub struct Failure {
 /// Arms and observes a [`FailingStore`]'s failures. Cheap to clone.
 #[cfg(test)]
 #[derive(Clone, Default)]
-pub struct FailSwitch(Arc<Mutex<SwitchState>>);
+pub struct FailSwitch(Arc<std::sync::Mutex<SwitchState>>);
 
 #[cfg(test)]
 #[derive(Default)]
@@ -328,9 +286,5 @@ impl Tree for FailingTree {
 
     fn iter_from(&self, from: &[u8], backwards: bool) -> KvIter<'_> {
         self.inner.iter_from(from, backwards)
-    }
-
-    fn watch_prefix(&self, prefix: &[u8]) -> BoxFuture<'static, ()> {
-        self.inner.watch_prefix(prefix)
     }
 }

@@ -1,6 +1,7 @@
-//! Storage: named trees of bytes behind a small trait, with sled as the real backend.
+//! Storage: named trees of bytes behind a small trait, with two real backends: fjall (the
+//! default for new databases) and sled (selectable, and kept for existing databases).
 //!
-//! Nothing outside this module imports `sled`. Services see [`Db`], which hands out
+//! Nothing outside this module imports `fjall` or `sled`. Services see [`Db`], which hands out
 //! [`Tree`]s and typed [`Table`]s, applies atomic [`Batch`]es across trees, and makes
 //! writes durable with [`Db::persist`], a group commit: concurrent callers share one
 //! flush of the log, so a burst of writes costs one `fsync`, not one each.
@@ -10,8 +11,10 @@
 
 pub mod dump;
 pub mod export;
+pub mod fjall;
 mod gate;
 pub mod memory;
+pub mod redb;
 pub mod sled;
 #[cfg(test)]
 mod tests;
@@ -25,14 +28,13 @@ use std::{
     },
 };
 
-use futures_util::future::BoxFuture;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
 
 /// What can go wrong below the services. Every variant is a server-side failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// Another process holds the database (sled's file lock).
+    /// Another process holds the database (the backend's file lock).
     #[error(
         "the database at {0} is in use by another process (is a conduit server already running?)"
     )]
@@ -55,6 +57,16 @@ pub enum StorageError {
     /// The database has an older schema and this build was given no step to upgrade it.
     #[error("the database has schema version {found}, and this build has no step to version {to}")]
     NoMigration { found: u64, to: u64 },
+    /// The directory holds a database of another backend than the configured one.
+    #[error(
+        "the database directory holds a {found} database, but database_backend is \"{configured}\": \
+         remove database_backend to keep using it, or move the data with `conduit export` and \
+         `conduit import`"
+    )]
+    OtherBackend {
+        found: &'static str,
+        configured: &'static str,
+    },
     /// A dump can only be loaded into a database that holds nothing yet.
     #[error("cannot load a dump into a database that already holds data (tree {0})")]
     NotEmpty(String),
@@ -105,9 +117,6 @@ pub trait Tree: Send + Sync {
     /// Entries from `from` (inclusive) upwards, or from `from` (inclusive) downwards when
     /// `backwards` is set.
     fn iter_from(&self, from: &[u8], backwards: bool) -> KvIter<'_>;
-    /// A future that completes the next time a key starting with `prefix` is written or
-    /// removed. Long-polls (`/sync`) wait on this instead of polling.
-    fn watch_prefix(&self, prefix: &[u8]) -> BoxFuture<'static, ()>;
 }
 
 /// One operation of a [`Batch`].
@@ -263,6 +272,58 @@ pub struct Migration {
     pub run: fn(&Db) -> StorageResult<()>,
 }
 
+/// The embedded stores a database can live in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// fjall, in `database_path/fjall/`: the default for new databases (issue 13 chose it
+    /// by measurement, `docs/benchmarks.md`).
+    Fjall,
+    /// sled, in `database_path` itself: what every database before fjall was.
+    Sled,
+    /// redb, in `database_path/redb/data.redb`: the other candidate measured for issue 13.
+    Redb,
+}
+
+impl Backend {
+    /// What a new database is created with when the configuration names no backend.
+    pub const DEFAULT: Backend = Backend::Fjall;
+
+    /// The backend called `name` in the configuration (`database_backend`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "fjall" => Some(Self::Fjall),
+            "sled" => Some(Self::Sled),
+            "redb" => Some(Self::Redb),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fjall => "fjall",
+            Self::Sled => "sled",
+            Self::Redb => "redb",
+        }
+    }
+
+    /// The backend whose database is in `path`, if any.
+    pub fn found_in(path: &Path) -> Option<Self> {
+        if path.join(fjall::DIRECTORY).is_dir() {
+            Some(Self::Fjall)
+        } else if path.join(redb::DIRECTORY).is_dir() {
+            Some(Self::Redb)
+        } else if path.join("conf").is_file() && path.join("db").is_file() {
+            Some(Self::Sled)
+        } else {
+            None
+        }
+    }
+}
+
+/// Files that mark another server's database (Conduit on SQLite or RocksDB): a new database
+/// is never created beside them.
+const FOREIGN_MARKERS: &[&str] = &["conduit.db", "CURRENT"];
+
 /// The database handle the services use. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -275,6 +336,50 @@ pub struct Db {
 }
 
 impl Db {
+    /// Opens the database in `path` and upgrades it with `steps`: whichever backend's
+    /// database is there, or a new one of `configured` (default [`Backend::DEFAULT`]). A
+    /// database of another backend than a configured one is refused, not ignored.
+    pub fn open(
+        path: &Path,
+        configured: Option<Backend>,
+        cache_capacity_bytes: u64,
+        steps: &[Migration],
+    ) -> StorageResult<Self> {
+        let backend = match (Backend::found_in(path), configured) {
+            (Some(found), Some(configured)) if found != configured => {
+                return Err(StorageError::OtherBackend {
+                    found: found.name(),
+                    configured: configured.name(),
+                });
+            }
+            (Some(found), _) => found,
+            (None, configured) => {
+                if FOREIGN_MARKERS.iter().any(|file| path.join(file).exists()) {
+                    return Err(StorageError::Foreign);
+                }
+                configured.unwrap_or(Backend::DEFAULT)
+            }
+        };
+        match backend {
+            Backend::Fjall => Self::open_fjall(path, cache_capacity_bytes, steps),
+            Backend::Sled => Self::open_sled(path, cache_capacity_bytes, steps),
+            Backend::Redb => Self::open_redb(path, cache_capacity_bytes, steps),
+        }
+    }
+
+    /// Opens (or creates) the fjall database in `path/fjall` and upgrades it with `steps`.
+    pub fn open_fjall(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        steps: &[Migration],
+    ) -> StorageResult<Self> {
+        Self::with_store(
+            Arc::new(fjall::FjallStore::open(path, cache_capacity_bytes)?),
+            steps,
+            SCHEMA_VERSION,
+        )
+    }
+
     /// Opens (or creates) the sled database in `path` and upgrades it with `steps`.
     pub fn open_sled(
         path: &Path,
@@ -283,6 +388,19 @@ impl Db {
     ) -> StorageResult<Self> {
         Self::with_store(
             Arc::new(sled::SledStore::open(path, cache_capacity_bytes)?),
+            steps,
+            SCHEMA_VERSION,
+        )
+    }
+
+    /// Opens (or creates) the redb database in `path/redb/` and upgrades it with `steps`.
+    pub fn open_redb(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        steps: &[Migration],
+    ) -> StorageResult<Self> {
+        Self::with_store(
+            Arc::new(redb::RedbStore::open(path, cache_capacity_bytes)?),
             steps,
             SCHEMA_VERSION,
         )

@@ -6,7 +6,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::future::BoxFuture;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{Batch, BatchOp, KvIter, StorageError, StorageResult, Store, Tree};
@@ -248,12 +247,5 @@ impl Tree for SledTree {
         } else {
             Box::new(self.tree.range(from..).map(owned))
         }
-    }
-
-    fn watch_prefix(&self, prefix: &[u8]) -> BoxFuture<'static, ()> {
-        let subscriber = self.tree.watch_prefix(prefix);
-        Box::pin(async move {
-            let _event = subscriber.await;
-        })
     }
 }

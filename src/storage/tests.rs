@@ -1,7 +1,7 @@
-//! One suite, every backend: each test runs against the in-memory store and against sled in
-//! a temporary directory, so the two cannot drift apart.
+//! One suite, every backend: each test runs against the in-memory store and against sled and
+//! redb in temporary directories, so they cannot drift apart.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 
 use super::{
     Batch, Db, Migration, SCHEMA_VERSION, StorageError, StorageResult, Store, dump,
@@ -13,7 +13,19 @@ fn with_each_backend(test: impl Fn(Db)) {
     test(Db::memory());
     let dir = tempfile::tempdir().expect("temporary directory");
     test(Db::open_sled(dir.path(), 8 << 20, &[]).expect("open sled"));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    test(Db::open_fjall(dir.path(), 8 << 20, &[]).expect("open fjall"));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    test(open_redb(dir.path()));
 }
+
+/// Each real backend's opener, for the tests of what must survive a reopen.
+const DURABLE: [(&str, Opener); 3] = [
+    ("sled", Db::open_sled),
+    ("fjall", Db::open_fjall),
+    ("redb", Db::open_redb),
+];
+type Opener = fn(&std::path::Path, u64, &[Migration]) -> StorageResult<Db>;
 
 fn collect(iter: super::KvIter<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
     iter.collect::<Result<_, _>>().expect("iteration")
@@ -124,13 +136,16 @@ fn next_id_increases_and_survives_reopen() {
         let b = db.next_id().unwrap();
         assert!(a >= 1 && b > a);
     });
-    let dir = tempfile::tempdir().unwrap();
-    let last = {
-        let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
-        (0..100).fold(0, |_, _| db.next_id().unwrap())
-    };
-    let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
-    assert!(db.next_id().unwrap() > last);
+    for (name, open) in DURABLE {
+        let dir = tempfile::tempdir().unwrap();
+        // More ids than fjall reserves at a time, so the reopen crosses a block.
+        let last = {
+            let db = open(dir.path(), 8 << 20, &[]).unwrap();
+            (0..2_500).fold(0, |_, _| db.next_id().unwrap())
+        };
+        let db = open(dir.path(), 8 << 20, &[]).unwrap();
+        assert!(db.next_id().unwrap() > last, "{name}");
+    }
 }
 
 #[test]
@@ -173,60 +188,84 @@ fn foreign_database_is_refused() {
 }
 
 #[test]
-fn second_open_of_sled_is_refused_while_first_is_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let _first = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
-    // sled's lock is per process file descriptor (flock), so a second open in the same
-    // process is refused just as one from another process would be.
-    match Db::open_sled(dir.path(), 8 << 20, &[]) {
-        Err(StorageError::Locked(path)) => assert!(path.contains(&*dir.path().to_string_lossy())),
-        other => panic!("expected Locked, got {:?}", other.err()),
+fn second_open_is_refused_while_first_is_open() {
+    for (name, open) in DURABLE {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(dir.path(), 8 << 20, &[]).unwrap();
+        // Both lock a file (flock), per open file description, so a second open in the
+        // same process is refused just as one from another process would be.
+        match open(dir.path(), 8 << 20, &[]) {
+            Err(StorageError::Locked(path)) => {
+                assert!(path.contains(&*dir.path().to_string_lossy()), "{name}")
+            }
+            other => panic!("{name}: expected Locked, got {:?}", other.err()),
+        }
     }
 }
 
 #[test]
-fn data_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
-        db.tree("t").unwrap().insert(b"k", b"v").unwrap();
-        db.flush_blocking().unwrap();
+fn the_backend_found_is_opened_and_another_configured_one_refused() {
+    use super::Backend;
+    for backend in [Backend::Sled, Backend::Fjall, Backend::Redb] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path(), Some(backend), 8 << 20, &[]).unwrap();
+            db.tree("t")
+                .unwrap()
+                .insert(b"k", backend.name().as_bytes())
+                .unwrap();
+            db.flush_blocking().unwrap();
+        }
+        assert_eq!(Backend::found_in(dir.path()), Some(backend));
+        // Unconfigured, whatever is there is opened.
+        let db = Db::open(dir.path(), None, 8 << 20, &[]).unwrap();
+        assert_eq!(
+            db.tree("t").unwrap().get(b"k").unwrap(),
+            Some(backend.name().as_bytes().to_vec())
+        );
+        drop(db);
+        let other = match backend {
+            Backend::Sled => Backend::Fjall,
+            Backend::Fjall | Backend::Redb => Backend::Sled,
+        };
+        assert!(matches!(
+            Db::open(dir.path(), Some(other), 8 << 20, &[]),
+            Err(StorageError::OtherBackend { .. })
+        ));
     }
-    let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
-    assert_eq!(
-        db.tree("t").unwrap().get(b"k").unwrap(),
-        Some(b"v".to_vec())
-    );
+    // An empty directory gets the default; one with another server's database nothing.
+    let dir = tempfile::tempdir().unwrap();
+    drop(Db::open(dir.path(), None, 8 << 20, &[]).unwrap());
+    assert_eq!(Backend::found_in(dir.path()), Some(Backend::DEFAULT));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("conduit.db"), b"SQLite format 3\0").unwrap();
+    assert!(matches!(
+        Db::open(dir.path(), None, 8 << 20, &[]),
+        Err(StorageError::Foreign)
+    ));
 }
 
-#[tokio::test]
-async fn watch_prefix_wakes_on_matching_write_only() {
-    let dir = tempfile::tempdir().unwrap();
-    for db in [
-        Db::memory(),
-        Db::open_sled(dir.path(), 8 << 20, &[]).unwrap(),
-    ] {
-        let tree = db.tree("t").unwrap();
-        let watch = tree.watch_prefix(b"alice");
-        tree.insert(b"bob", b"1").unwrap();
-        let mut watch = Box::pin(watch);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut watch)
-                .await
-                .is_err(),
-            "a write under another prefix must not wake the watcher"
+#[test]
+fn data_survives_reopen() {
+    for (_name, open) in DURABLE {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open(dir.path(), 8 << 20, &[]).unwrap();
+            db.tree("t").unwrap().insert(b"k", b"v").unwrap();
+            db.flush_blocking().unwrap();
+        }
+        let db = open(dir.path(), 8 << 20, &[]).unwrap();
+        assert_eq!(
+            db.tree("t").unwrap().get(b"k").unwrap(),
+            Some(b"v".to_vec())
         );
-        tree.insert(b"alice\xff1", b"1").unwrap();
-        tokio::time::timeout(Duration::from_secs(2), watch)
-            .await
-            .expect("watcher woken");
     }
 }
 
 #[tokio::test]
 async fn concurrent_persist_calls_all_complete() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
+    let db = Db::open_fjall(dir.path(), 8 << 20, &[]).unwrap();
     let tree = db.tree("t").unwrap();
     let mut tasks = Vec::new();
     for n in 0u32..32 {
@@ -244,38 +283,42 @@ async fn concurrent_persist_calls_all_complete() {
 
 #[test]
 fn a_closed_database_reopens_at_once() {
-    // Closing is complete when the last handle is dropped: reopening in the same process
-    // never finds sled's lock still held (it used to, now and then, after a write).
-    let dir = tempfile::tempdir().unwrap();
-    for n in 0u32..30 {
-        let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
-        let tree = db.tree("t").unwrap();
-        assert_eq!(
-            tree.get(b"n").unwrap(),
-            n.checked_sub(1).map(|p| p.to_be_bytes().to_vec())
-        );
-        tree.insert(b"n", &n.to_be_bytes()).unwrap();
-        db.flush_blocking().unwrap();
+    for (_name, open) in DURABLE {
+        // Closing is complete when the last handle is dropped: reopening in the same process
+        // never finds sled's lock still held (it used to, now and then, after a write).
+        let dir = tempfile::tempdir().unwrap();
+        for n in 0u32..30 {
+            let db = open(dir.path(), 8 << 20, &[]).unwrap();
+            let tree = db.tree("t").unwrap();
+            assert_eq!(
+                tree.get(b"n").unwrap(),
+                n.checked_sub(1).map(|p| p.to_be_bytes().to_vec())
+            );
+            tree.insert(b"n", &n.to_be_bytes()).unwrap();
+            db.flush_blocking().unwrap();
+        }
     }
 }
 
 #[test]
 fn a_tree_keeps_the_database_open_until_it_is_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
-    let tree = db.tree("t").unwrap();
-    drop(db);
-    tree.insert(b"k", b"v").unwrap();
-    assert!(matches!(
-        Db::open_sled(dir.path(), 8 << 20, &[]),
-        Err(StorageError::Locked(_))
-    ));
-    drop(tree);
-    let db = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
-    assert_eq!(
-        db.tree("t").unwrap().get(b"k").unwrap(),
-        Some(b"v".to_vec())
-    );
+    for (_name, open) in DURABLE {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 8 << 20, &[]).unwrap();
+        let tree = db.tree("t").unwrap();
+        drop(db);
+        tree.insert(b"k", b"v").unwrap();
+        assert!(matches!(
+            open(dir.path(), 8 << 20, &[]),
+            Err(StorageError::Locked(_))
+        ));
+        drop(tree);
+        let db = open(dir.path(), 8 << 20, &[]).unwrap();
+        assert_eq!(
+            db.tree("t").unwrap().get(b"k").unwrap(),
+            Some(b"v".to_vec())
+        );
+    }
 }
 
 /// Opens the sled database in `path` as a build whose latest version is `latest`.
@@ -529,4 +572,272 @@ fn a_failing_store_fails_the_chosen_gets() {
     switch.disarm();
     assert_eq!(get(&*tree).unwrap(), Some(b"v".to_vec()));
     assert_eq!(switch.failed(), 4);
+}
+
+#[test]
+fn an_overlong_key_is_an_error_on_fjall_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_fjall(dir.path(), 8 << 20, &[]).unwrap();
+    let tree = db.tree("t").unwrap();
+    let key = vec![b'k'; 70_000];
+    assert!(matches!(
+        tree.insert(&key, b"v"),
+        Err(StorageError::Backend(_))
+    ));
+    let mut batch = Batch::new();
+    batch.insert(&*tree, key.clone(), b"v".to_vec());
+    assert!(db.apply(&batch).is_err());
+    // Reads of a key that cannot exist find nothing.
+    assert_eq!(tree.get(&key).unwrap(), None);
+    assert!(tree.scan_prefix(&key).next().is_none());
+    tree.insert(b"j", b"1").unwrap();
+    tree.insert(b"l", b"2").unwrap();
+    let keys =
+        |iter: super::KvIter<'_>| -> Vec<Vec<u8>> { iter.map(|entry| entry.unwrap().0).collect() };
+    assert_eq!(keys(tree.iter_from(&key, false)), [b"l".to_vec()]);
+    assert_eq!(keys(tree.iter_from(&key, true)), [b"j".to_vec()]);
+    // The store is unharmed.
+    tree.insert(b"k", b"v").unwrap();
+    assert_eq!(tree.get(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
+// redb: the reopen- and crash-shaped tests that the sled ones above have.
+
+fn open_redb(path: &Path) -> Db {
+    Db::open_redb(path, 8 << 20, &[]).expect("open redb")
+}
+
+#[test]
+fn redb_data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_redb(dir.path());
+        let tree = db.tree("t").unwrap();
+        tree.insert(b"single", b"1").unwrap();
+        let mut batch = Batch::new();
+        batch.insert(&*tree, b"batched".to_vec(), b"2".to_vec());
+        batch.insert(&*db.tree("u").unwrap(), b"other".to_vec(), b"3".to_vec());
+        batch.remove(&*tree, b"single".to_vec());
+        db.apply(&batch).unwrap();
+        db.flush_blocking().unwrap();
+    }
+    let db = open_redb(dir.path());
+    let tree = db.tree("t").unwrap();
+    assert_eq!(tree.get(b"single").unwrap(), None);
+    assert_eq!(tree.get(b"batched").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(
+        db.tree("u").unwrap().get(b"other").unwrap(),
+        Some(b"3".to_vec())
+    );
+    // One file in its own directory, beside whatever else the data directory holds.
+    assert!(dir.path().join("redb").join("data.redb").is_file());
+}
+
+#[test]
+fn redb_next_id_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = {
+        let db = open_redb(dir.path());
+        // Past the first reserved block.
+        (0..25_000).fold(0, |previous, _| {
+            let id = db.next_id().unwrap();
+            assert!(id > previous);
+            id
+        })
+    };
+    let after_reopen = {
+        let db = open_redb(dir.path());
+        let id = db.next_id().unwrap();
+        assert!(id > last);
+        db.advance_ids(1 << 40).unwrap();
+        db.next_id().unwrap()
+    };
+    assert!(after_reopen > 1 << 40);
+    assert!(open_redb(dir.path()).next_id().unwrap() > after_reopen);
+}
+
+#[test]
+fn second_open_of_redb_is_refused_while_first_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open_redb(dir.path());
+    // redb's lock is per open file description, so a second open in this process is refused
+    // just as one from another process would be.
+    match Db::open_redb(dir.path(), 8 << 20, &[]) {
+        Err(StorageError::Locked(path)) => assert!(path.contains(&*dir.path().to_string_lossy())),
+        other => panic!("expected Locked, got {:?}", other.err()),
+    }
+    // sled's files in the same directory are another database, and do not collide.
+    let sled = Db::open_sled(dir.path(), 8 << 20, &[]).unwrap();
+    assert_eq!(sled.schema_version().unwrap(), SCHEMA_VERSION);
+}
+
+#[test]
+fn a_closed_redb_database_reopens_at_once_and_a_tree_keeps_it_open() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in 0u32..10 {
+        let db = open_redb(dir.path());
+        let tree = db.tree("t").unwrap();
+        assert_eq!(
+            tree.get(b"n").unwrap(),
+            n.checked_sub(1).map(|p| p.to_be_bytes().to_vec())
+        );
+        tree.insert(b"n", &n.to_be_bytes()).unwrap();
+        // No flush: a clean close makes the last commits durable too.
+    }
+    let db = open_redb(dir.path());
+    let tree = db.tree("t").unwrap();
+    drop(db);
+    tree.insert(b"k", b"v").unwrap();
+    assert!(matches!(
+        Db::open_redb(dir.path(), 8 << 20, &[]),
+        Err(StorageError::Locked(_))
+    ));
+    drop(tree);
+    let db = open_redb(dir.path());
+    assert_eq!(
+        db.tree("t").unwrap().get(b"k").unwrap(),
+        Some(b"v".to_vec())
+    );
+}
+
+#[test]
+fn redb_iterators_continue_across_chunks() {
+    // redb's iterators read a bounded chunk per read transaction; these ranges span several
+    // chunks, by count (1,000 small entries) and by size (values of 200 KiB).
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_redb(dir.path());
+    let tree = db.tree("t").unwrap();
+    let mut batch = Batch::new();
+    for n in 0u16..1_000 {
+        let mut key = b"p".to_vec();
+        key.extend_from_slice(&n.to_be_bytes());
+        batch.insert(&*tree, key, n.to_be_bytes().to_vec());
+    }
+    batch.insert(&*tree, b"a".to_vec(), b"before".to_vec());
+    batch.insert(&*tree, b"q".to_vec(), b"after".to_vec());
+    for n in 0u8..4 {
+        batch.insert(&*tree, vec![b'z', n], vec![n; 200 << 10]);
+    }
+    db.apply(&batch).unwrap();
+
+    let numbers = |entries: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<u16> {
+        entries
+            .into_iter()
+            .map(|(_, value)| u16::from_be_bytes(value.try_into().expect("two bytes")))
+            .collect()
+    };
+    assert_eq!(
+        numbers(collect(tree.scan_prefix(b"p"))),
+        (0..1_000).collect::<Vec<_>>()
+    );
+    let from = [b'p', 1, 0]; // 256
+    assert_eq!(
+        numbers(
+            collect(tree.iter_from(&from, true))
+                .into_iter()
+                .filter(|(key, _)| key[0] == b'p')
+                .collect()
+        ),
+        (0..=256).rev().collect::<Vec<_>>()
+    );
+    let forwards = collect(tree.iter_from(&from, false));
+    assert_eq!(forwards.len(), 1_000 - 256 + 1 + 4);
+    assert_eq!(forwards[743].0, [b'p', 3, 0xE7]); // 999
+    assert_eq!(forwards[744].0, b"q");
+    let large: Vec<u8> = collect(tree.scan_prefix(b"z"))
+        .into_iter()
+        .map(|(key, value)| {
+            assert_eq!(value.len(), 200 << 10);
+            key[1]
+        })
+        .collect();
+    assert_eq!(large, [0, 1, 2, 3]);
+    let backwards_large: Vec<Vec<u8>> = collect(tree.iter_from(b"zz", true))
+        .into_iter()
+        .take(5)
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(
+        backwards_large,
+        [&b"z\x03"[..], b"z\x02", b"z\x01", b"z\x00", b"q"]
+    );
+}
+
+/// The environment variable that makes [`redb_sigkill_child`] run, naming its directory.
+const REDB_CHILD_DIR: &str = "CONDUIT_TEST_REDB_CHILD_DIR";
+/// What the child prints, followed by the last id it took, once its writes are flushed.
+const REDB_CHILD_FLUSHED: &str = "redb-child-flushed=";
+
+/// The child half of [`redb_flushed_writes_survive_sigkill`], run in its own process.
+#[test]
+#[ignore = "run by redb_flushed_writes_survive_sigkill in a child process"]
+fn redb_sigkill_child() {
+    let dir = std::env::var_os(REDB_CHILD_DIR).expect("run by the parent test");
+    let db = open_redb(Path::new(&dir));
+    let tree = db.tree("t").unwrap();
+    let mut last_id = 0;
+    for n in 0u32..100 {
+        let mut batch = Batch::new();
+        batch.insert(&*tree, n.to_be_bytes().to_vec(), b"batched".to_vec());
+        db.apply(&batch).unwrap();
+        tree.insert(format!("single {n}").as_bytes(), b"v").unwrap();
+        last_id = db.next_id().unwrap();
+    }
+    tree.remove(&0u32.to_be_bytes()).unwrap();
+    db.flush_blocking().unwrap();
+    // Written but not flushed: these may or may not survive, but must not harm what did.
+    for n in 0u32..100 {
+        tree.insert(format!("unflushed {n}").as_bytes(), &[0; 1000])
+            .unwrap();
+    }
+    println!("{REDB_CHILD_FLUSHED}{last_id}");
+    // Wait, database open, for the kill; stdin ends only if the parent goes away first.
+    let _ = std::io::stdin().read_line(&mut String::new());
+}
+
+#[test]
+fn redb_flushed_writes_survive_sigkill() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "storage::tests::redb_sigkill_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(REDB_CHILD_DIR, dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    // libtest may print the test's name on the same line first.
+    let last_id = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let at = line.find(REDB_CHILD_FLUSHED)?;
+            line[at + REDB_CHILD_FLUSHED.len()..]
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("the child flushed its writes (its output above says why not)");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let db = open_redb(dir.path());
+    let tree = db.tree("t").unwrap();
+    assert_eq!(tree.get(&0u32.to_be_bytes()).unwrap(), None);
+    for n in 1u32..100 {
+        assert_eq!(
+            tree.get(&n.to_be_bytes()).unwrap(),
+            Some(b"batched".to_vec())
+        );
+    }
+    assert_eq!(collect(tree.scan_prefix(b"single ")).len(), 100);
+    assert!(db.next_id().unwrap() > last_id);
+    assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
 }

@@ -835,3 +835,37 @@ async fn the_hierarchy_shows_any_join_rule() {
         assert_eq!(custom["rooms"][0]["join_rule"], "private", "{custom}");
     }
 }
+
+#[tokio::test]
+async fn aliases_longer_than_255_bytes_are_refused_before_anything_is_written() {
+    // Appendices, "Room aliases": at most 255 bytes, sigil and domain included.
+    let server = TestServer::start();
+    let alice = User::new(&server, "alice").await;
+    let long = "a".repeat(70_000);
+    let created = alice
+        .call(
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "room_alias_name": long })),
+        )
+        .await;
+    assert_error(&created, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let room = alice.create_room(json!({})).await;
+    let fits = "a".repeat(255 - "#:localhost".len());
+    let too_long = format!("{fits}a");
+    let put = |name: &str| {
+        let (alice, room) = (&alice, &room);
+        let path = format!("/directory/room/%23{name}:localhost");
+        async move {
+            alice
+                .call(Method::PUT, &path, Some(json!({ "room_id": room })))
+                .await
+        }
+    };
+    assert_error(
+        &put(&too_long).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert_eq!(put(&fits).await.0, StatusCode::OK);
+}

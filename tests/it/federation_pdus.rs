@@ -52,8 +52,9 @@ impl Fake {
             "response": response,
             "valid_until_ts": far,
         });
-        let db = conduit::storage::Db::open_sled(
+        let db = conduit::storage::Db::open(
             server.data_dir(),
+            None,
             8 << 20,
             conduit::service::migrations::STEPS,
         )

@@ -379,8 +379,9 @@ async fn a_gap_is_filled_with_get_missing_events() {
     a.stop();
     // Out of A's queue for B: the transaction in flight and the first two events.
     {
-        let db = conduit::storage::Db::open_sled(
+        let db = conduit::storage::Db::open(
             a.data_dir(),
+            None,
             8 << 20,
             conduit::service::migrations::STEPS,
         )

@@ -145,6 +145,12 @@ pub async fn create_room(
                 ));
             }
             let alias = format!("#{name}:{}", services.config.server_name);
+            // Appendices, "Room aliases": at most 255 bytes, sigil and domain included.
+            if alias.len() > 255 {
+                return Err(Error::invalid_param(
+                    "The room alias is longer than 255 bytes.",
+                ));
+            }
             Some(
                 OwnedRoomAliasId::try_from(alias)
                     .map_err(|_| Error::invalid_param("Invalid room_alias_name."))?,

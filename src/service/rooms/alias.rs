@@ -44,6 +44,12 @@ impl Aliases {
     /// Points `alias` at `room_id` if it is free (atomically); false if it is taken. Not yet
     /// persisted: see [`Aliases::create`].
     pub fn claim(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<bool> {
+        // Appendices, "Room aliases": at most 255 bytes, sigil and domain included.
+        if alias.as_str().len() > 255 {
+            return Err(Error::invalid_param(
+                "A room alias is at most 255 bytes long.",
+            ));
+        }
         let _guard = self.claim_lock.lock().expect("alias lock");
         if self.resolve_local(alias)?.is_some() {
             return Ok(false);

@@ -14,16 +14,21 @@ fn open_sled(path: &Path) -> Db {
     Db::open_sled(path, 1 << 20, &[]).expect("open sled")
 }
 
-/// A memory database and a sled one in a directory that lives as long as the closure runs.
+/// A memory database and one of each real backend in a directory that lives as long as the
+/// closure runs.
 fn with_each_backend(test: impl Fn(&dyn Fn() -> Db)) {
     test(&Db::memory);
-    let dirs = std::sync::Mutex::new(Vec::new());
-    test(&|| {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let db = open_sled(dir.path());
-        dirs.lock().unwrap().push(dir);
-        db
-    });
+    type Opener = fn(&Path, u64, &[crate::storage::Migration]) -> crate::storage::StorageResult<Db>;
+    let openers: [Opener; 3] = [Db::open_sled, Db::open_fjall, Db::open_redb];
+    for open in openers {
+        let dirs = std::sync::Mutex::new(Vec::new());
+        test(&|| {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let db = open(dir.path(), 1 << 20, &[]).expect("open the database");
+            dirs.lock().unwrap().push(dir);
+            db
+        });
+    }
 }
 
 /// Some entries in three trees (one of them empty) and a few ids handed out; the largest id.
@@ -98,6 +103,23 @@ fn an_imported_sled_database_reopens_with_its_data_and_ids() {
     let reopened = open_sled(dir.path());
     assert_eq!(content(&reopened), content(&source));
     assert!(reopened.next_id().unwrap() > last_id);
+}
+
+#[test]
+fn a_sled_database_moves_to_fjall_and_back_unchanged() {
+    // How an existing sled database moves to the default backend (README, "Backup and
+    // restore"): export from sled, import into a new fjall database.
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let sled = open_sled(dirs[0].path());
+    let last_id = fill(&sled);
+    let fjall = Db::open_fjall(dirs[1].path(), 1 << 20, &[]).unwrap();
+    fjall.import(&export(&sled)[..]).expect("import into fjall");
+    assert_eq!(content(&fjall), content(&sled));
+    assert!(fjall.next_id().unwrap() > last_id);
+    let back = open_sled(dirs[2].path());
+    back.import(&export(&fjall)[..])
+        .expect("import back into sled");
+    assert_eq!(content(&back), content(&sled));
 }
 
 #[test]
