@@ -7,28 +7,46 @@
 //! no write lands while it runs and no batch is seen half-applied. Writers never wait on each
 //! other (a shared hold is an atomic increment); they wait only while an export runs.
 //!
+//! Every write also passes the disk reserve ([`Space::check`]) before it reaches the store,
+//! and a write that fails for want of space enters the full condition ([`Space::watch`]).
+//!
 //! The gate guards `()`: a panic while holding it cannot leave anything inconsistent, so a
 //! poisoned gate is simply taken.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{KvIter, StorageResult, Tree};
+use super::{KvIter, StorageResult, Tree, space::Space};
 
-#[derive(Clone, Default)]
-pub(super) struct Gate(Arc<RwLock<()>>);
+#[derive(Clone)]
+pub(super) struct Gate {
+    lock: Arc<RwLock<()>>,
+    space: Arc<Space>,
+}
 
 impl Gate {
+    pub(super) fn new(space: Arc<Space>) -> Self {
+        Self {
+            lock: Arc::default(),
+            space,
+        }
+    }
+
+    /// The free space watcher every write passes.
+    pub(super) fn space(&self) -> &Space {
+        &self.space
+    }
+
     /// Held by a write. Never take it twice on one thread (an export waiting in between
     /// would deadlock both).
     pub(super) fn shared(&self) -> RwLockReadGuard<'_, ()> {
-        self.0
+        self.lock
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Held by an export: waits for the writes in progress, and keeps new ones out.
     pub(super) fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
-        self.0
+        self.lock
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -58,12 +76,14 @@ impl Tree for GatedTree {
 
     fn insert(&self, key: &[u8], value: &[u8]) -> StorageResult<()> {
         let _shared = self.gate.shared();
-        self.tree.insert(key, value)
+        self.gate.space.check()?;
+        self.gate.space.watch(self.tree.insert(key, value))
     }
 
     fn remove(&self, key: &[u8]) -> StorageResult<()> {
         let _shared = self.gate.shared();
-        self.tree.remove(key)
+        self.gate.space.check()?;
+        self.gate.space.watch(self.tree.remove(key))
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> KvIter<'_> {

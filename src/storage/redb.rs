@@ -51,7 +51,7 @@ macro_rules! backend_error {
     ($($error:ty),*) => {$(
         impl From<$error> for StorageError {
             fn from(error: $error) -> Self {
-                StorageError::Backend(error.to_string())
+                StorageError::backend(&error)
             }
         }
     )*};

@@ -12,7 +12,7 @@ use super::{Batch, BatchOp, KvIter, StorageError, StorageResult, Store, Tree};
 
 impl From<sled::Error> for StorageError {
     fn from(error: sled::Error) -> Self {
-        StorageError::Backend(error.to_string())
+        StorageError::backend(&error)
     }
 }
 

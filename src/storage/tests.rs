@@ -323,7 +323,12 @@ fn a_tree_keeps_the_database_open_until_it_is_dropped() {
 
 /// Opens the sled database in `path` as a build whose latest version is `latest`.
 fn open_at(path: &std::path::Path, steps: &[Migration], latest: u64) -> StorageResult<Db> {
-    Db::with_store(Arc::new(SledStore::open(path, 8 << 20)?), steps, latest)
+    Db::with_store(
+        Arc::new(SledStore::open(path, 8 << 20)?),
+        super::space::Space::new(path),
+        steps,
+        latest,
+    )
 }
 
 /// Appends `digit` to `order` in tree `log`: the steps below record that (and when) they ran.
@@ -381,7 +386,13 @@ fn steps_after_the_found_version_only() {
 
 #[test]
 fn a_new_database_runs_no_step() {
-    let db = Db::with_store(Arc::new(MemoryStore::default()), RECORDING, 3).unwrap();
+    let db = Db::with_store(
+        Arc::new(MemoryStore::default()),
+        super::space::Space::unlimited(),
+        RECORDING,
+        3,
+    )
+    .unwrap();
     assert_eq!(order(&db), b"");
     assert_eq!(db.schema_version().unwrap(), 3);
     let dir = tempfile::tempdir().unwrap();
@@ -499,7 +510,8 @@ fn a_dump_loads_into_a_fresh_store_unchanged() {
         // Into memory.
         let store = Arc::new(MemoryStore::default());
         dump::load(&*store, &dump).unwrap();
-        let loaded = Db::with_store(store, &[], SCHEMA_VERSION).unwrap();
+        let loaded =
+            Db::with_store(store, super::space::Space::unlimited(), &[], SCHEMA_VERSION).unwrap();
         assert!(loaded.next_id().unwrap() > dump.next_id);
         let again = loaded.dump().unwrap();
         assert_eq!(again.trees.get("one"), dump.trees.get("one"));

@@ -27,6 +27,7 @@ mod federation_media;
 mod federation_pdus;
 mod federation_rooms;
 mod filters;
+mod full_disk;
 mod fuzz;
 mod harness;
 mod keys;
