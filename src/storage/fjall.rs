@@ -288,7 +288,7 @@ impl Store for FjallStore {
             // A fjall write batch is atomic across keyspaces: one journal entry.
             let mut write = generation.db.batch();
             for (tree, key, value) in &ops {
-                let keyspace = generation.keyspace(*tree)?;
+                let keyspace = generation.keyspace(tree)?;
                 match value {
                     Some(value) => write.insert(&keyspace, key.as_slice(), *value),
                     None => write.remove(&keyspace, key.as_slice()),

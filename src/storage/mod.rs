@@ -77,7 +77,7 @@ pub enum StorageError {
     /// The disk holding the database is full, or fuller than the reserve allows
     /// (`min_free_disk_mb`, see [`space`]): the write was refused before it reached the
     /// store, or the store failed to write for want of space.
-    #[error("the disk holding the database is full")]
+    #[error("no space left for the database")]
     NoSpace,
     /// An import into this database started and did not finish (see [`export`]).
     #[error(
