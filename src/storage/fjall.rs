@@ -18,6 +18,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -31,6 +32,8 @@ const IDS: &str = "__conduit_ids";
 const IDS_KEY: &[u8] = b"reserved";
 /// Ids are reserved durably this many at a time (see [`FjallStore::next_id`]).
 const ID_BLOCK: u64 = 1_000;
+/// How long a reopen waits for operations still holding the broken database.
+const REOPEN_WAIT: Duration = Duration::from_secs(1);
 /// Largest memtable per tree before it is written out as a table file. fjall's default
 /// (64 MiB per tree) is far too much for a Pi; a few MiB keeps memory flat and table files
 /// large enough that compaction rarely rewrites them.
@@ -188,8 +191,8 @@ impl Shared {
     }
 
     /// Drops the broken generation and opens the database again. If an operation still
-    /// holds the old one (fjall's lock file is not free yet), this fails and the next
-    /// write tries again.
+    /// holds the old one (fjall's lock file is not free yet) after [`REOPEN_WAIT`], this
+    /// fails and the next write tries again.
     fn reopen(&self) -> StorageResult<Arc<Generation>> {
         let mut current = self.current.write().expect("generation lock");
         if let Some(generation) = &*current
@@ -198,16 +201,24 @@ impl Shared {
             // Another writer reopened it meanwhile.
             return Ok(Arc::clone(generation));
         }
-        // Dropping the last handle closes the database and frees its lock.
+        // Dropping the last handle closes the database and frees its lock. Operations in
+        // progress may still hold it for a moment (none can start: `current` is locked).
         drop(current.take());
-        let generation = Generation::open(&self.dir, self.cache_capacity_bytes).map_err(
-            |error| match error {
-                fjall::Error::Locked => StorageError::Backend(
-                    "the database is being reopened after a failed write; try again".into(),
-                ),
-                other => backend(other),
-            },
-        )?;
+        let deadline = Instant::now() + REOPEN_WAIT;
+        let generation = loop {
+            match Generation::open(&self.dir, self.cache_capacity_bytes) {
+                Err(fjall::Error::Locked) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        let generation = generation.map_err(|error| match error {
+            fjall::Error::Locked => StorageError::Backend(
+                "the database is being reopened after a failed write; try again".into(),
+            ),
+            other => backend(other),
+        })?;
         let generation = Arc::new(generation);
         *current = Some(Arc::clone(&generation));
         self.broken.store(false, Ordering::SeqCst);
@@ -466,8 +477,9 @@ mod tests {
         store.break_for_test();
         // Reads still use the broken generation.
         assert_eq!(tree.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
-        // An iterator in progress may hold the old generation's files: the reopen then
-        // fails (an error, nothing lost) and the next write tries again.
+        // An iterator in progress reads on from the old generation; the reopen does not
+        // wait for it (or waits at most `REOPEN_WAIT`, then fails and the next write tries
+        // again: an error, nothing lost).
         let mut iterator = tree.iter_from(b"", false);
         let _ = tree.insert(b"b", b"2");
         assert!(iterator.next().is_some());

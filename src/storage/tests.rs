@@ -853,3 +853,50 @@ fn redb_flushed_writes_survive_sigkill() {
     assert!(db.next_id().unwrap() > last_id);
     assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
 }
+
+/// Free bytes the fake filesystem of [`reserve_refuses_writes_before_the_store`] reports.
+static FAKE_FREE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn fake_free(_: &Path) -> std::io::Result<u64> {
+    Ok(FAKE_FREE.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// Under the reserve, batches and single writes are refused with `NoSpace` before the
+/// store sees them (nothing of them lands); reads go on; writes resume when room returns.
+#[test]
+fn reserve_refuses_writes_before_the_store() {
+    use std::sync::atomic::Ordering;
+    let db = Db::with_store(
+        Arc::new(MemoryStore::default()),
+        super::space::Space::with_probe(Some("/data".into()), fake_free),
+        &[],
+        SCHEMA_VERSION,
+    )
+    .unwrap();
+    let tree = db.tree("t").unwrap();
+    FAKE_FREE.store(100 << 20, Ordering::SeqCst);
+    db.set_min_free_disk(10 << 20);
+    tree.insert(b"a", b"1").unwrap();
+
+    FAKE_FREE.store(5 << 20, Ordering::SeqCst);
+    db.set_min_free_disk(10 << 20); // forget the answer cached a moment ago
+    let mut batch = Batch::new();
+    batch.insert(&*tree, b"b".to_vec(), b"2".to_vec());
+    assert!(matches!(db.apply(&batch), Err(StorageError::NoSpace)));
+    assert!(matches!(
+        tree.insert(b"c", b"3"),
+        Err(StorageError::NoSpace)
+    ));
+    assert!(matches!(tree.remove(b"a"), Err(StorageError::NoSpace)));
+    assert!(matches!(db.check_free_space(), Err(StorageError::NoSpace)));
+    assert!(db.disk_full());
+    assert_eq!(
+        collect(tree.iter_from(b"", false)),
+        [(b"a".to_vec(), b"1".to_vec())]
+    );
+
+    FAKE_FREE.store(100 << 20, Ordering::SeqCst);
+    db.apply(&batch).unwrap();
+    assert!(!db.disk_full());
+    assert_eq!(tree.get(b"b").unwrap(), Some(b"2".to_vec()));
+}
