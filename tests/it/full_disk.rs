@@ -276,6 +276,19 @@ async fn reserve_refuses_writes_and_they_resume_when_space_is_freed() {
         .await;
     assert_eq!(status, StatusCode::OK, "{json}");
     assert_eq!(message_ids(&server, &room).await, acked);
+    // Media files keep the reserve too.
+    let response = server
+        .http()
+        .post(format!("{}/_matrix/media/v3/upload", server.url))
+        .bearer_auth(&room.tokens[0])
+        .header("content-type", "application/octet-stream")
+        .body(vec![7u8; 64 * 1024])
+        .send()
+        .await
+        .expect("upload");
+    let status = response.status();
+    let json: Value = response.json().await.expect("a JSON error");
+    assert_full_disk_error(status, &json, contact);
     // Loud once, not per request.
     let log = server.log();
     assert_eq!(full_lines(&log), 1, "{log}");
