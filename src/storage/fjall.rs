@@ -464,6 +464,28 @@ impl Tree for FjallTree {
 mod tests {
     use super::*;
 
+    #[test]
+    fn enospc_inside_fjall_errors_is_no_space() {
+        let enospc = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(matches!(
+            backend(fjall::Error::Io(enospc())),
+            StorageError::NoSpace
+        ));
+        assert!(matches!(
+            backend(fjall::Error::Storage(lsm_tree_error(enospc()))),
+            StorageError::NoSpace
+        ));
+        assert!(matches!(
+            backend(fjall::Error::Poisoned),
+            StorageError::Backend(_)
+        ));
+    }
+
+    /// An error of fjall's tree layer wrapping `io`.
+    fn lsm_tree_error(io: std::io::Error) -> fjall::LsmError {
+        io.into()
+    }
+
     /// A broken database (as after a failed journal write) is opened again in place by the
     /// next write: trees handed out before keep working, and nothing written is lost.
     #[test]

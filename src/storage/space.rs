@@ -300,4 +300,27 @@ mod tests {
         let other = std::io::Error::from_raw_os_error(libc::EIO);
         assert!(!is_no_space(&Wrapper(other)));
     }
+
+    #[test]
+    fn a_backend_error_for_want_of_space_is_no_space() {
+        /// An error that keeps the I/O error only in its message, as some backends do.
+        #[derive(Debug, thiserror::Error)]
+        #[error("write failed: {0}")]
+        struct Flattened(String);
+
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(matches!(
+            StorageError::backend(&Flattened(enospc.to_string())),
+            StorageError::NoSpace
+        ));
+        assert!(matches!(
+            StorageError::backend(&enospc),
+            StorageError::NoSpace
+        ));
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        assert!(matches!(
+            StorageError::backend(&Flattened(eio.to_string())),
+            StorageError::Backend(_)
+        ));
+    }
 }
