@@ -176,10 +176,15 @@ impl Generation {
 impl Shared {
     /// The current generation, for reads (a broken one still reads).
     fn current(&self) -> StorageResult<Arc<Generation>> {
-        if let Some(generation) = &*self.current.read().expect("generation lock") {
-            return Ok(Arc::clone(generation));
+        match self.open_generation() {
+            Some(generation) => Ok(generation),
+            None => self.reopen(),
         }
-        self.reopen()
+    }
+
+    /// The current generation, if one is open (none is after a failed reopen).
+    fn open_generation(&self) -> Option<Arc<Generation>> {
+        self.current.read().expect("generation lock").clone()
     }
 
     /// The generation to write to: the current one, or a new one if it broke.
@@ -311,7 +316,9 @@ impl Store for FjallStore {
 
     fn flush(&self) -> StorageResult<()> {
         // Never reopens: a flush must not report writes of a broken generation durable.
-        let generation = self.shared.current()?;
+        let generation = self.shared.open_generation().ok_or_else(|| {
+            StorageError::Backend("the database is being reopened after a failed write".into())
+        })?;
         // `fdatasync` of the journal: enough to read back everything appended, size included.
         generation
             .db
@@ -353,7 +360,7 @@ impl Store for FjallStore {
 impl Drop for FjallStore {
     fn drop(&mut self) {
         // Closing persists fully; a failure here can only be logged.
-        if let Ok(generation) = self.shared.current()
+        if let Some(generation) = self.shared.open_generation()
             && let Err(error) = generation.db.persist(PersistMode::SyncAll)
         {
             tracing::warn!(path = %self.shared.dir.display(), %error, "closing the database");
