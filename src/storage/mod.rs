@@ -541,6 +541,7 @@ impl Db {
             .await
             .map_err(|e| StorageError::Backend(format!("flush task failed: {e}")))?;
         self.gate.space().watch(flushed)?;
+        self.gate.space().flushed();
         self.flush.completed.store(epoch, Ordering::SeqCst);
         Ok(())
     }

@@ -19,7 +19,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -43,6 +43,10 @@ pub struct Space {
     reserve: AtomicU64,
     free_bytes: FreeBytes,
     state: Mutex<State>,
+    /// Set when the store failed for want of space while the disk had room: a backend
+    /// that does not recover by itself (sled, redb). Logged once; cleared by a write that
+    /// flush succeeds.
+    stuck: AtomicBool,
 }
 
 #[derive(Default)]
@@ -70,6 +74,7 @@ impl Space {
             reserve: AtomicU64::new(0),
             free_bytes,
             state: Mutex::new(State::default()),
+            stuck: AtomicBool::new(false),
         }
     }
 
@@ -137,17 +142,34 @@ impl Space {
     }
 
     /// A write failed in the backend for want of space: refuse writes until room returns.
+    ///
+    /// If the disk has room all the same, the backend is what is stuck (sled and redb keep
+    /// failing after an `ENOSPC` until they are opened again): that is logged once, and
+    /// writes go on reaching the store (and failing) until a flush succeeds.
     pub fn out_of_space(&self) {
         let Some(dir) = &self.dir else {
             return;
         };
         let mut state = self.lock();
         state.room_at = None;
-        if !state.full {
-            state.full = true;
-            let free = (self.free_bytes)(dir).unwrap_or(0);
-            log_full(dir, free, self.reserve.load(Ordering::Relaxed));
+        if state.full {
+            return;
         }
+        let free = (self.free_bytes)(dir).unwrap_or(0);
+        let reserve = self.reserve.load(Ordering::Relaxed);
+        if free >= reserve.saturating_add(RESUME_MARGIN) {
+            if !self.stuck.swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    "a write to the database in {} failed for want of space although {} is \
+                     free: if writes keep failing, restart the server",
+                    dir.display(),
+                    mib(free)
+                );
+            }
+            return;
+        }
+        state.full = true;
+        log_full(dir, free, reserve);
     }
 
     /// Passes `result` on, entering the full condition if it is [`StorageError::NoSpace`].
@@ -156,6 +178,13 @@ impl Space {
             self.out_of_space();
         }
         result
+    }
+
+    /// A flush succeeded: a store that was stuck writes again (logged once).
+    pub fn flushed(&self) {
+        if self.stuck.load(Ordering::Relaxed) && self.stuck.swap(false, Ordering::SeqCst) {
+            tracing::info!("the database writes again");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -263,11 +292,36 @@ mod tests {
 
         // A failure in the backend enters the condition even with no reserve.
         space.set_reserve(0);
-        space.out_of_space();
         FREE.store(RESUME_MARGIN - 1, Ordering::SeqCst);
+        space.out_of_space();
+        assert!(space.is_full());
         assert!(matches!(space.check(), Err(StorageError::NoSpace)));
         FREE.store(RESUME_MARGIN, Ordering::SeqCst);
         assert!(space.check().is_ok());
+    }
+
+    fn no_space() -> StorageResult<()> {
+        Err(StorageError::NoSpace)
+    }
+
+    fn plenty(_: &Path) -> std::io::Result<u64> {
+        Ok(1 << 40)
+    }
+
+    /// A store that fails for want of space while the disk has room is stuck, not full:
+    /// writes are not refused before it (they may succeed again), and it is logged once.
+    #[test]
+    fn a_store_failing_on_a_roomy_disk_is_stuck_not_full() {
+        let space = Space::with_probe(Some("/data".into()), plenty);
+        space.set_reserve(1 << 20);
+        assert!(space.watch(no_space()).is_err());
+        assert!(!space.is_full());
+        assert!(space.stuck.load(Ordering::SeqCst));
+        assert!(space.check().is_ok());
+        assert!(space.watch(Ok(())).is_ok());
+        assert!(space.stuck.load(Ordering::SeqCst));
+        space.flushed();
+        assert!(!space.stuck.load(Ordering::SeqCst));
     }
 
     #[test]
