@@ -335,11 +335,17 @@ async fn store_out_of_space_recovers_without_restart() {
 }
 
 /// The same on sled: the spec's error, one line, and after space is freed sled still fails
-/// (it keeps its I/O error): one line says to restart, and after the restart nothing
+/// (it keeps its I/O error): the spec's error still, one line says to restart, and after the restart nothing
 /// acknowledged is lost.
 #[tokio::test]
 async fn sled_out_of_space_recovers_after_a_restart() {
     store_out_of_space("sled").await;
+}
+
+/// The same on redb (which fails with "previous I/O error" until it is opened again).
+#[tokio::test]
+async fn redb_out_of_space_recovers_after_a_restart() {
+    store_out_of_space("redb").await;
 }
 
 async fn store_out_of_space(backend: &str) {
