@@ -86,6 +86,7 @@ pub fn open_database(config: &Config) -> Result<Db, String> {
         config.db_cache_capacity_bytes(),
         crate::service::migrations::STEPS,
     )
+    .inspect(|db| db.set_min_free_disk(config.min_free_disk_bytes()))
     .map_err(|error| match error {
         StorageError::Locked(path) => format!(
             "the database at {path} is in use: the conduit server seems to be running. \

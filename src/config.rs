@@ -34,6 +34,14 @@ pub struct Config {
     /// sled's page cache, in MiB. sled's own default (1 GiB) is far too much for a Pi.
     #[serde(default = "default_db_cache_capacity_mb")]
     pub db_cache_capacity_mb: f64,
+    /// Writes are refused (507 `M_RESOURCE_LIMIT_EXCEEDED`) while less than this many MiB
+    /// are free on the disk holding `database_path` (`storage::space`).
+    #[serde(default = "default_min_free_disk_mb")]
+    pub min_free_disk_mb: f64,
+    /// How users reach the admin, a URI such as `mailto:admin@example.org` (Synapse's key):
+    /// sent with `M_RESOURCE_LIMIT_EXCEEDED`. Default: `https://<server_name>`.
+    #[serde(default)]
+    pub admin_contact: Option<String>,
     #[serde(default = "default_address")]
     pub address: IpAddr,
     #[serde(default = "default_port")]
@@ -143,6 +151,9 @@ fn default_database_path() -> PathBuf {
 fn default_db_cache_capacity_mb() -> f64 {
     32.0
 }
+fn default_min_free_disk_mb() -> f64 {
+    64.0
+}
 fn default_address() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
@@ -183,6 +194,8 @@ const KNOWN_KEYS: &[&str] = &[
     "database_backend",
     "database_path",
     "db_cache_capacity_mb",
+    "min_free_disk_mb",
+    "admin_contact",
     "address",
     "port",
     "max_request_size",
@@ -284,6 +297,18 @@ impl Config {
                 "global.db_cache_capacity_mb: must be a positive number".into(),
             ));
         }
+        if !(self.min_free_disk_mb.is_finite() && self.min_free_disk_mb >= 0.0) {
+            return Err(ConfigError(
+                "global.min_free_disk_mb: must be a number of MiB, 0 or more".into(),
+            ));
+        }
+        if let Some(contact) = &self.admin_contact
+            && !contact.contains(':')
+        {
+            return Err(ConfigError(format!(
+                "global.admin_contact: `{contact}` is not a URI (e.g. mailto:admin@example.org)"
+            )));
+        }
         if self.max_request_size < 1024 {
             return Err(ConfigError(
                 "global.max_request_size: must be at least 1024 bytes".into(),
@@ -351,6 +376,18 @@ impl Config {
     pub fn db_cache_capacity_bytes(&self) -> u64 {
         (self.db_cache_capacity_mb * 1024.0 * 1024.0) as u64
     }
+
+    /// The disk reserve in bytes (validated: finite and not negative).
+    pub fn min_free_disk_bytes(&self) -> u64 {
+        (self.min_free_disk_mb * 1024.0 * 1024.0) as u64
+    }
+
+    /// `admin_contact`, or `https://<server_name>`.
+    pub fn admin_contact(&self) -> String {
+        self.admin_contact
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", self.server_name))
+    }
 }
 
 /// `CONDUIT_*` variables under `global`. Nested tables accept Conduit's flat names
@@ -387,6 +424,7 @@ const STRING_KEYS: &[&str] = &[
     "server_name",
     "database_backend",
     "database_path",
+    "admin_contact",
     "registration_token",
     "registration_shared_secret",
     "log",
@@ -668,6 +706,36 @@ mod tests {
                 .unwrap()
                 .to_string();
             assert!(error.contains("global.database_backend"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn disk_reserve_and_admin_contact() {
+        Jail::expect_with(|_| {
+            let config = load("[global]\nserver_name = \"a.b\"").unwrap().config;
+            assert_eq!(config.min_free_disk_bytes(), 64 << 20);
+            assert_eq!(config.admin_contact(), "https://a.b");
+            let config = load(
+                "[global]\nserver_name = \"a.b\"\nmin_free_disk_mb = 0.5\n\
+                 admin_contact = \"mailto:root@a.b\"",
+            )
+            .unwrap()
+            .config;
+            assert_eq!(config.min_free_disk_bytes(), 512 << 10);
+            assert_eq!(config.admin_contact(), "mailto:root@a.b");
+            let config = load("[global]\nserver_name = \"a.b\"\nmin_free_disk_mb = 0")
+                .unwrap()
+                .config;
+            assert_eq!(config.min_free_disk_bytes(), 0);
+            for bad in ["min_free_disk_mb = -1", "admin_contact = \"bob\""] {
+                let error = load(&format!("[global]\nserver_name = \"a.b\"\n{bad}"))
+                    .err()
+                    .unwrap()
+                    .to_string();
+                let key = bad.split(' ').next().unwrap();
+                assert!(error.contains(&format!("global.{key}")), "{error}");
+            }
             Ok(())
         });
     }

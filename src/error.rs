@@ -2,7 +2,7 @@
 //! [`Error::into_response`] turns it into the Matrix error body with the spec's status
 //! (client-server API, "Standard error response").
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
@@ -10,14 +10,24 @@ use ruma::api::{
     OutgoingResponse,
     client::uiaa::{UiaaInfo, UiaaResponse},
     error::{
-        Error as RumaError, ErrorBody, ErrorKind, LimitExceededErrorData, RetryAfter,
-        StandardErrorBody, UnknownTokenErrorData,
+        Error as RumaError, ErrorBody, ErrorKind, LimitExceededErrorData,
+        ResourceLimitExceededErrorData, RetryAfter, StandardErrorBody, UnknownTokenErrorData,
     },
 };
 
 use crate::storage::StorageError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The `admin_contact` of `M_RESOURCE_LIMIT_EXCEEDED` (the config key, or
+/// `https://<server_name>`), set once when the services are built.
+static ADMIN_CONTACT: OnceLock<String> = OnceLock::new();
+
+/// Sets the admin contact sent with a full disk's error; the first call wins (one server
+/// per process).
+pub fn set_admin_contact(contact: String) {
+    let _ = ADMIN_CONTACT.set(contact);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,7 +41,9 @@ pub enum Error {
     /// User-interactive authentication is (still) required: 401 with the flows.
     #[error("user-interactive authentication required")]
     Uiaa(Box<UiaaInfo>),
-    /// The store failed. Logged in full, answered as `M_UNKNOWN`.
+    /// The store failed. Logged in full, answered as `M_UNKNOWN`; a full disk
+    /// ([`StorageError::NoSpace`]) is answered as `507 M_RESOURCE_LIMIT_EXCEEDED` and not
+    /// logged per request (storage logs it once).
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// A bug or an unexpected failure. Logged in full, answered as `M_UNKNOWN`.
@@ -128,6 +140,7 @@ impl Error {
         match self {
             Self::Matrix { status, .. } => *status,
             Self::Uiaa(_) => StatusCode::UNAUTHORIZED,
+            Self::Storage(StorageError::NoSpace) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Storage(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -150,6 +163,19 @@ impl Error {
                 kind,
                 message,
             } => (status, kind, message),
+            // The spec's errcode for "a resource limit … e.g. memory or disk space", which
+            // must carry `admin_contact`; 507 says the condition is the server's and
+            // transient, so clients may retry.
+            Self::Storage(StorageError::NoSpace) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorKind::ResourceLimitExceeded(ResourceLimitExceededErrorData::new(
+                    ADMIN_CONTACT
+                        .get()
+                        .cloned()
+                        .unwrap_or_else(|| "https://localhost".into()),
+                )),
+                "The server's disk is full; try again later".into(),
+            ),
             Self::Storage(error) => {
                 tracing::error!(%error, "storage failure while handling a request");
                 (
@@ -250,6 +276,24 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert_eq!(body["errcode"], "M_UNKNOWN");
         assert_eq!(body["error"], "Could not reach example.org: no address");
+    }
+
+    #[tokio::test]
+    async fn full_disk_is_507_resource_limit_with_admin_contact() {
+        // The first call wins, and other tests of this process build services (which set
+        // it too): expect whichever was set.
+        set_admin_contact("mailto:admin@example.org".into());
+        let contact = ADMIN_CONTACT.get().unwrap().clone();
+        let error = Error::Storage(StorageError::NoSpace);
+        assert_eq!(error.status(), StatusCode::INSUFFICIENT_STORAGE);
+        let (status, body, _) = body_of(error).await;
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(body["errcode"], "M_RESOURCE_LIMIT_EXCEEDED");
+        assert_eq!(body["admin_contact"], contact.as_str());
+        // Other storage failures stay 500 M_UNKNOWN.
+        let (status, body, _) = body_of(Error::Storage(StorageError::Backend("x".into()))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["errcode"], "M_UNKNOWN");
     }
 
     #[tokio::test]

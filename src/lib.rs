@@ -12,11 +12,15 @@
 //! - [`storage`]: the key-value trait, sled and in-memory backends, typed tables.
 //! - [`crypto`]: tokens, digests, password hashing.
 //! - [`cli`]: the `conduit user …`, `media …` and `keys …` administration commands.
+//! - [`backup`]: `conduit export`, `import`, `backup` and `restore`; [`admin_socket`]: how
+//!   `conduit backup` asks a running server to write the backup.
 //! - [`error`]: the one error type and its mapping to Matrix errors.
 //!
 //! Calls go `api → service → storage`, never back. `ARCHITECTURE.md` has the full map.
 
+pub mod admin_socket;
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -5,6 +5,8 @@ use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use conduit::{
+    admin_socket::AdminSocket,
+    backup,
     cli::{self, KeysCommand, MediaCommand, UserCommand},
     config::Config,
     server,
@@ -40,6 +42,15 @@ enum Command {
     /// The server's signing keys: show them, or rotate (works while the server is stopped).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Write the whole database to one new FILE (works while the server is stopped).
+    Export { file: PathBuf },
+    /// Fill the empty data directory (database_path) from an export FILE.
+    Import { file: PathBuf },
+    /// Copy the database and the media files into DIR, new or empty (works while the server
+    /// runs).
+    Backup { dir: PathBuf },
+    /// Fill the empty data directory (database_path) from a backup DIR.
+    Restore { dir: PathBuf },
 }
 
 /// glibc raises its mmap threshold after a large block is freed, so the next password hash's
@@ -122,6 +133,18 @@ fn main() -> ExitCode {
         Some(Command::Keys(command)) => runtime
             .block_on(cli::run_keys(command, loaded.config))
             .map(print_output),
+        Some(Command::Export { file }) => {
+            backup::export_command(&loaded.config, &file).map(print_output)
+        }
+        Some(Command::Import { file }) => {
+            backup::import_command(&loaded.config, &file).map(print_output)
+        }
+        Some(Command::Backup { dir }) => {
+            backup::backup_command(&loaded.config, &dir).map(print_output)
+        }
+        Some(Command::Restore { dir }) => {
+            backup::restore_command(&loaded.config, &dir).map(print_output)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,6 +178,11 @@ async fn serve(config: Config) -> Result<(), String> {
     let address = SocketAddr::new(config.address, config.port);
     let services = Services::build(config, db).map_err(|e| e.to_string())?;
     services.federation.resume().map_err(|e| e.to_string())?;
+    // `conduit backup` while we run (ready before "listening on"); the file is removed when
+    // this is dropped, after the server stopped.
+    let _admin_socket = AdminSocket::start(std::sync::Arc::clone(&services))
+        .inspect_err(|e| tracing::warn!("{e}; `conduit backup` will not work while this runs"))
+        .ok();
     let mut listeners = vec![bind(address, tls.clone()).await?];
     if let Some(port) = federation_port {
         let address = SocketAddr::new(address.ip(), port);

@@ -91,6 +91,7 @@ pub struct Services {
 impl Services {
     pub fn build(config: Config, db: Db) -> Result<Arc<Self>> {
         let config = Arc::new(config);
+        crate::error::set_admin_contact(config.admin_contact());
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_generate(&db)?);
         let stream = Arc::new(stream::Stream::new(&db)?);
         let account_data = Arc::new(account_data::AccountData::new(&db, Arc::clone(&stream))?);

@@ -10,10 +10,13 @@
 //! knowledge of HTTP or services.
 
 pub mod dump;
+pub mod export;
 pub mod fjall;
+mod gate;
 pub mod memory;
 pub mod redb;
 pub mod sled;
+pub mod space;
 #[cfg(test)]
 mod tests;
 
@@ -68,6 +71,35 @@ pub enum StorageError {
     /// A dump can only be loaded into a database that holds nothing yet.
     #[error("cannot load a dump into a database that already holds data (tree {0})")]
     NotEmpty(String),
+    /// An export file that cannot be read back (see [`export`]), or one that cannot be written.
+    #[error("export: {0}")]
+    Export(String),
+    /// The disk holding the database is full, or fuller than the reserve allows
+    /// (`min_free_disk_mb`, see [`space`]): the write was refused before it reached the
+    /// store, or the store failed to write for want of space.
+    #[error("no space left for the database")]
+    NoSpace,
+    /// An import into this database started and did not finish (see [`export`]).
+    #[error(
+        "an import into this database did not finish, so it holds only part of the data: \
+         empty the directory and import again"
+    )]
+    ImportIncomplete,
+}
+
+impl StorageError {
+    /// A backend's error: [`StorageError::NoSpace`] if it failed for want of space (an
+    /// `ENOSPC` anywhere below it), else [`StorageError::Backend`].
+    pub fn backend(error: &(dyn std::error::Error + 'static)) -> Self {
+        let text = error.to_string();
+        // Some backends keep the I/O error only in their message.
+        let enospc = format!("(os error {})", libc::ENOSPC);
+        if space::is_no_space(error) || text.contains(&enospc) {
+            Self::NoSpace
+        } else {
+            Self::Backend(text)
+        }
+    }
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
@@ -322,6 +354,8 @@ pub struct Db {
     flush: Arc<GroupFlush>,
     /// Added to every id of the store (see [`Db::advance_ids`]); only ever grows.
     id_base: Arc<AtomicU64>,
+    /// Writes hold it shared, an export exclusively, and pass the disk reserve: see [`gate`].
+    gate: gate::Gate,
 }
 
 impl Db {
@@ -364,6 +398,7 @@ impl Db {
     ) -> StorageResult<Self> {
         Self::with_store(
             Arc::new(fjall::FjallStore::open(path, cache_capacity_bytes)?),
+            space::Space::new(path),
             steps,
             SCHEMA_VERSION,
         )
@@ -377,6 +412,7 @@ impl Db {
     ) -> StorageResult<Self> {
         Self::with_store(
             Arc::new(sled::SledStore::open(path, cache_capacity_bytes)?),
+            space::Space::new(path),
             steps,
             SCHEMA_VERSION,
         )
@@ -390,6 +426,7 @@ impl Db {
     ) -> StorageResult<Self> {
         Self::with_store(
             Arc::new(redb::RedbStore::open(path, cache_capacity_bytes)?),
+            space::Space::new(path),
             steps,
             SCHEMA_VERSION,
         )
@@ -399,6 +436,7 @@ impl Db {
     pub fn memory() -> Self {
         Self::with_store(
             Arc::new(memory::MemoryStore::default()),
+            space::Space::unlimited(),
             &[],
             SCHEMA_VERSION,
         )
@@ -412,6 +450,7 @@ impl Db {
         let switch = memory::FailSwitch::default();
         let db = Self::with_store(
             Arc::new(memory::FailingStore::new(switch.clone())),
+            space::Space::unlimited(),
             &[],
             SCHEMA_VERSION,
         )
@@ -419,11 +458,17 @@ impl Db {
         (db, switch)
     }
 
-    fn with_store(store: Arc<dyn Store>, steps: &[Migration], latest: u64) -> StorageResult<Self> {
+    fn with_store(
+        store: Arc<dyn Store>,
+        space: space::Space,
+        steps: &[Migration],
+        latest: u64,
+    ) -> StorageResult<Self> {
         let db = Self {
             store,
             flush: Arc::new(GroupFlush::default()),
             id_base: Arc::new(AtomicU64::new(0)),
+            gate: gate::Gate::new(Arc::new(space)),
         };
         let global = db.tree(GLOBAL)?;
         db.id_base.store(
@@ -435,7 +480,7 @@ impl Db {
     }
 
     pub fn tree(&self, name: &'static str) -> StorageResult<Arc<dyn Tree>> {
-        self.store.open_tree(name)
+        Ok(self.gate.wrap(self.store.open_tree(name)?))
     }
 
     pub fn table<V: Serialize + DeserializeOwned>(
@@ -450,7 +495,34 @@ impl Db {
         if batch.is_empty() {
             return Ok(());
         }
-        self.store.apply_batch(batch)
+        let _shared = self.gate.shared();
+        self.gate.space().check()?;
+        self.gate.space().watch(self.store.apply_batch(batch))
+    }
+
+    /// Refuses writes while less than `bytes` are free on the disk holding the database
+    /// (`min_free_disk_mb`; 0, the default of a new handle, refuses only after a write
+    /// failed for want of space). See [`space`].
+    pub fn set_min_free_disk(&self, bytes: u64) {
+        self.gate.space().set_reserve(bytes);
+    }
+
+    /// `Err(NoSpace)` while the disk is under the reserve: for files written beside the
+    /// database (media), before they are written. See [`space`].
+    pub fn check_free_space(&self) -> StorageResult<()> {
+        self.gate.space().check()
+    }
+
+    /// A file beside the database could not be written for want of space: the same full
+    /// condition as a failed write of the store (logged once; writes refused until room
+    /// returns).
+    pub fn out_of_space(&self) {
+        self.gate.space().out_of_space();
+    }
+
+    /// Whether writes are refused because the disk is full (see [`space`]).
+    pub fn disk_full(&self) -> bool {
+        self.gate.space().is_full()
     }
 
     /// Makes every write that happened before this call durable. Call it before answering
@@ -467,16 +539,18 @@ impl Db {
         }
         let epoch = self.flush.started.fetch_add(1, Ordering::SeqCst) + 1;
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.flush())
+        let flushed = tokio::task::spawn_blocking(move || store.flush())
             .await
-            .map_err(|e| StorageError::Backend(format!("flush task failed: {e}")))??;
+            .map_err(|e| StorageError::Backend(format!("flush task failed: {e}")))?;
+        self.gate.space().watch(flushed)?;
+        self.gate.space().flushed();
         self.flush.completed.store(epoch, Ordering::SeqCst);
         Ok(())
     }
 
     /// A new, strictly increasing number: the store's [`Store::next_id`] plus the id base.
     pub fn next_id(&self) -> StorageResult<u64> {
-        let id = self.store.next_id()?;
+        let id = self.gate.space().watch(self.store.next_id())?;
         id.checked_add(self.id_base.load(Ordering::SeqCst))
             .ok_or_else(|| StorageError::Corrupt {
                 tree: GLOBAL,
@@ -511,6 +585,9 @@ impl Db {
     /// and flushed after it. A new, empty database runs no step and gets `latest` at once.
     fn migrate(&self, steps: &[Migration], latest: u64) -> StorageResult<()> {
         let global = self.tree(GLOBAL)?;
+        if global.get(export::IMPORT_MARKER_KEY)?.is_some() {
+            return Err(StorageError::ImportIncomplete);
+        }
         let found = self.schema_version()?;
         if found == 0 && global.iter_from(b"", false).next().transpose()?.is_some() {
             return Err(StorageError::Foreign);

@@ -46,15 +46,39 @@ const CHUNK_ENTRIES: usize = 256;
 /// …and bytes (keys plus values; at least one entry is read whatever its size).
 const CHUNK_BYTES: usize = 256 << 10;
 
-/// Every redb error becomes a backend error, except the lock conflict handled in `open`.
+/// Every redb error becomes a backend error, except the lock conflict handled in `open`
+/// and a want of space ([`no_space_or`]).
 macro_rules! backend_error {
     ($($error:ty),*) => {$(
         impl From<$error> for StorageError {
             fn from(error: $error) -> Self {
-                StorageError::Backend(error.to_string())
+                no_space_or(StorageError::backend(&error))
             }
         }
     )*};
+}
+
+/// Set once a redb operation failed for want of space (one database per process).
+static OUT_OF_SPACE: AtomicBool = AtomicBool::new(false);
+/// How redb's `PreviousIo` reads, in its own error and in every error wrapping it.
+const PREVIOUS_IO: &str = "Previous I/O error occurred";
+
+/// After an `ENOSPC`, redb fails every write with `PreviousIo` until it is opened again:
+/// that is still the full disk ([`StorageError::NoSpace`], so 507 and no log line per
+/// request; `storage::space` says once to restart), not a new failure.
+fn no_space_or(error: StorageError) -> StorageError {
+    match error {
+        StorageError::NoSpace => {
+            OUT_OF_SPACE.store(true, Ordering::SeqCst);
+            StorageError::NoSpace
+        }
+        StorageError::Backend(text)
+            if text.contains(PREVIOUS_IO) && OUT_OF_SPACE.load(Ordering::SeqCst) =>
+        {
+            StorageError::NoSpace
+        }
+        other => other,
+    }
 }
 backend_error!(
     redb::Error,
@@ -446,5 +470,38 @@ impl Iterator for Chunks {
             return Some(Err(e));
         }
         self.buffer.pop_front().map(Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// redb's `PreviousIo` is the full disk only after a want of space (the only test
+    /// that sets the flag).
+    #[test]
+    fn previous_io_after_a_full_disk_is_no_space() {
+        assert!(
+            redb::StorageError::PreviousIo
+                .to_string()
+                .contains(PREVIOUS_IO)
+        );
+        assert!(matches!(
+            StorageError::from(redb::StorageError::PreviousIo),
+            StorageError::Backend(_)
+        ));
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(matches!(
+            StorageError::from(redb::StorageError::Io(enospc)),
+            StorageError::NoSpace
+        ));
+        assert!(matches!(
+            StorageError::from(redb::StorageError::PreviousIo),
+            StorageError::NoSpace
+        ));
+        assert!(matches!(
+            StorageError::from(redb::CommitError::Storage(redb::StorageError::PreviousIo)),
+            StorageError::NoSpace
+        ));
     }
 }

@@ -12,7 +12,11 @@ use super::{Batch, BatchOp, KvIter, StorageError, StorageResult, Store, Tree};
 
 impl From<sled::Error> for StorageError {
     fn from(error: sled::Error) -> Self {
-        StorageError::Backend(error.to_string())
+        match &error {
+            // sled keeps the I/O error out of `source` and prints it with `Debug`.
+            sled::Error::Io(io) if super::space::is_no_space(io) => StorageError::NoSpace,
+            _ => StorageError::backend(&error),
+        }
     }
 }
 

@@ -324,7 +324,12 @@ fn a_tree_keeps_the_database_open_until_it_is_dropped() {
 
 /// Opens the sled database in `path` as a build whose latest version is `latest`.
 fn open_at(path: &std::path::Path, steps: &[Migration], latest: u64) -> StorageResult<Db> {
-    Db::with_store(Arc::new(SledStore::open(path, 8 << 20)?), steps, latest)
+    Db::with_store(
+        Arc::new(SledStore::open(path, 8 << 20)?),
+        super::space::Space::new(path),
+        steps,
+        latest,
+    )
 }
 
 /// Appends `digit` to `order` in tree `log`: the steps below record that (and when) they ran.
@@ -382,7 +387,13 @@ fn steps_after_the_found_version_only() {
 
 #[test]
 fn a_new_database_runs_no_step() {
-    let db = Db::with_store(Arc::new(MemoryStore::default()), RECORDING, 3).unwrap();
+    let db = Db::with_store(
+        Arc::new(MemoryStore::default()),
+        super::space::Space::unlimited(),
+        RECORDING,
+        3,
+    )
+    .unwrap();
     assert_eq!(order(&db), b"");
     assert_eq!(db.schema_version().unwrap(), 3);
     let dir = tempfile::tempdir().unwrap();
@@ -500,7 +511,8 @@ fn a_dump_loads_into_a_fresh_store_unchanged() {
         // Into memory.
         let store = Arc::new(MemoryStore::default());
         dump::load(&*store, &dump).unwrap();
-        let loaded = Db::with_store(store, &[], SCHEMA_VERSION).unwrap();
+        let loaded =
+            Db::with_store(store, super::space::Space::unlimited(), &[], SCHEMA_VERSION).unwrap();
         assert!(loaded.next_id().unwrap() > dump.next_id);
         let again = loaded.dump().unwrap();
         assert_eq!(again.trees.get("one"), dump.trees.get("one"));
@@ -841,4 +853,51 @@ fn redb_flushed_writes_survive_sigkill() {
     assert_eq!(collect(tree.scan_prefix(b"single ")).len(), 100);
     assert!(db.next_id().unwrap() > last_id);
     assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+}
+
+/// Free bytes the fake filesystem of [`reserve_refuses_writes_before_the_store`] reports.
+static FAKE_FREE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn fake_free(_: &Path) -> std::io::Result<u64> {
+    Ok(FAKE_FREE.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// Under the reserve, batches and single writes are refused with `NoSpace` before the
+/// store sees them (nothing of them lands); reads go on; writes resume when room returns.
+#[test]
+fn reserve_refuses_writes_before_the_store() {
+    use std::sync::atomic::Ordering;
+    let db = Db::with_store(
+        Arc::new(MemoryStore::default()),
+        super::space::Space::with_probe(Some("/data".into()), fake_free),
+        &[],
+        SCHEMA_VERSION,
+    )
+    .unwrap();
+    let tree = db.tree("t").unwrap();
+    FAKE_FREE.store(100 << 20, Ordering::SeqCst);
+    db.set_min_free_disk(10 << 20);
+    tree.insert(b"a", b"1").unwrap();
+
+    FAKE_FREE.store(5 << 20, Ordering::SeqCst);
+    db.set_min_free_disk(10 << 20); // forget the answer cached a moment ago
+    let mut batch = Batch::new();
+    batch.insert(&*tree, b"b".to_vec(), b"2".to_vec());
+    assert!(matches!(db.apply(&batch), Err(StorageError::NoSpace)));
+    assert!(matches!(
+        tree.insert(b"c", b"3"),
+        Err(StorageError::NoSpace)
+    ));
+    assert!(matches!(tree.remove(b"a"), Err(StorageError::NoSpace)));
+    assert!(matches!(db.check_free_space(), Err(StorageError::NoSpace)));
+    assert!(db.disk_full());
+    assert_eq!(
+        collect(tree.iter_from(b"", false)),
+        [(b"a".to_vec(), b"1".to_vec())]
+    );
+
+    FAKE_FREE.store(100 << 20, Ordering::SeqCst);
+    db.apply(&batch).unwrap();
+    assert!(!db.disk_full());
+    assert_eq!(tree.get(b"b").unwrap(), Some(b"2".to_vec()));
 }

@@ -69,11 +69,17 @@ impl TestServer {
 
     /// Starts a server with extra `CONDUIT_*` settings.
     pub fn with_env(env: &[(&str, &str)]) -> Self {
+        Self::start_in(tempfile::tempdir().expect("temporary directory"), env)
+    }
+
+    /// Starts a server with extra `CONDUIT_*` settings on the data directory `data` (one a
+    /// test filled, by a restore say).
+    pub fn start_in(data: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let env: Vec<_> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let data = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let data = Arc::new(data);
         let mut server = Self {
             child: None,
             url: String::new(),

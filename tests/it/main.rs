@@ -5,6 +5,7 @@
 mod account;
 mod admin;
 mod backup;
+mod backup_restore;
 mod client_state;
 mod connections;
 mod dehydrated;
@@ -26,6 +27,7 @@ mod federation_media;
 mod federation_pdus;
 mod federation_rooms;
 mod filters;
+mod full_disk;
 mod fuzz;
 mod harness;
 mod keys;

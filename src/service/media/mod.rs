@@ -439,12 +439,16 @@ impl Media {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        // Media files keep the database's disk reserve too (`min_free_disk_mb`).
+        self.db.check_free_space()?;
         let tmp_dir = self.dir.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir)
             .await
-            .map_err(io_error)?;
+            .map_err(|e| self.io_error(e))?;
         let tmp = tmp_dir.join(crypto::random_string(24, ALPHANUMERIC));
-        let file = tokio::fs::File::create(&tmp).await.map_err(io_error)?;
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| self.io_error(e))?;
         let mut staged = Staged {
             tmp,
             content: Content {
@@ -469,11 +473,16 @@ impl Media {
                 return Err(too_large(limit));
             }
             digest.update(&chunk);
-            writer.write_all(&chunk).await.map_err(io_error)?;
+            // Cheap: the free space is asked at most every 100 ms while there is room.
+            self.db.check_free_space()?;
+            writer
+                .write_all(&chunk)
+                .await
+                .map_err(|e| self.io_error(e))?;
         }
-        writer.flush().await.map_err(io_error)?;
+        writer.flush().await.map_err(|e| self.io_error(e))?;
         let file = writer.into_inner();
-        file.sync_all().await.map_err(io_error)?;
+        file.sync_all().await.map_err(|e| self.io_error(e))?;
         staged.content = Content {
             sha256: crypto::hex_encode(digest.finish().as_ref()),
             size,
@@ -490,7 +499,10 @@ impl Media {
         let parent = path.parent().expect("blob paths have a parent").to_owned();
         let mut to_sync = vec![parent.clone()];
         let mut created = parent.as_path();
-        while !tokio::fs::try_exists(created).await.map_err(io_error)? {
+        while !tokio::fs::try_exists(created)
+            .await
+            .map_err(|e| self.io_error(e))?
+        {
             match created.parent() {
                 Some(above) => {
                     to_sync.push(above.to_owned());
@@ -499,15 +511,20 @@ impl Media {
                 None => break,
             }
         }
-        tokio::fs::create_dir_all(&parent).await.map_err(io_error)?;
-        if tokio::fs::try_exists(&path).await.map_err(io_error)? {
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|e| self.io_error(e))?;
+        if tokio::fs::try_exists(&path)
+            .await
+            .map_err(|e| self.io_error(e))?
+        {
             // Identical content is already there; `staged` drops and removes its temporary
             // file. The directory is still synced below: the earlier upload of this content
             // may have been interrupted between its rename and its sync.
         } else {
             tokio::fs::rename(&staged.tmp, &path)
                 .await
-                .map_err(io_error)?;
+                .map_err(|e| self.io_error(e))?;
             staged.keep = true;
         }
         tokio::task::spawn_blocking(move || {
@@ -517,8 +534,18 @@ impl Media {
         })
         .await
         .map_err(|e| Error::internal(format!("fsync task: {e}")))?
-        .map_err(io_error)?;
+        .map_err(|e| self.io_error(e))?;
         Ok(())
+    }
+
+    /// A failed file operation: a full disk is the database's full condition (the same
+    /// answer and the same single log line), anything else an internal error.
+    fn io_error(&self, error: std::io::Error) -> Error {
+        if crate::storage::space::is_no_space(&error) {
+            self.db.out_of_space();
+            return Error::Storage(crate::storage::StorageError::NoSpace);
+        }
+        Error::internal(format!("media storage: {error}"))
     }
 
     /// The metadata of uploaded media `server/id`, waiting up to `wait` while it is pending.
@@ -809,8 +836,4 @@ fn too_large(limit: u64) -> Error {
         ErrorKind::TooLarge,
         format!("The upload is larger than this server's limit of {limit} bytes."),
     )
-}
-
-fn io_error(error: std::io::Error) -> Error {
-    Error::internal(format!("media storage: {error}"))
 }
