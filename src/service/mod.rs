@@ -150,8 +150,10 @@ impl Services {
 }
 
 impl Services {
-    /// Sends an event into a room and counts it for the members' notifications. A failure
-    /// to count is logged: the event is already stored and must still be acknowledged.
+    /// Sends an event into a room and counts it for the members' notifications, then makes
+    /// both durable with one flush (issue 13: a flush per write is what an SD card pays
+    /// for). A failure to count is logged: the event is stored and must still be
+    /// acknowledged.
     pub async fn send_event(
         &self,
         room_id: &ruma::RoomId,
@@ -159,14 +161,25 @@ impl Services {
         event: rooms::append::NewEvent,
         transaction: Option<rooms::append::Transaction<'_>>,
     ) -> Result<rooms::pdu::Pdu> {
-        let pdu = self.rooms.send(room_id, sender, event, transaction).await?;
-        self.count_notifications(&pdu).await;
+        let pdu = self
+            .rooms
+            .send_unpersisted(room_id, sender, event, transaction)
+            .await?;
+        self.count_unpersisted(&pdu).await;
+        self.db.persist().await?;
         Ok(pdu)
     }
 
     /// Notification counts for an event stored by some other path (e.g. an invite), and
-    /// pushes to the notified members' push gateways.
+    /// pushes to the notified members' push gateways; durable when it returns.
     pub async fn count_notifications(&self, pdu: &rooms::pdu::Pdu) {
+        self.count_unpersisted(pdu).await;
+        if let Err(error) = self.db.persist().await {
+            tracing::warn!(event_id = %pdu.event_id, %error, "could not store notification counts");
+        }
+    }
+
+    async fn count_unpersisted(&self, pdu: &rooms::pdu::Pdu) {
         match self
             .push
             .event_sent(&self.rooms, &self.account_data, pdu)

@@ -339,7 +339,8 @@ impl Push {
             }
             Ok((changes, notified))
         })?;
-        self.apply(&room_id, changes).await?;
+        // Made durable by the caller, together with the event (one flush per send).
+        self.apply_unpersisted(&room_id, changes).await?;
         Ok(notified)
     }
 
@@ -380,8 +381,19 @@ impl Push {
         self.apply(room_id, vec![(user_id.to_owned(), None)]).await
     }
 
-    /// `Some(highlight)` adds one notification; `None` resets to zero.
+    /// [`Push::apply_unpersisted`], made durable.
     async fn apply(
+        &self,
+        room_id: &RoomId,
+        changes: Vec<(OwnedUserId, Option<bool>)>,
+    ) -> Result<()> {
+        self.apply_unpersisted(room_id, changes).await?;
+        self.db.persist().await?;
+        Ok(())
+    }
+
+    /// `Some(highlight)` adds one notification; `None` resets to zero. Not yet durable.
+    async fn apply_unpersisted(
         &self,
         room_id: &RoomId,
         changes: Vec<(OwnedUserId, Option<bool>)>,
@@ -419,7 +431,6 @@ impl Push {
         })?;
         self.stream
             .touch(changes.iter().map(|(user, _)| user.as_ref()), position);
-        self.db.persist().await?;
         Ok(())
     }
 }

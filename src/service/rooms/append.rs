@@ -89,6 +89,22 @@ impl Rooms {
         event: NewEvent,
         transaction: Option<Transaction<'_>>,
     ) -> Result<Pdu> {
+        let pdu = self
+            .send_unpersisted(room_id, sender, event, transaction)
+            .await?;
+        self.db.persist().await?;
+        Ok(pdu)
+    }
+
+    /// [`Rooms::send`] without making it durable: the caller must `persist` before it
+    /// acknowledges the event (`Services::send_event` does, after counting it).
+    pub async fn send_unpersisted(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+        transaction: Option<Transaction<'_>>,
+    ) -> Result<Pdu> {
         let pdu = {
             let _guard = self.lock(room_id).await;
             // Checked again under the room lock: two concurrent retries of one transaction
@@ -114,7 +130,6 @@ impl Rooms {
                 },
             )?
         };
-        self.db.persist().await?;
         Ok(pdu)
     }
 
