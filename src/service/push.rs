@@ -10,7 +10,8 @@
 //! server adds later appear and rules it drops disappear, keeping the user's `enabled` and
 //! `actions` of the rest.
 //!
-//! Tree `userroomid_notificationcounts`: `user 0xFF room` → [`Counts`] (JSON), written at a
+//! Tree `userroomid_notificationcounts`: `user 0xFF room` → [`Counts`] (24 bytes: three
+//! big-endian u64s; values written before issue 13 are JSON and still read), written at a
 //! stream position so `/sync` sends changed counts. `GET /notifications` is worked out when
 //! asked, from the timelines ([`notifications`]): nothing more is written per send.
 
@@ -43,7 +44,7 @@ use super::{
 };
 use crate::{
     Result,
-    storage::{Db, Table},
+    storage::{Db, Tree},
 };
 
 /// The global account-data type holding the user's push rules.
@@ -56,10 +57,37 @@ pub struct Counts {
     pub position: u64,
 }
 
+impl Counts {
+    /// Written for every member on every message, so kept small: 24 bytes, where the
+    /// JSON it replaced took about 50.
+    fn encode(&self) -> [u8; 24] {
+        let mut bytes = [0; 24];
+        bytes[..8].copy_from_slice(&self.notifications.to_be_bytes());
+        bytes[8..16].copy_from_slice(&self.highlights.to_be_bytes());
+        bytes[16..].copy_from_slice(&self.position.to_be_bytes());
+        bytes
+    }
+
+    /// The stored form: 24 bytes, or JSON as written before.
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        if let Ok(fixed) = <[u8; 24]>::try_from(bytes) {
+            let number =
+                |at: usize| u64::from_be_bytes(fixed[at..at + 8].try_into().expect("8 bytes"));
+            return Ok(Self {
+                notifications: number(0),
+                highlights: number(8),
+                position: number(16),
+            });
+        }
+        serde_json::from_slice(bytes)
+            .map_err(|e| crate::Error::internal(format!("bad notification counts: {e}")))
+    }
+}
+
 pub struct Push {
     db: Db,
     stream: Arc<Stream>,
-    counts: Table<Counts>,
+    counts: Arc<dyn Tree>,
     /// Parsed rule sets of users who have had events evaluated (at most one per local
     /// user); replaced when they change.
     rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
@@ -256,7 +284,7 @@ impl Push {
         Ok(Self {
             db: db.clone(),
             stream,
-            counts: db.table("userroomid_notificationcounts")?,
+            counts: db.tree("userroomid_notificationcounts")?,
             rulesets: Mutex::default(),
             change_lock: tokio::sync::Mutex::new(()),
         })
@@ -296,10 +324,15 @@ impl Push {
     }
 
     pub fn counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<Counts> {
-        Ok(self
-            .counts
-            .get(&pair_key(user_id.as_str(), room_id.as_str()))?
-            .unwrap_or_default())
+        self.stored_counts(&pair_key(user_id.as_str(), room_id.as_str()))
+    }
+
+    fn stored_counts(&self, key: &[u8]) -> Result<Counts> {
+        self.counts
+            .get(key)?
+            .map(|bytes| Counts::decode(&bytes))
+            .transpose()
+            .map(Option::unwrap_or_default)
     }
 
     /// Counts a new event for the room's other joined members and resets the sender's counts.
@@ -413,7 +446,7 @@ impl Push {
         let (position, ()) = self.stream.commit(|position, batch| {
             for (user, change) in &changes {
                 let key = pair_key(user.as_str(), room_id.as_str());
-                let mut counts = self.counts.get(&key)?.unwrap_or_default();
+                let mut counts = self.stored_counts(&key)?;
                 match change {
                     Some(highlight) => {
                         counts.notifications += 1;
@@ -425,7 +458,7 @@ impl Push {
                     }
                 }
                 counts.position = position;
-                batch.insert_json(&self.counts, key, &counts);
+                batch.insert(&*self.counts, key, counts.encode().to_vec());
             }
             Ok(())
         })?;
@@ -443,6 +476,20 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn counts_are_stored_in_24_bytes_and_old_json_still_reads() {
+        let counts = Counts {
+            notifications: 3,
+            highlights: 1,
+            position: u64::MAX - 7,
+        };
+        assert_eq!(Counts::decode(&counts.encode()).unwrap(), counts);
+        let old = br#"{"notifications":3,"highlights":1,"position":18446744073709551608}"#;
+        assert_eq!(Counts::decode(old).unwrap(), counts);
+        assert!(Counts::decode(b"{not json").is_err());
+        assert!(Counts::decode(&[0; 23]).is_err());
+    }
 
     fn content_rule(id: &str) -> NewPushRule {
         NewPushRule::Content(NewPatternedPushRule::new(

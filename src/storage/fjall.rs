@@ -37,7 +37,7 @@ const REOPEN_WAIT: Duration = Duration::from_secs(1);
 /// Largest memtable per tree before it is written out as a table file. fjall's default
 /// (64 MiB per tree) is far too much for a Pi; a few MiB keeps memory flat and table files
 /// large enough that compaction rarely rewrites them.
-const MEMTABLE_BYTES: u64 = 4 << 20;
+const MEMTABLE_BYTES: u64 = 2 << 20;
 
 fn backend(error: fjall::Error) -> StorageError {
     StorageError::backend(&error)
