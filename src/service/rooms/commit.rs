@@ -122,13 +122,7 @@ impl Rooms {
                 bump_count,
             };
             batch.insert_json(&self.info, room_id.as_bytes().to_vec(), &new_info);
-            if !live.covered.is_empty() || live.extremity {
-                // The room lock is held from prepare to here: nothing else changes them.
-                let mut extremities = self.extremities(&room_id)?;
-                extremities.retain(|id| !live.covered.contains(id));
-                if live.extremity {
-                    extremities.push(event_id.clone());
-                }
+            if let Some(extremities) = &live.extremities {
                 self.write_extremities(batch, &room_id, extremities.iter().map(|id| &**id));
             }
             if let Some(transaction) = &transaction {

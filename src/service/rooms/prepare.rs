@@ -84,11 +84,10 @@ impl From<Built> for Ready {
 pub(super) struct LiveUpdate {
     /// The room's current state after the commit.
     pub current: StateHash,
-    /// Forward extremities the event covers.
-    pub covered: Vec<OwnedEventId>,
-    /// Whether the event becomes a forward extremity (not when an event we hold already
-    /// cites it: it fills a hole).
-    pub extremity: bool,
+    /// The room's forward extremities after the commit, when they change: those the event
+    /// does not cover, and the event itself unless an event we hold already cites it (it
+    /// fills a hole).
+    pub extremities: Option<Vec<OwnedEventId>>,
     /// Membership index writes, at the commit's position: the event's own, or those a
     /// resolution changed.
     pub memberships: Vec<(OwnedUserId, MembershipState)>,
@@ -398,10 +397,16 @@ impl Rooms {
         {
             memberships.push((target, membership_of(pdu)));
         }
+        let extremities = (!covered.is_empty() || extremity).then(|| {
+            let mut after: Vec<OwnedEventId> = old.difference(&covered).cloned().collect();
+            if extremity {
+                after.push(pdu.event_id.clone());
+            }
+            after
+        });
         Ok(LiveUpdate {
             current,
-            covered: covered.into_iter().collect(),
-            extremity,
+            extremities,
             memberships,
         })
     }
