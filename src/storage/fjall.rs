@@ -4,7 +4,8 @@
 //! memtable; full memtables become sorted, LZ4-compressed table files, which background
 //! compaction merges. For a store that lives on an SD card this is what matters: a
 //! message is written once to the journal and once more, compressed, into a table file
-//! (then rarely rewritten by compaction), where sled rewrote whole pages of its log.
+//! or (values of [`BLOB_BYTES`] or more: the events) a blob file that compaction never
+//! rewrites, where sled rewrote whole pages of its log.
 //! Measured in `docs/benchmarks.md` ("Storage").
 //!
 //! The database lives in `database_path/fjall/`, so it can never be mistaken for (or
@@ -38,6 +39,9 @@ const REOPEN_WAIT: Duration = Duration::from_secs(1);
 /// (64 MiB per tree) is far too much for a Pi. Measured on the storage run: 4 MiB left
 /// 80 MB resident, 2 MiB 66 MB, 1 MiB 50-53 MB, with the same bytes written.
 const MEMTABLE_BYTES: u64 = 1 << 20;
+
+/// Values this large or larger are kept apart from the keys (see [`keyspace_options`]).
+const BLOB_BYTES: u32 = 512;
 
 fn backend(error: fjall::Error) -> StorageError {
     StorageError::backend(&error)
@@ -274,6 +278,11 @@ fn keyspace_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default()
         .max_memtable_size(MEMTABLE_BYTES)
         .manual_journal_persist(true)
+        // Values of 512 bytes or more (events, mostly) go to blob files, written once and
+        // never moved by compaction, which then merges only keys and small values.
+        .with_kv_separation(Some(
+            fjall::KvSeparationOptions::default().separation_threshold(BLOB_BYTES),
+        ))
 }
 
 impl Store for FjallStore {

@@ -530,12 +530,24 @@ impl Db {
     ///
     /// Group commit: whoever holds the lock flushes everything written so far; callers that
     /// queued behind it find their writes already covered and return without flushing again.
+    ///
+    /// Under load the leader first lingers a moment ([`LINGER`]) so that writes arriving
+    /// meanwhile share its flush: every flush costs at least one 4 KiB page of the log
+    /// written again, which on an SD card is most of what a small write costs. "Under
+    /// load" means another caller came while the last flush ran; a lone writer (one
+    /// person chatting) never waits.
     pub async fn persist(&self) -> StorageResult<()> {
         let seen = self.flush.started.load(Ordering::SeqCst);
+        if seen > self.flush.completed.load(Ordering::SeqCst) {
+            self.flush.contended.store(true, Ordering::SeqCst);
+        }
         let _guard = self.flush.lock.lock().await;
         // A flush that *started* after we read `seen` began after our writes, so covers them.
         if self.flush.completed.load(Ordering::SeqCst) > seen {
             return Ok(());
+        }
+        if self.flush.contended.swap(false, Ordering::SeqCst) {
+            tokio::time::sleep(LINGER).await;
         }
         let epoch = self.flush.started.fetch_add(1, Ordering::SeqCst) + 1;
         let store = Arc::clone(&self.store);
@@ -650,10 +662,16 @@ fn raise_id_base(store: &dyn Store, to: u64) -> StorageResult<()> {
     store.flush()
 }
 
+/// How long a flush waits for more writes to share it when writers are queueing.
+/// Measured on the storage run (`docs/benchmarks.md`): see [`Db::persist`].
+const LINGER: std::time::Duration = std::time::Duration::from_millis(3);
+
 /// Bookkeeping for [`Db::persist`]'s group commit.
 #[derive(Default)]
 struct GroupFlush {
     lock: Mutex<()>,
+    /// Set when a caller arrived while a flush was running: the next flush lingers.
+    contended: std::sync::atomic::AtomicBool,
     /// Number of flushes started.
     started: std::sync::atomic::AtomicU64,
     /// The number of the last flush that finished.
