@@ -210,7 +210,7 @@ impl Services {
             return Ok(());
         }
         let room_id = pdu.room_id();
-        let counts = self.push.counts(user, &room_id)?;
+        let counts = self.push.counts(&self.rooms, user, &room_id)?;
         let room_name = self
             .rooms
             .current_state_event(&room_id, &StateEventType::RoomName, "")?

@@ -10,10 +10,23 @@
 //! server adds later appear and rules it drops disappear, keeping the user's `enabled` and
 //! `actions` of the rest.
 //!
-//! Tree `userroomid_notificationcounts`: `user 0xFF room` → [`Counts`] (24 bytes: three
-//! big-endian u64s; values written before issue 13 are JSON and still read), written at a
-//! stream position so `/sync` sends changed counts. `GET /notifications` is worked out when
-//! asked, from the timelines ([`notifications`]): nothing more is written per send.
+//! Counts are not rewritten for every member on every message (issue 13: in a room of 20
+//! that was 1.9 KB written per message, most of what a send wrote). Two trees:
+//! - `roomidpos_notifyseq`: `room 0xFF position` → the room's *sequence*, a number that
+//!   grows by one for each event that counts for most of the room's members; one small
+//!   entry per such event, at the position of its counting.
+//! - `userroomid_notificationcounts`: `user 0xFF room` → [`Record`]: where the member's
+//!   counting starts (the position of their last read, or their join), and their
+//!   exceptions since: events the room's sequence counted that they were not notified of,
+//!   events it did not count that they were, and their highlights.
+//!
+//! A member's notification count is the room's sequence now, less the sequence at their
+//! start, plus their exceptions ([`Push::counts`]). A message everyone but the sender is
+//! notified of writes the sequence entry and the sender's reset: two entries, whatever the
+//! room's size. Records written before issue 13 (plain counts) still read.
+//!
+//! `GET /notifications` is worked out when asked, from the timelines ([`notifications`]):
+//! nothing more is written per send.
 
 pub mod notifications;
 
@@ -34,7 +47,7 @@ use ruma::{
     room_version_rules::RoomPowerLevelsRules,
     serde::Raw,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value as JsonValue;
 
 use super::{
@@ -50,44 +63,120 @@ use crate::{
 /// The global account-data type holding the user's push rules.
 pub const PUSH_RULES: &str = "m.push_rules";
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+/// A member's unread counts in a room, as `/sync` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub notifications: u64,
     pub highlights: u64,
+    /// The stream position of the last change, so an incremental `/sync` sends them.
     pub position: u64,
 }
 
-impl Counts {
-    /// Written for every member on every message, so kept small: 24 bytes, where the
-    /// JSON it replaced took about 50.
-    fn encode(&self) -> [u8; 24] {
-        let mut bytes = [0; 24];
-        bytes[..8].copy_from_slice(&self.notifications.to_be_bytes());
-        bytes[8..16].copy_from_slice(&self.highlights.to_be_bytes());
-        bytes[16..].copy_from_slice(&self.position.to_be_bytes());
+/// What is stored for a member of a room: where their counting starts and their
+/// exceptions to the room's sequence since (see the module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Record {
+    /// The position their counting starts from: the room's sequence at this position is
+    /// their zero.
+    since: u64,
+    /// Notifications the room's sequence does not tell: +1 for each event they were
+    /// notified of that it did not count, -1 for each it counted that they were not.
+    adjust: i64,
+    highlights: u64,
+    /// The position this record last changed.
+    position: u64,
+}
+
+/// How the stored counts of an earlier build read.
+#[derive(Deserialize)]
+struct OldCounts {
+    notifications: u64,
+    highlights: u64,
+    position: u64,
+}
+
+impl Record {
+    /// 32 bytes: four big-endian 64-bit numbers.
+    fn encode(&self) -> [u8; 32] {
+        let mut bytes = [0; 32];
+        bytes[..8].copy_from_slice(&self.since.to_be_bytes());
+        bytes[8..16].copy_from_slice(&self.adjust.to_be_bytes());
+        bytes[16..24].copy_from_slice(&self.highlights.to_be_bytes());
+        bytes[24..].copy_from_slice(&self.position.to_be_bytes());
         bytes
     }
 
-    /// The stored form: 24 bytes, or JSON as written before.
+    /// The stored form, or plain counts as earlier builds wrote them (24 bytes, or JSON
+    /// before that): those counted everything up to their `position`, before any room
+    /// had a sequence.
     fn decode(bytes: &[u8]) -> Result<Self> {
-        if let Ok(fixed) = <[u8; 24]>::try_from(bytes) {
-            let number =
-                |at: usize| u64::from_be_bytes(fixed[at..at + 8].try_into().expect("8 bytes"));
-            return Ok(Self {
+        let number = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or_default()
+        };
+        let old = match bytes.len() {
+            32 => {
+                return Ok(Self {
+                    since: number(0),
+                    adjust: number(8) as i64,
+                    highlights: number(16),
+                    position: number(24),
+                });
+            }
+            24 => OldCounts {
                 notifications: number(0),
                 highlights: number(8),
                 position: number(16),
-            });
-        }
-        serde_json::from_slice(bytes)
-            .map_err(|e| crate::Error::internal(format!("bad notification counts: {e}")))
+            },
+            _ => serde_json::from_slice(bytes)
+                .map_err(|e| crate::Error::internal(format!("bad notification counts: {e}")))?,
+        };
+        Ok(Self {
+            since: old.position,
+            adjust: i64::try_from(old.notifications).unwrap_or(i64::MAX),
+            highlights: old.highlights,
+            position: old.position,
+        })
     }
+
+    /// Counting starts again at `position`.
+    fn reset(position: u64) -> Self {
+        Self {
+            since: position,
+            adjust: 0,
+            highlights: 0,
+            position,
+        }
+    }
+}
+
+/// How one event counts for one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// They sent it: their counts go back to zero.
+    Sender,
+    /// Their rules do not notify them of it.
+    Quiet,
+    /// They are notified; `true` when it is also a highlight.
+    Notified(bool),
+}
+
+/// `room 0xFF position`: a key of `roomidpos_notifyseq`.
+fn sequence_key(room_id: &RoomId, position: u64) -> Vec<u8> {
+    let mut key = super::rooms::prefix_key(room_id.as_str());
+    key.extend_from_slice(&position.to_be_bytes());
+    key
 }
 
 pub struct Push {
     db: Db,
     stream: Arc<Stream>,
     counts: Arc<dyn Tree>,
+    /// `roomidpos_notifyseq`: each room's sequence, by position.
+    sequences: Arc<dyn Tree>,
     /// Parsed rule sets of users who have had events evaluated (at most one per local
     /// user); replaced when they change.
     rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
@@ -285,6 +374,7 @@ impl Push {
             db: db.clone(),
             stream,
             counts: db.tree("userroomid_notificationcounts")?,
+            sequences: db.tree("roomidpos_notifyseq")?,
             rulesets: Mutex::default(),
             change_lock: tokio::sync::Mutex::new(()),
         })
@@ -323,16 +413,69 @@ impl Push {
         stored.map(|()| outcome)
     }
 
-    pub fn counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<Counts> {
-        self.stored_counts(&pair_key(user_id.as_str(), room_id.as_str()))
+    /// The user's unread counts in the room: the room's sequence since their counting
+    /// started, with their exceptions.
+    pub fn counts(&self, rooms: &Rooms, user_id: &UserId, room_id: &RoomId) -> Result<Counts> {
+        let record = self.record(rooms, user_id, room_id)?;
+        let (now, changed) = self.sequence_at(room_id, u64::MAX)?;
+        let (start, _) = self.sequence_at(room_id, record.since)?;
+        let counted = now.saturating_sub(start);
+        let notifications = i64::try_from(counted)
+            .unwrap_or(i64::MAX)
+            .saturating_add(record.adjust)
+            .max(0) as u64;
+        Ok(Counts {
+            notifications,
+            highlights: record.highlights,
+            position: if counted > 0 {
+                record.position.max(changed)
+            } else {
+                record.position
+            },
+        })
     }
 
-    fn stored_counts(&self, key: &[u8]) -> Result<Counts> {
-        self.counts
-            .get(key)?
-            .map(|bytes| Counts::decode(&bytes))
-            .transpose()
-            .map(Option::unwrap_or_default)
+    /// The member's record; one from before their latest join counts from the join.
+    fn record(&self, rooms: &Rooms, user_id: &UserId, room_id: &RoomId) -> Result<Record> {
+        let stored = self
+            .counts
+            .get(&pair_key(user_id.as_str(), room_id.as_str()))?
+            .map(|bytes| Record::decode(&bytes))
+            .transpose()?
+            .unwrap_or_default();
+        let joined_since = rooms
+            .membership_entry(room_id, user_id)?
+            .map_or(0, |entry| entry.joined_since);
+        if joined_since > stored.since {
+            return Ok(Record {
+                position: stored.position,
+                ..Record::reset(joined_since)
+            });
+        }
+        Ok(stored)
+    }
+
+    /// The room's sequence at `position` (the last entry at or before it; 0 before the
+    /// first), and the position of that entry.
+    fn sequence_at(&self, room_id: &RoomId, position: u64) -> Result<(u64, u64)> {
+        let prefix = super::rooms::prefix_key(room_id.as_str());
+        let Some(entry) = self
+            .sequences
+            .iter_from(&sequence_key(room_id, position), true)
+            .next()
+        else {
+            return Ok((0, 0));
+        };
+        let (key, value) = entry?;
+        let Some(at) = key.strip_prefix(prefix.as_slice()) else {
+            return Ok((0, 0));
+        };
+        let number = |bytes: &[u8]| {
+            <[u8; 8]>::try_from(bytes)
+                .map(u64::from_be_bytes)
+                .map_err(|_| crate::Error::internal("bad notification sequence entry"))
+        };
+        Ok((number(&value)?, number(at)?))
     }
 
     /// Counts a new event for the room's other joined members and resets the sender's counts.
@@ -348,9 +491,9 @@ impl Push {
 
         // Every local member's push rules: in a large room this takes a while (about 30 µs a
         // member), so it runs off the async worker.
-        let (changes, notified) = crate::service::off_worker(|| -> Result<_> {
+        let (outcomes, notified) = crate::service::off_worker(|| -> Result<_> {
             let room = RoomContext::current(rooms, &room_id)?;
-            let mut changes = Vec::new();
+            let mut outcomes = Vec::new();
             let mut notified = Vec::new();
             // Only our users have push rules and counts here; other servers' members are
             // counted in `member_count` but notified by their own servers.
@@ -360,20 +503,22 @@ impl Push {
                 .filter(|member| member.server_name() == rooms.server_name())
             {
                 if *member == pdu.sender {
-                    changes.push((member.clone(), None));
+                    outcomes.push((member.clone(), Outcome::Sender));
                     continue;
                 }
                 let actions = self.actions(rooms, account_data, &room, member, &raw)?;
                 if actions.iter().any(Action::should_notify) {
                     let highlight = actions.iter().any(Action::is_highlight);
-                    changes.push((member.clone(), Some(highlight)));
+                    outcomes.push((member.clone(), Outcome::Notified(highlight)));
                     notified.push((member.clone(), tweaks(&actions)));
+                } else {
+                    outcomes.push((member.clone(), Outcome::Quiet));
                 }
             }
-            Ok((changes, notified))
+            Ok((outcomes, notified))
         })?;
         // Made durable by the caller, together with the event (one flush per send).
-        self.apply_unpersisted(&room_id, changes).await?;
+        self.count_unpersisted(rooms, &room_id, &outcomes)?;
         Ok(notified)
     }
 
@@ -410,60 +555,90 @@ impl Push {
     }
 
     /// A member read the room (receipt): their counts go back to zero.
-    pub async fn read(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
-        self.apply(room_id, vec![(user_id.to_owned(), None)]).await
-    }
-
-    /// [`Push::apply_unpersisted`], made durable.
-    async fn apply(
-        &self,
-        room_id: &RoomId,
-        changes: Vec<(OwnedUserId, Option<bool>)>,
-    ) -> Result<()> {
-        self.apply_unpersisted(room_id, changes).await?;
+    pub async fn read(&self, rooms: &Rooms, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        let counts = self.counts(rooms, user_id, room_id)?;
+        if counts.notifications == 0 && counts.highlights == 0 {
+            return Ok(());
+        }
+        let key = pair_key(user_id.as_str(), room_id.as_str());
+        let (position, ()) = self.stream.commit(|position, batch| {
+            batch.insert(
+                &*self.counts,
+                key,
+                Record::reset(position).encode().to_vec(),
+            );
+            Ok(())
+        })?;
+        self.stream.touch([user_id], position);
         self.db.persist().await?;
         Ok(())
     }
 
-    /// `Some(highlight)` adds one notification; `None` resets to zero. Not yet durable.
-    async fn apply_unpersisted(
+    /// Writes what `outcomes` (one per local member) change. When most members are
+    /// notified, the room's sequence counts the event for everyone, and only the others
+    /// get a record written; otherwise only those notified do. Not yet durable.
+    fn count_unpersisted(
         &self,
+        rooms: &Rooms,
         room_id: &RoomId,
-        changes: Vec<(OwnedUserId, Option<bool>)>,
+        outcomes: &[(OwnedUserId, Outcome)],
     ) -> Result<()> {
-        let changes: Vec<_> = changes
-            .into_iter()
-            .filter(|(user, change)| {
-                change.is_some()
-                    || self
-                        .counts(user, room_id)
-                        .is_ok_and(|c| c.notifications > 0 || c.highlights > 0)
-            })
-            .collect();
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let (position, ()) = self.stream.commit(|position, batch| {
-            for (user, change) in &changes {
-                let key = pair_key(user.as_str(), room_id.as_str());
-                let mut counts = self.stored_counts(&key)?;
-                match change {
-                    Some(highlight) => {
-                        counts.notifications += 1;
-                        counts.highlights += u64::from(*highlight);
-                    }
-                    None => {
-                        counts.notifications = 0;
-                        counts.highlights = 0;
-                    }
-                }
-                counts.position = position;
-                batch.insert(&*self.counts, key, counts.encode().to_vec());
+        let others = outcomes
+            .iter()
+            .filter(|(_, outcome)| *outcome != Outcome::Sender)
+            .count();
+        let notified = outcomes
+            .iter()
+            .filter(|(_, outcome)| matches!(outcome, Outcome::Notified(_)))
+            .count();
+        let for_everyone = notified * 2 > others;
+        let (position, touched) = self.stream.commit(|position, batch| {
+            if for_everyone {
+                let (sequence, _) = self.sequence_at(room_id, u64::MAX)?;
+                batch.insert(
+                    &*self.sequences,
+                    sequence_key(room_id, position),
+                    (sequence + 1).to_be_bytes().to_vec(),
+                );
             }
-            Ok(())
+            let mut touched = Vec::new();
+            for (user, outcome) in outcomes {
+                let (adjust, highlight) = match (outcome, for_everyone) {
+                    (Outcome::Sender, _) => {
+                        let counts = self.counts(rooms, user, room_id)?;
+                        if for_everyone || counts.notifications > 0 || counts.highlights > 0 {
+                            batch.insert(
+                                &*self.counts,
+                                pair_key(user.as_str(), room_id.as_str()),
+                                Record::reset(position).encode().to_vec(),
+                            );
+                            touched.push(user.as_ref());
+                        }
+                        continue;
+                    }
+                    (Outcome::Quiet, true) => (-1, false),
+                    (Outcome::Quiet, false) => continue,
+                    (Outcome::Notified(highlight), true) => (0, *highlight),
+                    (Outcome::Notified(highlight), false) => (1, *highlight),
+                };
+                touched.push(user.as_ref());
+                if adjust == 0 && !highlight {
+                    // Counted by the room's sequence: nothing to write.
+                    continue;
+                }
+                let mut record = self.record(rooms, user, room_id)?;
+                record.adjust += adjust;
+                record.highlights += u64::from(highlight);
+                record.position = position;
+                batch.insert(
+                    &*self.counts,
+                    pair_key(user.as_str(), room_id.as_str()),
+                    record.encode().to_vec(),
+                );
+            }
+            Ok(touched)
         })?;
-        self.stream
-            .touch(changes.iter().map(|(user, _)| user.as_ref()), position);
+        self.stream.touch(touched, position);
         Ok(())
     }
 }
@@ -478,17 +653,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_are_stored_in_24_bytes_and_old_json_still_reads() {
-        let counts = Counts {
-            notifications: 3,
+    fn records_are_32_bytes_and_counts_of_earlier_builds_still_read() {
+        let record = Record {
+            since: 9,
+            adjust: -2,
             highlights: 1,
             position: u64::MAX - 7,
         };
-        assert_eq!(Counts::decode(&counts.encode()).unwrap(), counts);
-        let old = br#"{"notifications":3,"highlights":1,"position":18446744073709551608}"#;
-        assert_eq!(Counts::decode(old).unwrap(), counts);
-        assert!(Counts::decode(b"{not json").is_err());
-        assert!(Counts::decode(&[0; 23]).is_err());
+        assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+        // Earlier builds stored plain counts: they count from their own position.
+        let counted = Record {
+            since: u64::MAX - 7,
+            adjust: 3,
+            highlights: 1,
+            position: u64::MAX - 7,
+        };
+        let mut old = [0u8; 24];
+        old[..8].copy_from_slice(&3u64.to_be_bytes());
+        old[8..16].copy_from_slice(&1u64.to_be_bytes());
+        old[16..].copy_from_slice(&(u64::MAX - 7).to_be_bytes());
+        assert_eq!(Record::decode(&old).unwrap(), counted);
+        let json = br#"{"notifications":3,"highlights":1,"position":18446744073709551608}"#;
+        assert_eq!(Record::decode(json).unwrap(), counted);
+        assert!(Record::decode(b"{not json").is_err());
+        assert!(Record::decode(&[0; 23]).is_err());
     }
 
     fn content_rule(id: &str) -> NewPushRule {

@@ -540,7 +540,11 @@ fn room_changed(
             .info
             .as_ref()
             .is_some_and(|info| info.last_count >= since)
-        || services.push.counts(user, &candidate.room_id)?.position >= since)
+        || services
+            .push
+            .counts(&services.rooms, user, &candidate.room_id)?
+            .position
+            >= since)
 }
 
 fn build(
@@ -960,7 +964,7 @@ fn build_room(
         room.avatar = ruma::JsOption::Some(OwnedMxcUri::from(url));
     }
     if candidate.entry.membership == MembershipState::Join {
-        let counts = services.push.counts(user, room_id)?;
+        let counts = services.push.counts(&services.rooms, user, room_id)?;
         room.unread_notifications.notification_count = UInt::new(counts.notifications);
         room.unread_notifications.highlight_count = UInt::new(counts.highlights);
     }

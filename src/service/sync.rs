@@ -200,14 +200,18 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
             out_of_band_room(services, request, &room_id, &entry, &ignored, &mut response)?;
             continue;
         };
-        let counts_position = services.push.counts(request.user_id, &room_id)?.position;
         let changed_since = |since: u64| {
             entry.count >= since
                 || info.last_count >= since
                 || room_account_data.contains_key(&room_id)
                 || services.ephemeral.typing_position(&room_id) >= since
                 || services.ephemeral.receipt_position(&room_id).unwrap_or(0) >= since
-                || counts_position >= since
+                // Read last: it costs a few lookups (a failure shows the room, where
+                // reading the counts again reports it).
+                || services
+                    .push
+                    .counts(rooms, request.user_id, &room_id)
+                    .map_or(true, |counts| counts.position >= since)
         };
         match entry.membership {
             MembershipState::Join
@@ -219,7 +223,7 @@ fn build(services: &Services, request: &SyncRequest<'_>) -> Result<Response> {
                     account_data.truncate(limit);
                 }
                 room.account_data.events = account_data;
-                let counts = services.push.counts(request.user_id, &room_id)?;
+                let counts = services.push.counts(rooms, request.user_id, &room_id)?;
                 room.unread_notifications.notification_count = UInt::new(counts.notifications);
                 room.unread_notifications.highlight_count = UInt::new(counts.highlights);
                 add_ephemeral(services, request, &room_id, &mut room)?;

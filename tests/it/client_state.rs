@@ -482,6 +482,135 @@ async fn notification_counts_follow_push_rules_and_reset_on_read() {
     assert_eq!(counts(&sync), (0, 0), "a muted room does not count");
 }
 
+/// Counts are kept as a room-wide sequence plus each member's exceptions (issue 13), so
+/// every mix must come out as plain counting would: most members notified, few notified,
+/// a muted member, a highlight, a read, and a member who left and came back.
+#[tokio::test]
+async fn notification_counts_stay_exact_for_every_mix_of_members() {
+    let server = TestServer::start();
+    let alice = token(&server, "alice").await;
+    let (bob, carol, dave) = (
+        token(&server, "bob").await,
+        token(&server, "carol").await,
+        token(&server, "dave").await,
+    );
+    let (_, created) = server
+        .client_api(
+            &alice,
+            Method::POST,
+            "/createRoom",
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let post = |who: &str, path: String, body: Value| {
+        let (server, who) = (&server, who.to_owned());
+        async move {
+            let (status, answer) = server
+                .client_api(&who, Method::POST, &path, Some(body))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+            answer
+        }
+    };
+    let put = |who: &str, path: String, body: Value| {
+        let (server, who) = (&server, who.to_owned());
+        async move {
+            let (status, answer) = server
+                .client_api(&who, Method::PUT, &path, Some(body))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+            answer
+        }
+    };
+    for member in [&bob, &carol, &dave] {
+        post(member, format!("/rooms/{room}/join"), json!({})).await;
+    }
+    let mute = |who: &str| {
+        put(
+            who,
+            format!("/pushrules/global/room/{room}"),
+            json!({ "actions": [] }),
+        )
+    };
+    let mut txn = 0;
+    let mut say = |body: Value| {
+        txn += 1;
+        put(
+            &alice,
+            format!("/rooms/{room}/send/m.room.message/t{txn}"),
+            body,
+        )
+    };
+    let text = |body: &str| json!({ "msgtype": "m.text", "body": body });
+    let counts = |who: &str| {
+        let (server, who, room) = (&server, who.to_owned(), room.clone());
+        async move {
+            let (_, sync) = server.client_api(&who, Method::GET, "/sync", None).await;
+            let unread = &sync["rooms"]["join"][&room]["unread_notifications"];
+            (
+                unread["notification_count"].as_u64().unwrap_or(0),
+                unread["highlight_count"].as_u64().unwrap_or(0),
+            )
+        }
+    };
+
+    // Two of three notified: the room's sequence counts them, the muted one is excepted.
+    mute(&carol).await;
+    say(text("one")).await;
+    say(text("two")).await;
+    assert_eq!(counts(&bob).await, (2, 0));
+    assert_eq!(counts(&carol).await, (0, 0), "muted");
+    assert_eq!(counts(&dave).await, (2, 0));
+    // One of three notified: only that one's record counts it.
+    mute(&dave).await;
+    say(text("three")).await;
+    assert_eq!(counts(&bob).await, (3, 0));
+    assert_eq!(counts(&dave).await, (2, 0));
+    // A mention reaches a muted member, as a highlight.
+    let mention = json!({ "msgtype": "m.text", "body": "carol?", "m.mentions": { "user_ids": ["@carol:localhost"] } });
+    say(mention).await;
+    assert_eq!(counts(&bob).await, (4, 0));
+    assert_eq!(counts(&carol).await, (1, 1));
+    assert_eq!(counts(&dave).await, (2, 0));
+    assert_eq!(
+        counts(&alice).await,
+        (0, 0),
+        "one's own messages never count"
+    );
+
+    // Reading starts again from zero; the next message counts from there.
+    let last = say(text("five")).await;
+    let receipt = format!(
+        "/rooms/{room}/receipt/m.read/{}",
+        last["event_id"].as_str().unwrap()
+    );
+    post(&bob, receipt, json!({})).await;
+    assert_eq!(counts(&bob).await, (0, 0));
+    say(text("six")).await;
+    assert_eq!(counts(&bob).await, (1, 0));
+
+    // Dave leaves with unread messages, misses some, and comes back: he starts at zero.
+    let unmute = server
+        .client_api(
+            &dave,
+            Method::DELETE,
+            &format!("/pushrules/global/room/{room}"),
+            None,
+        )
+        .await;
+    assert_eq!(unmute.0, StatusCode::OK, "{}", unmute.1);
+    post(&dave, format!("/rooms/{room}/leave"), json!({})).await;
+    say(text("seven")).await;
+    say(text("eight")).await;
+    post(&dave, format!("/rooms/{room}/join"), json!({})).await;
+    assert_eq!(counts(&dave).await, (0, 0), "nothing from before the join");
+    say(text("nine")).await;
+    assert_eq!(counts(&dave).await, (1, 0));
+    assert_eq!(counts(&bob).await, (4, 0));
+    assert_eq!(counts(&carol).await, (1, 1));
+}
+
 #[tokio::test]
 async fn presence_can_be_set_read_and_switched_off() {
     let server = TestServer::start();

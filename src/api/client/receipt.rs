@@ -111,7 +111,7 @@ async fn receipt(
     }
     // Reading the room clears its notification counts.
     if kind == "m.read" || kind == "m.read.private" {
-        services.push.read(user, room_id).await?;
+        services.push.read(&services.rooms, user, room_id).await?;
     }
     Ok(())
 }

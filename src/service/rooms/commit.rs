@@ -87,8 +87,11 @@ impl Rooms {
                     return Ok(None);
                 }
             };
-            // An outlier that now takes its place moves; it is never in both trees.
-            batch.remove(&*self.outliers, event_id.as_bytes().to_vec());
+            // An outlier that now takes its place moves; it is never in both trees. (Looked
+            // up first: a removal is a write, and new events never were outliers.)
+            if self.outliers.get(event_id.as_bytes())?.is_some() {
+                batch.remove(&*self.outliers, event_id.as_bytes().to_vec());
+            }
             let id = pdu_id(short_room_id, pos);
             batch.insert(&*self.pdus, id.to_vec(), stored);
             batch.insert(
@@ -121,7 +124,7 @@ impl Rooms {
                 depth: info.as_ref().map_or(depth, |info| info.depth.max(depth)),
                 bump_count,
             };
-            batch.insert_json(&self.info, room_id.as_bytes().to_vec(), &new_info);
+            batch.insert(&*self.info, room_id.as_bytes().to_vec(), new_info.encode());
             if let Some(extremities) = &live.extremities {
                 self.write_extremities(batch, &room_id, extremities.iter().map(|id| &**id));
             }
@@ -136,7 +139,7 @@ impl Rooms {
                 batch.insert(&*self.event_txn, event_id.as_bytes().to_vec(), value);
             }
             for (user, membership) in &live.memberships {
-                self.index_membership(batch, &room_id, user, membership.clone(), count);
+                self.index_membership(batch, &room_id, user, membership.clone(), count)?;
             }
             if let Some((sender, form)) = &outgoing {
                 let item = Item::Pdu(form.clone());
@@ -177,7 +180,20 @@ impl Rooms {
         user: &ruma::UserId,
         membership: MembershipState,
         count: u64,
-    ) {
+    ) -> Result<()> {
+        let key = pair_key(user.as_str(), room_id.as_str());
+        // When one of our users became a member (a join after a join is a profile change).
+        let joined_since =
+            if membership == MembershipState::Join && user.server_name() == self.server_name() {
+                match self.user_rooms.get(&key)? {
+                    Some(previous) if previous.membership == MembershipState::Join => {
+                        previous.joined_since
+                    }
+                    _ => count,
+                }
+            } else {
+                0
+            };
         batch.insert(
             &*self.room_users,
             pair_key(room_id.as_str(), user.as_str()),
@@ -185,12 +201,14 @@ impl Rooms {
         );
         batch.insert_json(
             &self.user_rooms,
-            pair_key(user.as_str(), room_id.as_str()),
+            key,
             &MembershipEntry {
                 membership,
                 count,
                 stripped_state: None,
+                joined_since,
             },
         );
+        Ok(())
     }
 }

@@ -121,7 +121,7 @@ impl Rooms {
                 pair_key(user.as_str(), room_id.as_str()),
                 invite,
             );
-            self.index_membership(batch, &room_id, user, membership, count);
+            self.index_membership(batch, &room_id, user, membership, count)?;
             Ok(())
         })?;
         self.stream.touch([user], count);

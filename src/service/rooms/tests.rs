@@ -1479,3 +1479,38 @@ async fn a_local_event_cites_at_most_twenty_prev_events() {
     assert_eq!(second.prev_events.len(), 5);
     assert_eq!(rooms.extremities(&room).unwrap(), vec![second.event_id]);
 }
+
+#[test]
+fn room_info_is_stored_compactly_and_json_of_earlier_builds_still_reads() {
+    use super::RoomInfo;
+    let info = RoomInfo {
+        version: ruma::RoomVersionId::V12,
+        short_room_id: 7,
+        state_hash: u64::MAX - 1,
+        last_count: 1234,
+        depth: 99,
+        bump_count: 1200,
+    };
+    let stored = info.encode();
+    assert_eq!(
+        stored.len(),
+        41 + 2,
+        "a format byte, five numbers, the version"
+    );
+    let back = RoomInfo::decode(&stored).unwrap();
+    assert_eq!(
+        serde_json::to_value(&back).unwrap(),
+        serde_json::to_value(&info).unwrap()
+    );
+    let json = serde_json::to_vec(&info).unwrap();
+    let old = RoomInfo::decode(&json).unwrap();
+    assert_eq!(
+        serde_json::to_value(&old).unwrap(),
+        serde_json::to_value(&info).unwrap()
+    );
+    assert!(RoomInfo::decode(&stored[..30]).is_err(), "cut short");
+    let mut unknown = stored.clone();
+    unknown.truncate(41);
+    unknown.extend_from_slice(b"not a version!");
+    assert!(RoomInfo::decode(&unknown).is_err());
+}

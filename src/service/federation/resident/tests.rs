@@ -1441,6 +1441,9 @@ async fn notification_counts_are_kept_for_our_members_only() {
         .await
         .unwrap();
     assert_eq!(message.sender, alice());
-    let counts = services.push.counts(&bob, &room_id).unwrap();
+    let counts = services
+        .push
+        .counts(&services.rooms, &bob, &room_id)
+        .unwrap();
     assert_eq!((counts.notifications, counts.highlights), (0, 0));
 }
