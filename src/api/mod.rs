@@ -213,6 +213,21 @@ fn routes() -> Routes {
             "/_synapse/admin/v1/register",
             synapse_admin::register,
         )
+        .on(
+            Method::GET,
+            "/_synapse/admin/v1/server_version",
+            synapse_admin::users::server_version,
+        )
+        .on(
+            Method::GET,
+            "/_synapse/admin/v2/users",
+            synapse_admin::users::list_users,
+        )
+        .on(
+            Method::GET,
+            "/_synapse/admin/v2/users/{user_id}",
+            synapse_admin::users::get_user,
+        )
 }
 
 /// The media repository: authenticated (`/_matrix/client/v1/media`), upload and deprecated

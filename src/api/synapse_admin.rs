@@ -5,6 +5,11 @@
 //! `mac = hex(HMAC-SHA1(registration_shared_secret,
 //!   nonce NUL username NUL password NUL ("admin" | "notadmin") [NUL user_type]))`.
 //! It works whether or not public registration is open: knowing the secret is the permission.
+//!
+//! The rest of the admin API (accounts: `users.rs`) is for server admins only: the
+//! [`ServerAdmin`] extractor answers anyone else `403 M_FORBIDDEN`, as Synapse does.
+
+pub mod users;
 
 use std::sync::Arc;
 
@@ -13,7 +18,29 @@ use ring::hmac;
 use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, api::ruma::JsonBody, service::Services};
+use crate::{
+    Error, Result,
+    api::ruma::{Authenticated, JsonBody},
+    service::Services,
+};
+
+/// A request from a server admin (an access token of an account with `admin` set).
+pub struct ServerAdmin(pub OwnedUserId);
+
+impl axum::extract::FromRequestParts<Arc<Services>> for ServerAdmin {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        services: &Arc<Services>,
+    ) -> Result<Self> {
+        let Authenticated(user, _) = Authenticated::from_request_parts(parts, services).await?;
+        match services.users.account(&user)? {
+            Some(account) if account.admin => Ok(Self(user)),
+            _ => Err(Error::forbidden("You are not a server admin")),
+        }
+    }
+}
 
 #[derive(Serialize)]
 pub struct NonceResponse {

@@ -5,6 +5,7 @@
 //! Matrix errcodes but not how a response is written.
 
 pub mod account_data;
+pub mod admin;
 pub mod backup;
 pub mod cross_signing;
 pub mod dehydrated;

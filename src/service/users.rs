@@ -284,6 +284,12 @@ impl Users {
         }
     }
 
+    /// The stored profile whether or not the account is active (for server admins);
+    /// empty when there is none.
+    pub fn stored_profile(&self, user_id: &UserId) -> Result<Profile> {
+        Ok(self.profiles.get(user_id.as_bytes())?.unwrap_or_default())
+    }
+
     /// Sets (`Some`) or removes (`None`) one profile field.
     pub async fn set_profile_field(
         &self,

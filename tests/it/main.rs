@@ -41,5 +41,6 @@ mod rooms;
 mod schema;
 mod sliding_sync;
 mod synapse;
+mod synapse_admin;
 mod turn;
 mod uia;

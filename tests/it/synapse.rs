@@ -185,6 +185,11 @@ impl Synapse {
     /// Registers `name` with the shared secret (Synapse's admin API, as
     /// `register_new_matrix_user` does); returns the access token.
     pub async fn register(&self, name: &str, password: &str) -> String {
+        self.register_with(name, password, false).await
+    }
+
+    /// [`Synapse::register`], as a server admin when `admin` is set.
+    pub async fn register_with(&self, name: &str, password: &str, admin: bool) -> String {
         let (status, json) = self
             .request(Method::GET, "/_synapse/admin/v1/register", None, None)
             .await;
@@ -194,8 +199,8 @@ impl Synapse {
             "nonce": nonce,
             "username": name,
             "password": password,
-            "admin": false,
-            "mac": registration_mac(&nonce, name, password),
+            "admin": admin,
+            "mac": registration_mac(&nonce, name, password, admin),
         });
         let (status, json) = self
             .request(
@@ -281,12 +286,13 @@ fn signing_key() -> String {
 /// The MAC of a shared-secret registration: HMAC-SHA1 over `nonce NUL user NUL password
 /// NUL notadmin` with the shared secret, in lowercase hex (Synapse's admin API docs,
 /// "Shared-Secret Registration").
-fn registration_mac(nonce: &str, user: &str, password: &str) -> String {
+fn registration_mac(nonce: &str, user: &str, password: &str, admin: bool) -> String {
     let key = ring::hmac::Key::new(
         ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
         REGISTRATION_SECRET.as_bytes(),
     );
-    let message = [nonce, user, password, "notadmin"].join("\0");
+    let kind = if admin { "admin" } else { "notadmin" };
+    let message = [nonce, user, password, kind].join("\0");
     let tag = ring::hmac::sign(&key, message.as_bytes());
     tag.as_ref().iter().fold(String::new(), |mut hex, byte| {
         let _ = write!(hex, "{byte:02x}");

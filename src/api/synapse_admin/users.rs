@@ -1,0 +1,148 @@
+//! Accounts in Synapse's admin API (`/_synapse/admin/…`), in Synapse's shapes, so admin
+//! tools work unchanged. Synapse's documentation: "User Admin API". The facts come from
+//! `service/admin.rs`; fields Synapse has and this server does not (guests, threepids,
+//! external ids, shadow bans, locks, suspension, consent) read as their empty values.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::QueryRejection},
+};
+use ruma::OwnedUserId;
+use serde_json::{Value as JsonValue, json};
+
+use super::ServerAdmin;
+use crate::{
+    Error, Result,
+    service::{
+        Services,
+        admin::{self, OrderBy, UserQuery, UserSummary},
+    },
+};
+
+/// `GET /_synapse/admin/v1/server_version`: open to anyone, as in Synapse.
+pub async fn server_version() -> Json<JsonValue> {
+    Json(json!({ "server_version": env!("CARGO_PKG_VERSION") }))
+}
+
+fn user_id(raw: &str) -> Result<OwnedUserId> {
+    OwnedUserId::try_from(raw).map_err(|_| Error::invalid_param("Invalid user ID."))
+}
+
+/// `GET /_synapse/admin/v2/users/{userId}`.
+pub async fn get_user(
+    State(services): State<Arc<Services>>,
+    _admin: ServerAdmin,
+    Path(user): Path<String>,
+) -> Result<Json<JsonValue>> {
+    let user = user_id(&user)?;
+    let summary =
+        admin::user(&services, &user)?.ok_or_else(|| Error::not_found("User not found"))?;
+    let mut body = listed(&summary);
+    let extra = json!({
+        "threepids": [],
+        "appservice_id": null,
+        "consent_server_notice_sent": null,
+        "consent_version": null,
+        "consent_ts": null,
+        "external_ids": [],
+        "suspended": false,
+    });
+    if let (Some(body), JsonValue::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    Ok(Json(body))
+}
+
+/// An account as `GET /_synapse/admin/v2/users` lists it.
+fn listed(summary: &UserSummary) -> JsonValue {
+    json!({
+        "name": summary.name,
+        "is_guest": false,
+        "admin": summary.admin,
+        "user_type": null,
+        "deactivated": summary.deactivated,
+        "erased": false,
+        "shadow_banned": false,
+        "displayname": summary.displayname,
+        "avatar_url": summary.avatar_url,
+        "creation_ts": summary.creation_ts,
+        "last_seen_ts": summary.last_seen_ts,
+        "locked": false,
+    })
+}
+
+/// A query parameter that is a boolean (`true`/`false`), or 400 `M_INVALID_PARAM`.
+fn flag(params: &HashMap<String, String>, name: &str) -> Result<Option<bool>> {
+    params
+        .get(name)
+        .map(|value| match value.as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(Error::invalid_param(format!(
+                "Boolean query parameter {name:?} must be one of ['true', 'false']"
+            ))),
+        })
+        .transpose()
+}
+
+/// A query parameter that is a number of 0 or more, or 400 `M_INVALID_PARAM`.
+fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<usize>> {
+    params
+        .get(name)
+        .map(|value| {
+            value.parse::<usize>().map_err(|_| {
+                Error::invalid_param(format!(
+                    "Query parameter {name:?} must be a non-negative integer"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// `GET /_synapse/admin/v2/users`: a page of accounts, `next_token` when there are more.
+pub async fn list_users(
+    State(services): State<Arc<Services>>,
+    _admin: ServerAdmin,
+    params: std::result::Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<JsonValue>> {
+    let Query(params) =
+        params.map_err(|_| Error::invalid_param("The query string could not be read."))?;
+    let order_by = match params.get("order_by") {
+        None => OrderBy::Name,
+        Some(name) => OrderBy::parse(name)
+            .ok_or_else(|| Error::invalid_param(format!("Unknown value for order_by: {name}")))?,
+    };
+    let backwards = match params.get("dir").map(String::as_str) {
+        None | Some("f") => false,
+        Some("b") => true,
+        Some(_) => {
+            return Err(Error::invalid_param(
+                "Unknown direction: dir must be f or b",
+            ));
+        }
+    };
+    let query = UserQuery {
+        from: number(&params, "from")?.unwrap_or(0),
+        limit: number(&params, "limit")?.unwrap_or(100),
+        user_id: params.get("user_id").cloned(),
+        name: params.get("name").cloned(),
+        deactivated: flag(&params, "deactivated")?.unwrap_or(false),
+        admins: flag(&params, "admins")?,
+        order_by,
+        backwards,
+    };
+    // There are no guest accounts here: `guests` is checked, and changes nothing.
+    flag(&params, "guests")?;
+    let (page, total) = admin::users(&services, &query)?;
+    let next = query.from + page.len();
+    let mut body = json!({
+        "users": page.iter().map(listed).collect::<Vec<_>>(),
+        "total": total,
+    });
+    if next < total {
+        body["next_token"] = json!(next.to_string());
+    }
+    Ok(Json(body))
+}

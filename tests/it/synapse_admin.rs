@@ -1,0 +1,275 @@
+//! Synapse's admin API (`/_synapse/admin/…`), the subset admin tools use (issue 14). Each
+//! scenario runs against this server and against a real Synapse, and what the two answer
+//! is compared: statuses, errcodes, the fields of every object and their JSON types, and
+//! which accounts come back in which order. The shapes are proven, not guessed.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{harness::TestServer, synapse::Synapse};
+
+/// The two servers, behind the one call the scenario needs.
+enum Peer<'a> {
+    Ours(&'a TestServer),
+    Synapse(&'a Synapse),
+}
+
+impl Peer<'_> {
+    async fn call(&self, method: Method, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.send(method, path, token, None).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        match self {
+            Self::Ours(server) => server.request(method, path, token, body).await,
+            Self::Synapse(synapse) => synapse.request(method, path, token, body).await,
+        }
+    }
+
+    fn user_id(&self, name: &str) -> String {
+        match self {
+            Self::Ours(server) => server.user_id(name),
+            Self::Synapse(synapse) => synapse.user_id(name),
+        }
+    }
+}
+
+/// The JSON type of a value, for comparing shapes whatever the values.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The fields of an object with their JSON types, sorted.
+fn shape(value: &Value) -> Vec<(String, &'static str)> {
+    let mut fields: Vec<_> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("an object: {value}"))
+        .iter()
+        .map(|(key, value)| {
+            // Known or not yet known: Synapse writes when it saw a user in batches, so a
+            // user who was just active may read as null there, and as a time here.
+            let kind = match (key.as_str(), value) {
+                ("last_seen_ts", Value::Null | Value::Number(_)) => "number or null",
+                _ => kind(value),
+            };
+            (key.clone(), kind)
+        })
+        .collect();
+    fields.sort();
+    fields
+}
+
+/// The localparts of a listing's accounts, in order.
+fn names(listing: &Value) -> Vec<String> {
+    listing["users"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a listing: {listing}"))
+        .iter()
+        .map(|user| {
+            let name = user["name"].as_str().unwrap();
+            name[1..name.find(':').unwrap()].to_owned()
+        })
+        .collect()
+}
+
+/// What one server answers to the scenario, in a form the other's can be compared with.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    /// Request, status and errcode (none for a success) of every request made.
+    answers: Vec<(String, u16, Option<String>)>,
+    server_version: Vec<(String, &'static str)>,
+    user: Vec<(String, &'static str)>,
+    listed_user: Vec<(String, &'static str)>,
+    listing: Vec<(String, &'static str)>,
+    last_page: Vec<(String, &'static str)>,
+    /// Each listing asked for, with the localparts it returned.
+    listings: Vec<(String, Vec<String>)>,
+}
+
+/// Three accounts: `root` (a server admin), `bob`, and `carol` named "Carol Singer".
+async fn scenario(peer: &Peer<'_>, root: &str, bob: &str, carol: &str) -> Observed {
+    let (status, _) = peer
+        .send(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                peer.user_id("carol")
+            ),
+            Some(carol),
+            Some(json!({ "displayname": "Carol Singer" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let mut answers = Vec::new();
+    let mut record = |what: &str, (status, body): &(StatusCode, Value)| {
+        let errcode = (!status.is_success()).then(|| {
+            body["errcode"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{what}: an error without errcode: {body}"))
+                .to_owned()
+        });
+        answers.push((what.to_owned(), status.as_u16(), errcode));
+    };
+
+    let version = peer
+        .call(Method::GET, "/_synapse/admin/v1/server_version", Some(root))
+        .await;
+    record("server_version as admin", &version);
+    // Not an admin, and no token at all.
+    for (what, token) in [("as bob", Some(bob)), ("without a token", None)] {
+        for (label, path) in [
+            (
+                "server_version",
+                "/_synapse/admin/v1/server_version".to_owned(),
+            ),
+            ("list", "/_synapse/admin/v2/users".to_owned()),
+            (
+                "user bob",
+                format!("/_synapse/admin/v2/users/{}", peer.user_id("bob")),
+            ),
+        ] {
+            let answer = peer.call(Method::GET, &path, token).await;
+            record(&format!("GET {label} {what}"), &answer);
+        }
+    }
+
+    let user = peer
+        .call(
+            Method::GET,
+            &format!("/_synapse/admin/v2/users/{}", peer.user_id("carol")),
+            Some(root),
+        )
+        .await;
+    record("GET carol", &user);
+    assert_eq!(user.1["name"], peer.user_id("carol"));
+    assert_eq!(user.1["displayname"], "Carol Singer");
+    assert_eq!(user.1["admin"], false);
+    assert_eq!(user.1["deactivated"], false);
+    let nobody = peer
+        .call(
+            Method::GET,
+            &format!("/_synapse/admin/v2/users/{}", peer.user_id("nobody")),
+            Some(root),
+        )
+        .await;
+    record("GET nobody", &nobody);
+
+    let mut listings = Vec::new();
+    let mut listing = Value::Null;
+    let mut last_page = Value::Null;
+    for query in [
+        "",
+        "?limit=1",
+        "?from=1&limit=5",
+        "?name=Sing",
+        "?name=bo",
+        "?user_id=car",
+        "?admins=true",
+        "?admins=false",
+        "?dir=b",
+        "?order_by=displayname",
+        "?order_by=displayname&dir=b",
+        "?order_by=admin",
+        "?order_by=admin&dir=b",
+        "?guests=false&deactivated=false",
+    ] {
+        let answer = peer
+            .call(
+                Method::GET,
+                &format!("/_synapse/admin/v2/users{query}"),
+                Some(root),
+            )
+            .await;
+        record(&format!("list {query}"), &answer);
+        assert_eq!(answer.0, StatusCode::OK, "{query}: {}", answer.1);
+        if query == "?limit=1" {
+            assert_eq!(answer.1["next_token"], "1", "{}", answer.1);
+            assert_eq!(answer.1["total"], 3, "{}", answer.1);
+            listing = answer.1.clone();
+        }
+        if query == "?from=1&limit=5" {
+            assert!(answer.1.get("next_token").is_none(), "{}", answer.1);
+            last_page = answer.1.clone();
+        }
+        listings.push((query.to_owned(), names(&answer.1)));
+    }
+    for query in [
+        "?order_by=nonsense",
+        "?dir=sideways",
+        "?limit=-5",
+        "?from=x",
+        "?admins=maybe",
+    ] {
+        let answer = peer
+            .call(
+                Method::GET,
+                &format!("/_synapse/admin/v2/users{query}"),
+                Some(root),
+            )
+            .await;
+        record(&format!("list {query}"), &answer);
+    }
+
+    Observed {
+        answers,
+        server_version: shape(&version.1),
+        user: shape(&user.1),
+        listed_user: shape(&listing["users"][0]),
+        listing: shape(&listing),
+        last_page: shape(&last_page),
+        listings,
+    }
+}
+
+#[tokio::test]
+async fn user_admin_answers_as_synapse_does() {
+    let ours = TestServer::start();
+    // The first account is the server's admin.
+    let root = ours.register("root", "root password").await;
+    let bob = ours.register("bob", "bob password").await;
+    let carol = ours.register("carol", "carol password").await;
+    let observed = scenario(&Peer::Ours(&ours), &root, &bob, &carol).await;
+
+    let synapse = Synapse::start().await;
+    let root = synapse.register_with("root", "root password", true).await;
+    let bob = synapse.register("bob", "bob password").await;
+    let carol = synapse.register("carol", "carol password").await;
+    let reference = scenario(&Peer::Synapse(&synapse), &root, &bob, &carol).await;
+
+    // Every difference at once, for a readable failure.
+    let differences: Vec<_> = observed
+        .answers
+        .iter()
+        .zip(&reference.answers)
+        .filter(|(ours, theirs)| ours != theirs)
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "(ours, Synapse's): {differences:#?}"
+    );
+    assert_eq!(observed.listings, reference.listings);
+    assert_eq!(observed.user, reference.user, "GET /v2/users/{{userId}}");
+    assert_eq!(observed.listed_user, reference.listed_user, "a listed user");
+    assert_eq!(observed, reference);
+    // And what the answers say here.
+    let carol_first = ["carol", "bob", "root"].map(String::from).to_vec();
+    assert!(
+        observed
+            .listings
+            .contains(&("?order_by=displayname".into(), carol_first))
+    );
+}
