@@ -228,6 +228,26 @@ fn routes() -> Routes {
             "/_synapse/admin/v2/users/{user_id}",
             synapse_admin::users::get_user,
         )
+        .on(
+            Method::PUT,
+            "/_synapse/admin/v2/users/{user_id}",
+            synapse_admin::users::put_user,
+        )
+        .on(
+            Method::POST,
+            "/_synapse/admin/v1/deactivate/{user_id}",
+            synapse_admin::users::deactivate,
+        )
+        .on(
+            Method::POST,
+            "/_synapse/admin/v1/reset_password/{user_id}",
+            synapse_admin::users::reset_password,
+        )
+        .on(
+            Method::GET,
+            "/_synapse/admin/v1/whois/{user_id}",
+            synapse_admin::users::whois,
+        )
 }
 
 /// The media repository: authenticated (`/_matrix/client/v1/media`), upload and deprecated

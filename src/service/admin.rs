@@ -5,9 +5,9 @@
 //! Listing walks every account: admin requests are rare and a club's server has dozens
 //! of accounts, not millions (Synapse's own listing scans its table too).
 
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 
-use super::Services;
+use super::{Services, devices::LastSeen};
 use crate::{Error, Result};
 
 /// What the admin API tells of an account.
@@ -173,4 +173,156 @@ pub fn users(services: &Services, query: &UserQuery) -> Result<(Vec<UserSummary>
         .take(query.limit)
         .collect();
     Ok((page, total))
+}
+
+/// The local account `user_id` names, or 404 (400 for another server's user).
+fn existing(services: &Services, user_id: &UserId) -> Result<super::users::Account> {
+    if !services.users.is_local(user_id) {
+        return Err(Error::invalid_param("Can only look up local users"));
+    }
+    services
+        .users
+        .account(user_id)?
+        .ok_or_else(|| Error::not_found("User not found"))
+}
+
+/// Deactivates an account as its owner could (every device and key gone, the name kept);
+/// with `erase`, its profile too. An account already deactivated stays so.
+pub async fn deactivate(services: &Services, user_id: &UserId, erase: bool) -> Result<()> {
+    if existing(services, user_id)?.deactivated {
+        return Ok(());
+    }
+    let logout = services.deactivation_batch(user_id)?;
+    services.users.deactivate(user_id, erase, logout).await?;
+    services.device_list_changed(user_id).await?;
+    tracing::info!(%user_id, "account deactivated by an admin");
+    Ok(())
+}
+
+/// Sets a new password; with `logout_devices`, every device is logged out in the same write.
+pub async fn reset_password(
+    services: &Services,
+    user_id: &UserId,
+    password: String,
+    logout_devices: bool,
+) -> Result<()> {
+    existing(services, user_id)?;
+    let logout = if logout_devices {
+        services.devices.removal(user_id, None)?
+    } else {
+        crate::storage::Batch::new()
+    };
+    services
+        .users
+        .set_password(user_id, password, logout)
+        .await?;
+    if logout_devices {
+        services.device_list_changed(user_id).await?;
+    }
+    tracing::info!(%user_id, "password reset by an admin");
+    Ok(())
+}
+
+/// Each device of the account with when and where it was last used (if it was).
+pub fn whois(
+    services: &Services,
+    user_id: &UserId,
+) -> Result<Vec<(OwnedDeviceId, Option<LastSeen>)>> {
+    existing(services, user_id)?;
+    services
+        .devices
+        .list(user_id)?
+        .into_iter()
+        .map(|(device_id, _)| {
+            let seen = services.devices.last_seen(user_id, &device_id)?;
+            Ok((device_id, seen))
+        })
+        .collect()
+}
+
+/// What `PUT /_synapse/admin/v2/users/{userId}` asks to change.
+#[derive(Clone, Debug, Default)]
+pub struct UserChanges {
+    pub password: Option<String>,
+    /// Log every device out when the password changes (Synapse's default).
+    pub logout_devices: bool,
+    /// `Some("")` removes it.
+    pub displayname: Option<String>,
+    /// `Some("")` removes it.
+    pub avatar_url: Option<String>,
+    pub admin: Option<bool>,
+    pub deactivated: Option<bool>,
+}
+
+/// Creates the account (returns `true`) or changes it. Profile changes reach the user's
+/// rooms through `propagate` (the client API's own path), called by the handler.
+pub async fn create_or_change(
+    services: &Services,
+    user_id: &UserId,
+    changes: &UserChanges,
+) -> Result<bool> {
+    if !services.users.is_local(user_id) {
+        return Err(Error::invalid_param(
+            "This endpoint can only be used with local users",
+        ));
+    }
+    let Some(account) = services.users.account(user_id)? else {
+        if changes.deactivated == Some(true) {
+            return Err(Error::invalid_param(
+                "A new account cannot start deactivated.",
+            ));
+        }
+        services
+            .users
+            .create(
+                user_id,
+                changes.password.clone(),
+                changes.admin.unwrap_or(false),
+                changes.displayname.clone().filter(|name| !name.is_empty()),
+            )
+            .await?;
+        if let Some(avatar_url) = changes.avatar_url.as_ref().filter(|url| !url.is_empty()) {
+            services
+                .users
+                .set_profile_field(user_id, "avatar_url", Some(avatar_url.clone().into()))
+                .await?;
+        }
+        tracing::info!(%user_id, "account created by an admin");
+        return Ok(true);
+    };
+    match (changes.deactivated, account.deactivated) {
+        (Some(true), false) => deactivate(services, user_id, false).await?,
+        (Some(false), true) => {
+            let password = changes.password.clone().ok_or_else(|| {
+                Error::bad_request(
+                    ruma::api::error::ErrorKind::MissingParam,
+                    "Must provide a password to re-activate an account.",
+                )
+            })?;
+            services.users.reactivate(user_id, password).await?;
+        }
+        _ => {
+            if let Some(password) = &changes.password {
+                reset_password(services, user_id, password.clone(), changes.logout_devices).await?;
+            }
+        }
+    }
+    if let Some(admin) = changes.admin
+        && admin != account.admin
+    {
+        services.users.set_admin(user_id, admin).await?;
+    }
+    for (field, value) in [
+        ("displayname", &changes.displayname),
+        ("avatar_url", &changes.avatar_url),
+    ] {
+        if let Some(value) = value {
+            let value = (!value.is_empty()).then(|| value.clone().into());
+            services
+                .users
+                .set_profile_field(user_id, field, value)
+                .await?;
+        }
+    }
+    Ok(false)
 }

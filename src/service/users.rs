@@ -224,6 +224,41 @@ impl Users {
         Ok(())
     }
 
+    /// Makes the account an admin or not (Synapse's admin API).
+    pub async fn set_admin(&self, user_id: &UserId, admin: bool) -> Result<()> {
+        {
+            let _guard = self.write_lock.lock().await;
+            let mut account = self
+                .account(user_id)?
+                .ok_or_else(|| Error::not_found("No such user."))?;
+            account.admin = admin;
+            let mut batch = Batch::new();
+            batch.insert_json(&self.accounts, user_id.as_bytes(), &account);
+            self.db.apply(&batch)?;
+        }
+        self.db.persist().await?;
+        Ok(())
+    }
+
+    /// Opens a deactivated account again with a new password (Synapse's admin API; a
+    /// deactivated account has none).
+    pub async fn reactivate(&self, user_id: &UserId, password: String) -> Result<()> {
+        let hash = self.hash_password(password).await?;
+        {
+            let _guard = self.write_lock.lock().await;
+            let mut account = self
+                .account(user_id)?
+                .ok_or_else(|| Error::not_found("No such user."))?;
+            account.deactivated = false;
+            account.password_hash = Some(hash);
+            let mut batch = Batch::new();
+            batch.insert_json(&self.accounts, user_id.as_bytes(), &account);
+            self.db.apply(&batch)?;
+        }
+        self.db.persist().await?;
+        Ok(())
+    }
+
     /// Marks the account deactivated and removes its password, applying `extra` (the
     /// removal of every device and token) in the same atomic batch.
     pub async fn deactivate(

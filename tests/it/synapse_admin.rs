@@ -257,10 +257,7 @@ async fn user_admin_answers_as_synapse_does() {
         .zip(&reference.answers)
         .filter(|(ours, theirs)| ours != theirs)
         .collect();
-    assert!(
-        differences.is_empty(),
-        "(ours, Synapse's): {differences:#?}"
-    );
+    assert!(differences.is_empty(), "(ours, Synapse's): {differences:?}");
     assert_eq!(observed.listings, reference.listings);
     assert_eq!(observed.user, reference.user, "GET /v2/users/{{userId}}");
     assert_eq!(observed.listed_user, reference.listed_user, "a listed user");
@@ -273,3 +270,228 @@ async fn user_admin_answers_as_synapse_does() {
             .contains(&("?order_by=displayname".into(), carol_first))
     );
 }
+
+/// Changes to accounts: create, change, reset the password, deactivate, reactivate, whois.
+/// Returns every request's label, status, errcode (none for a success) and body shape.
+async fn changes(peer: &Peer<'_>, root: &str, bob: &str) -> Vec<Answer> {
+    let dave = peer.user_id("dave");
+    let nobody = peer.user_id("nobody");
+    let login = |password: &'static str| {
+        json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": "dave" },
+            "password": password,
+        })
+    };
+    let steps: Vec<Step> = vec![
+        (
+            "create",
+            Method::PUT,
+            format!("/_synapse/admin/v2/users/{dave}"),
+            Some(root),
+            Some(json!({ "password": "first password", "displayname": "Dave D", "admin": false })),
+        ),
+        (
+            "change the name",
+            Method::PUT,
+            format!("/_synapse/admin/v2/users/{dave}"),
+            Some(root),
+            Some(json!({ "displayname": "Dave" })),
+        ),
+        (
+            "not an admin",
+            Method::PUT,
+            format!("/_synapse/admin/v2/users/{dave}"),
+            Some(bob),
+            Some(json!({ "admin": true })),
+        ),
+        (
+            "a URL that is not mxc",
+            Method::PUT,
+            format!("/_synapse/admin/v2/users/{dave}"),
+            Some(root),
+            Some(json!({ "avatar_url": "https://example.org/a.png" })),
+        ),
+        (
+            "log in",
+            Method::POST,
+            "/_matrix/client/v3/login".into(),
+            None,
+            Some(login("first password")),
+        ),
+        (
+            "reset the password",
+            Method::POST,
+            format!("/_synapse/admin/v1/reset_password/{dave}"),
+            Some(root),
+            Some(json!({ "new_password": "second password" })),
+        ),
+        (
+            "log in with the old password",
+            Method::POST,
+            "/_matrix/client/v3/login".into(),
+            None,
+            Some(login("first password")),
+        ),
+        (
+            "log in with the new password",
+            Method::POST,
+            "/_matrix/client/v3/login".into(),
+            None,
+            Some(login("second password")),
+        ),
+        (
+            "whois",
+            Method::GET,
+            format!("/_synapse/admin/v1/whois/{dave}"),
+            Some(root),
+            None,
+        ),
+        (
+            "reset nobody's password",
+            Method::POST,
+            format!("/_synapse/admin/v1/reset_password/{nobody}"),
+            Some(root),
+            Some(json!({ "new_password": "x password" })),
+        ),
+        (
+            "deactivate",
+            Method::POST,
+            format!("/_synapse/admin/v1/deactivate/{dave}"),
+            Some(root),
+            Some(json!({})),
+        ),
+        (
+            "deactivated",
+            Method::GET,
+            format!("/_synapse/admin/v2/users/{dave}"),
+            Some(root),
+            None,
+        ),
+        (
+            "log in when deactivated",
+            Method::POST,
+            "/_matrix/client/v3/login".into(),
+            None,
+            Some(login("second password")),
+        ),
+        (
+            "deactivate nobody",
+            Method::POST,
+            format!("/_synapse/admin/v1/deactivate/{nobody}"),
+            Some(root),
+            Some(json!({})),
+        ),
+        (
+            "reactivate without a password",
+            Method::PUT,
+            format!("/_synapse/admin/v2/users/{dave}"),
+            Some(root),
+            Some(json!({ "deactivated": false })),
+        ),
+        (
+            "reactivate",
+            Method::PUT,
+            format!("/_synapse/admin/v2/users/{dave}"),
+            Some(root),
+            Some(json!({ "deactivated": false, "password": "third password" })),
+        ),
+        (
+            "log in again",
+            Method::POST,
+            "/_matrix/client/v3/login".into(),
+            None,
+            Some(login("third password")),
+        ),
+        (
+            "make an admin",
+            Method::PUT,
+            format!("/_synapse/admin/v2/users/{dave}"),
+            Some(root),
+            Some(json!({ "admin": true })),
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (label, method, path, token, body) in steps {
+        let (status, answer) = peer.send(method, &path, token, body).await;
+        let errcode =
+            (!status.is_success()).then(|| answer["errcode"].as_str().unwrap_or("none").to_owned());
+        // Logins differ in what they carry (well_known, home_server): only their status counts.
+        let answer_shape = if path.ends_with("/login") || !answer.is_object() {
+            Vec::new()
+        } else {
+            shape(&answer)
+        };
+        match label {
+            "create" | "change the name" => {
+                assert_eq!(
+                    answer["displayname"],
+                    if label == "create" { "Dave D" } else { "Dave" },
+                    "{answer}"
+                );
+            }
+            "deactivated" => assert_eq!(answer["deactivated"], true, "{answer}"),
+            "make an admin" => assert_eq!(answer["admin"], true, "{answer}"),
+            _ => {}
+        }
+        seen.push((label.to_owned(), status.as_u16(), errcode, answer_shape));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn account_changes_answer_as_synapse_does() {
+    let ours = TestServer::start();
+    let root = ours.register("root", "root password").await;
+    let bob = ours.register("bob", "bob password").await;
+    let observed = changes(&Peer::Ours(&ours), &root, &bob).await;
+
+    let synapse = Synapse::start().await;
+    let root = synapse.register_with("root", "root password", true).await;
+    let bob = synapse.register("bob", "bob password").await;
+    let reference = changes(&Peer::Synapse(&synapse), &root, &bob).await;
+
+    // Where Synapse is not the reference:
+    // - a deactivated account's login: Synapse answers M_FORBIDDEN (the password is gone);
+    //   the spec has M_USER_DEACTIVATED for it, which this server answers;
+    // - reactivation: Synapse on SQLite fails with a 500 (its profile upsert has no
+    //   matching unique constraint), so here it is checked on its own.
+    let own_way = [
+        ("log in when deactivated", 403, Some("M_USER_DEACTIVATED")),
+        (
+            "reactivate without a password",
+            400,
+            Some("M_MISSING_PARAM"),
+        ),
+        ("reactivate", 200, None),
+        ("log in again", 200, None),
+    ];
+    for (label, status, errcode) in own_way {
+        let (_, ours, ours_errcode, _) = observed.iter().find(|(l, ..)| l == label).unwrap();
+        assert_eq!(
+            (*ours, ours_errcode.as_deref()),
+            (status, errcode),
+            "{label}"
+        );
+    }
+    let compared = |seen: &[Answer]| -> Vec<Answer> {
+        seen.iter()
+            .filter(|(label, ..)| !own_way.iter().any(|(own, ..)| own == label))
+            .cloned()
+            .collect()
+    };
+    let (observed, reference) = (compared(&observed), compared(&reference));
+    let differences: Vec<_> = observed
+        .iter()
+        .zip(&reference)
+        .filter(|(ours, theirs)| ours != theirs)
+        .collect();
+    assert!(differences.is_empty(), "(ours, Synapse's): {differences:?}");
+    assert_eq!(observed.len(), reference.len());
+}
+
+/// A request: its label, method, path, token and body.
+type Step<'a> = (&'a str, Method, String, Option<&'a str>, Option<Value>);
+
+/// A request's label, status, errcode (none for a success) and body shape.
+type Answer = (String, u16, Option<String>, Vec<(String, &'static str)>);

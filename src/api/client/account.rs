@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Longer passwords are refused (as Synapse does), so hashing cost stays bounded.
-const MAX_PASSWORD_BYTES: usize = 512;
+pub const MAX_PASSWORD_BYTES: usize = 512;
 
 /// `POST /_matrix/client/v3/register`
 ///

@@ -99,7 +99,11 @@ pub async fn delete_profile_field(
 }
 
 /// Name and avatar changes reach the user's member events in every joined room.
-async fn propagate(services: &Services, user_id: &ruma::UserId, field: &str) -> Result<()> {
+pub(crate) async fn propagate(
+    services: &Services,
+    user_id: &ruma::UserId,
+    field: &str,
+) -> Result<()> {
     if field == "displayname" || field == "avatar_url" {
         let profile = super::room::member_profile(services, user_id)?;
         services

@@ -9,15 +9,18 @@ use axum::{
     Json,
     extract::{Path, Query, State, rejection::QueryRejection},
 };
+use http::StatusCode;
 use ruma::OwnedUserId;
+use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
 use super::ServerAdmin;
 use crate::{
     Error, Result,
+    api::{client::account::MAX_PASSWORD_BYTES, ruma::JsonBody},
     service::{
         Services,
-        admin::{self, OrderBy, UserQuery, UserSummary},
+        admin::{self, OrderBy, UserChanges, UserQuery, UserSummary},
     },
 };
 
@@ -145,4 +148,122 @@ pub async fn list_users(
         body["next_token"] = json!(next.to_string());
     }
     Ok(Json(body))
+}
+
+/// The body of `PUT /_synapse/admin/v2/users/{userId}`.
+#[derive(Deserialize)]
+pub struct UserBody {
+    password: Option<String>,
+    #[serde(default = "yes")]
+    logout_devices: bool,
+    displayname: Option<String>,
+    avatar_url: Option<String>,
+    admin: Option<bool>,
+    deactivated: Option<bool>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `PUT /_synapse/admin/v2/users/{userId}`: creates the account (201) or changes it (200),
+/// and answers with it as `GET` does.
+pub async fn put_user(
+    State(services): State<Arc<Services>>,
+    _admin: ServerAdmin,
+    Path(user): Path<String>,
+    JsonBody(body): JsonBody<UserBody>,
+) -> Result<(StatusCode, Json<JsonValue>)> {
+    let user = user_id(&user)?;
+    if let Some(password) = &body.password
+        && (password.is_empty() || password.len() > MAX_PASSWORD_BYTES)
+    {
+        return Err(Error::invalid_param("Invalid password"));
+    }
+    let changes = UserChanges {
+        password: body.password,
+        logout_devices: body.logout_devices,
+        displayname: body.displayname,
+        avatar_url: body.avatar_url,
+        admin: body.admin,
+        deactivated: body.deactivated,
+    };
+    let created = admin::create_or_change(&services, &user, &changes).await?;
+    if changes.displayname.is_some() || changes.avatar_url.is_some() {
+        crate::api::client::profile::propagate(&services, &user, "displayname").await?;
+    }
+    let Json(answer) = get_user(State(services), _admin, Path(user.to_string())).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(answer)))
+}
+
+/// The body of `POST /_synapse/admin/v1/deactivate/{userId}`.
+#[derive(Deserialize)]
+pub struct DeactivateBody {
+    #[serde(default)]
+    erase: bool,
+}
+
+/// `POST /_synapse/admin/v1/deactivate/{userId}`.
+pub async fn deactivate(
+    State(services): State<Arc<Services>>,
+    _admin: ServerAdmin,
+    Path(user): Path<String>,
+    JsonBody(body): JsonBody<DeactivateBody>,
+) -> Result<Json<JsonValue>> {
+    let user = user_id(&user)?;
+    admin::deactivate(&services, &user, body.erase).await?;
+    // No identity server is ever bound here, so there is nothing to unbind.
+    Ok(Json(json!({ "id_server_unbind_result": "success" })))
+}
+
+/// The body of `POST /_synapse/admin/v1/reset_password/{userId}`.
+#[derive(Deserialize)]
+pub struct ResetPasswordBody {
+    new_password: String,
+    #[serde(default = "yes")]
+    logout_devices: bool,
+}
+
+/// `POST /_synapse/admin/v1/reset_password/{userId}`.
+pub async fn reset_password(
+    State(services): State<Arc<Services>>,
+    _admin: ServerAdmin,
+    Path(user): Path<String>,
+    JsonBody(body): JsonBody<ResetPasswordBody>,
+) -> Result<Json<JsonValue>> {
+    let user = user_id(&user)?;
+    if body.new_password.is_empty() || body.new_password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::invalid_param("Invalid password"));
+    }
+    admin::reset_password(&services, &user, body.new_password, body.logout_devices).await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_synapse/admin/v1/whois/{userId}`: the account's devices' last use.
+pub async fn whois(
+    State(services): State<Arc<Services>>,
+    _admin: ServerAdmin,
+    Path(user): Path<String>,
+) -> Result<Json<JsonValue>> {
+    let user = user_id(&user)?;
+    let connections: Vec<JsonValue> = admin::whois(&services, &user)?
+        .into_iter()
+        .filter_map(|(_, seen)| seen)
+        .map(|seen| {
+            json!({
+                "ip": seen.ip.map(|ip| ip.to_string()),
+                "last_seen": seen.ts,
+                "user_agent": null,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "user_id": user,
+        "devices": { "": { "sessions": [{ "connections": connections }] } },
+    })))
 }
