@@ -29,17 +29,32 @@ pub async fn server_version() -> Json<JsonValue> {
     Json(json!({ "server_version": env!("CARGO_PKG_VERSION") }))
 }
 
-fn user_id(raw: &str) -> Result<OwnedUserId> {
-    OwnedUserId::try_from(raw).map_err(|_| Error::invalid_param("Invalid user ID."))
+/// The `{userId}` of the path: 400 `M_INVALID_PARAM` when it is not valid UTF-8 or not a
+/// user ID (axum's own rejection has no Matrix error body).
+pub struct UserPath(OwnedUserId);
+
+impl axum::extract::FromRequestParts<Arc<Services>> for UserPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        services: &Arc<Services>,
+    ) -> Result<Self> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, services)
+            .await
+            .map_err(|_| Error::invalid_param("Invalid user ID."))?;
+        OwnedUserId::try_from(raw)
+            .map(Self)
+            .map_err(|_| Error::invalid_param("Invalid user ID."))
+    }
 }
 
 /// `GET /_synapse/admin/v2/users/{userId}`.
 pub async fn get_user(
     State(services): State<Arc<Services>>,
     _admin: ServerAdmin,
-    Path(user): Path<String>,
+    UserPath(user): UserPath,
 ) -> Result<Json<JsonValue>> {
-    let user = user_id(&user)?;
     let summary =
         admin::user(&services, &user)?.ok_or_else(|| Error::not_found("User not found"))?;
     let mut body = listed(&summary);
@@ -171,10 +186,9 @@ fn yes() -> bool {
 pub async fn put_user(
     State(services): State<Arc<Services>>,
     _admin: ServerAdmin,
-    Path(user): Path<String>,
+    UserPath(user): UserPath,
     JsonBody(body): JsonBody<UserBody>,
 ) -> Result<(StatusCode, Json<JsonValue>)> {
-    let user = user_id(&user)?;
     if let Some(password) = &body.password
         && (password.is_empty() || password.len() > MAX_PASSWORD_BYTES)
     {
@@ -192,7 +206,7 @@ pub async fn put_user(
     if changes.displayname.is_some() || changes.avatar_url.is_some() {
         crate::api::client::profile::propagate(&services, &user, "displayname").await?;
     }
-    let Json(answer) = get_user(State(services), _admin, Path(user.to_string())).await?;
+    let Json(answer) = get_user(State(services), _admin, UserPath(user)).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -212,10 +226,9 @@ pub struct DeactivateBody {
 pub async fn deactivate(
     State(services): State<Arc<Services>>,
     _admin: ServerAdmin,
-    Path(user): Path<String>,
+    UserPath(user): UserPath,
     JsonBody(body): JsonBody<DeactivateBody>,
 ) -> Result<Json<JsonValue>> {
-    let user = user_id(&user)?;
     admin::deactivate(&services, &user, body.erase).await?;
     // No identity server is ever bound here, so there is nothing to unbind.
     Ok(Json(json!({ "id_server_unbind_result": "success" })))
@@ -233,10 +246,9 @@ pub struct ResetPasswordBody {
 pub async fn reset_password(
     State(services): State<Arc<Services>>,
     _admin: ServerAdmin,
-    Path(user): Path<String>,
+    UserPath(user): UserPath,
     JsonBody(body): JsonBody<ResetPasswordBody>,
 ) -> Result<Json<JsonValue>> {
-    let user = user_id(&user)?;
     if body.new_password.is_empty() || body.new_password.len() > MAX_PASSWORD_BYTES {
         return Err(Error::invalid_param("Invalid password"));
     }
@@ -248,9 +260,8 @@ pub async fn reset_password(
 pub async fn whois(
     State(services): State<Arc<Services>>,
     _admin: ServerAdmin,
-    Path(user): Path<String>,
+    UserPath(user): UserPath,
 ) -> Result<Json<JsonValue>> {
-    let user = user_id(&user)?;
     let connections: Vec<JsonValue> = admin::whois(&services, &user)?
         .into_iter()
         .filter_map(|(_, seen)| seen)
