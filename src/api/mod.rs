@@ -248,6 +248,26 @@ fn routes() -> Routes {
             "/_synapse/admin/v1/whois/{user_id}",
             synapse_admin::users::whois,
         )
+        .on(
+            Method::GET,
+            "/_synapse/admin/v2/users/{user_id}/devices",
+            synapse_admin::users::list_devices,
+        )
+        .on(
+            Method::GET,
+            "/_synapse/admin/v2/users/{user_id}/devices/{device_id}",
+            synapse_admin::users::get_device,
+        )
+        .on(
+            Method::DELETE,
+            "/_synapse/admin/v2/users/{user_id}/devices/{device_id}",
+            synapse_admin::users::delete_device,
+        )
+        .on(
+            Method::GET,
+            "/_synapse/admin/v1/users/{user_id}/joined_rooms",
+            synapse_admin::users::joined_rooms,
+        )
 }
 
 /// The media repository: authenticated (`/_matrix/client/v1/media`), upload and deprecated

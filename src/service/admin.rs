@@ -267,6 +267,11 @@ pub async fn create_or_change(
         ));
     }
     let Some(account) = services.users.account(user_id)? else {
+        // A new name follows the same rules as one chosen at registration.
+        super::registration::validate_localpart(
+            user_id.localpart(),
+            services.config.server_name.as_str(),
+        )?;
         if changes.deactivated == Some(true) {
             return Err(Error::invalid_param(
                 "A new account cannot start deactivated.",
@@ -325,4 +330,48 @@ pub async fn create_or_change(
         }
     }
     Ok(false)
+}
+
+/// The account's devices, each with when and where it was last used (if it was).
+pub fn devices(
+    services: &Services,
+    user_id: &UserId,
+) -> Result<Vec<(OwnedDeviceId, super::devices::Device, Option<LastSeen>)>> {
+    existing(services, user_id)?;
+    services
+        .devices
+        .list(user_id)?
+        .into_iter()
+        .map(|(device_id, device)| {
+            let seen = services.devices.last_seen(user_id, &device_id)?;
+            Ok((device_id, device, seen))
+        })
+        .collect()
+}
+
+/// Logs one device out (its keys go with it). A device that does not exist is no error.
+pub async fn delete_device(
+    services: &Services,
+    user_id: &UserId,
+    device_id: OwnedDeviceId,
+) -> Result<()> {
+    existing(services, user_id)?;
+    services.devices.remove(user_id, &[device_id]).await?;
+    services.device_list_changed(user_id).await?;
+    Ok(())
+}
+
+/// The rooms held here that the account is joined to.
+pub fn joined_rooms(services: &Services, user_id: &UserId) -> Result<Vec<ruma::OwnedRoomId>> {
+    existing(services, user_id)?;
+    Ok(services
+        .rooms
+        .rooms_of(user_id)?
+        .into_iter()
+        .filter(|(_, entry)| {
+            entry.membership == ruma::events::room::member::MembershipState::Join
+                && entry.stripped_state.is_none()
+        })
+        .map(|(room_id, _)| room_id)
+        .collect())
 }

@@ -60,9 +60,14 @@ fn shape(value: &Value) -> Vec<(String, &'static str)> {
         .iter()
         .map(|(key, value)| {
             // Known or not yet known: Synapse writes when it saw a user in batches, so a
-            // user who was just active may read as null there, and as a time here.
-            let kind = match (key.as_str(), value) {
-                ("last_seen_ts", Value::Null | Value::Number(_)) => "number or null",
+            // user who was just active may read as null there, and as a time here (the
+            // user agent is not recorded here: always null).
+            let kind = match value {
+                Value::Null | Value::Number(_) | Value::String(_)
+                    if key.starts_with("last_seen") =>
+                {
+                    "known or not yet"
+                }
                 _ => kind(value),
             };
             (key.clone(), kind)
@@ -306,7 +311,14 @@ async fn changes(peer: &Peer<'_>, root: &str, bob: &str) -> Vec<Answer> {
             Some(json!({ "admin": true })),
         ),
         (
-            "a URL that is not mxc",
+            "an invalid name",
+            Method::PUT,
+            format!("/_synapse/admin/v2/users/{}", peer.user_id("Bad*Name")),
+            Some(root),
+            Some(json!({ "password": "some password" })),
+        ),
+        (
+            "an avatar URL that is not mxc (Synapse takes it)",
             Method::PUT,
             format!("/_synapse/admin/v2/users/{dave}"),
             Some(root),
@@ -495,3 +507,136 @@ type Step<'a> = (&'a str, Method, String, Option<&'a str>, Option<Value>);
 
 /// A request's label, status, errcode (none for a success) and body shape.
 type Answer = (String, u16, Option<String>, Vec<(String, &'static str)>);
+
+/// A user's devices and rooms: bob has the device of his registration and one of a login,
+/// and has made a room.
+async fn devices_and_rooms(peer: &Peer<'_>, root: &str, bob: &str) -> Vec<Answer> {
+    let bob_id = peer.user_id("bob");
+    let (status, login) = peer
+        .send(
+            Method::POST,
+            "/_matrix/client/v3/login",
+            None,
+            Some(json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": "bob" },
+                "password": "bob password",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    let device = login["device_id"].as_str().unwrap().to_owned();
+    let (status, room) = peer
+        .send(
+            Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(bob),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{room}");
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+
+    let devices = format!("/_synapse/admin/v2/users/{bob_id}/devices");
+    let steps: Vec<Step> = vec![
+        ("devices", Method::GET, devices.clone(), Some(root), None),
+        (
+            "devices as bob",
+            Method::GET,
+            devices.clone(),
+            Some(bob),
+            None,
+        ),
+        (
+            "a device",
+            Method::GET,
+            format!("{devices}/{device}"),
+            Some(root),
+            None,
+        ),
+        (
+            "delete it",
+            Method::DELETE,
+            format!("{devices}/{device}"),
+            Some(root),
+            None,
+        ),
+        (
+            "the deleted device",
+            Method::GET,
+            format!("{devices}/{device}"),
+            Some(root),
+            None,
+        ),
+        (
+            "delete a device that never was",
+            Method::DELETE,
+            format!("{devices}/NOSUCHDEVICE"),
+            Some(root),
+            None,
+        ),
+        (
+            "nobody's devices",
+            Method::GET,
+            format!(
+                "/_synapse/admin/v2/users/{}/devices",
+                peer.user_id("nobody")
+            ),
+            Some(root),
+            None,
+        ),
+        (
+            "joined rooms",
+            Method::GET,
+            format!("/_synapse/admin/v1/users/{bob_id}/joined_rooms"),
+            Some(root),
+            None,
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (label, method, path, token, body) in steps {
+        let (status, answer) = peer.send(method, &path, token, body).await;
+        let errcode =
+            (!status.is_success()).then(|| answer["errcode"].as_str().unwrap_or("none").to_owned());
+        match label {
+            "devices" => {
+                assert_eq!(answer["total"], 2, "{answer}");
+                seen.push((
+                    "a listed device".to_owned(),
+                    200,
+                    None,
+                    shape(&answer["devices"][0]),
+                ));
+            }
+            "a device" => assert_eq!(answer["device_id"], device.as_str(), "{answer}"),
+            "joined rooms" => {
+                assert_eq!(answer["joined_rooms"], json!([room_id]), "{answer}");
+                assert_eq!(answer["total"], 1, "{answer}");
+            }
+            _ => {}
+        }
+        seen.push((label.to_owned(), status.as_u16(), errcode, shape(&answer)));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn devices_and_joined_rooms_answer_as_synapse_does() {
+    let ours = TestServer::start();
+    let root = ours.register("root", "root password").await;
+    let bob = ours.register("bob", "bob password").await;
+    let observed = devices_and_rooms(&Peer::Ours(&ours), &root, &bob).await;
+
+    let synapse = Synapse::start().await;
+    let root = synapse.register_with("root", "root password", true).await;
+    let bob = synapse.register("bob", "bob password").await;
+    let reference = devices_and_rooms(&Peer::Synapse(&synapse), &root, &bob).await;
+
+    let differences: Vec<_> = observed
+        .iter()
+        .zip(&reference)
+        .filter(|(ours, theirs)| ours != theirs)
+        .collect();
+    assert!(differences.is_empty(), "(ours, Synapse's): {differences:?}");
+    assert_eq!(observed.len(), reference.len());
+}

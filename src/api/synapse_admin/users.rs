@@ -278,3 +278,85 @@ pub async fn whois(
         "devices": { "": { "sessions": [{ "connections": connections }] } },
     })))
 }
+
+/// `{userId}` and `{deviceId}` of the path, as [`UserPath`].
+pub struct UserDevicePath(OwnedUserId, ruma::OwnedDeviceId);
+
+impl axum::extract::FromRequestParts<Arc<Services>> for UserDevicePath {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        services: &Arc<Services>,
+    ) -> Result<Self> {
+        let Path((user, device)) = Path::<(String, String)>::from_request_parts(parts, services)
+            .await
+            .map_err(|_| Error::invalid_param("Invalid user or device ID."))?;
+        let user =
+            OwnedUserId::try_from(user).map_err(|_| Error::invalid_param("Invalid user ID."))?;
+        Ok(Self(user, device.into()))
+    }
+}
+
+/// A device as Synapse's admin API shows it.
+fn device_json(
+    user: &OwnedUserId,
+    device_id: &ruma::OwnedDeviceId,
+    device: &crate::service::devices::Device,
+    seen: Option<&crate::service::devices::LastSeen>,
+) -> JsonValue {
+    json!({
+        "device_id": device_id,
+        "display_name": device.display_name,
+        "last_seen_ip": seen.and_then(|seen| seen.ip).map(|ip| ip.to_string()),
+        "last_seen_ts": seen.map(|seen| seen.ts),
+        "last_seen_user_agent": null,
+        "user_id": user,
+    })
+}
+
+/// `GET /_synapse/admin/v2/users/{userId}/devices`.
+pub async fn list_devices(
+    State(services): State<Arc<Services>>,
+    _admin: ServerAdmin,
+    UserPath(user): UserPath,
+) -> Result<Json<JsonValue>> {
+    let devices: Vec<JsonValue> = admin::devices(&services, &user)?
+        .iter()
+        .map(|(device_id, device, seen)| device_json(&user, device_id, device, seen.as_ref()))
+        .collect();
+    Ok(Json(json!({ "total": devices.len(), "devices": devices })))
+}
+
+/// `GET /_synapse/admin/v2/users/{userId}/devices/{deviceId}`.
+pub async fn get_device(
+    State(services): State<Arc<Services>>,
+    _admin: ServerAdmin,
+    UserDevicePath(user, device_id): UserDevicePath,
+) -> Result<Json<JsonValue>> {
+    admin::devices(&services, &user)?
+        .iter()
+        .find(|(id, ..)| *id == device_id)
+        .map(|(id, device, seen)| Json(device_json(&user, id, device, seen.as_ref())))
+        .ok_or_else(|| Error::not_found("No device found"))
+}
+
+/// `DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}`.
+pub async fn delete_device(
+    State(services): State<Arc<Services>>,
+    _admin: ServerAdmin,
+    UserDevicePath(user, device_id): UserDevicePath,
+) -> Result<Json<JsonValue>> {
+    admin::delete_device(&services, &user, device_id).await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/joined_rooms`.
+pub async fn joined_rooms(
+    State(services): State<Arc<Services>>,
+    _admin: ServerAdmin,
+    UserPath(user): UserPath,
+) -> Result<Json<JsonValue>> {
+    let rooms = admin::joined_rooms(&services, &user)?;
+    Ok(Json(json!({ "total": rooms.len(), "joined_rooms": rooms })))
+}
