@@ -605,8 +605,13 @@ impl Push {
             for (user, outcome) in outcomes {
                 let (adjust, highlight) = match (outcome, for_everyone) {
                     (Outcome::Sender, _) => {
-                        let counts = self.counts(rooms, user, room_id)?;
-                        if for_everyone || counts.notifications > 0 || counts.highlights > 0 {
+                        // When the sequence counts this event, the sender's count would be
+                        // at least 1: reset without reading it.
+                        let unread = for_everyone || {
+                            let counts = self.counts(rooms, user, room_id)?;
+                            counts.notifications > 0 || counts.highlights > 0
+                        };
+                        if unread {
                             batch.insert(
                                 &*self.counts,
                                 pair_key(user.as_str(), room_id.as_str()),

@@ -204,6 +204,7 @@ pub async fn put_user(
     };
     let created = admin::create_or_change(&services, &user, &changes).await?;
     if changes.displayname.is_some() || changes.avatar_url.is_some() {
+        // The member events carry both fields: either name rewrites them.
         crate::api::client::profile::propagate(&services, &user, "displayname").await?;
     }
     let Json(answer) = get_user(State(services), _admin, UserPath(user)).await?;
